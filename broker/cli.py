@@ -1,0 +1,212 @@
+"""The `broker` command: serve a node, and manage a running one through its data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+import broker
+from broker.config import Config
+from broker.control import ControlError, request
+
+data_dir_option = click.option(
+    "--data-dir",
+    default="./broker-data",
+    show_default=True,
+    help="Data directory of the node to manage (it names the node).",
+)
+
+
+@click.group()
+@click.version_option(broker.__version__, prog_name="broker")
+def main() -> None:
+    """A durable message broker speaking AMQP 0-9-1."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML file with any of the settings below (flags win).",
+)
+@click.option("--data-dir", help="Where LevelDB keeps the node's state. [./broker-data]")
+@click.option("--host", help="Address to listen on. [0.0.0.0]")
+@click.option("--amqp-port", type=int, help="AMQP 0-9-1 port. [5672]")
+@click.option("--heartbeat", type=int, help="Heartbeat interval offered to clients, s. [60]")
+@click.option("--frame-max", type=int, help="Largest frame offered to clients. [131072]")
+@click.option("--channel-max", type=int, help="Most channels per connection. [2047]")
+@click.option("--handshake-timeout", type=float, help="Seconds to complete the handshake. [10]")
+@click.option(
+    "--disk-free-limit",
+    type=int,
+    help="Block publishers below this many free bytes on the data disk. [50000000]",
+)
+@click.option(
+    "--memory-high-watermark",
+    type=int,
+    help="Block publishers above this many bytes of memory. [40% of RAM]",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]"
+)
+def serve(config_path: str | None, **flags: Any) -> None:
+    """Start a node with embedded defaults."""
+    config = Config.load(config_path, flags)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from broker.node import Node
+
+    async def run() -> None:
+        node = Node(config)
+        await node.start()
+        await node.serve_forever()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
+
+
+def _admin(data_dir: str, op: str, **args: Any) -> Any:
+    try:
+        return request(data_dir, op, args)
+    except ControlError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.group()
+def users() -> None:
+    """Manage users of a running node."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.argument("password")
+@click.option("--tags", default="", help="Comma-separated tags, e.g. administrator.")
+@data_dir_option
+def users_add(name: str, password: str, tags: str, data_dir: str) -> None:
+    _admin(
+        data_dir, "users.add", name=name, password=password, tags=[t for t in tags.split(",") if t]
+    )
+    click.echo(f"user '{name}' added")
+
+
+@users.command("delete")
+@click.argument("name")
+@data_dir_option
+def users_delete(name: str, data_dir: str) -> None:
+    _admin(data_dir, "users.delete", name=name)
+    click.echo(f"user '{name}' deleted")
+
+
+@users.command("list")
+@data_dir_option
+def users_list(data_dir: str) -> None:
+    for user in _admin(data_dir, "users.list"):
+        click.echo(user["name"] + ("\t" + ",".join(user["tags"]) if user["tags"] else ""))
+
+
+@main.group()
+def vhosts() -> None:
+    """Manage virtual hosts of a running node."""
+
+
+@vhosts.command("add")
+@click.argument("name")
+@data_dir_option
+def vhosts_add(name: str, data_dir: str) -> None:
+    _admin(data_dir, "vhosts.add", name=name)
+    click.echo(f"vhost '{name}' added")
+
+
+@vhosts.command("delete")
+@click.argument("name")
+@data_dir_option
+def vhosts_delete(name: str, data_dir: str) -> None:
+    _admin(data_dir, "vhosts.delete", name=name)
+    click.echo(f"vhost '{name}' deleted")
+
+
+@vhosts.command("list")
+@data_dir_option
+def vhosts_list(data_dir: str) -> None:
+    for name in _admin(data_dir, "vhosts.list"):
+        click.echo(name)
+
+
+@main.group()
+def permissions() -> None:
+    """Manage permissions on a running node."""
+
+
+@permissions.command("set")
+@click.argument("user")
+@click.argument("configure")
+@click.argument("write")
+@click.argument("read")
+@click.option("--vhost", default="/", show_default=True)
+@data_dir_option
+def permissions_set(
+    user: str, configure: str, write: str, read: str, vhost: str, data_dir: str
+) -> None:
+    """Set USER's CONFIGURE, WRITE and READ regexes on a vhost, as rabbitmqctl does."""
+    _admin(
+        data_dir,
+        "permissions.set",
+        user=user,
+        vhost=vhost,
+        configure=configure,
+        write=write,
+        read=read,
+    )
+    click.echo(f"permissions of '{user}' on vhost '{vhost}' set")
+
+
+@main.group()
+def queues() -> None:
+    """Inspect queues of a running node."""
+
+
+@queues.command("list")
+@click.option("--vhost", default="/", show_default=True)
+@data_dir_option
+def queues_list(vhost: str, data_dir: str) -> None:
+    """One line per queue: name, messages (ready + unacked), consumers."""
+    for q in _admin(data_dir, "queues.list", vhost=vhost):
+        click.echo(f"{q['name']}\t{q['messages']}\t{q['consumers']}")
+
+
+@main.command("set-disk-free-limit")
+@click.argument("limit", type=int)
+@data_dir_option
+def set_disk_free_limit(limit: int, data_dir: str) -> None:
+    """Change the free-disk threshold (bytes) below which publishers are blocked."""
+    _admin(data_dir, "limits.set", disk_free_limit=limit)
+    click.echo(f"disk free limit set to {limit}")
+
+
+@main.command("set-memory-high-watermark")
+@click.argument("limit", type=int)
+@data_dir_option
+def set_memory_high_watermark(limit: int, data_dir: str) -> None:
+    """Change the memory threshold (bytes) above which publishers are blocked."""
+    _admin(data_dir, "limits.set", memory_high_watermark=limit)
+    click.echo(f"memory high watermark set to {limit}")
+
+
+@main.command()
+@data_dir_option
+def status(data_dir: str) -> None:
+    """Connections and commit-path counters of a running node."""
+    for key, value in _admin(data_dir, "status").items():
+        click.echo(f"{key}\t{value}")

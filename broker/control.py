@@ -1,0 +1,172 @@
+"""The admin socket: `broker users add ...` talks to a running node through its data dir.
+
+One JSON request per connection, one JSON reply. Changes are core commands submitted through
+the same commit path as everything else, so they are durable when the reply arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from broker.core import commands as c
+from broker.core.auth import hash_password
+from broker.core.errors import BrokerError
+
+if TYPE_CHECKING:
+    from broker.node import Node
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class ControlError(Exception):
+    """The node answered with an error, or no node runs in that data dir."""
+
+
+@contextlib.contextmanager
+def _in_directory(path: str) -> Any:
+    """Unix socket paths are limited to ~100 bytes: bind and connect by a relative name."""
+    old = os.getcwd()
+    os.chdir(os.path.dirname(os.path.abspath(path)))
+    try:
+        yield os.path.basename(path)
+    finally:
+        os.chdir(old)
+
+
+class ControlServer:
+    def __init__(self, node: Node, path: str) -> None:
+        self.node = node
+        self.path = path
+        self.server: asyncio.AbstractServer | None = None
+        self.handlers: dict[str, Handler] = {
+            "users.add": self._users_add,
+            "users.delete": self._users_delete,
+            "users.list": self._users_list,
+            "vhosts.add": self._vhosts_add,
+            "vhosts.delete": self._vhosts_delete,
+            "vhosts.list": self._vhosts_list,
+            "permissions.set": self._permissions_set,
+            "queues.list": self._queues_list,
+            "limits.set": self._limits_set,
+            "status": self._status,
+        }
+
+    async def start(self) -> None:
+        # The store's lock proves no other node uses this data dir: a leftover socket is stale.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with _in_directory(self.path) as name:
+            sock.bind(name)
+        os.chmod(self.path, 0o600)
+        self.server = await asyncio.start_unix_server(self._serve, sock=sock)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            request = json.loads(line)
+            handler = self.handlers.get(request.get("op"))
+            if handler is None:
+                reply: dict[str, Any] = {"ok": False, "error": f"unknown op {request.get('op')}"}
+            else:
+                reply = {"ok": True, "result": await handler(request.get("args") or {})}
+        except BrokerError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except (ValueError, KeyError, TypeError, TimeoutError) as exc:
+            reply = {"ok": False, "error": f"bad request: {exc}"}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    async def _call(self, command: c.Command) -> Any:
+        assert self.node.commit is not None
+        return await self.node.commit.call(command)
+
+    async def _users_add(self, args: dict[str, Any]) -> None:
+        tags = tuple(args.get("tags") or ())
+        await self._call(
+            c.PutUser(args["name"], hash_password(args["password"], os.urandom(4)), tags)
+        )
+
+    async def _users_delete(self, args: dict[str, Any]) -> None:
+        await self._call(c.DeleteUser(args["name"]))
+
+    async def _users_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        users = self.node.state.users.values()
+        return [{"name": u.name, "tags": list(u.tags)} for u in sorted(users, key=lambda u: u.name)]
+
+    async def _vhosts_add(self, args: dict[str, Any]) -> None:
+        await self._call(c.DeclareVhost(args["name"]))
+
+    async def _vhosts_delete(self, args: dict[str, Any]) -> None:
+        await self._call(c.DeleteVhost(args["name"]))
+
+    async def _vhosts_list(self, args: dict[str, Any]) -> list[str]:
+        return sorted(self.node.state.vhosts)
+
+    async def _permissions_set(self, args: dict[str, Any]) -> None:
+        await self._call(
+            c.SetPermissions(
+                args["user"], args["vhost"], args["configure"], args["write"], args["read"]
+            )
+        )
+
+    async def _queues_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        vhost = self.node.state.vhost(args.get("vhost") or "/")
+        return [
+            {
+                "name": q.name,
+                "messages": q.ready_count + len(q.unacked),
+                "consumers": len(q.consumers),
+            }
+            for q in sorted(vhost.queues.values(), key=lambda q: q.name)
+        ]
+
+    async def _limits_set(self, args: dict[str, Any]) -> None:
+        self.node.set_limits(args.get("disk_free_limit"), args.get("memory_high_watermark"))
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.node.commit is not None
+        return {"connections": len(self.node.protocols), **self.node.commit.stats}
+
+
+def request(
+    data_dir: str, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0
+) -> Any:
+    """Send one admin request to the node running in `data_dir` and return its result."""
+    path = os.path.join(data_dir, "control.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with _in_directory(path) as name:
+            sock.connect(name)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise ControlError(f"no broker node is running with data dir {data_dir}") from None
+    with sock:
+        sock.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise ControlError("the node closed the admin connection without a reply")
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error", "unknown error"))
+    return reply.get("result")

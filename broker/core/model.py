@@ -1,0 +1,155 @@
+"""Plain data held by the state machine: messages, exchanges, bindings, users, effects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.core.commands import Owner
+
+# Message states inside a queue.
+READY = 0  # waiting for a consumer
+UNACKED = 1  # pushed to a consumer, awaiting settlement
+HIDDEN = 2  # pulled with a visibility timeout, or delayed: invisible until `visible_at`
+RETAINED = 3  # acknowledged but kept for rewind until `acked_at + rewind window`
+
+
+@dataclass(slots=True)
+class Message:
+    """One message as stored in one queue."""
+
+    seq: int
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any]
+    body: bytes
+    persistent: bool
+    enqueued_at: int
+    expires_at: int | None = None
+    priority: int = 0
+    delivery_count: int = 0
+    returns: int = 0
+    visible_at: int = 0
+    handle: int = 0
+    first_delivered_at: int = 0
+    acked_at: int = 0
+    state: int = READY
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+
+@dataclass(slots=True)
+class Exchange:
+    vhost: str
+    name: str
+    type: str
+    durable: bool = True
+    auto_delete: bool = False
+    internal: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class BindingKey:
+    """Identity of a binding, as AMQP defines it: source, destination, key and arguments."""
+
+    source: str
+    destination: str
+    to_queue: bool
+    routing_key: str
+    arguments: tuple[tuple[str, Any], ...]
+
+
+@dataclass(slots=True)
+class User:
+    name: str
+    password_hash: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Permission:
+    configure: str
+    write: str
+    read: str
+
+
+@dataclass(slots=True)
+class Consumer:
+    queue: str
+    vhost: str
+    owner: Owner
+    tag: str
+    no_ack: bool
+    exclusive: bool
+    prefetch: int
+    priority: int
+    in_flight: int = 0
+    active: bool = True
+
+    def has_capacity(self) -> bool:
+        return self.active and (self.prefetch == 0 or self.in_flight < self.prefetch)
+
+
+@dataclass(slots=True)
+class PublishResult:
+    routed: bool
+    #: a target queue refused the message (overflow reject-publish)
+    rejected: bool = False
+
+
+@dataclass(slots=True)
+class GetResult:
+    message: Message | None
+    seq: int = 0
+    redelivered: bool = False
+    message_count: int = 0
+
+
+@dataclass(slots=True)
+class Received:
+    """One message handed out by a pull receive, with its receipt handle."""
+
+    message: Message
+    handle: str
+
+
+@dataclass(slots=True)
+class QueueInfo:
+    name: str
+    message_count: int
+    consumer_count: int
+
+
+# Effects: what the node must do once the command is durable.
+
+
+@dataclass(slots=True)
+class Deliver:
+    owner: Owner
+    tag: str
+    queue: str
+    message: Message
+    redelivered: bool
+    delivery_count: int
+
+
+@dataclass(slots=True)
+class ConsumerCancelled:
+    """The broker ended a consumer (its queue was deleted)."""
+
+    owner: Owner
+    tag: str
+
+
+@dataclass(slots=True)
+class MessagesAvailable:
+    """A queue gained visible messages: wake long-polling receivers."""
+
+    vhost: str
+    queue: str
+
+
+Effect = Deliver | ConsumerCancelled | MessagesAvailable

@@ -1,0 +1,342 @@
+"""One queue's messages, in the order consumers should see them.
+
+A queue serves push consumers (deliver, then ack/nack) and pull receivers (hide until a
+deadline, delete by receipt handle) from the same messages. Messages returned to the queue
+(requeued or made visible again) go back ahead of newer ones, in publish order.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from broker.core.commands import Owner
+from broker.core.errors import PreconditionFailed
+from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Consumer, Message
+
+OVERFLOW_POLICIES = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+
+@dataclass(slots=True)
+class QueueSettings:
+    """Behaviour parsed from declare arguments (x-*) and pull-API attributes."""
+
+    message_ttl: int | None = None
+    expires: int | None = None
+    max_length: int | None = None
+    max_length_bytes: int | None = None
+    overflow: str = "drop-head"
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+    delivery_limit: int | None = None
+    single_active_consumer: bool = False
+    max_priority: int = 0
+    #: default visibility timeout for pull receives, ms
+    visibility_ms: int = 30_000
+    #: how long acknowledged messages are kept for rewind, ms (0: not kept)
+    rewind_ms: int = 0
+    #: pull receives beyond this count move the message to its dead-letter target
+    max_receive_count: int | None = None
+
+    @classmethod
+    def from_arguments(cls, args: dict[str, Any]) -> QueueSettings:
+        s = cls()
+        s.message_ttl = _non_negative(args, "x-message-ttl")
+        s.expires = _non_negative(args, "x-expires", positive=True)
+        s.max_length = _non_negative(args, "x-max-length")
+        s.max_length_bytes = _non_negative(args, "x-max-length-bytes")
+        overflow = args.get("x-overflow", "drop-head")
+        if isinstance(overflow, bytes):
+            overflow = overflow.decode()
+        if overflow not in OVERFLOW_POLICIES:
+            raise PreconditionFailed(f"invalid arg 'x-overflow' for queue: {overflow!r}")
+        s.overflow = overflow
+        dlx = args.get("x-dead-letter-exchange")
+        s.dead_letter_exchange = dlx.decode() if isinstance(dlx, bytes) else dlx
+        dlrk = args.get("x-dead-letter-routing-key")
+        s.dead_letter_routing_key = dlrk.decode() if isinstance(dlrk, bytes) else dlrk
+        s.delivery_limit = _non_negative(args, "x-delivery-limit")
+        s.single_active_consumer = bool(args.get("x-single-active-consumer", False))
+        prio = _non_negative(args, "x-max-priority")
+        if prio is not None and prio > 255:
+            raise PreconditionFailed("invalid arg 'x-max-priority' for queue: max is 255")
+        s.max_priority = prio or 0
+        visibility = _non_negative(args, "x-visibility-timeout")
+        if visibility is not None:
+            s.visibility_ms = visibility
+        s.rewind_ms = _non_negative(args, "x-rewind-ms") or 0
+        s.max_receive_count = _non_negative(args, "x-max-receive-count", positive=True)
+        qtype = args.get("x-queue-type", "classic")
+        if isinstance(qtype, bytes):
+            qtype = qtype.decode()
+        if qtype not in ("classic", "quorum", "stream"):
+            raise PreconditionFailed(f"invalid arg 'x-queue-type' for queue: {qtype!r}")
+        return s
+
+
+def _non_negative(args: dict[str, Any], key: str, positive: bool = False) -> int | None:
+    if key not in args:
+        return None
+    value = args[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PreconditionFailed(f"invalid arg '{key}' for queue: expected an integer")
+    if value < 0 or (positive and value == 0):
+        raise PreconditionFailed(f"invalid arg '{key}' for queue: {value} is out of range")
+    return value
+
+
+class MessageQueue:
+    """Messages of one queue plus the consumers attached to it."""
+
+    def __init__(
+        self,
+        vhost: str,
+        name: str,
+        qid: int,
+        durable: bool,
+        exclusive_owner: int | None,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.qid = qid
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments = arguments
+        self.settings = QueueSettings.from_arguments(arguments)
+        self.messages: dict[int, Message] = {}
+        levels = self.settings.max_priority + 1
+        self._ready: list[deque[int]] = [deque() for _ in range(levels)]
+        self._returned: list[list[int]] = [[] for _ in range(levels)]
+        self._hidden: list[tuple[int, int]] = []  # (visible_at, seq), possibly stale
+        self._retained: deque[int] = deque()  # seqs in ack order
+        self.ready_count = 0
+        self.ready_bytes = 0
+        self.hidden_count = 0
+        self.delayed_count = 0
+        #: seq -> (owner, consumer or None for basic.get) of each push delivery awaiting settlement
+        self.unacked: dict[int, tuple[Owner, Consumer | None]] = {}
+        self.consumers: list[Consumer] = []
+        self.next_seq = 1
+        self.last_used = 0
+        self.had_consumer = False
+        self._round_robin = 0
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    @property
+    def persistent_store(self) -> bool:
+        return self.durable and self.exclusive_owner is None
+
+    def level(self, msg: Message) -> int:
+        return min(msg.priority, self.settings.max_priority)
+
+    def message_count(self) -> int:
+        """Ready messages, as AMQP reports them."""
+        return self.ready_count
+
+    def is_empty(self) -> bool:
+        return self.ready_count == 0
+
+    def new_message_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    def _mark_ready(self, msg: Message) -> None:
+        msg.state = READY
+        self.ready_count += 1
+        self.ready_bytes += msg.size
+
+    def _unmark_ready(self, msg: Message) -> None:
+        self.ready_count -= 1
+        self.ready_bytes -= msg.size
+
+    # -- adding --------------------------------------------------------------------------
+
+    def append(self, msg: Message) -> None:
+        """A new message, at the tail (or hidden until `visible_at` if delayed)."""
+        self.messages[msg.seq] = msg
+        if msg.visible_at > msg.enqueued_at:
+            self._hide(msg, msg.visible_at)
+            self.delayed_count += 1
+            return
+        self._mark_ready(msg)
+        self._ready[self.level(msg)].append(msg.seq)
+
+    def give_back(self, msg: Message) -> None:
+        """A message already seen by a consumer goes back ahead of newer messages."""
+        self._mark_ready(msg)
+        heapq.heappush(self._returned[self.level(msg)], msg.seq)
+
+    def restore(self, msg: Message) -> None:
+        """Place a message loaded from the store, in whichever state it was saved."""
+        self.next_seq = max(self.next_seq, msg.seq + 1)
+        self.messages[msg.seq] = msg
+        if msg.state == RETAINED:
+            self._retained.append(msg.seq)
+        elif msg.state == HIDDEN:
+            self._hide(msg, msg.visible_at)
+            if msg.delivery_count == 0:
+                self.delayed_count += 1
+        else:
+            # In-flight push deliveries are not persisted: they come back as ready.
+            self._mark_ready(msg)
+            self._ready[self.level(msg)].append(msg.seq)
+
+    def _hide(self, msg: Message, until: int) -> None:
+        msg.state = HIDDEN
+        msg.visible_at = until
+        self.hidden_count += 1
+        heapq.heappush(self._hidden, (until, msg.seq))
+
+    # -- taking --------------------------------------------------------------------------
+
+    def peek_head(self) -> Message | None:
+        """The message a consumer would get next."""
+        for level in range(len(self._ready) - 1, -1, -1):
+            returned, ready = self._returned[level], self._ready[level]
+            while returned:
+                msg = self.messages.get(returned[0])
+                if msg is not None and msg.state == READY:
+                    return msg
+                heapq.heappop(returned)
+            while ready:
+                msg = self.messages.get(ready[0])
+                if msg is not None and msg.state == READY:
+                    return msg
+                ready.popleft()
+        return None
+
+    def pop_head(self) -> Message | None:
+        """Remove and return the next ready message (its state must be set by the caller)."""
+        msg = self.peek_head()
+        if msg is None:
+            return None
+        level = self.level(msg)
+        returned = self._returned[level]
+        if returned and returned[0] == msg.seq:
+            heapq.heappop(returned)
+        else:
+            self._ready[level].popleft()
+        self._unmark_ready(msg)
+        return msg
+
+    def remove(self, msg: Message) -> None:
+        """Forget a message entirely (acked, dead-lettered, expired, dropped)."""
+        del self.messages[msg.seq]
+        self.unacked.pop(msg.seq, None)
+        if msg.state == READY:
+            self._unmark_ready(msg)  # its index entry is skipped lazily
+        elif msg.state == HIDDEN:
+            self.hidden_count -= 1
+            if msg.delivery_count == 0:
+                self.delayed_count -= 1
+        msg.state = -1
+
+    def deliver(self, msg: Message, owner: Owner, consumer: Consumer | None, now: int) -> None:
+        msg.state = UNACKED
+        msg.delivery_count += 1
+        if not msg.first_delivered_at:
+            msg.first_delivered_at = now
+        self.unacked[msg.seq] = (owner, consumer)
+
+    def hide_for_pull(self, msg: Message, now: int, visibility_ms: int) -> None:
+        msg.delivery_count += 1
+        msg.handle += 1
+        if not msg.first_delivered_at:
+            msg.first_delivered_at = now
+        self._hide(msg, now + visibility_ms)
+
+    def retain(self, msg: Message, now: int) -> None:
+        """Keep an acknowledged message for rewind."""
+        self.unacked.pop(msg.seq, None)
+        if msg.state == HIDDEN:
+            self.hidden_count -= 1
+        msg.state = RETAINED
+        msg.acked_at = now
+        self._retained.append(msg.seq)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def due_hidden(self, now: int) -> list[Message]:
+        """Hidden messages whose deadline has passed, made visible again."""
+        out = []
+        while self._hidden and self._hidden[0][0] <= now:
+            visible_at, seq = heapq.heappop(self._hidden)
+            msg = self.messages.get(seq)
+            if msg is None or msg.state != HIDDEN or msg.visible_at != visible_at:
+                continue
+            self.hidden_count -= 1
+            if msg.delivery_count == 0:
+                self.delayed_count -= 1
+                self._mark_ready(msg)
+                self._ready[self.level(msg)].append(msg.seq)
+            else:
+                self.give_back(msg)
+            out.append(msg)
+        return out
+
+    def expired_retained(self, now: int) -> list[Message]:
+        out: list[Message] = []
+        while self._retained:
+            msg = self.messages.get(self._retained[0])
+            if msg is None or msg.state != RETAINED:
+                self._retained.popleft()
+                continue
+            if msg.acked_at + self.settings.rewind_ms > now:
+                break
+            self._retained.popleft()
+            out.append(msg)
+        return out
+
+    def rewind(self, since_ms: int) -> list[Message]:
+        """Retained messages enqueued at or after `since_ms` become ready again."""
+        back = []
+        keep: deque[int] = deque()
+        for seq in self._retained:
+            msg = self.messages.get(seq)
+            if msg is None or msg.state != RETAINED:
+                continue
+            if msg.enqueued_at >= since_ms:
+                msg.acked_at = 0
+                self.give_back(msg)
+                back.append(msg)
+            else:
+                keep.append(seq)
+        self._retained = keep
+        return back
+
+    def retained_count(self) -> int:
+        return sum(1 for seq in self._retained if seq in self.messages)
+
+    def next_due(self) -> int | None:
+        """The earliest time a timer of this queue needs a Tick."""
+        candidates = []
+        if self._hidden:
+            candidates.append(self._hidden[0][0])
+        for level in self._ready:
+            # Per-message TTLs may differ: the head of each level is what RabbitMQ expires.
+            if level:
+                msg = self.messages.get(level[0])
+                if msg is not None and msg.expires_at is not None and msg.state == READY:
+                    candidates.append(msg.expires_at)
+        if self._retained and self.settings.rewind_ms:
+            msg = self.messages.get(self._retained[0])
+            if msg is not None:
+                candidates.append(msg.acked_at + self.settings.rewind_ms)
+        if self.settings.expires is not None and not self.consumers:
+            candidates.append(self.last_used + self.settings.expires)
+        return min(candidates) if candidates else None
+
+    def purge_ready(self) -> list[Message]:
+        out: list[Message] = []
+        while True:
+            msg = self.pop_head()
+            if msg is None:
+                return out
+            out.append(msg)

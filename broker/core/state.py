@@ -1,0 +1,1135 @@
+"""The broker's state machine: `apply(command, now) -> (reply, effects)`.
+
+Pure and deterministic: it never reads the clock, never does I/O, never draws random numbers.
+Durable changes are recorded in `changes` as logical records ("message", key, value) that the
+store writes in one batch; effects (deliveries, cancellations) are released by the node once
+that batch is on disk.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from broker.core import commands as c
+from broker.core.errors import (
+    AccessRefused,
+    CommandInvalid,
+    InvalidArgument,
+    NotAllowed,
+    NotFound,
+    PreconditionFailed,
+    ReceiptHandleInvalid,
+    ResourceLocked,
+)
+from broker.core.model import (
+    HIDDEN,
+    BindingKey,
+    Consumer,
+    ConsumerCancelled,
+    Deliver,
+    Effect,
+    Exchange,
+    GetResult,
+    Message,
+    MessagesAvailable,
+    Permission,
+    PublishResult,
+    QueueInfo,
+    Received,
+    User,
+)
+from broker.core.queue import MessageQueue
+from broker.core.routing import EXCHANGE_TYPES, binding_matches, freeze_arguments
+
+PREDECLARED_EXCHANGES = (
+    ("", "direct"),
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+#: A durable change: (kind, key, value or None to delete).
+Change = tuple[str, Any, Any]
+
+
+@dataclass(slots=True)
+class Vhost:
+    name: str
+    exchanges: dict[str, Exchange] = field(default_factory=dict)
+    queues: dict[str, MessageQueue] = field(default_factory=dict)
+    #: source exchange -> bindings from it (insertion ordered)
+    bindings: dict[str, dict[BindingKey, None]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DelayedPublish:
+    """A message held by an x-delayed-message exchange until `due`."""
+
+    id: int
+    due: int
+    vhost: str
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any]
+    body: bytes
+    persistent: bool
+
+
+class StateMachine:
+    def __init__(self) -> None:
+        self.vhosts: dict[str, Vhost] = {}
+        self.users: dict[str, User] = {}
+        self.permissions: dict[tuple[str, str], Permission] = {}
+        self.consumers: dict[tuple[c.Owner, str], Consumer] = {}
+        #: owner -> queues where it holds deliveries or consumers
+        self.owner_queues: dict[c.Owner, set[tuple[str, str]]] = {}
+        self.exclusive_queues: dict[int, set[tuple[str, str]]] = {}
+        self.queues_by_qid: dict[int, MessageQueue] = {}
+        self.next_qid = 1
+        self.delayed: dict[int, DelayedPublish] = {}
+        self._delayed_heap: list[tuple[int, int]] = []
+        self.next_delayed_id = 1
+        self._timers: list[tuple[int, str, str]] = []
+        self.changes: list[Change] = []
+        self._effects: list[Effect] = []
+        self.now = 0
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            c.DeclareVhost: self._declare_vhost,
+            c.DeleteVhost: self._delete_vhost,
+            c.PutUser: self._put_user,
+            c.DeleteUser: self._delete_user,
+            c.SetPermissions: self._set_permissions,
+            c.DeclareExchange: self._declare_exchange,
+            c.DeleteExchange: self._delete_exchange,
+            c.DeclareQueue: self._declare_queue,
+            c.DeleteQueue: self._delete_queue,
+            c.PurgeQueue: self._purge_queue,
+            c.Bind: self._bind,
+            c.Unbind: self._unbind,
+            c.Publish: self._publish,
+            c.Consume: self._consume,
+            c.Cancel: self._cancel,
+            c.Settle: self._settle,
+            c.Get: self._get,
+            c.Recover: self._recover,
+            c.ReleaseOwner: self._release_owner,
+            c.ConnectionClosed: self._connection_closed,
+            c.SetFlow: self._set_flow,
+            c.Tick: self._tick,
+            c.Receive: self._receive,
+            c.DeleteByHandle: self._delete_by_handle,
+            c.ChangeVisibility: self._change_visibility,
+            c.Rewind: self._rewind,
+        }
+
+    # -- entry point ---------------------------------------------------------------------
+
+    def apply(self, command: c.Command, now: int) -> tuple[Any, list[Effect]]:
+        """Apply one command at time `now` (ms). Raises BrokerError without changing state."""
+        self.now = now
+        self._effects = []
+        reply = self._handlers[type(command)](command)
+        return reply, self._effects
+
+    def next_due(self) -> int | None:
+        """When the next Tick is needed, or None when no timer is pending."""
+        due = self._timers[0][0] if self._timers else None
+        if self._delayed_heap and (due is None or self._delayed_heap[0][0] < due):
+            due = self._delayed_heap[0][0]
+        return due
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def vhost(self, name: str) -> Vhost:
+        vh = self.vhosts.get(name)
+        if vh is None:
+            raise NotAllowed(f"vhost '{name}' not found")
+        return vh
+
+    def queue(self, vhost: str, name: str) -> MessageQueue:
+        q = self.vhost(vhost).queues.get(name)
+        if q is None:
+            raise NotFound(f"no queue '{name}' in vhost '{vhost}'")
+        return q
+
+    def exchange(self, vhost: str, name: str) -> Exchange:
+        ex = self.vhost(vhost).exchanges.get(name)
+        if ex is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{vhost}'")
+        return ex
+
+    def queue_info(self, q: MessageQueue) -> QueueInfo:
+        return QueueInfo(q.name, q.message_count(), len(q.consumers))
+
+    # -- vhosts, users, permissions ------------------------------------------------------
+
+    def _declare_vhost(self, cmd: c.DeclareVhost) -> None:
+        if cmd.name in self.vhosts:
+            return
+        vh = Vhost(cmd.name)
+        for name, type_ in PREDECLARED_EXCHANGES:
+            vh.exchanges[name] = Exchange(cmd.name, name, type_)
+        self.vhosts[cmd.name] = vh
+        self.changes.append(("vhost", cmd.name, True))
+
+    def _delete_vhost(self, cmd: c.DeleteVhost) -> None:
+        vh = self.vhost(cmd.name)
+        for qname in list(vh.queues):
+            self._remove_queue(vh.queues[qname])
+        for name, ex in list(vh.exchanges.items()):
+            if ex.durable and name not in dict(PREDECLARED_EXCHANGES):
+                self.changes.append(("exchange", (cmd.name, name), None))
+        for key in [k for k in self.permissions if k[1] == cmd.name]:
+            del self.permissions[key]
+            self.changes.append(("permission", key, None))
+        for delayed in [d for d in self.delayed.values() if d.vhost == cmd.name]:
+            self._drop_delayed(delayed)
+        del self.vhosts[cmd.name]
+        self.changes.append(("vhost", cmd.name, None))
+
+    def _put_user(self, cmd: c.PutUser) -> None:
+        user = User(cmd.name, cmd.password_hash, tuple(cmd.tags))
+        self.users[cmd.name] = user
+        self.changes.append(("user", cmd.name, user))
+
+    def _delete_user(self, cmd: c.DeleteUser) -> None:
+        if cmd.name not in self.users:
+            raise NotFound(f"no user '{cmd.name}'")
+        del self.users[cmd.name]
+        self.changes.append(("user", cmd.name, None))
+        for key in [k for k in self.permissions if k[0] == cmd.name]:
+            del self.permissions[key]
+            self.changes.append(("permission", key, None))
+
+    def _set_permissions(self, cmd: c.SetPermissions) -> None:
+        if cmd.user not in self.users:
+            raise NotFound(f"no user '{cmd.user}'")
+        self.vhost(cmd.vhost)
+        perm = Permission(cmd.configure, cmd.write, cmd.read)
+        self.permissions[(cmd.user, cmd.vhost)] = perm
+        self.changes.append(("permission", (cmd.user, cmd.vhost), perm))
+
+    # -- exchanges -----------------------------------------------------------------------
+
+    def _declare_exchange(self, cmd: c.DeclareExchange) -> None:
+        vh = self.vhost(cmd.vhost)
+        ex = vh.exchanges.get(cmd.name)
+        if cmd.passive:
+            if ex is None:
+                raise NotFound(f"no exchange '{cmd.name}' in vhost '{cmd.vhost}'")
+            return
+        if cmd.name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        if cmd.type not in EXCHANGE_TYPES:
+            raise CommandInvalid(f"unknown exchange type '{cmd.type}'")
+        if ex is not None:
+            self._check_equivalent(
+                "exchange",
+                cmd.name,
+                cmd.vhost,
+                [
+                    ("type", cmd.type, ex.type),
+                    ("durable", cmd.durable, ex.durable),
+                    ("auto_delete", cmd.auto_delete, ex.auto_delete),
+                    ("internal", cmd.internal, ex.internal),
+                ],
+                cmd.arguments,
+                ex.arguments,
+            )
+            return
+        if cmd.name.startswith("amq."):
+            raise AccessRefused(f"exchange name '{cmd.name}' contains reserved prefix 'amq.*'")
+        if cmd.type == "x-delayed-message":
+            inner = _text(cmd.arguments.get("x-delayed-type"))
+            if inner not in ("direct", "fanout", "topic", "headers"):
+                raise PreconditionFailed(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type"
+                )
+        ex = Exchange(
+            cmd.vhost,
+            cmd.name,
+            cmd.type,
+            cmd.durable,
+            cmd.auto_delete,
+            cmd.internal,
+            dict(cmd.arguments),
+        )
+        vh.exchanges[cmd.name] = ex
+        if ex.durable:
+            self.changes.append(("exchange", (cmd.vhost, cmd.name), ex))
+
+    def _check_equivalent(
+        self,
+        kind: str,
+        name: str,
+        vhost: str,
+        fields: list[tuple[str, Any, Any]],
+        new_args: dict[str, Any],
+        old_args: dict[str, Any],
+    ) -> None:
+        for fname, received, current in fields:
+            if received != current:
+                raise PreconditionFailed(
+                    f"inequivalent arg '{fname}' for {kind} '{name}' in vhost '{vhost}': "
+                    f"received '{_fmt(received)}' but current is '{_fmt(current)}'"
+                )
+        for key in sorted(set(new_args) | set(old_args)):
+            if key == "x-queue-type":
+                continue
+            received, current = _norm(new_args.get(key)), _norm(old_args.get(key))
+            if received != current:
+                raise PreconditionFailed(
+                    f"inequivalent arg '{key}' for {kind} '{name}' in vhost '{vhost}': "
+                    f"received '{_fmt(received)}' but current is '{_fmt(current)}'"
+                )
+
+    def _delete_exchange(self, cmd: c.DeleteExchange) -> None:
+        vh = self.vhost(cmd.vhost)
+        if cmd.name == "" or cmd.name.startswith("amq."):
+            raise AccessRefused(f"operation not permitted on exchange '{cmd.name}'")
+        ex = vh.exchanges.get(cmd.name)
+        if ex is None:
+            return
+        if cmd.if_unused and vh.bindings.get(cmd.name):
+            raise PreconditionFailed(f"exchange '{cmd.name}' in vhost '{cmd.vhost}' in use")
+        self._remove_exchange(vh, ex)
+
+    def _remove_exchange(self, vh: Vhost, ex: Exchange) -> None:
+        for key in list(vh.bindings.get(ex.name, ())):
+            self._remove_binding(vh, key)
+        for source in list(vh.bindings):
+            for key in list(vh.bindings.get(source, ())):
+                if not key.to_queue and key.destination == ex.name:
+                    self._remove_binding(vh, key)
+        vh.bindings.pop(ex.name, None)
+        del vh.exchanges[ex.name]
+        if ex.durable:
+            self.changes.append(("exchange", (vh.name, ex.name), None))
+
+    # -- bindings ------------------------------------------------------------------------
+
+    def _bind(self, cmd: c.Bind) -> None:
+        vh = self.vhost(cmd.vhost)
+        if cmd.source == "" or (not cmd.to_queue and cmd.destination == ""):
+            raise AccessRefused("operation not permitted on the default exchange")
+        source = self.exchange(cmd.vhost, cmd.source)
+        durable = source.durable and self._destination_durable(vh, cmd.to_queue, cmd.destination)
+        key = BindingKey(
+            cmd.source,
+            cmd.destination,
+            cmd.to_queue,
+            cmd.routing_key,
+            freeze_arguments(cmd.arguments),
+        )
+        bindings = vh.bindings.setdefault(cmd.source, {})
+        if key in bindings:
+            return
+        bindings[key] = None
+        if durable:
+            self.changes.append(("binding", (cmd.vhost, key), key))
+
+    def _destination_durable(self, vh: Vhost, to_queue: bool, name: str) -> bool:
+        if to_queue:
+            q = vh.queues.get(name)
+            if q is None:
+                raise NotFound(f"no queue '{name}' in vhost '{vh.name}'")
+            return q.persistent_store
+        ex = vh.exchanges.get(name)
+        if ex is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{vh.name}'")
+        return ex.durable
+
+    def _unbind(self, cmd: c.Unbind) -> None:
+        vh = self.vhost(cmd.vhost)
+        if cmd.source == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        self.exchange(cmd.vhost, cmd.source)
+        self._destination_durable(vh, cmd.to_queue, cmd.destination)
+        key = BindingKey(
+            cmd.source,
+            cmd.destination,
+            cmd.to_queue,
+            cmd.routing_key,
+            freeze_arguments(cmd.arguments),
+        )
+        if key in vh.bindings.get(cmd.source, {}):
+            self._remove_binding(vh, key)
+
+    def _remove_binding(self, vh: Vhost, key: BindingKey) -> None:
+        bindings = vh.bindings.get(key.source)
+        if bindings is None or key not in bindings:
+            return
+        del bindings[key]
+        self.changes.append(("binding", (vh.name, key), None))
+        source = vh.exchanges.get(key.source)
+        if source is not None and source.auto_delete and not bindings:
+            self._remove_exchange(vh, source)
+
+    # -- routing -------------------------------------------------------------------------
+
+    def _route(
+        self,
+        vh: Vhost,
+        ex: Exchange,
+        routing_key: str,
+        headers: dict[str, Any] | None,
+        out: dict[str, None],
+        seen: set[str],
+        exchange_type: str | None = None,
+    ) -> None:
+        """Collect the queues a message reaches from `ex` (following e2e bindings and AE)."""
+        seen.add(ex.name)
+        before = len(out)
+        if ex.name == "":
+            if routing_key in vh.queues:
+                out[routing_key] = None
+            return
+        etype = exchange_type or ex.type
+        if etype == "x-delayed-message":
+            etype = _text(ex.arguments.get("x-delayed-type")) or "direct"
+        matched_any = False
+        for key in vh.bindings.get(ex.name, ()):
+            if not binding_matches(etype, key, routing_key, headers):
+                continue
+            matched_any = True
+            if key.to_queue:
+                out[key.destination] = None
+            else:
+                dest = vh.exchanges.get(key.destination)
+                if dest is not None and dest.name not in seen:
+                    self._route(vh, dest, routing_key, headers, out, seen)
+        if not matched_any or len(out) == before:
+            alternate = _text(ex.arguments.get("alternate-exchange"))
+            if alternate and len(out) == before:
+                ae = vh.exchanges.get(alternate)
+                if ae is not None and ae.name not in seen:
+                    self._route(vh, ae, routing_key, headers, out, seen)
+
+    # -- queues --------------------------------------------------------------------------
+
+    def _declare_queue(self, cmd: c.DeclareQueue) -> QueueInfo:
+        vh = self.vhost(cmd.vhost)
+        q = vh.queues.get(cmd.name)
+        if q is not None and q.exclusive_owner not in (None, cmd.exclusive_owner):
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked queue '{cmd.name}' "
+                f"in vhost '{cmd.vhost}'. It could be originally declared on another "
+                "connection or the exclusive property value does not match that of the "
+                "original declaration."
+            )
+        if cmd.passive:
+            if q is None:
+                raise NotFound(f"no queue '{cmd.name}' in vhost '{cmd.vhost}'")
+            return self.queue_info(q)
+        if q is not None:
+            self._check_equivalent(
+                "queue",
+                cmd.name,
+                cmd.vhost,
+                [
+                    ("durable", cmd.durable, q.durable),
+                    ("exclusive", cmd.exclusive_owner is not None, q.exclusive_owner is not None),
+                    ("auto_delete", cmd.auto_delete, q.auto_delete),
+                ],
+                cmd.arguments,
+                q.arguments,
+            )
+            q.last_used = self.now
+            self._schedule(q)
+            return self.queue_info(q)
+        if cmd.name.startswith("amq.") and not cmd.server_named:
+            raise AccessRefused(f"queue name '{cmd.name}' contains reserved prefix 'amq.*'")
+        q = MessageQueue(
+            cmd.vhost,
+            cmd.name,
+            self.next_qid,
+            cmd.durable,
+            cmd.exclusive_owner,
+            cmd.auto_delete,
+            dict(cmd.arguments),
+        )
+        self.next_qid += 1
+        q.last_used = self.now
+        vh.queues[cmd.name] = q
+        self.queues_by_qid[q.qid] = q
+        if cmd.exclusive_owner is not None:
+            self.exclusive_queues.setdefault(cmd.exclusive_owner, set()).add((cmd.vhost, cmd.name))
+        if q.persistent_store:
+            self.changes.append(("counter", "qid", self.next_qid))
+            self.changes.append(("queue", (cmd.vhost, cmd.name), _queue_record(q)))
+        self._schedule(q)
+        return self.queue_info(q)
+
+    def _check_exclusive(self, q: MessageQueue, connection: int | None) -> None:
+        if q.exclusive_owner is not None and q.exclusive_owner != connection:
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked queue '{q.name}' in vhost '{q.vhost}'"
+            )
+
+    def _delete_queue(self, cmd: c.DeleteQueue) -> int:
+        vh = self.vhost(cmd.vhost)
+        q = vh.queues.get(cmd.name)
+        if q is None:
+            return 0
+        self._check_exclusive(q, cmd.requester)
+        if cmd.if_unused and q.consumers:
+            raise PreconditionFailed(f"queue '{cmd.name}' in vhost '{cmd.vhost}' in use")
+        if cmd.if_empty and q.message_count():
+            raise PreconditionFailed(f"queue '{cmd.name}' in vhost '{cmd.vhost}' is not empty")
+        count = q.message_count()
+        self._remove_queue(q)
+        return count
+
+    def _remove_queue(self, q: MessageQueue) -> None:
+        vh = self.vhosts[q.vhost]
+        for consumer in list(q.consumers):
+            self._drop_consumer(consumer)
+            self._effects.append(ConsumerCancelled(consumer.owner, consumer.tag))
+        for msg in list(q.messages.values()):
+            self._forget(q, msg)
+        for source in list(vh.bindings):
+            for key in list(vh.bindings.get(source, ())):
+                if key.to_queue and key.destination == q.name:
+                    self._remove_binding(vh, key)
+        del vh.queues[q.name]
+        del self.queues_by_qid[q.qid]
+        if q.exclusive_owner is not None:
+            self.exclusive_queues.get(q.exclusive_owner, set()).discard((q.vhost, q.name))
+        if q.persistent_store:
+            self.changes.append(("queue", (q.vhost, q.name), None))
+
+    def _purge_queue(self, cmd: c.PurgeQueue) -> int:
+        q = self.queue(cmd.vhost, cmd.name)
+        self._check_exclusive(q, cmd.requester)
+        purged = q.purge_ready()
+        for msg in purged:
+            self._forget(q, msg)
+        return len(purged)
+
+    def _connection_closed(self, cmd: c.ConnectionClosed) -> None:
+        for vhost, name in sorted(self.exclusive_queues.pop(cmd.connection, set())):
+            vh = self.vhosts.get(vhost)
+            if vh is not None and name in vh.queues:
+                self._remove_queue(vh.queues[name])
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def _publish(self, cmd: c.Publish) -> PublishResult:
+        vh = self.vhost(cmd.vhost)
+        ex = vh.exchanges.get(cmd.exchange)
+        if ex is None:
+            raise NotFound(f"no exchange '{cmd.exchange}' in vhost '{cmd.vhost}'")
+        if ex.internal:
+            raise AccessRefused(
+                f"cannot publish to internal exchange '{cmd.exchange}' in vhost '{cmd.vhost}'"
+            )
+        props = cmd.properties
+        expiration = props.get("expiration")
+        ttl = None
+        if expiration is not None:
+            try:
+                ttl = int(expiration)
+            except (TypeError, ValueError):
+                raise PreconditionFailed(f"invalid expiration '{expiration}'") from None
+            if ttl < 0:
+                raise PreconditionFailed(f"invalid expiration '{expiration}'")
+        headers = props.get("headers")
+        if ex.type == "x-delayed-message":
+            delay = headers.get("x-delay") if headers else None
+            if isinstance(delay, int) and not isinstance(delay, bool) and delay > 0:
+                self._hold_delayed(vh, ex, cmd, delay)
+                return PublishResult(routed=True)
+        targets: dict[str, None] = {}
+        self._route(vh, ex, cmd.routing_key, headers, targets, set())
+        result = PublishResult(routed=bool(targets))
+        persistent = props.get("delivery_mode") == 2
+        for qname in targets:
+            q = vh.queues[qname]
+            if not self._enqueue(
+                q, cmd.exchange, cmd.routing_key, props, cmd.body, persistent, ttl, cmd.delay_ms
+            ):
+                result.rejected = True
+        return result
+
+    def _enqueue(
+        self,
+        q: MessageQueue,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any],
+        body: bytes,
+        persistent: bool,
+        message_ttl: int | None,
+        delay_ms: int = 0,
+    ) -> bool:
+        """Add a message to a queue; False if the queue refused it (overflow reject)."""
+        s = q.settings
+        if s.overflow != "drop-head" and (
+            (s.max_length is not None and q.ready_count >= s.max_length)
+            or (s.max_length_bytes is not None and q.ready_bytes + len(body) > s.max_length_bytes)
+        ):
+            if s.overflow == "reject-publish-dlx":
+                msg = self._new_message(
+                    q, exchange, routing_key, properties, body, persistent, message_ttl, 0
+                )
+                self._dead_letter_copy(q, msg, "maxlen")
+            return False
+        msg = self._new_message(
+            q, exchange, routing_key, properties, body, persistent, message_ttl, delay_ms
+        )
+        q.append(msg)
+        self._persist(q, msg)
+        if msg.expires_at is not None or msg.state == HIDDEN:
+            self._schedule(q)
+        if s.max_length is not None or s.max_length_bytes is not None:
+            self._drop_over_limit(q)
+        self._dispatch(q)
+        self._expire_heads(q)
+        if q.ready_count and not q.consumers:
+            self._effects.append(MessagesAvailable(q.vhost, q.name))
+        return True
+
+    def _new_message(
+        self,
+        q: MessageQueue,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any],
+        body: bytes,
+        persistent: bool,
+        message_ttl: int | None,
+        delay_ms: int,
+    ) -> Message:
+        ttl = q.settings.message_ttl
+        if message_ttl is not None:
+            ttl = message_ttl if ttl is None else min(ttl, message_ttl)
+        priority = properties.get("priority") or 0
+        now = self.now
+        return Message(
+            seq=q.new_message_seq(),
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            body=body,
+            persistent=persistent,
+            enqueued_at=now,
+            expires_at=None if ttl is None else now + delay_ms + ttl,
+            priority=priority if isinstance(priority, int) else 0,
+            visible_at=now + delay_ms,
+        )
+
+    def _drop_over_limit(self, q: MessageQueue) -> None:
+        s = q.settings
+        while (s.max_length is not None and q.ready_count > s.max_length) or (
+            s.max_length_bytes is not None and q.ready_bytes > s.max_length_bytes
+        ):
+            head = q.pop_head()
+            if head is None:
+                return
+            self._dead_letter(q, head, "maxlen")
+
+    def _hold_delayed(self, vh: Vhost, ex: Exchange, cmd: c.Publish, delay: int) -> None:
+        held = DelayedPublish(
+            self.next_delayed_id,
+            self.now + delay,
+            vh.name,
+            ex.name,
+            cmd.routing_key,
+            cmd.properties,
+            cmd.body,
+            cmd.properties.get("delivery_mode") == 2,
+        )
+        self.next_delayed_id += 1
+        self.delayed[held.id] = held
+        heapq.heappush(self._delayed_heap, (held.due, held.id))
+        if held.persistent and ex.durable:
+            self.changes.append(("delayed", (held.due, held.id), held))
+            self.changes.append(("counter", "delayed", self.next_delayed_id))
+
+    def _drop_delayed(self, held: DelayedPublish) -> None:
+        del self.delayed[held.id]
+        self.changes.append(("delayed", (held.due, held.id), None))
+
+    def _release_delayed(self) -> None:
+        while self._delayed_heap and self._delayed_heap[0][0] <= self.now:
+            _, ident = heapq.heappop(self._delayed_heap)
+            held = self.delayed.get(ident)
+            if held is None:
+                continue
+            self._drop_delayed(held)
+            vh = self.vhosts.get(held.vhost)
+            ex = vh.exchanges.get(held.exchange) if vh else None
+            if vh is None or ex is None:
+                continue
+            targets: dict[str, None] = {}
+            self._route(vh, ex, held.routing_key, held.properties.get("headers"), targets, set())
+            ttl = _ttl(held.properties)
+            for qname in targets:
+                self._enqueue(
+                    vh.queues[qname],
+                    held.exchange,
+                    held.routing_key,
+                    held.properties,
+                    held.body,
+                    held.persistent,
+                    ttl,
+                )
+
+    # -- dead-lettering ------------------------------------------------------------------
+
+    def _dead_letter(self, q: MessageQueue, msg: Message, reason: str) -> None:
+        """Remove `msg` from `q` and republish it to the queue's dead-letter exchange."""
+        self._forget(q, msg)
+        self._dead_letter_copy(q, msg, reason)
+
+    def _dead_letter_copy(self, q: MessageQueue, msg: Message, reason: str) -> None:
+        dlx = q.settings.dead_letter_exchange
+        if dlx is None:
+            return
+        vh = self.vhosts[q.vhost]
+        ex = vh.exchanges.get(dlx)
+        if ex is None:
+            return
+        props = dict(msg.properties)
+        headers = dict(props.get("headers") or {})
+        deaths = [dict(d) for d in headers.get("x-death") or []]
+        routing_keys = [msg.routing_key] + list(headers.get("CC") or [])
+        entry = None
+        for i, death in enumerate(deaths):
+            if _text(death.get("queue")) == q.name and _text(death.get("reason")) == reason:
+                entry = deaths.pop(i)
+                break
+        if entry is None:
+            entry = {
+                "count": 0,
+                "reason": reason,
+                "queue": q.name,
+                "exchange": msg.exchange,
+                "routing-keys": routing_keys,
+            }
+            if props.get("expiration") is not None:
+                entry["original-expiration"] = props["expiration"]
+        entry["count"] = int(entry.get("count", 0)) + 1
+        entry["time"] = datetime.fromtimestamp(self.now // 1000, UTC)
+        deaths.insert(0, entry)
+        headers["x-death"] = deaths
+        if "x-first-death-reason" not in headers:
+            headers["x-first-death-reason"] = reason
+            headers["x-first-death-queue"] = q.name
+            headers["x-first-death-exchange"] = msg.exchange
+        headers["x-last-death-reason"] = reason
+        headers["x-last-death-queue"] = q.name
+        headers["x-last-death-exchange"] = msg.exchange
+        props["headers"] = headers
+        props.pop("expiration", None)
+        routing_key = q.settings.dead_letter_routing_key or msg.routing_key
+        targets: dict[str, None] = {}
+        self._route(vh, ex, routing_key, headers, targets, set())
+        for qname in targets:
+            # Dropping cycles without a rejection, as RabbitMQ does, keeps TTL loops finite.
+            if qname == q.name and reason != "rejected":
+                continue
+            self._enqueue(vh.queues[qname], dlx, routing_key, props, msg.body, msg.persistent, None)
+
+    # -- consumers -----------------------------------------------------------------------
+
+    def _consume(self, cmd: c.Consume) -> QueueInfo:
+        q = self.queue(cmd.vhost, cmd.queue)
+        self._check_exclusive(q, cmd.connection)
+        if (cmd.owner, cmd.tag) in self.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{cmd.tag}'")
+        if any(other.exclusive for other in q.consumers) or (cmd.exclusive and q.consumers):
+            raise AccessRefused(f"queue '{cmd.queue}' in vhost '{cmd.vhost}' in exclusive use")
+        consumer = Consumer(
+            cmd.queue,
+            cmd.vhost,
+            cmd.owner,
+            cmd.tag,
+            cmd.no_ack,
+            cmd.exclusive,
+            cmd.prefetch,
+            cmd.priority,
+        )
+        self.consumers[(cmd.owner, cmd.tag)] = consumer
+        self.owner_queues.setdefault(cmd.owner, set()).add((cmd.vhost, cmd.queue))
+        q.consumers.append(consumer)
+        q.had_consumer = True
+        q.last_used = self.now
+        self._dispatch(q)
+        return self.queue_info(q)
+
+    def _cancel(self, cmd: c.Cancel) -> bool:
+        consumer = self.consumers.get((cmd.owner, cmd.tag))
+        if consumer is None:
+            return False
+        self._drop_consumer(consumer)
+        q = self.vhosts[consumer.vhost].queues.get(consumer.queue)
+        if q is not None:
+            self._after_consumer_left(q)
+        return True
+
+    def _drop_consumer(self, consumer: Consumer) -> None:
+        del self.consumers[(consumer.owner, consumer.tag)]
+        q = self.vhosts[consumer.vhost].queues.get(consumer.queue)
+        if q is not None:
+            q.consumers.remove(consumer)
+            q.last_used = self.now
+
+    def _after_consumer_left(self, q: MessageQueue) -> None:
+        if q.auto_delete and q.had_consumer and not q.consumers:
+            self._remove_queue(q)
+            return
+        self._schedule(q)
+        self._dispatch(q)
+
+    def _next_consumer(self, q: MessageQueue) -> Consumer | None:
+        consumers = q.consumers
+        if not consumers:
+            return None
+        if q.settings.single_active_consumer:
+            first = consumers[0]
+            return first if first.has_capacity() else None
+        if len(consumers) == 1:
+            only = consumers[0]
+            return only if only.has_capacity() else None
+        best: Consumer | None = None
+        n = len(consumers)
+        start = q._round_robin % n
+        for i in range(n):
+            candidate = consumers[(start + i) % n]
+            if candidate.has_capacity() and (best is None or candidate.priority > best.priority):
+                best = candidate
+        if best is not None:
+            q._round_robin = consumers.index(best) + 1
+        return best
+
+    def _dispatch(self, q: MessageQueue) -> None:
+        while q.ready_count:
+            consumer = self._next_consumer(q)
+            if consumer is None:
+                return
+            msg = q.pop_head()
+            if msg is None:
+                return
+            if _expired(msg, self.now):
+                self._dead_letter(q, msg, "expired")
+                continue
+            self._push(q, msg, consumer)
+
+    def _push(self, q: MessageQueue, msg: Message, consumer: Consumer) -> None:
+        q.deliver(msg, consumer.owner, consumer, self.now)
+        redelivered = msg.delivery_count > 1 or msg.returns > 0
+        self._effects.append(
+            Deliver(consumer.owner, consumer.tag, q.name, msg, redelivered, msg.returns)
+        )
+        if consumer.no_ack:
+            self._forget(q, msg)
+        else:
+            consumer.in_flight += 1
+
+    def _get(self, cmd: c.Get) -> GetResult:
+        q = self.queue(cmd.vhost, cmd.queue)
+        self._check_exclusive(q, cmd.connection)
+        q.last_used = self.now
+        self._schedule(q)
+        while True:
+            msg = q.pop_head()
+            if msg is None:
+                return GetResult(None, message_count=0)
+            if _expired(msg, self.now):
+                self._dead_letter(q, msg, "expired")
+                continue
+            break
+        q.deliver(msg, cmd.owner, None, self.now)
+        redelivered = msg.delivery_count > 1 or msg.returns > 0
+        if cmd.no_ack:
+            self._forget(q, msg)
+        else:
+            self.owner_queues.setdefault(cmd.owner, set()).add((cmd.vhost, cmd.queue))
+        return GetResult(msg, msg.seq, redelivered, q.message_count())
+
+    def _settle(self, cmd: c.Settle) -> None:
+        touched: dict[tuple[str, str], MessageQueue] = {}
+        for vhost, qname, seq in cmd.deliveries:
+            vh = self.vhosts.get(vhost)
+            q = vh.queues.get(qname) if vh else None
+            if q is None:
+                continue
+            holder = q.unacked.get(seq)
+            if holder is None or holder[0] != cmd.owner:
+                continue
+            self._settle_one(q, q.messages[seq], cmd.outcome)
+            touched[(vhost, qname)] = q
+        for q in touched.values():
+            if q.name in self.vhosts[q.vhost].queues:
+                self._dispatch(q)
+
+    def _settle_one(self, q: MessageQueue, msg: Message, outcome: str) -> None:
+        _, consumer = q.unacked.pop(msg.seq)
+        if consumer is not None:
+            consumer.in_flight -= 1
+        if outcome == "ack":
+            self._acknowledge(q, msg)
+        elif outcome == "requeue":
+            msg.returns += 1
+            limit = q.settings.delivery_limit
+            if limit is not None and msg.returns > limit:
+                self._dead_letter(q, msg, "delivery_limit")
+                return
+            q.give_back(msg)
+            self._persist(q, msg)
+        else:
+            self._dead_letter(q, msg, "rejected")
+
+    def _acknowledge(self, q: MessageQueue, msg: Message) -> None:
+        if q.settings.rewind_ms:
+            q.retain(msg, self.now)
+            self._persist(q, msg)
+            self._schedule(q)
+        else:
+            self._forget(q, msg)
+
+    def _requeue_owner(self, owner: c.Owner) -> None:
+        for vhost, qname in sorted(self.owner_queues.get(owner, ())):
+            vh = self.vhosts.get(vhost)
+            q = vh.queues.get(qname) if vh else None
+            if q is None:
+                continue
+            for seq in sorted(s for s, holder in q.unacked.items() if holder[0] == owner):
+                self._settle_one(q, q.messages[seq], "requeue")
+            if vh is not None and qname in vh.queues:
+                self._dispatch(q)
+
+    def _recover(self, cmd: c.Recover) -> None:
+        self._requeue_owner(cmd.owner)
+
+    def _release_owner(self, cmd: c.ReleaseOwner) -> None:
+        mine = [k for k in self.consumers if k[0] == cmd.owner]
+        left: dict[tuple[str, str], MessageQueue] = {}
+        for key in mine:
+            consumer = self.consumers[key]
+            self._drop_consumer(consumer)
+            q = self.vhosts[consumer.vhost].queues.get(consumer.queue)
+            if q is not None:
+                left[(q.vhost, q.name)] = q
+        self._requeue_owner(cmd.owner)
+        self.owner_queues.pop(cmd.owner, None)
+        for q in left.values():
+            if q.name in self.vhosts[q.vhost].queues:
+                self._after_consumer_left(q)
+
+    def _set_flow(self, cmd: c.SetFlow) -> None:
+        for (owner, _), consumer in list(self.consumers.items()):
+            if owner == cmd.owner:
+                consumer.active = cmd.active
+                if cmd.active:
+                    self._dispatch(self.vhosts[consumer.vhost].queues[consumer.queue])
+
+    # -- pull consumption ----------------------------------------------------------------
+
+    def _receive(self, cmd: c.Receive) -> list[Received]:
+        q = self.queue(cmd.vhost, cmd.queue)
+        visibility = q.settings.visibility_ms if cmd.visibility_ms is None else cmd.visibility_ms
+        if cmd.max_messages < 1:
+            raise InvalidArgument("max_messages must be at least 1")
+        q.last_used = self.now
+        out: list[Received] = []
+        while len(out) < cmd.max_messages:
+            msg = q.pop_head()
+            if msg is None:
+                break
+            if _expired(msg, self.now):
+                self._dead_letter(q, msg, "expired")
+                continue
+            limit = q.settings.max_receive_count
+            if limit is not None and msg.delivery_count >= limit:
+                self._dead_letter(q, msg, "delivery_limit")
+                continue
+            q.hide_for_pull(msg, self.now, visibility)
+            self._persist(q, msg)
+            out.append(Received(msg, f"{msg.seq}.{msg.handle}"))
+        if out:
+            self._schedule(q)
+        return out
+
+    def _held_message(self, q: MessageQueue, handle: str) -> Message:
+        try:
+            seq_text, gen_text = handle.split(".", 1)
+            seq, gen = int(seq_text), int(gen_text)
+        except ValueError:
+            raise ReceiptHandleInvalid(f"invalid receipt handle '{handle}'") from None
+        msg = q.messages.get(seq)
+        if msg is None or msg.state != HIDDEN or msg.handle != gen or msg.delivery_count == 0:
+            raise ReceiptHandleInvalid(f"receipt handle '{handle}' is not valid")
+        if msg.visible_at <= self.now:
+            raise ReceiptHandleInvalid(f"receipt handle '{handle}' has expired")
+        return msg
+
+    def _delete_by_handle(self, cmd: c.DeleteByHandle) -> None:
+        q = self.queue(cmd.vhost, cmd.queue)
+        msg = self._held_message(q, cmd.handle)
+        self._acknowledge(q, msg)
+
+    def _change_visibility(self, cmd: c.ChangeVisibility) -> int:
+        q = self.queue(cmd.vhost, cmd.queue)
+        msg = self._held_message(q, cmd.handle)
+        q.hidden_count -= 1
+        q._hide(msg, self.now + cmd.visibility_ms)
+        self._persist(q, msg)
+        self._schedule(q)
+        return msg.visible_at
+
+    def _rewind(self, cmd: c.Rewind) -> int:
+        q = self.queue(cmd.vhost, cmd.queue)
+        back = q.rewind(cmd.since_ms)
+        for msg in back:
+            self._persist(q, msg)
+        self._dispatch(q)
+        if back:
+            self._effects.append(MessagesAvailable(q.vhost, q.name))
+        return len(back)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _schedule(self, q: MessageQueue) -> None:
+        due = q.next_due()
+        if due is not None:
+            heapq.heappush(self._timers, (due, q.vhost, q.name))
+
+    def _tick(self, cmd: c.Tick) -> None:
+        now = self.now
+        self._release_delayed()
+        fired: dict[tuple[str, str], None] = {}
+        while self._timers and self._timers[0][0] <= now:
+            _, vhost, name = heapq.heappop(self._timers)
+            fired[(vhost, name)] = None
+        for vhost, name in fired:
+            vh = self.vhosts.get(vhost)
+            q = vh.queues.get(name) if vh else None
+            if q is not None:
+                self._fire_queue_timers(q)
+
+    def _fire_queue_timers(self, q: MessageQueue) -> None:
+        now = self.now
+        s = q.settings
+        if s.expires is not None and not q.consumers and q.last_used + s.expires <= now:
+            self._remove_queue(q)
+            return
+        visible = q.due_hidden(now)
+        for msg in visible:
+            self._persist(q, msg)
+        for msg in q.expired_retained(now):
+            self._forget(q, msg)
+        self._expire_heads(q)
+        self._dispatch(q)
+        if visible and q.ready_count:
+            self._effects.append(MessagesAvailable(q.vhost, q.name))
+        self._schedule(q)
+
+    def _expire_heads(self, q: MessageQueue) -> None:
+        while True:
+            head = q.peek_head()
+            if head is None or head.expires_at is None or head.expires_at > self.now:
+                return
+            q.pop_head()
+            self._dead_letter(q, head, "expired")
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def _persist(self, q: MessageQueue, msg: Message) -> None:
+        if msg.persistent and q.persistent_store:
+            self.changes.append(("message", (q.qid, msg.seq), msg))
+
+    def _forget(self, q: MessageQueue, msg: Message) -> None:
+        q.remove(msg)
+        if msg.persistent and q.persistent_store:
+            self.changes.append(("message", (q.qid, msg.seq), None))
+
+    def take_changes(self) -> list[Change]:
+        changes, self.changes = self.changes, []
+        return changes
+
+    def restore(self, kind: str, key: Any, value: Any) -> None:
+        """Rebuild state from one stored record (records arrive in schema order)."""
+        if kind == "counter":
+            if key == "qid":
+                self.next_qid = max(self.next_qid, value)
+            elif key == "delayed":
+                self.next_delayed_id = max(self.next_delayed_id, value)
+        elif kind == "vhost":
+            self._declare_vhost(c.DeclareVhost(key))
+        elif kind == "user":
+            self.users[key] = value
+        elif kind == "permission":
+            self.permissions[key] = value
+        elif kind == "exchange":
+            self.vhosts[key[0]].exchanges[key[1]] = value
+        elif kind == "queue":
+            vhost, name = key
+            q = MessageQueue(
+                vhost, name, value["qid"], True, None, value["auto_delete"], value["arguments"]
+            )
+            q.last_used = self.now
+            self.vhosts[vhost].queues[name] = q
+            self.queues_by_qid[q.qid] = q
+            self.next_qid = max(self.next_qid, q.qid + 1)
+        elif kind == "binding":
+            vhost, bkey = key
+            self.vhosts[vhost].bindings.setdefault(bkey.source, {})[bkey] = None
+        elif kind == "message":
+            qid, _ = key
+            mq = self.queues_by_qid.get(qid)
+            if mq is not None:
+                mq.restore(value)
+        elif kind == "delayed":
+            self.delayed[value.id] = value
+            heapq.heappush(self._delayed_heap, (value.due, value.id))
+            self.next_delayed_id = max(self.next_delayed_id, value.id + 1)
+
+    def finish_restore(self) -> None:
+        """After loading: schedule every queue's timers."""
+        self.changes = []
+        for vh in self.vhosts.values():
+            for q in vh.queues.values():
+                self._schedule(q)
+
+
+def _queue_record(q: MessageQueue) -> dict[str, Any]:
+    return {"qid": q.qid, "auto_delete": q.auto_delete, "arguments": q.arguments}
+
+
+def _expired(msg: Message, now: int) -> bool:
+    """Expired messages are never delivered; a TTL of 0 still allows immediate delivery."""
+    exp = msg.expires_at
+    return exp is not None and (now > exp or (now == exp and msg.enqueued_at < now))
+
+
+def _ttl(properties: dict[str, Any]) -> int | None:
+    try:
+        return int(properties["expiration"]) if properties.get("expiration") is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return str(value)

@@ -1,0 +1,1 @@
+"""Durable storage: the LevelDB key schema and the group-commit path."""
