@@ -416,7 +416,7 @@ class StateMachine:
     def _declare_queue(self, cmd: c.DeclareQueue) -> QueueInfo:
         vh = self.vhost(cmd.vhost)
         q = vh.queues.get(cmd.name)
-        if q is not None and q.exclusive_owner not in (None, cmd.exclusive_owner):
+        if q is not None and q.exclusive_owner not in (None, cmd.requester):
             raise ResourceLocked(
                 f"cannot obtain exclusive access to locked queue '{cmd.name}' "
                 f"in vhost '{cmd.vhost}'. It could be originally declared on another "

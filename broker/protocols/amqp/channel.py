@@ -539,6 +539,7 @@ class Channel:
             dict(m.arguments or {}),
             bool(m.passive),
             server_named,
+            self.conn.id,
         )
 
         def reply(info: QueueInfo) -> Frame | None:
