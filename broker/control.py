@@ -140,7 +140,7 @@ class ControlServer:
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.node.commit is not None
-        return {"connections": len(self.node.protocols), **self.node.commit.stats}
+        return {"connections": len(self.node.connections), **self.node.commit.stats}
 
 
 def request(

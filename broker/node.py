@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import os
 import shutil
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from broker.config import Config
 from broker.control import ControlServer
@@ -32,13 +33,29 @@ log = logging.getLogger(__name__)
 REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
 
+class ClientConnection(Protocol):
+    """What the node asks of a connection, whatever its protocol."""
+
+    def deliver(self, effect: Deliver) -> None: ...
+
+    def consumer_cancelled(self, effect: ConsumerCancelled) -> None: ...
+
+    def set_blocked(self, reason: str | None) -> None: ...
+
+    def force_close(self, reason: str) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.state = StateMachine()
         self.store: Store | None = None
         self.commit: CommitPath | None = None
-        self.protocols: dict[int, AMQPProtocol] = {}
+        #: every client connection of every protocol, by its node-wide id
+        self.connections: dict[int, ClientConnection] = {}
+        self._connection_ids = itertools.count(1)
         self.servers: list[asyncio.AbstractServer] = []
         self.control: ControlServer | None = None
         self._reply_to: dict[str, tuple[Any, int, str]] = {}
@@ -100,8 +117,8 @@ class Node:
             server.close()
         if self.control is not None:
             self.control.close()
-        for proto in list(self.protocols.values()):
-            proto.force_close("shutdown")
+        for conn in list(self.connections.values()):
+            conn.force_close("shutdown")
         await self._wait_connections_closed(2.0)
         if self.commit is not None:
             await self.commit.drain()
@@ -113,32 +130,32 @@ class Node:
     async def _wait_connections_closed(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.protocols and loop.time() < deadline:
+        while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for proto in list(self.protocols.values()):
-            if proto.transport is not None:
-                proto.transport.abort()
+        for conn in list(self.connections.values()):
+            conn.abort()
 
     # -- connections ---------------------------------------------------------------------
 
-    def connection_opened(self, proto: AMQPProtocol) -> None:
-        assert proto.conn is not None
-        self.protocols[proto.conn.id] = proto
+    def connection_opened(self, conn: ClientConnection) -> int:
+        """Register a connection; returns its node-wide id (the first part of its owners)."""
+        conn_id = next(self._connection_ids)
+        self.connections[conn_id] = conn
+        return conn_id
 
-    def connection_closed(self, proto: AMQPProtocol) -> None:
-        assert proto.conn is not None
-        self.protocols.pop(proto.conn.id, None)
+    def connection_closed(self, conn_id: int) -> None:
+        self.connections.pop(conn_id, None)
 
     def _on_effects(self, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Deliver):
-                proto = self.protocols.get(effect.owner[0])
-                if proto is not None and proto.conn is not None:
-                    proto.conn.deliver(effect)
+                conn = self.connections.get(effect.owner[0])
+                if conn is not None:
+                    conn.deliver(effect)
             elif isinstance(effect, ConsumerCancelled):
-                proto = self.protocols.get(effect.owner[0])
-                if proto is not None and proto.conn is not None:
-                    proto.conn.consumer_cancelled(effect)
+                conn = self.connections.get(effect.owner[0])
+                if conn is not None:
+                    conn.consumer_cancelled(effect)
 
     # -- the gateway the adapters call ---------------------------------------------------
 
@@ -220,8 +237,8 @@ class Node:
         if reason != self._blocked:
             log.warning("resource alarm: %s", reason or "cleared")
             self._blocked = reason
-            for proto in list(self.protocols.values()):
-                proto.set_blocked(reason)
+            for conn in list(self.connections.values()):
+                conn.set_blocked(reason)
 
     async def _watch_resources(self) -> None:
         while True:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import logging
 import time
 from typing import Any
 
+from broker.core.model import ConsumerCancelled, Deliver
 from broker.protocols.amqp.codec import HEARTBEAT_FRAME
 from broker.protocols.amqp.connection import AMQPConnection, Settings, State
 
 log = logging.getLogger(__name__)
-_ids = itertools.count(1)
 
 
 def is_loopback(peer: Any) -> bool:
@@ -44,10 +43,10 @@ class AMQPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
+        conn_id = self.node.connection_opened(self)
         self.conn = AMQPConnection(
-            next(_ids), self.node, self.settings, is_loopback(peer), self._schedule_flush
+            conn_id, self.node, self.settings, is_loopback(peer), self._schedule_flush
         )
-        self.node.connection_opened(self)
         self._timers.append(self.loop.call_later(self.handshake_timeout, self._check_handshake))
 
     def data_received(self, data: bytes) -> None:
@@ -65,7 +64,7 @@ class AMQPProtocol(asyncio.Protocol):
             timer.cancel()
         if self.conn is not None:
             self.conn.connection_lost()
-            self.node.connection_closed(self)
+            self.node.connection_closed(self.conn.id)
 
     def eof_received(self) -> bool | None:
         return None
@@ -108,6 +107,18 @@ class AMQPProtocol(asyncio.Protocol):
             self.resume_reading()
         elif self.conn.has_published:
             self.pause_reading()
+
+    def deliver(self, effect: Deliver) -> None:
+        if self.conn is not None:
+            self.conn.deliver(effect)
+
+    def consumer_cancelled(self, effect: ConsumerCancelled) -> None:
+        if self.conn is not None:
+            self.conn.consumer_cancelled(effect)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def force_close(self, reason: str) -> None:
         if self.conn is not None:
