@@ -188,6 +188,12 @@ class MessageQueue:
             self._mark_ready(msg)
             self._ready[self.level(msg)].append(msg.seq)
 
+    def finish_restore(self) -> None:
+        """Retained messages expire in ack order, which the store (in seq order) lost."""
+        self._retained = deque(
+            sorted(self._retained, key=lambda seq: (self.messages[seq].acked_at, seq))
+        )
+
     def _hide(self, msg: Message, until: int) -> None:
         msg.state = HIDDEN
         msg.visible_at = until
@@ -196,27 +202,57 @@ class MessageQueue:
 
     # -- taking --------------------------------------------------------------------------
 
+    def _level_head(self, level: int) -> Message | None:
+        """The next ready message of one priority level (returned ones first)."""
+        returned, ready = self._returned[level], self._ready[level]
+        while returned:
+            msg = self.messages.get(returned[0])
+            if msg is not None and msg.state == READY:
+                return msg
+            heapq.heappop(returned)
+        while ready:
+            msg = self.messages.get(ready[0])
+            if msg is not None and msg.state == READY:
+                return msg
+            ready.popleft()
+        return None
+
     def peek_head(self) -> Message | None:
         """The message a consumer would get next."""
         for level in range(len(self._ready) - 1, -1, -1):
-            returned, ready = self._returned[level], self._ready[level]
-            while returned:
-                msg = self.messages.get(returned[0])
-                if msg is not None and msg.state == READY:
-                    return msg
-                heapq.heappop(returned)
-            while ready:
-                msg = self.messages.get(ready[0])
-                if msg is not None and msg.state == READY:
-                    return msg
-                ready.popleft()
+            msg = self._level_head(level)
+            if msg is not None:
+                return msg
         return None
 
     def pop_head(self) -> Message | None:
-        """Remove and return the next ready message (its state must be set by the caller)."""
+        """Remove and return the next ready message.
+
+        It is no longer counted as ready: the caller delivers, hides or removes it.
+        """
         msg = self.peek_head()
-        if msg is None:
-            return None
+        if msg is not None:
+            self._take(msg)
+        return msg
+
+    def pop_expired(self, now: int) -> list[Message]:
+        """Take out the expired messages at the head of each priority level.
+
+        Like RabbitMQ, only heads expire; each level is a queue of its own. Removing them
+        is up to the caller, as with `pop_head`.
+        """
+        out: list[Message] = []
+        for level in range(len(self._ready) - 1, -1, -1):
+            while True:
+                msg = self._level_head(level)
+                if msg is None or msg.expires_at is None or msg.expires_at > now:
+                    break
+                self._take(msg)
+                out.append(msg)
+        return out
+
+    def _take(self, msg: Message) -> None:
+        """Take `msg`, the head of its level, out of the ready index."""
         level = self.level(msg)
         returned = self._returned[level]
         if returned and returned[0] == msg.seq:
@@ -224,7 +260,7 @@ class MessageQueue:
         else:
             self._ready[level].popleft()
         self._unmark_ready(msg)
-        return msg
+        msg.state = UNACKED  # so that remove() does not count it out of the ready set again
 
     def remove(self, msg: Message) -> None:
         """Forget a message entirely (acked, dead-lettered, expired, dropped)."""
@@ -319,12 +355,11 @@ class MessageQueue:
         candidates = []
         if self._hidden:
             candidates.append(self._hidden[0][0])
-        for level in self._ready:
+        for level in range(len(self._ready)):
             # Per-message TTLs may differ: the head of each level is what RabbitMQ expires.
-            if level:
-                msg = self.messages.get(level[0])
-                if msg is not None and msg.expires_at is not None and msg.state == READY:
-                    candidates.append(msg.expires_at)
+            msg = self._level_head(level)
+            if msg is not None and msg.expires_at is not None:
+                candidates.append(msg.expires_at)
         if self._retained and self.settings.rewind_ms:
             msg = self.messages.get(self._retained[0])
             if msg is not None:

@@ -884,6 +884,8 @@ class StateMachine:
                 return
             q.give_back(msg)
             self._persist(q, msg)
+            if msg.expires_at is not None:
+                self._schedule(q)  # it may be the new head, and due sooner
         else:
             self._dead_letter(q, msg, "rejected")
 
@@ -992,6 +994,7 @@ class StateMachine:
             self._persist(q, msg)
         self._dispatch(q)
         if back:
+            self._schedule(q)
             self._effects.append(MessagesAvailable(q.vhost, q.name))
         return len(back)
 
@@ -1033,12 +1036,8 @@ class StateMachine:
         self._schedule(q)
 
     def _expire_heads(self, q: MessageQueue) -> None:
-        while True:
-            head = q.peek_head()
-            if head is None or head.expires_at is None or head.expires_at > self.now:
-                return
-            q.pop_head()
-            self._dead_letter(q, head, "expired")
+        for msg in q.pop_expired(self.now):
+            self._dead_letter(q, msg, "expired")
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -1097,6 +1096,7 @@ class StateMachine:
         self.changes = []
         for vh in self.vhosts.values():
             for q in vh.queues.values():
+                q.finish_restore()
                 self._schedule(q)
 
 

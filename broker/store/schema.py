@@ -28,7 +28,10 @@ KINDS = {
 }
 _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
 _PAIR = struct.Struct(">QQ")
-_MESSAGE_FIELDS: tuple[str, ...] = tuple(Message.__slots__)
+#: fixed-size part of a stored message: enqueued_at, expires_at (-1: none), priority,
+#: delivery_count, returns, visible_at, handle, first_delivered_at, acked_at, state,
+#: persistent, and the lengths of exchange, routing key and pickled properties
+_MESSAGE_HEAD = struct.Struct(">qqBIIqIqqbBHHI")
 
 
 def _join(*parts: str) -> bytes:
@@ -49,20 +52,89 @@ def encode_key(kind: str, key: Any) -> bytes:
     return prefix + key.encode()
 
 
+def encode_message(m: Message) -> bytes:
+    """A message record: fixed fields packed, then names, properties and the raw body."""
+    exchange = m.exchange.encode()
+    routing_key = m.routing_key.encode()
+    properties = pickle.dumps(dict(m.properties), protocol=5)
+    head = _MESSAGE_HEAD.pack(
+        m.enqueued_at,
+        -1 if m.expires_at is None else m.expires_at,
+        m.priority,
+        m.delivery_count,
+        m.returns,
+        m.visible_at,
+        m.handle,
+        m.first_delivered_at,
+        m.acked_at,
+        m.state,
+        m.persistent,
+        len(exchange),
+        len(routing_key),
+        len(properties),
+    )
+    return b"".join((head, exchange, routing_key, properties, m.body))
+
+
+def decode_message(seq: int, raw: bytes) -> Message:
+    (
+        enqueued_at,
+        expires_at,
+        priority,
+        delivery_count,
+        returns,
+        visible_at,
+        handle,
+        first_delivered_at,
+        acked_at,
+        state,
+        persistent,
+        n_exchange,
+        n_routing_key,
+        n_properties,
+    ) = _MESSAGE_HEAD.unpack_from(raw, 0)
+    pos = _MESSAGE_HEAD.size
+    exchange = raw[pos : pos + n_exchange].decode()
+    pos += n_exchange
+    routing_key = raw[pos : pos + n_routing_key].decode()
+    pos += n_routing_key
+    properties = pickle.loads(raw[pos : pos + n_properties])
+    pos += n_properties
+    return Message(
+        seq=seq,
+        exchange=exchange,
+        routing_key=routing_key,
+        properties=properties,
+        body=raw[pos:],
+        persistent=bool(persistent),
+        enqueued_at=enqueued_at,
+        expires_at=None if expires_at == -1 else expires_at,
+        priority=priority,
+        delivery_count=delivery_count,
+        returns=returns,
+        visible_at=visible_at,
+        handle=handle,
+        first_delivered_at=first_delivered_at,
+        acked_at=acked_at,
+        state=state,
+    )
+
+
 def encode_value(kind: str, value: Any) -> bytes:
     if kind == "message":
-        return pickle.dumps(tuple(getattr(value, f) for f in _MESSAGE_FIELDS), protocol=5)
+        return encode_message(value)
     return pickle.dumps(value, protocol=5)
 
 
 def decode(raw_key: bytes, raw_value: bytes) -> tuple[str, Any, Any]:
     kind = _BY_PREFIX[raw_key[:1]]
     body = raw_key[1:]
-    value = pickle.loads(raw_value)
-    if kind in ("message", "delayed"):
+    if kind == "message":
         key: Any = _PAIR.unpack(body)
-        if kind == "message":
-            value = Message(**dict(zip(_MESSAGE_FIELDS, value, strict=True)))
+        return kind, key, decode_message(key[1], raw_value)
+    value = pickle.loads(raw_value)
+    if kind == "delayed":
+        key = _PAIR.unpack(body)
     elif kind == "binding":
         vhost = body.split(b"\x00", 1)[0].decode()
         key = (vhost, value)

@@ -59,6 +59,8 @@ class Channel:
         self._body: list[bytes] = []
         self._received = 0
         self._confirms: list[tuple[int, bool]] = []
+        #: acks received in the current read, settled together by one command
+        self._acks: list[tuple[str, str, int]] = []
         self._handlers: dict[type, Callable[[Any], None]] = {
             spec.Channel.Close: self._on_close,
             spec.Channel.CloseOk: self._on_close_ok,
@@ -160,10 +162,11 @@ class Channel:
                     raise ConnectionError_(540, "NOT_IMPLEMENTED - immediate=true", 60, 40)
                 self._publish = (exchange, routing_key, mandatory)
                 return
-            if mid == codec.ACK_ID:
+            if mid == codec.ACK_ID and not self.tx:
                 tag, multiple = codec.decode_ack(payload)
-                self._run(lambda: self._settle(tag, multiple, "ack"), None)
+                self._run(lambda: self._collect_ack(tag, multiple), None)
                 return
+            self.flush_acks()
             method = codec.decode_method(payload)
             handler = self._handlers.get(type(method))
             if handler is None:
@@ -175,6 +178,7 @@ class Channel:
                 )
             self._run(lambda: handler(method), method)
         elif ftype == codec.FRAME_HEADER:
+            self.flush_acks()
             self._on_content_header(payload)
         else:
             self._on_content_body(payload)
@@ -409,6 +413,17 @@ class Channel:
             self.tx_settled.update((t, self.unacked[t]) for t in tags)
         return [self.unacked.pop(t) for t in tags]
 
+    def _collect_ack(self, tag: int, multiple: bool) -> None:
+        if not self._acks:
+            self.conn.acks_pending.add(self)
+        self._acks.extend(self._take(tag, multiple))
+
+    def flush_acks(self) -> None:
+        """Settle the acks collected so far (before anything else this channel asks)."""
+        if self._acks:
+            self.gateway.submit(c.Settle(self.owner, self._acks, "ack"))
+            self._acks = []
+
     def _settle(self, tag: int, multiple: bool, outcome: str) -> None:
         items = self._take(tag, multiple)
         command = c.Settle(self.owner, items, outcome)
@@ -455,6 +470,7 @@ class Channel:
             if then is not None:
                 self.gateway.defer(then)
             return
+        self.flush_acks()
         self.released = True
         self.closing = True
         if self.reply_to_key is not None:

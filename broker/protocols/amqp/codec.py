@@ -11,9 +11,9 @@ import struct
 from typing import Any
 
 from pamqp import commands as spec
+from pamqp import decode as pdecode
 from pamqp import encode, frame
 from pamqp.base import Frame
-from pamqp.header import ContentHeader
 
 # RabbitMQ's own field-table integer types, which every RabbitMQ client decodes.
 encode.support_deprecated_rabbitmq(True)
@@ -82,18 +82,60 @@ def decode_ack(payload: bytes) -> tuple[int, bool]:
     return tag, bool(bits & 1)
 
 
+#: (flag bit, property name, AMQP type) in wire order, for basic's content header
+_PROPERTY_LAYOUT = (
+    (0x8000, "content_type", "s"),
+    (0x4000, "content_encoding", "s"),
+    (0x2000, "headers", "F"),
+    (0x1000, "delivery_mode", "o"),
+    (0x0800, "priority", "o"),
+    (0x0400, "correlation_id", "s"),
+    (0x0200, "reply_to", "s"),
+    (0x0100, "expiration", "s"),
+    (0x0080, "message_id", "s"),
+    (0x0040, "timestamp", "T"),
+    (0x0020, "message_type", "s"),
+    (0x0010, "user_id", "s"),
+    (0x0008, "app_id", "s"),
+    (0x0004, "cluster_id", "s"),
+)
+_HEADER_PREFIX = struct.Struct(">HHQH")
+
+
 def decode_content_header(payload: bytes) -> tuple[int, dict[str, Any], bytes]:
-    """(body size, properties dict, raw property bytes) of a content header payload."""
-    header = ContentHeader()
+    """(body size, properties dict, raw property bytes) of a content header payload.
+
+    Hand-written rather than pamqp's generic decoder: this runs once per published message.
+    """
     try:
-        header.unmarshal(payload)
-    except Exception as exc:
+        class_id, _, body_size, flags = _HEADER_PREFIX.unpack_from(payload, 0)
+        if class_id != 60:
+            raise SyntaxError_("content header for a class other than basic")
+        if flags & 1:
+            raise SyntaxError_("content header property flags continue past 16 bits")
+        props: dict[str, Any] = {}
+        pos = 14
+        for bit, name, kind in _PROPERTY_LAYOUT:
+            if not flags & bit:
+                continue
+            if kind == "s":
+                n = payload[pos]
+                props[name] = payload[pos + 1 : pos + 1 + n].decode()
+                pos += 1 + n
+            elif kind == "o":
+                props[name] = payload[pos]
+                pos += 1
+            elif kind == "F":
+                used, props[name] = pdecode.field_table(payload[pos:])
+                pos += used
+            else:
+                used, props[name] = pdecode.timestamp(payload[pos:])
+                pos += used
+        if pos > len(payload):
+            raise SyntaxError_("content header properties are truncated")
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         raise SyntaxError_(f"malformed content header: {exc}") from exc
-    if header.class_id != 60:
-        raise SyntaxError_("content header for a class other than basic")
-    props = header.properties
-    values = {name: getattr(props, name) for name in PROPERTY_NAMES}
-    return header.body_size, {k: v for k, v in values.items() if v is not None}, payload[12:]
+    return body_size, props, payload[12:]
 
 
 def encode_properties(properties: dict[str, Any]) -> bytes:

@@ -89,6 +89,8 @@ class AMQPConnection:
         self.client_properties: dict[str, Any] = {}
         self.channels: dict[int, Channel] = {}
         self.has_published = False
+        #: channels holding acks from the current read, flushed when it is parsed
+        self.acks_pending: set[Channel] = set()
         self._buffer = bytearray()
         self._out: list[bytes] = []
         #: set once the transport should close after flushing
@@ -139,6 +141,11 @@ class AMQPConnection:
             self._parse_frames()
         except ConnectionError_ as exc:
             self.close_with(exc.code, exc.text, exc.class_id, exc.method_id)
+        finally:
+            if self.acks_pending:
+                for ch in self.acks_pending:
+                    ch.flush_acks()
+                self.acks_pending.clear()
 
     def _reject_protocol(self) -> None:
         """Wrong protocol header: answer with ours and close (AMQP 0-9-1 section 4.2.2)."""
