@@ -106,6 +106,8 @@ class Bind:
     to_queue: bool
     routing_key: str = ""
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: connection id asking, for the exclusive-queue lock
+    requester: int | None = None
 
 
 @dataclass(slots=True)
@@ -116,6 +118,8 @@ class Unbind:
     to_queue: bool
     routing_key: str = ""
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: connection id asking, for the exclusive-queue lock
+    requester: int | None = None
 
 
 @dataclass(slots=True)
@@ -142,6 +146,10 @@ class Consume:
     priority: int = 0
     #: connection id of the consumer, for exclusive-queue checks
     connection: int | None = None
+    #: a limit shared by every consumer of `owner` (AMQP global qos), 0 for none
+    shared_prefetch: int = 0
+    #: False when the owner has paused deliveries (flow) before consuming
+    active: bool = True
 
 
 @dataclass(slots=True)
@@ -237,6 +245,56 @@ class Rewind:
     since_ms: int
 
 
+@dataclass(slots=True)
+class StoreRetained:
+    """Keep `body` as the retained message of `routing_key` in a vhost (None forgets it).
+
+    A vhost holds at most one retained message per routing key, durably; a later subscriber
+    can have the matching ones copied into its queue (CopyRetained).
+    """
+
+    vhost: str
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any]
+    body: bytes | None
+
+
+@dataclass(slots=True)
+class CopyRetained:
+    """Enqueue into `queue` a copy of each retained message whose key matches a topic pattern.
+
+    `headers` are added to each copy, so the consumer can tell it from a live publish.
+    """
+
+    vhost: str
+    pattern: str
+    queue: str
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PutRecord:
+    """Store an adapter's opaque durable value under (vhost, group, name); None deletes it.
+
+    Adapters keep session state here (e.g. protocol packet ids that must survive a restart);
+    the core never looks inside.
+    """
+
+    vhost: str
+    group: tuple[str, ...]
+    name: str
+    value: Any = None
+
+
+@dataclass(slots=True)
+class DropRecords:
+    """Delete every record of one group."""
+
+    vhost: str
+    group: tuple[str, ...]
+
+
 Command = (
     DeclareVhost
     | DeleteVhost
@@ -264,4 +322,8 @@ Command = (
     | DeleteByHandle
     | ChangeVisibility
     | Rewind
+    | StoreRetained
+    | CopyRetained
+    | PutRecord
+    | DropRecords
 )

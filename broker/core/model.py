@@ -77,6 +77,14 @@ class Permission:
 
 
 @dataclass(slots=True)
+class SharedLimit:
+    """A prefetch limit shared by all consumers of one owner (AMQP global qos)."""
+
+    limit: int
+    in_flight: int = 0
+
+
+@dataclass(slots=True)
 class Consumer:
     queue: str
     vhost: str
@@ -88,9 +96,13 @@ class Consumer:
     priority: int
     in_flight: int = 0
     active: bool = True
+    shared: SharedLimit | None = None
 
     def has_capacity(self) -> bool:
-        return self.active and (self.prefetch == 0 or self.in_flight < self.prefetch)
+        if not self.active or (self.prefetch and self.in_flight >= self.prefetch):
+            return False
+        shared = self.shared
+        return shared is None or shared.in_flight < shared.limit
 
 
 @dataclass(slots=True)
@@ -114,6 +126,16 @@ class Received:
 
     message: Message
     handle: str
+
+
+@dataclass(slots=True)
+class RetainedMessage:
+    """The last message kept for one routing key of a vhost (see StoreRetained)."""
+
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any]
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -152,4 +174,17 @@ class MessagesAvailable:
     queue: str
 
 
-Effect = Deliver | ConsumerCancelled | MessagesAvailable
+@dataclass(slots=True)
+class Overflowed:
+    """A queue over its length limit dropped its oldest message or refused a new one.
+
+    Never silent: the node counts these and logs them.
+    """
+
+    vhost: str
+    queue: str
+    #: the queue's overflow policy: "drop-head", "reject-publish" or "reject-publish-dlx"
+    policy: str
+
+
+Effect = Deliver | ConsumerCancelled | MessagesAvailable | Overflowed

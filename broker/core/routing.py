@@ -18,7 +18,12 @@ EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers", "x-delayed-message")
 @lru_cache(maxsize=65536)
 def topic_matches(pattern: str, routing_key: str) -> bool:
     """True when an AMQP topic binding pattern matches a routing key."""
-    return _match_words(tuple(pattern.split(".")), tuple(routing_key.split(".")))
+    return _match_words(_words(pattern), _words(routing_key))
+
+
+def _words(key: str) -> tuple[str, ...]:
+    """An empty key has no words (so `*` does not match it), as RabbitMQ treats it."""
+    return tuple(key.split(".")) if key else ()
 
 
 def _match_words(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:

@@ -36,14 +36,17 @@ from broker.core.model import (
     GetResult,
     Message,
     MessagesAvailable,
+    Overflowed,
     Permission,
     PublishResult,
     QueueInfo,
     Received,
+    RetainedMessage,
+    SharedLimit,
     User,
 )
 from broker.core.queue import MessageQueue
-from broker.core.routing import EXCHANGE_TYPES, binding_matches, freeze_arguments
+from broker.core.routing import EXCHANGE_TYPES, binding_matches, freeze_arguments, topic_matches
 
 PREDECLARED_EXCHANGES = (
     ("", "direct"),
@@ -65,6 +68,8 @@ class Vhost:
     queues: dict[str, MessageQueue] = field(default_factory=dict)
     #: source exchange -> bindings from it (insertion ordered)
     bindings: dict[str, dict[BindingKey, None]] = field(default_factory=dict)
+    #: routing key -> the message retained for it (StoreRetained)
+    retained: dict[str, RetainedMessage] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -89,12 +94,15 @@ class StateMachine:
         self.consumers: dict[tuple[c.Owner, str], Consumer] = {}
         #: owner -> queues where it holds deliveries or consumers
         self.owner_queues: dict[c.Owner, set[tuple[str, str]]] = {}
+        self.shared_limits: dict[c.Owner, SharedLimit] = {}
         self.exclusive_queues: dict[int, set[tuple[str, str]]] = {}
         self.queues_by_qid: dict[int, MessageQueue] = {}
         self.next_qid = 1
         self.delayed: dict[int, DelayedPublish] = {}
         self._delayed_heap: list[tuple[int, int]] = []
         self.next_delayed_id = 1
+        #: (vhost, group) -> name -> an adapter's opaque durable value (PutRecord)
+        self.records: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
         self._timers: list[tuple[int, str, str]] = []
         self.changes: list[Change] = []
         self._effects: list[Effect] = []
@@ -126,6 +134,10 @@ class StateMachine:
             c.DeleteByHandle: self._delete_by_handle,
             c.ChangeVisibility: self._change_visibility,
             c.Rewind: self._rewind,
+            c.StoreRetained: self._store_retained,
+            c.CopyRetained: self._copy_retained,
+            c.PutRecord: self._put_record,
+            c.DropRecords: self._drop_records,
         }
 
     # -- entry point ---------------------------------------------------------------------
@@ -190,6 +202,10 @@ class StateMachine:
             self.changes.append(("permission", key, None))
         for delayed in [d for d in self.delayed.values() if d.vhost == cmd.name]:
             self._drop_delayed(delayed)
+        for routing_key in list(vh.retained):
+            self.changes.append(("retained", (cmd.name, routing_key), None))
+        for vhost, group in [k for k in self.records if k[0] == cmd.name]:
+            self._drop_records(c.DropRecords(vhost, group))
         del self.vhosts[cmd.name]
         self.changes.append(("vhost", cmd.name, None))
 
@@ -319,7 +335,8 @@ class StateMachine:
         if cmd.source == "" or (not cmd.to_queue and cmd.destination == ""):
             raise AccessRefused("operation not permitted on the default exchange")
         source = self.exchange(cmd.vhost, cmd.source)
-        durable = source.durable and self._destination_durable(vh, cmd.to_queue, cmd.destination)
+        dest_durable = self._destination_durable(vh, cmd.to_queue, cmd.destination, cmd.requester)
+        durable = source.durable and dest_durable
         key = BindingKey(
             cmd.source,
             cmd.destination,
@@ -334,11 +351,14 @@ class StateMachine:
         if durable:
             self.changes.append(("binding", (cmd.vhost, key), key))
 
-    def _destination_durable(self, vh: Vhost, to_queue: bool, name: str) -> bool:
+    def _destination_durable(
+        self, vh: Vhost, to_queue: bool, name: str, requester: int | None
+    ) -> bool:
         if to_queue:
             q = vh.queues.get(name)
             if q is None:
                 raise NotFound(f"no queue '{name}' in vhost '{vh.name}'")
+            self._check_exclusive(q, requester)
             return q.persistent_store
         ex = vh.exchanges.get(name)
         if ex is None:
@@ -350,7 +370,7 @@ class StateMachine:
         if cmd.source == "":
             raise AccessRefused("operation not permitted on the default exchange")
         self.exchange(cmd.vhost, cmd.source)
-        self._destination_durable(vh, cmd.to_queue, cmd.destination)
+        self._destination_durable(vh, cmd.to_queue, cmd.destination, cmd.requester)
         key = BindingKey(
             cmd.source,
             cmd.destination,
@@ -443,6 +463,16 @@ class StateMachine:
             q.last_used = self.now
             self._schedule(q)
             return self.queue_info(q)
+        if _text(cmd.arguments.get("x-queue-type")) == "quorum":
+            if not cmd.durable:
+                raise PreconditionFailed(
+                    f"invalid property 'non-durable' for queue '{cmd.name}' in vhost '{cmd.vhost}'"
+                )
+            if cmd.exclusive_owner is not None:
+                raise PreconditionFailed(
+                    f"invalid property 'exclusive-owner' for queue '{cmd.name}' in vhost "
+                    f"'{cmd.vhost}'"
+                )
         if cmd.name.startswith("amq.") and not cmd.server_named:
             raise AccessRefused(f"queue name '{cmd.name}' contains reserved prefix 'amq.*'")
         q = MessageQueue(
@@ -579,6 +609,7 @@ class StateMachine:
                     q, exchange, routing_key, properties, body, persistent, message_ttl, 0
                 )
                 self._dead_letter_copy(q, msg, "maxlen")
+            self._effects.append(Overflowed(q.vhost, q.name, s.overflow))
             return False
         msg = self._new_message(
             q, exchange, routing_key, properties, body, persistent, message_ttl, delay_ms
@@ -633,6 +664,7 @@ class StateMachine:
             if head is None:
                 return
             self._dead_letter(q, head, "maxlen")
+            self._effects.append(Overflowed(q.vhost, q.name, s.overflow))
 
     def _hold_delayed(self, vh: Vhost, ex: Exchange, cmd: c.Publish, delay: int) -> None:
         held = DelayedPublish(
@@ -755,7 +787,12 @@ class StateMachine:
             cmd.exclusive,
             cmd.prefetch,
             cmd.priority,
+            active=cmd.active,
         )
+        if cmd.shared_prefetch:
+            shared = self.shared_limits.setdefault(cmd.owner, SharedLimit(cmd.shared_prefetch))
+            shared.limit = cmd.shared_prefetch
+            consumer.shared = shared
         self.consumers[(cmd.owner, cmd.tag)] = consumer
         self.owner_queues.setdefault(cmd.owner, set()).add((cmd.vhost, cmd.queue))
         q.consumers.append(consumer)
@@ -763,6 +800,9 @@ class StateMachine:
         q.last_used = self.now
         self._dispatch(q)
         return self.queue_info(q)
+
+    def consumers_of(self, owner: c.Owner) -> list[Consumer]:
+        return [consumer for (o, _), consumer in self.consumers.items() if o == owner]
 
     def _cancel(self, cmd: c.Cancel) -> bool:
         consumer = self.consumers.get((cmd.owner, cmd.tag))
@@ -832,6 +872,8 @@ class StateMachine:
             self._forget(q, msg)
         else:
             consumer.in_flight += 1
+            if consumer.shared is not None:
+                consumer.shared.in_flight += 1
 
     def _get(self, cmd: c.Get) -> GetResult:
         q = self.queue(cmd.vhost, cmd.queue)
@@ -864,8 +906,15 @@ class StateMachine:
             holder = q.unacked.get(seq)
             if holder is None or holder[0] != cmd.owner:
                 continue
+            consumer = holder[1]
             self._settle_one(q, q.messages[seq], cmd.outcome)
             touched[(vhost, qname)] = q
+            if consumer is not None and consumer.shared is not None:
+                # Freed room in a shared limit may let this owner's other queues deliver.
+                for other in self.consumers_of(cmd.owner):
+                    oq = self.vhosts[other.vhost].queues.get(other.queue)
+                    if oq is not None:
+                        touched[(other.vhost, other.queue)] = oq
         for q in touched.values():
             if q.name in self.vhosts[q.vhost].queues:
                 self._dispatch(q)
@@ -874,6 +923,8 @@ class StateMachine:
         _, consumer = q.unacked.pop(msg.seq)
         if consumer is not None:
             consumer.in_flight -= 1
+            if consumer.shared is not None:
+                consumer.shared.in_flight -= 1
         if outcome == "ack":
             self._acknowledge(q, msg)
         elif outcome == "requeue":
@@ -922,6 +973,7 @@ class StateMachine:
                 left[(q.vhost, q.name)] = q
         self._requeue_owner(cmd.owner)
         self.owner_queues.pop(cmd.owner, None)
+        self.shared_limits.pop(cmd.owner, None)
         for q in left.values():
             if q.name in self.vhosts[q.vhost].queues:
                 self._after_consumer_left(q)
@@ -997,6 +1049,59 @@ class StateMachine:
             self._schedule(q)
             self._effects.append(MessagesAvailable(q.vhost, q.name))
         return len(back)
+
+    # -- retained messages and adapter records --------------------------------------------
+
+    def _store_retained(self, cmd: c.StoreRetained) -> None:
+        vh = self.vhost(cmd.vhost)
+        key = (cmd.vhost, cmd.routing_key)
+        if cmd.body is None:
+            if vh.retained.pop(cmd.routing_key, None) is not None:
+                self.changes.append(("retained", key, None))
+            return
+        kept = RetainedMessage(cmd.exchange, cmd.routing_key, cmd.properties, cmd.body)
+        vh.retained[cmd.routing_key] = kept
+        self.changes.append(("retained", key, kept))
+
+    def _copy_retained(self, cmd: c.CopyRetained) -> int:
+        vh = self.vhost(cmd.vhost)
+        q = self.queue(cmd.vhost, cmd.queue)
+        copied = 0
+        # Sorted, not insertion order: a node restored from the store must agree with replay.
+        for routing_key, kept in sorted(vh.retained.items()):
+            if not topic_matches(cmd.pattern, routing_key):
+                continue
+            props = kept.properties
+            if cmd.headers:
+                props = dict(props, headers={**(props.get("headers") or {}), **cmd.headers})
+            persistent = props.get("delivery_mode") == 2
+            body, ttl = kept.body, _ttl(props)
+            if self._enqueue(q, kept.exchange, routing_key, props, body, persistent, ttl):
+                copied += 1
+        return copied
+
+    def _put_record(self, cmd: c.PutRecord) -> None:
+        self.vhost(cmd.vhost)
+        group = (cmd.vhost, tuple(cmd.group))
+        key = (cmd.vhost, group[1], cmd.name)
+        if cmd.value is None:
+            values = self.records.get(group)
+            if values is not None and values.pop(cmd.name, None) is not None:
+                self.changes.append(("record", key, None))
+                if not values:
+                    del self.records[group]
+            return
+        self.records.setdefault(group, {})[cmd.name] = cmd.value
+        self.changes.append(("record", key, cmd.value))
+
+    def _drop_records(self, cmd: c.DropRecords) -> None:
+        group = tuple(cmd.group)
+        for name in self.records.pop((cmd.vhost, group), {}):
+            self.changes.append(("record", (cmd.vhost, group, name), None))
+
+    def records_of(self, vhost: str, group: tuple[str, ...]) -> dict[str, Any]:
+        """The records of one group (a read: adapters call it between commands)."""
+        return dict(self.records.get((vhost, tuple(group)), {}))
 
     # -- timers --------------------------------------------------------------------------
 
@@ -1086,6 +1191,11 @@ class StateMachine:
             mq = self.queues_by_qid.get(qid)
             if mq is not None:
                 mq.restore(value)
+        elif kind == "retained":
+            self.vhosts[key[0]].retained[key[1]] = value
+        elif kind == "record":
+            vhost, group, name = key
+            self.records.setdefault((vhost, group), {})[name] = value
         elif kind == "delayed":
             self.delayed[value.id] = value
             heapq.heappush(self._delayed_heap, (value.due, value.id))

@@ -41,6 +41,8 @@ class Channel:
         self.closing = False
         self.released = False
         self.prefetch = 0
+        self.global_prefetch = 0
+        self.flow_active = True
         self.confirm = False
         self.publish_seq = 0
         self.tx = False
@@ -154,6 +156,8 @@ class Channel:
                     505,
                     "UNEXPECTED_FRAME - expected content header for class 60, "
                     "got non content header frame instead",
+                    60,
+                    40,
                 )
             mid = codec.method_id(payload)
             if mid == codec.PUBLISH_ID:
@@ -302,13 +306,12 @@ class Channel:
         self.gateway.submit(command, done)
 
     def _publish_reply(self, routing_key: str, properties: dict[str, Any], body: bytes) -> None:
-        delivered = self.gateway.deliver_reply(routing_key, properties, body, "")
+        # A reply whose requester is gone is dropped silently, as RabbitMQ does.
+        self.gateway.deliver_reply(routing_key, properties, body, "")
         seq = 0
         if self.confirm:
             self.publish_seq += 1
             seq = self.publish_seq
-        if not delivered:
-            raise AMQPError(404, f"no queue '{routing_key}' in vhost '{self.vhost}'")
         if seq:
             self.gateway.defer(lambda: self._confirm(seq, True))
 
@@ -483,6 +486,7 @@ class Channel:
 
     def _on_flow(self, method: spec.Channel.Flow) -> None:
         active = bool(method.active)
+        self.flow_active = active
         self._call(
             method, c.SetFlow(self.owner, active), lambda _: spec.Channel.FlowOk(active=active)
         )
@@ -576,7 +580,9 @@ class Channel:
         routing_key = m.routing_key if (m.routing_key or m.queue) else queue
         self._check("write", "queue", queue)
         self._check("read", "exchange", m.exchange)
-        command = c.Bind(self.vhost, m.exchange, queue, True, routing_key, dict(m.arguments or {}))
+        command = c.Bind(
+            self.vhost, m.exchange, queue, True, routing_key, dict(m.arguments or {}), self.conn.id
+        )
         self._call(m, command, lambda _: None if m.nowait else spec.Queue.BindOk())
 
     def _on_queue_unbind(self, m: spec.Queue.Unbind) -> None:
@@ -584,7 +590,13 @@ class Channel:
         self._check("write", "queue", queue)
         self._check("read", "exchange", m.exchange)
         command = c.Unbind(
-            self.vhost, m.exchange, queue, True, m.routing_key, dict(m.arguments or {})
+            self.vhost,
+            m.exchange,
+            queue,
+            True,
+            m.routing_key,
+            dict(m.arguments or {}),
+            self.conn.id,
         )
         self._call(m, command, lambda _: spec.Queue.UnbindOk())
 
@@ -612,7 +624,10 @@ class Channel:
             raise ConnectionError_(
                 540, f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})", 60, 10
             )
-        self.prefetch = m.prefetch_count
+        if m.global_:
+            self.global_prefetch = m.prefetch_count
+        else:
+            self.prefetch = m.prefetch_count
         self.send(spec.Basic.QosOk())
 
     def _on_consume(self, m: spec.Basic.Consume) -> None:
@@ -639,6 +654,8 @@ class Channel:
             self.prefetch,
             priority if isinstance(priority, int) else 0,
             self.conn.id,
+            self.global_prefetch,
+            self.flow_active,
         )
 
         def done(result: Any, error: BrokerError | None) -> None:
@@ -714,6 +731,8 @@ class Channel:
         self._call(m, c.Get(self.vhost, queue, self.owner, bool(m.no_ack), self.conn.id), reply)
 
     def _on_recover(self, m: spec.Basic.Recover | spec.Basic.RecoverAsync) -> None:
+        if not m.requeue:
+            raise ConnectionError_(540, "NOT_IMPLEMENTED - requeue=false", 60, 110)
         self.unacked.clear()
         ok = isinstance(m, spec.Basic.Recover)
         self._call(m, c.Recover(self.owner), lambda _: spec.Basic.RecoverOk() if ok else None)

@@ -206,7 +206,11 @@ class AMQPConnection:
             if ftype == codec.FRAME_METHOD and codec.method_id(payload) == (20 << 16) | 10:
                 self._open_channel(channel)
                 return
-            raise ConnectionError_(504, f"expected 'channel.open' on channel {channel}")
+            ids = (0, 0)
+            if ftype == codec.FRAME_METHOD and len(payload) >= 4:
+                mid = codec.method_id(payload)
+                ids = (mid >> 16, mid & 0xFFFF)
+            raise ConnectionError_(504, f"expected 'channel.open' on channel {channel}", *ids)
         try:
             ch.handle_frame(ftype, payload)
         except codec.SyntaxError_ as exc:
@@ -258,7 +262,7 @@ class AMQPConnection:
             return  # clients may send these too; nothing to do
         else:
             raise ConnectionError_(
-                503 if self.state is State.OPEN else 504,
+                504,
                 f"unexpected method {method.name} on channel 0",
                 *_ids(method),
             )

@@ -1,0 +1,178 @@
+"""channel.flow and connection.blocked / unblocked."""
+from __future__ import annotations
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from .helpers import connection, pump, uid, wait_get
+from .rawamqp import commands, raw_connect
+
+
+def test_channel_flow_active_true(broker):
+    with raw_connect(broker) as c:
+        c.open_channel(1)
+        c.send_method(commands.Channel.Flow(active=True), 1)
+        _, ok = c.expect(commands.Channel.FlowOk)
+        assert ok.active is True
+
+
+def test_channel_flow_false_rabbitmq_not_implemented(broker):
+    # RabbitMQ: connection.close 540 "NOT_IMPLEMENTED - active=false" (class 20, method 20).
+    # Our broker implements channel.flow (see test_channel_flow_false_pauses_deliveries).
+    if not broker.external:
+        pytest.skip("RabbitMQ-specific behaviour")
+    with raw_connect(broker) as c:
+        c.open_channel(1)
+        c.send_method(commands.Channel.Flow(active=False), 1)
+        close = c.expect_connection_close(timeout=10)
+        assert close.reply_code == 540
+
+
+@pytest.mark.own_broker
+def test_channel_flow_false_pauses_deliveries(broker):
+    q = uid("q")
+    with raw_connect(broker) as c:
+        c.open_channel(1)
+        c.send_method(commands.Queue.Declare(queue=q, exclusive=True), 1)
+        c.expect(commands.Queue.DeclareOk)
+        c.send_method(commands.Channel.Flow(active=False), 1)
+        _, ok = c.expect(commands.Channel.FlowOk)
+        assert ok.active is False
+        c.send_method(commands.Basic.Consume(queue=q, consumer_tag="c1", no_ack=True), 1)
+        c.expect(commands.Basic.ConsumeOk)
+        with connection(broker) as pc:
+            pch = pc.channel()
+            pch.confirm_delivery()
+            pch.basic_publish("", q, b"held")
+        # no delivery while flow is off
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            try:
+                _, f = c.recv_method(timeout=deadline - time.monotonic())
+            except OSError:
+                break
+            assert not isinstance(f, commands.Basic.Deliver), "delivered while flow=false"
+        c.send_method(commands.Channel.Flow(active=True), 1)
+        got_flow_ok = got_deliver = False
+        deadline = time.monotonic() + 10
+        while not (got_flow_ok and got_deliver) and time.monotonic() < deadline:
+            _, f = c.recv_method(timeout=deadline - time.monotonic())
+            if isinstance(f, commands.Channel.FlowOk):
+                assert f.active is True
+                got_flow_ok = True
+            elif isinstance(f, commands.Basic.Deliver):
+                got_deliver = True
+        assert got_flow_ok and got_deliver
+
+
+def _blocked_client(broker):
+    events = []
+    conn = pika.BlockingConnection(broker.params())
+    conn.add_on_connection_blocked_callback(lambda c, m: events.append(("blocked", m.method)))
+    conn.add_on_connection_unblocked_callback(lambda c, m: events.append(("unblocked", m.method)))
+    return conn, events
+
+
+def _pump_until(conn, pred, timeout=15):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        conn.process_data_events(time_limit=0.1)
+
+
+@pytest.mark.own_broker
+def test_connection_blocked_on_disk_alarm(fresh_broker):
+    b = fresh_broker
+    conn, events = _blocked_client(b)
+    try:
+        ch = conn.channel()
+        q = uid("q")
+        ch.queue_declare(q, exclusive=True)
+        b.cli("set-disk-free-limit", str(10 ** 18))  # more than any disk: alarm
+        ch.basic_publish("", q, b"while-blocked")  # publishing triggers/keeps the block
+        _pump_until(conn, lambda: any(e[0] == "blocked" for e in events))
+        blocked = [e for e in events if e[0] == "blocked"][0][1]
+        assert isinstance(blocked, pika.spec.Connection.Blocked)
+        assert blocked.reason  # RabbitMQ: "low on disk"
+        b.cli("set-disk-free-limit", "1")
+        _pump_until(conn, lambda: any(e[0] == "unblocked" for e in events))
+        m, _, body = wait_get(ch, q, timeout=10)
+        assert body == b"while-blocked"
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+@pytest.mark.own_broker
+def test_connection_blocked_on_memory_alarm(fresh_broker):
+    b = fresh_broker
+    conn, events = _blocked_client(b)
+    try:
+        ch = conn.channel()
+        q = uid("q")
+        ch.queue_declare(q, exclusive=True)
+        b.cli("set-memory-high-watermark", "1")
+        ch.basic_publish("", q, b"x")
+        _pump_until(conn, lambda: any(e[0] == "blocked" for e in events))
+        b.cli("set-memory-high-watermark", str(10 ** 15))
+        _pump_until(conn, lambda: any(e[0] == "unblocked" for e in events))
+        assert wait_get(ch, q, timeout=10)[2] == b"x"
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+@pytest.mark.own_broker
+def test_blocked_does_not_stop_consumers(fresh_broker):
+    b = fresh_broker
+    q = uid("q")
+    with connection(b) as pub:
+        pch = pub.channel()
+        pch.queue_declare(q)
+        pch.confirm_delivery()
+        for i in range(5):
+            pch.basic_publish("", q, b"%d" % i)
+    b.cli("set-disk-free-limit", str(10 ** 18))
+    try:
+        with connection(b) as cons:
+            cch = cons.channel()
+            got = [wait_get(cch, q)[2] for _ in range(5)]
+            assert got == [b"%d" % i for i in range(5)]
+    finally:
+        b.cli("set-disk-free-limit", "1")
+
+
+@pytest.mark.own_broker
+def test_client_without_blocked_capability_not_sent_blocked(fresh_broker):
+    # connection.blocked is only sent to clients that advertise the capability
+    b = fresh_broker
+    from .rawamqp import RawClient, ContentBody, header
+    c = RawClient(b.host, b.port)
+    try:
+        c.send(b"AMQP\x00\x00\x09\x01")
+        c.expect(commands.Connection.Start)
+        c.send_method(commands.Connection.StartOk(client_properties={}, mechanism="PLAIN",
+                                                  response="\0guest\0guest"))
+        _, tune = c.expect(commands.Connection.Tune)
+        c.send_method(commands.Connection.TuneOk(channel_max=tune.channel_max,
+                                                 frame_max=tune.frame_max, heartbeat=0))
+        c.send_method(commands.Connection.Open(virtual_host="/"))
+        c.expect(commands.Connection.OpenOk)
+        c.open_channel(1)
+        b.cli("set-disk-free-limit", str(10 ** 18))
+        c.send_method(commands.Basic.Publish(exchange="", routing_key="nowhere"), 1)
+        c.send_frame(header.ContentHeader(0, 1, commands.Basic.Properties()), 1)
+        c.send_frame(ContentBody(b"x"), 1)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                _, f = c.recv_method(timeout=deadline - time.monotonic())
+            except OSError:
+                break
+            assert not isinstance(f, commands.Connection.Blocked)
+    finally:
+        c.close()
+        b.cli("set-disk-free-limit", "1")
