@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.core import commands as c
 from broker.core.auth import hash_password
-from broker.core.errors import BrokerError
+from broker.core.errors import BrokerError, PreconditionFailed
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -96,6 +96,8 @@ class ControlServer:
         return await self.node.commit.call(command)
 
     async def _users_add(self, args: dict[str, Any]) -> None:
+        if args["name"] in self.node.state.users:
+            raise PreconditionFailed(f"user '{args['name']}' already exists")
         tags = tuple(args.get("tags") or ())
         await self._call(
             c.PutUser(args["name"], hash_password(args["password"], os.urandom(4)), tags)
@@ -103,6 +105,7 @@ class ControlServer:
 
     async def _users_delete(self, args: dict[str, Any]) -> None:
         await self._call(c.DeleteUser(args["name"]))
+        self.node.close_sessions(f"user '{args['name']}' is deleted", user=args["name"])
 
     async def _users_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         users = self.node.state.users.values()
@@ -113,6 +116,7 @@ class ControlServer:
 
     async def _vhosts_delete(self, args: dict[str, Any]) -> None:
         await self._call(c.DeleteVhost(args["name"]))
+        self.node.close_sessions(f"vhost '{args['name']}' is deleted", vhost=args["name"])
 
     async def _vhosts_list(self, args: dict[str, Any]) -> list[str]:
         return sorted(self.node.state.vhosts)
@@ -140,7 +144,11 @@ class ControlServer:
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.node.commit is not None
-        return {"connections": len(self.node.connections), **self.node.commit.stats}
+        return {
+            "connections": len(self.node.connections),
+            **self.node.commit.stats,
+            **self.node.metrics,
+        }
 
 
 def request(

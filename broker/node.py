@@ -22,10 +22,11 @@ from broker.control import ControlServer
 from broker.core import commands as c
 from broker.core.auth import check_password, hash_password, permits
 from broker.core.errors import AccessRefused, NotAllowed
-from broker.core.model import ConsumerCancelled, Deliver, Effect, User
+from broker.core.model import ConsumerCancelled, Deliver, Effect, Overflowed, User
 from broker.core.state import StateMachine
 from broker.protocols.amqp.connection import Settings
 from broker.protocols.amqp.server import AMQPProtocol
+from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
 from broker.store.commit import Clock, CommitPath, Done, Store
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,11 @@ class ClientConnection(Protocol):
 
     def set_blocked(self, reason: str | None) -> None: ...
 
-    def force_close(self, reason: str) -> None: ...
+    def force_close(self, reason: str) -> None:
+        """Close the connection because the broker must (AMQP: 320 CONNECTION_FORCED)."""
+
+    def session(self) -> tuple[str | None, str | None]:
+        """(user name, vhost) once authenticated, for closing sessions of deleted ones."""
 
     def abort(self) -> None: ...
 
@@ -62,6 +67,10 @@ class Node:
         self._blocked: str | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        #: counters shown by `broker status`, next to the commit path's
+        self.metrics: dict[str, int] = {"overflow_dropped": 0, "overflow_refused": 0}
+        #: when each queue's overflow was last logged, so a flood logs once a second
+        self._overflow_logged: dict[tuple[str, str], float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -74,6 +83,8 @@ class Node:
         log.info("recovered %d records from %s", records, cfg.data_dir)
         self.commit = CommitPath(self.state, self.store, self._on_effects, clock)
         await self._ensure_defaults()
+        # MQTT first: the AMQP port opening is what scripts and tests take as "ready".
+        self.servers.extend(await start_mqtt_listeners(self))
         settings = Settings(cfg.channel_max, cfg.frame_max, cfg.heartbeat)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
@@ -87,7 +98,14 @@ class Node:
         self.control = ControlServer(self, os.path.join(cfg.data_dir, "control.sock"))
         await self.control.start()
         self._monitor = asyncio.create_task(self._watch_resources())
-        log.info("broker ready: amqp on %s:%d, data in %s", cfg.host, cfg.amqp_port, cfg.data_dir)
+        log.info(
+            "broker ready: amqp on %s:%d, mqtt on %d, mqtt over websocket on %d, data in %s",
+            cfg.host,
+            cfg.amqp_port,
+            cfg.mqtt_port,
+            cfg.mqtt_ws_port,
+            cfg.data_dir,
+        )
 
     async def _ensure_defaults(self) -> None:
         assert self.commit is not None
@@ -118,7 +136,7 @@ class Node:
         if self.control is not None:
             self.control.close()
         for conn in list(self.connections.values()):
-            conn.force_close("shutdown")
+            conn.force_close("broker forced connection closure with reason 'shutdown'")
         await self._wait_connections_closed(2.0)
         if self.commit is not None:
             await self.commit.drain()
@@ -146,6 +164,17 @@ class Node:
     def connection_closed(self, conn_id: int) -> None:
         self.connections.pop(conn_id, None)
 
+    def close_sessions(
+        self, reason: str, vhost: str | None = None, user: str | None = None
+    ) -> None:
+        """Force-close connections of a deleted vhost or user, as RabbitMQ does."""
+        for conn in list(self.connections.values()):
+            conn_user, conn_vhost = conn.session()
+            if (vhost is not None and conn_vhost == vhost) or (
+                user is not None and conn_user == user
+            ):
+                conn.force_close(reason)
+
     def _on_effects(self, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Deliver):
@@ -156,6 +185,25 @@ class Node:
                 conn = self.connections.get(effect.owner[0])
                 if conn is not None:
                     conn.consumer_cancelled(effect)
+            elif isinstance(effect, Overflowed):
+                self._count_overflow(effect)
+
+    def _count_overflow(self, effect: Overflowed) -> None:
+        dropped = effect.policy == "drop-head"
+        counter = "overflow_dropped" if dropped else "overflow_refused"
+        self.metrics[counter] += 1
+        key = (effect.vhost, effect.queue)
+        now = asyncio.get_running_loop().time()
+        if now - self._overflow_logged.get(key, -1.0) >= 1.0:
+            self._overflow_logged[key] = now
+            log.warning(
+                "queue '%s' in vhost '%s' is full: %s (%s so far: %d)",
+                effect.queue,
+                effect.vhost,
+                "dropped its oldest message" if dropped else "refused a message",
+                counter,
+                self.metrics[counter],
+            )
 
     # -- the gateway the adapters call ---------------------------------------------------
 
@@ -174,6 +222,19 @@ class Node:
         if username in self.config.loopback_users and not loopback:
             raise AccessRefused(f"user '{username}' can only connect via localhost")
         return user
+
+    def trusted_user(self, username: str, loopback: bool) -> User:
+        """A user admitted without a password (anonymous access); the loopback rule holds."""
+        user = self.state.users.get(username)
+        if user is None:
+            raise AccessRefused(f"no user '{username}'")
+        if username in self.config.loopback_users and not loopback:
+            raise AccessRefused(f"user '{username}' can only connect via localhost")
+        return user
+
+    def records(self, vhost: str, group: tuple[str, ...]) -> dict[str, Any]:
+        """An adapter's durable records of one group, as of the last submitted command."""
+        return self.state.records_of(vhost, group)
 
     def vhost_access(self, user: User, vhost: str) -> None:
         if vhost not in self.state.vhosts:

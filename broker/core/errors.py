@@ -50,3 +50,9 @@ class CommandInvalid(BrokerError):
     """The request cannot be carried out at all (e.g. an unknown exchange type)."""
 
     session_level = True
+
+
+class InternalError(BrokerError):
+    """A bug: a command failed unexpectedly. The session is closed; the node keeps running."""
+
+    session_level = True

@@ -317,6 +317,8 @@ class StateMachine:
         self._remove_exchange(vh, ex)
 
     def _remove_exchange(self, vh: Vhost, ex: Exchange) -> None:
+        # Gone before its bindings go, so removing them cannot auto-delete it a second time.
+        del vh.exchanges[ex.name]
         for key in list(vh.bindings.get(ex.name, ())):
             self._remove_binding(vh, key)
         for source in list(vh.bindings):
@@ -324,7 +326,6 @@ class StateMachine:
                 if not key.to_queue and key.destination == ex.name:
                     self._remove_binding(vh, key)
         vh.bindings.pop(ex.name, None)
-        del vh.exchanges[ex.name]
         if ex.durable:
             self.changes.append(("exchange", (vh.name, ex.name), None))
 
@@ -765,7 +766,7 @@ class StateMachine:
         self._route(vh, ex, routing_key, headers, targets, set())
         for qname in targets:
             # Dropping cycles without a rejection, as RabbitMQ does, keeps TTL loops finite.
-            if qname == q.name and reason != "rejected":
+            if _is_cycle(qname, deaths):
                 continue
             self._enqueue(vh.queues[qname], dlx, routing_key, props, msg.body, msg.persistent, None)
 
@@ -1069,7 +1070,7 @@ class StateMachine:
         copied = 0
         # Sorted, not insertion order: a node restored from the store must agree with replay.
         for routing_key, kept in sorted(vh.retained.items()):
-            if not topic_matches(cmd.pattern, routing_key):
+            if not any(topic_matches(p, routing_key) for p in cmd.patterns):
                 continue
             props = kept.properties
             if cmd.headers:
@@ -1212,6 +1213,17 @@ class StateMachine:
 
 def _queue_record(q: MessageQueue) -> dict[str, Any]:
     return {"qid": q.qid, "auto_delete": q.auto_delete, "arguments": q.arguments}
+
+
+def _is_cycle(target: str, deaths: list[dict[str, Any]]) -> bool:
+    """True if the message died in `target` before with no rejection since (most recent
+    death first): dead-lettering it there again would loop forever (RabbitMQ's rule)."""
+    for death in deaths:
+        if _text(death.get("reason")) == "rejected":
+            return False
+        if _text(death.get("queue")) == target:
+            return True
+    return False
 
 
 def _expired(msg: Message, now: int) -> bool:

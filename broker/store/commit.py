@@ -21,7 +21,7 @@ from typing import Any
 import plyvel
 
 from broker.core import commands as c
-from broker.core.errors import BrokerError
+from broker.core.errors import BrokerError, InternalError
 from broker.core.model import Effect
 from broker.core.state import StateMachine
 from broker.store.schema import encode_key, encode_value, iter_records
@@ -105,6 +105,9 @@ class CommitPath:
             error = None
         except BrokerError as exc:
             reply, effects, error = None, [], exc
+        except Exception as exc:
+            log.exception("command %s failed", type(command).__name__)
+            reply, effects, error = None, [], InternalError(f"internal error: {exc!r}")
         self.stats["commands"] += 1
         self._pending.append((done, reply, error, effects))
         if not self._flush_scheduled:

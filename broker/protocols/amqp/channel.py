@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from broker.protocols.amqp.connection import AMQPConnection
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+#: stands for basic.publish in error replies (class and method ids)
+_PUBLISH = spec.Basic.Publish()
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
 
@@ -38,6 +40,7 @@ class Channel:
         self.conn = conn
         self.number = number
         self.owner: c.Owner = (conn.id, number)
+        self.gateway = conn.gateway
         self.closing = False
         self.released = False
         self.prefetch = 0
@@ -99,10 +102,6 @@ class Channel:
     # -- plumbing ------------------------------------------------------------------------
 
     @property
-    def gateway(self) -> Any:
-        return self.conn.gateway
-
-    @property
     def vhost(self) -> str:
         return self.conn.vhost
 
@@ -134,6 +133,8 @@ class Channel:
         key = (kind, resource, name)
         if key in self._permitted:
             return
+        if resource == "exchange" and name == "":
+            name = "amq.default"  # how RabbitMQ names the default exchange in permissions
         assert self.conn.user is not None
         self.gateway.check_permission(self.conn.user, self.vhost, kind, resource, name)
         self._permitted.add(key)
@@ -237,11 +238,14 @@ class Channel:
         self._publish = None
         self._header = None
         self._body = []
-        publish = spec.Basic.Publish(exchange=exchange, routing_key=routing_key)
-        self._run(
-            lambda: self._publish_message(exchange, routing_key, mandatory, props, raw, body),
-            publish,
-        )
+        try:
+            self._publish_message(exchange, routing_key, mandatory, props, raw, body)
+        except AMQPError as exc:
+            if not exc.class_id:
+                exc.class_id, exc.method_id = 60, 40
+            self.conn.channel_error(self.number, exc)
+        except BrokerError as exc:
+            self.conn.core_error(self.number, exc, _PUBLISH)
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -291,9 +295,7 @@ class Channel:
             if self.closing:
                 return
             if error is not None:
-                self.conn.core_error(
-                    self.number, error, spec.Basic.Publish(exchange=command.exchange)
-                )
+                self.conn.core_error(self.number, error, _PUBLISH)
                 return
             assert result is not None
             if command.mandatory and not result.routed:

@@ -141,6 +141,9 @@ class AMQPConnection:
             self._parse_frames()
         except ConnectionError_ as exc:
             self.close_with(exc.code, exc.text, exc.class_id, exc.method_id)
+        except Exception as exc:
+            log.exception("connection %s: unexpected error", self.id)
+            self.close_with(541, f"INTERNAL_ERROR - {exc!r}")
         finally:
             if self.acks_pending:
                 for ch in self.acks_pending:
@@ -153,12 +156,16 @@ class AMQPConnection:
         self._finish("bad protocol header")
 
     def _parse_frames(self) -> None:
-        buf = self._buffer
+        # Parse from an immutable copy so payload slices are single copies; keep the tail.
+        buf = bytes(self._buffer)
+        self._buffer.clear()
         pos = 0
         size_limit = self.frame_max
+        unpack = codec.FRAME_HEADER_STRUCT.unpack_from
+        channels = self.channels
         try:
             while self.state is not State.CLOSED and len(buf) - pos >= 7:
-                ftype, channel, size = codec.FRAME_HEADER_STRUCT.unpack_from(buf, pos)
+                ftype, channel, size = unpack(buf, pos)
                 if size + 8 > size_limit:
                     raise ConnectionError_(
                         501, f"frame size {size + 8} exceeds frame_max {size_limit}"
@@ -168,11 +175,19 @@ class AMQPConnection:
                     break
                 if buf[end] != codec.FRAME_END:
                     raise ConnectionError_(501, "frame end byte is not 0xCE")
-                payload = bytes(buf[pos + 7 : end])
+                payload = buf[pos + 7 : end]
                 pos = end + 1
-                self._handle_frame(ftype, channel, payload)
+                ch = channels.get(channel) if ftype != codec.FRAME_HEARTBEAT else None
+                if ch is not None and self.state is State.OPEN:
+                    try:
+                        ch.handle_frame(ftype, payload)
+                    except codec.SyntaxError_ as exc:
+                        raise ConnectionError_(502, str(exc)) from None
+                else:
+                    self._handle_frame(ftype, channel, payload)
         finally:
-            del buf[:pos]
+            if pos < len(buf):
+                self._buffer += buf[pos:]
 
     def _handle_frame(self, ftype: int, channel: int, payload: bytes) -> None:
         if ftype == codec.FRAME_HEARTBEAT:

@@ -40,6 +40,7 @@ _CORE_CODES: dict[type[core.BrokerError], int] = {
     core.NotAllowed: 530,
     core.NotImplementedFeature: 540,
     core.CommandInvalid: 503,
+    core.InternalError: 541,
 }
 
 

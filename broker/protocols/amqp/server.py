@@ -122,8 +122,13 @@ class AMQPProtocol(asyncio.Protocol):
 
     def force_close(self, reason: str) -> None:
         if self.conn is not None:
-            self.conn.close_with(320, f"broker forced connection closure with reason '{reason}'")
+            self.conn.close_with(320, reason)
             self.flush()
+
+    def session(self) -> tuple[str | None, str | None]:
+        if self.conn is None or self.conn.user is None:
+            return None, None
+        return self.conn.user.name, self.conn.vhost or None
 
     # -- timers --------------------------------------------------------------------------
 
