@@ -6,6 +6,11 @@ The write runs on a writer thread (plyvel releases the GIL), so the next batch f
 current one syncs; batches that queue up behind a write are merged into the next one. Replies
 and effects are released strictly in submission order, and only once everything before them is
 on disk. Later, Raft takes this place: the adapters do not notice.
+
+One exception, as in RabbitMQ: deliveries to consumers go out at the end of the loop turn,
+without waiting for the disk. Holding them back would make every ack-then-deliver cycle wait
+for an fsync; sending them early costs nothing in safety, because a confirm still means "on
+disk", and a message delivered before a crash is delivered again (at least once).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import plyvel
 
 from broker.core import commands as c
 from broker.core.errors import BrokerError, InternalError
-from broker.core.model import Effect
+from broker.core.model import Deliver, Effect
 from broker.core.state import StateMachine
 from broker.store.schema import encode_key, encode_value, iter_records
 
@@ -89,6 +94,7 @@ class CommitPath:
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._pending: list[_Item] = []
+        self._deliveries: list[Effect] = []
         self._flush_scheduled = False
         #: batches waiting for the disk: (ops, items); the first one may be being written
         self._queue: deque[tuple[list[tuple[bytes, bytes | None]], list[_Item]]] = deque()
@@ -109,6 +115,14 @@ class CommitPath:
             log.exception("command %s failed", type(command).__name__)
             reply, effects, error = None, [], InternalError(f"internal error: {exc!r}")
         self.stats["commands"] += 1
+        if effects:
+            later = []
+            for effect in effects:
+                if type(effect) is Deliver:
+                    self._deliveries.append(effect)
+                else:
+                    later.append(effect)
+            effects = later
         self._pending.append((done, reply, error, effects))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -138,6 +152,9 @@ class CommitPath:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._deliveries:
+            deliveries, self._deliveries = self._deliveries, []
+            self._on_effects(deliveries)
         items, self._pending = self._pending, []
         changes = self.state.take_changes()
         ops = [

@@ -56,6 +56,8 @@ class Channel:
         #: delivery tag -> (vhost, queue, seq) for deliveries awaiting ack
         self.unacked: dict[int, tuple[str, str, int]] = {}
         self.consumers: dict[str, ConsumerInfo] = {}
+        #: deliveries that arrived before their consumer's consume-ok was sent
+        self._before_consume_ok: dict[str, list[Deliver]] = {}
         self.reply_to_key: str | None = None
         self.last_queue = ""
         self._permitted: set[tuple[str, str, str]] = set()
@@ -361,6 +363,10 @@ class Channel:
     # -- deliveries ----------------------------------------------------------------------
 
     def deliver(self, effect: Deliver) -> None:
+        waiting = self._before_consume_ok.get(effect.tag)
+        if waiting is not None:
+            waiting.append(effect)
+            return
         self.next_tag += 1
         tag = self.next_tag
         info = self.consumers.get(effect.tag)
@@ -646,6 +652,7 @@ class Channel:
         args = m.arguments or {}
         priority = args.get("x-priority", 0)
         self.consumers[tag] = ConsumerInfo(queue, bool(m.no_ack))
+        self._before_consume_ok[tag] = []
         command = c.Consume(
             self.vhost,
             queue,
@@ -661,6 +668,7 @@ class Channel:
         )
 
         def done(result: Any, error: BrokerError | None) -> None:
+            early = self._before_consume_ok.pop(tag, [])
             if error is not None:
                 self.consumers.pop(tag, None)
                 if not self.closing:
@@ -668,6 +676,8 @@ class Channel:
                 return
             if not m.nowait:
                 self.send(spec.Basic.ConsumeOk(consumer_tag=tag))
+            for effect in early:
+                self.deliver(effect)
 
         self.gateway.submit(command, done)
 
