@@ -5,7 +5,8 @@ import socket
 import struct
 import time
 
-from pamqp import commands, constants, frame as pframe, header, heartbeat
+from pamqp import commands, constants, header, heartbeat
+from pamqp import frame as pframe
 from pamqp.body import ContentBody
 from pamqp.exceptions import UnmarshalingException
 
@@ -42,13 +43,14 @@ class RawClient:
         for i in range(0, len(body), step):
             self.send_frame(ContentBody(body[i:i + step]), channel)
 
-    def raw_frame(self, frame_type: int, channel: int, payload: bytes, end: bytes = b"\xce") -> bytes:
+    def raw_frame(self, frame_type: int, channel: int, payload: bytes,
+                  end: bytes = b"\xce") -> bytes:
         return struct.pack(">BHI", frame_type, channel, len(payload)) + payload + end
 
     def _fill(self, deadline: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise socket.timeout("no data before deadline")
+            raise TimeoutError("no data before deadline")
         self.sock.settimeout(left)
         try:
             data = self.sock.recv(65536)
@@ -103,7 +105,7 @@ class RawClient:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except (ConnectionResetError, BrokenPipeError):
                 return got

@@ -37,6 +37,7 @@ def test_users_add_list_delete(fresh_broker):
 
 
 def test_users_add_duplicate_and_delete_missing_fail(fresh_broker):
+    # like rabbitmqctl: add_user of an existing user fails ('User "x" already exists')
     b = fresh_broker
     name = uid("bob")
     b.cli("users", "add", name, "pw")
@@ -78,7 +79,25 @@ def test_vhost_delete_closes_its_connections(fresh_broker):
     conn = pika.BlockingConnection(b.params(virtual_host=vh))
     try:
         b.cli("vhosts", "delete", vh)
-        # RabbitMQ closes them with 320 CONNECTION_FORCED
+        # RabbitMQ: 320 "CONNECTION_FORCED - vhost 'x' is deleted"
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as ei:
+            for _ in range(200):
+                conn.process_data_events(time_limit=0.05)
+        assert ei.value.reply_code == 320
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def test_user_delete_closes_its_connections(fresh_broker):
+    b = fresh_broker
+    name, pw = uid("doomed"), "pw"
+    b.cli("users", "add", name, pw)
+    b.cli("permissions", "set", name, ".*", ".*", ".*", "--vhost", "/")
+    conn = pika.BlockingConnection(b.params(user=name, password=pw))
+    try:
+        b.cli("users", "delete", name)
+        # RabbitMQ: 320 "CONNECTION_FORCED - user 'x' is deleted"
         with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as ei:
             for _ in range(200):
                 conn.process_data_events(time_limit=0.05)
@@ -99,8 +118,8 @@ def test_permissions_write_denied(fresh_broker):
         q = ch.queue_declare("", exclusive=True).method.queue
         ch.basic_publish("", q, b"denied")
         e = expect_channel_close(lambda: ch.queue_declare(q, passive=True), 403)
-        # RabbitMQ: "ACCESS_REFUSED - write access to exchange 'amq.default' in vhost '/'
-        # refused for user 'writer'"
+        # RabbitMQ: "ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused
+        # for user 'writer'" (the default exchange is subject to write permission too)
         assert e.reply_text.startswith("ACCESS_REFUSED")
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from .conftest import EXTERNAL_URL
 from .helpers import channel, uid
-from .rawamqp import (PROTOCOL_HEADER, Closed, ContentBody, RawClient, commands, header,
-                      raw_connect)
+from .rawamqp import PROTOCOL_HEADER, Closed, ContentBody, RawClient, commands, header, raw_connect
 
 # RabbitMQ's default handshake_timeout is 10 s; ours is configured per test.
 HANDSHAKE_TIMEOUT = 2
@@ -223,7 +222,7 @@ def test_client_heartbeats_keep_connection_alive(broker):
             c.send(b"\x08\x00\x00\x00\x00\x00\x00\xce")
             try:
                 c.recv_frame(timeout=0.5)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         c.send_method(commands.Queue.Declare(queue="", exclusive=True), 1)
         _, ok = c.recv_method(timeout=5)

@@ -10,8 +10,14 @@ import pika
 import pika.exceptions
 import pytest
 
-from .helpers import (channel, collect, connection, expect_channel_close, get_all, pump, uid,
-                      wait_get, wait_until)
+from .helpers import (
+    collect,
+    connection,
+    expect_channel_close,
+    pump,
+    uid,
+    wait_get,
+)
 from .rawamqp import ContentBody, commands, header, raw_connect
 
 
@@ -349,7 +355,7 @@ def test_qos_global_shared_by_channel_consumers(conn, ch):
     for qq in (q1, q2):
         ch.queue_declare(qq, exclusive=True)
     ch.confirm_delivery()
-    for i in range(5):
+    for _ in range(5):
         ch.basic_publish("", q1, b"a")
         ch.basic_publish("", q2, b"b")
     cch = conn.channel()

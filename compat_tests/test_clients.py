@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 
 import pika
@@ -19,7 +18,7 @@ def test_pika_blocking_consume_generator(broker):
         for i in range(5):
             ch.basic_publish("", q, b"%d" % i)
         got = []
-        for method, props, body in ch.consume(q, inactivity_timeout=5):
+        for method, _props, body in ch.consume(q, inactivity_timeout=5):
             assert method is not None, "inactivity timeout"
             got.append(body)
             ch.basic_ack(method.delivery_tag)
@@ -70,8 +69,14 @@ def test_pika_select_connection(broker):
     conn = pika.SelectConnection(broker.params(), on_open_callback=on_open,
                                  on_open_error_callback=on_open_error,
                                  on_close_callback=on_closed)
-    timer = conn.ioloop.call_later(20, lambda: (state.__setitem__("error", "timeout"),
-                                                conn.close() if conn.is_open else conn.ioloop.stop()))
+    def on_timeout():
+        state["error"] = "timeout"
+        if conn.is_open:
+            conn.close()
+        else:
+            conn.ioloop.stop()
+
+    conn.ioloop.call_later(20, on_timeout)
     conn.ioloop.start()
     assert state["error"] is None, state["error"]
     assert [b for _, b in state["got"]] == [b"%d" % i for i in range(n)]

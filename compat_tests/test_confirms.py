@@ -38,9 +38,8 @@ def collect_confirms(c, n, timeout=10):
             for t in tags:
                 if t not in settled:
                     settled[t] = kind
-        elif isinstance(f, commands.Basic.Return):
-            continue
-        elif type(f).__name__ in ("ContentHeader", "ContentBody"):
+        elif isinstance(f, commands.Basic.Return) or type(f).__name__ in (
+                "ContentHeader", "ContentBody"):
             continue
         else:
             raise AssertionError("unexpected frame %r" % f)
@@ -177,7 +176,8 @@ def test_aio_pika_publisher_confirms(broker):
             except aio_pika.exceptions.DeliveryError as e:
                 res = e.frame
             assert isinstance(res, aiormq.spec.Basic.Nack)
-            assert (await ch.declare_queue(q.name, passive=True)).declaration_result.message_count == 20
+            again = await ch.declare_queue(q.name, passive=True)
+            assert again.declaration_result.message_count == 20
         finally:
             await conn.close()
 

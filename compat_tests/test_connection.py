@@ -185,8 +185,9 @@ def test_out_of_range_frame_max_in_tune_ok_refused(broker, frame_max):
     with RawClient(broker.host, broker.port) as c:
         c.send(b"AMQP\x00\x00\x09\x01")
         c.expect(commands.Connection.Start)
-        c.send_method(commands.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                                  response="\0%s\0%s" % (broker.user, broker.password)))
+        c.send_method(commands.Connection.StartOk(
+            client_properties={}, mechanism="PLAIN",
+            response="\0%s\0%s" % (broker.user, broker.password)))
         _, tune = c.expect(commands.Connection.Tune)
         if tune.frame_max == 0 and frame_max > 4096:
             pytest.skip("server has no frame_max limit")
@@ -234,7 +235,7 @@ def test_many_channels_one_connection(broker):
             q = ch.queue_declare("", exclusive=True).method.queue
             ch.basic_publish("", q, str(i).encode())
             qs.append(q)
-        for i, (ch, q) in enumerate(zip(chans, qs)):
+        for i, (ch, q) in enumerate(zip(chans, qs, strict=True)):
             deadline = time.monotonic() + 10
             while True:
                 m, _, body = ch.basic_get(q, auto_ack=True)
@@ -296,8 +297,10 @@ def test_sigterm_closes_connections_with_connection_forced(fresh_broker):
 
 def test_version_flag():
     # only meaningful for our broker; harmless (and skipped) elsewhere
+    import subprocess
+    import sys
+
     from .conftest import EXTERNAL_URL, REPO_ROOT
-    import subprocess, sys
     if EXTERNAL_URL:
         pytest.skip("our broker's CLI")
     out = subprocess.run([sys.executable, "-m", "broker", "--version"], cwd=str(REPO_ROOT),

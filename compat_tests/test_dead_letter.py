@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+
 import pika
 import pytest
 
@@ -40,8 +41,8 @@ def assert_x_death(props, *, queue, reason, count=1, exchange="", routing_keys=N
     assert d["exchange"] == exchange
     assert d["routing-keys"] == (routing_keys if routing_keys is not None else [queue])
     assert isinstance(d["time"], datetime.datetime)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    t = d["time"] if d["time"].tzinfo else d["time"].replace(tzinfo=datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
+    t = d["time"] if d["time"].tzinfo else d["time"].replace(tzinfo=datetime.UTC)
     assert abs((now - t).total_seconds()) < 120
     return d
 
@@ -197,7 +198,7 @@ def test_x_death_count_increments_in_cycle(ch, dlx):
         m, _, _ = wait_get(ch, q, auto_ack=False)
         ch.basic_reject(m.delivery_tag, requeue=False)
         m, props, body = wait_get(ch, dead)
-        d = assert_x_death(props, queue=q, reason="rejected", count=n)
+        assert_x_death(props, queue=q, reason="rejected", count=n)
         assert len(props.headers["x-death"]) == 1  # same queue+reason -> one entry
         ch.basic_publish("", q, body, props)  # republish with the x-death headers
     assert props.headers["x-first-death-reason"] == "rejected"
@@ -274,7 +275,7 @@ def test_quorum_delivery_limit_counts_channel_close_redelivery(broker, ch, dlx):
         try:
             ch.confirm_delivery()
             ch.basic_publish("", q, b"p")
-            for n in range(2):
+            for _ in range(2):
                 c2 = conn.channel()
                 m, props, _ = wait_get(c2, q, auto_ack=False)
                 c2.close()  # unacked -> returned to the queue (counts as a delivery attempt)

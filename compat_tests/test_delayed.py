@@ -44,7 +44,9 @@ def test_message_arrives_after_delay_not_before(broker):
             later_t = got[1][0]
             assert later_t - t0 >= 1.0 - TOLERANCE
             assert later_t - t0 < 1.0 + 3.0
-            assert got[1][2].headers["x-delay"] == 1000
+            # the plugin's blog post says x-delay is negated on delivery (-1000), but in
+            # practice it depends on the publish path (rabbitmq-delayed-message-exchange#64)
+            assert abs(got[1][2].headers["x-delay"]) == 1000
         finally:
             ch.exchange_delete(x)
 
@@ -101,7 +103,6 @@ def test_delayed_topic_routing(broker):
 
 
 def test_delayed_requires_x_delayed_type(broker):
-    from .helpers import expect_channel_close
     with connection(broker) as conn:
         ch = conn.channel()
         # RabbitMQ's plugin: 406 PRECONDITION_FAILED "Invalid argument, 'x-delayed-type' must

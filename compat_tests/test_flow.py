@@ -7,7 +7,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from .helpers import connection, pump, uid, wait_get
+from .helpers import connection, uid, wait_get
 from .rawamqp import commands, raw_connect
 
 
@@ -149,7 +149,7 @@ def test_blocked_does_not_stop_consumers(fresh_broker):
 def test_client_without_blocked_capability_not_sent_blocked(fresh_broker):
     # connection.blocked is only sent to clients that advertise the capability
     b = fresh_broker
-    from .rawamqp import RawClient, ContentBody, header
+    from .rawamqp import ContentBody, RawClient, header
     c = RawClient(b.host, b.port)
     try:
         c.send(b"AMQP\x00\x00\x09\x01")

@@ -7,8 +7,17 @@ import pika
 import pika.exceptions
 import pytest
 
-from .helpers import (channel, collect, connection, delete_queue_quietly, expect_channel_close,
-                      get_all, pump, uid, wait_get, wait_until)
+from .helpers import (
+    channel,
+    connection,
+    delete_queue_quietly,
+    expect_channel_close,
+    get_all,
+    pump,
+    uid,
+    wait_get,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -49,7 +58,7 @@ def test_declare_ok_counts_ready_messages(ch):
     q = uid("q")
     ch.queue_declare(q, exclusive=True)
     ch.confirm_delivery()
-    for i in range(5):
+    for _ in range(5):
         ch.basic_publish("", q, b"x")
     ok = ch.queue_declare(q, exclusive=True).method
     assert ok.message_count == 5 and ok.consumer_count == 0
@@ -72,7 +81,8 @@ def test_redeclare_with_different_arguments_406(broker, ch):
     q = uid("q")
     ch.queue_declare(q, arguments={"x-message-ttl": 1000})
     try:
-        e = expect_channel_close(lambda: ch.queue_declare(q, arguments={"x-message-ttl": 2000}), 406)
+        e = expect_channel_close(
+            lambda: ch.queue_declare(q, arguments={"x-message-ttl": 2000}), 406)
         # RabbitMQ: "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in
         # vhost '/': received '2000' but current is '1000'"
         assert "inequivalent arg" in e.reply_text

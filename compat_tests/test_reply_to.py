@@ -1,13 +1,11 @@
 """Direct reply-to (amq.rabbitmq.reply-to)."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pika
-import pytest
 
-from .helpers import connection, expect_channel_close, pump, uid, wait_get
+from .helpers import connection, expect_channel_close, uid, wait_get
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 

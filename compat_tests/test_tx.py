@@ -1,10 +1,9 @@
 """Transactions: tx.select / tx.commit / tx.rollback."""
 from __future__ import annotations
 
-import pika
 import pytest
 
-from .helpers import channel, connection, expect_channel_close, get_all, pump, uid, wait_get
+from .helpers import connection, expect_channel_close, get_all, pump, uid, wait_get
 
 
 @pytest.fixture

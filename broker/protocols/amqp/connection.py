@@ -358,11 +358,11 @@ class AMQPConnection:
         self.send_method(0, spec.Connection.UpdateSecretOk())
 
     def _open_channel(self, number: int) -> None:
-        if number > self.channel_max:
+        if len(self.channels) >= self.channel_max:
             raise ConnectionError_(
                 530,
-                f"NOT_ALLOWED - channel id {number} exceeds the negotiated channel_max "
-                f"({self.channel_max})",
+                f"NOT_ALLOWED - number of channels opened ({len(self.channels)}) has reached "
+                f"the negotiated channel_max ({self.channel_max})",
                 20,
                 10,
             )

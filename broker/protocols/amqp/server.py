@@ -14,6 +14,9 @@ from broker.protocols.amqp.connection import AMQPConnection, Settings, State
 
 log = logging.getLogger(__name__)
 
+#: seconds to wait for connection.close-ok after we sent connection.close
+CLOSE_OK_TIMEOUT = 3.0
+
 
 def is_loopback(peer: Any) -> bool:
     if not peer:
@@ -37,6 +40,7 @@ class AMQPProtocol(asyncio.Protocol):
         self._sent_since_tick = False
         self._timers: list[asyncio.TimerHandle] = []
         self._reading_paused = False
+        self._close_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -86,6 +90,10 @@ class AMQPProtocol(asyncio.Protocol):
             self._sent_since_tick = True
         if self.conn.should_close:
             self.transport.close()
+        elif self.conn.state is State.CLOSING and self._close_timer is None:
+            # We sent connection.close: give the client a moment to answer close-ok.
+            self._close_timer = self.loop.call_later(CLOSE_OK_TIMEOUT, self.abort)
+            self._timers.append(self._close_timer)
 
     # -- flow control --------------------------------------------------------------------
 
