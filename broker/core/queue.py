@@ -123,6 +123,9 @@ class MessageQueue:
         self.consumers: list[Consumer] = []
         self.next_seq = 1
         self.last_used = 0
+        #: when the queue was declared and its arguments last changed, ms
+        self.created_at = 0
+        self.modified_at = 0
         self.had_consumer = False
         self._round_robin = 0
 
@@ -155,6 +158,14 @@ class MessageQueue:
     def _unmark_ready(self, msg: Message) -> None:
         self.ready_count -= 1
         self.ready_bytes -= msg.size
+
+    def reconfigure(self, arguments: dict[str, Any]) -> None:
+        """Take new arguments; raises PreconditionFailed, changing nothing, if invalid."""
+        settings = QueueSettings.from_arguments(arguments)
+        if settings.max_priority != self.settings.max_priority:
+            raise PreconditionFailed("x-max-priority of an existing queue cannot change")
+        self.arguments = arguments
+        self.settings = settings
 
     # -- adding --------------------------------------------------------------------------
 
@@ -346,6 +357,16 @@ class MessageQueue:
                 keep.append(seq)
         self._retained = keep
         return back
+
+    def take_retained(self) -> list[Message]:
+        """Every message kept for rewind, taken out of the rewind index (rewind turned off)."""
+        out = [
+            msg
+            for seq in self._retained
+            if (msg := self.messages.get(seq)) is not None and msg.state == RETAINED
+        ]
+        self._retained.clear()
+        return out
 
     def retained_count(self) -> int:
         return sum(1 for seq in self._retained if seq in self.messages)

@@ -140,6 +140,8 @@ class AMQPConnection:
                 self._send_start()
             self._parse_frames()
         except ConnectionError_ as exc:
+            # What follows a framing error cannot be trusted; the client's close-ok comes next.
+            self._buffer.clear()
             self.close_with(exc.code, exc.text, exc.class_id, exc.method_id)
         except Exception as exc:
             log.exception("connection %s: unexpected error", self.id)

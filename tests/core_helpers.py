@@ -1,0 +1,133 @@
+"""A thin driver around the core state machine for tests: time is explicit, effects are kept."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from broker.core import commands as c
+from broker.core.model import Deliver, Effect, Message
+from broker.core.queue import MessageQueue
+from broker.core.state import StateMachine
+
+VH = "/"
+OWNER: c.Owner = (1, 1)
+
+
+class Core:
+    """One state machine on the vhost "/", with a clock the test moves by hand."""
+
+    def __init__(self, sm: StateMachine | None = None, now: int = 0) -> None:
+        """A fresh state machine, or `sm` (say, one loaded from a store) as it is."""
+        self.now = now
+        self.effects: list[Effect] = []
+        if sm is None:
+            self.sm = StateMachine()
+            self.apply(c.DeclareVhost(VH))
+        else:
+            self.sm = sm
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def apply(self, command: c.Command, at: int | None = None) -> Any:
+        if at is not None:
+            assert at >= self.now, "time never goes backwards"
+            self.now = at
+        reply, effects = self.sm.apply(command, self.now)
+        self.effects = effects
+        return reply
+
+    def tick(self, at: int) -> list[Effect]:
+        self.apply(c.Tick(), at)
+        return self.effects
+
+    def deliveries(self) -> list[Deliver]:
+        return [e for e in self.effects if isinstance(e, Deliver)]
+
+    def delivered_bodies(self) -> list[bytes]:
+        return [d.message.body for d in self.deliveries()]
+
+    # -- declarations --------------------------------------------------------------------
+
+    def queue(self, name: str, **arguments: Any) -> MessageQueue:
+        self.apply(c.DeclareQueue(VH, name, arguments=arguments))
+        return self.q(name)
+
+    def exchange(self, name: str, type_: str = "direct", **kw: Any) -> None:
+        self.apply(c.DeclareExchange(VH, name, type_, **kw))
+
+    def bind(self, source: str, queue: str, key: str = "", **arguments: Any) -> None:
+        self.apply(c.Bind(VH, source, queue, True, key, arguments))
+
+    def bind_exchange(self, source: str, destination: str, key: str = "") -> None:
+        self.apply(c.Bind(VH, source, destination, False, key))
+
+    def q(self, name: str) -> MessageQueue:
+        return self.sm.queue(VH, name)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def publish(
+        self,
+        routing_key: str,
+        body: bytes | str,
+        exchange: str = "",
+        *,
+        headers: dict[str, Any] | None = None,
+        at: int | None = None,
+        **props: Any,
+    ) -> Any:
+        if isinstance(body, str):
+            body = body.encode()
+        if headers is not None:
+            props["headers"] = headers
+        return self.apply(c.Publish(VH, exchange, routing_key, props, body), at)
+
+    def consume(
+        self, queue: str, tag: str = "ctag", owner: c.Owner = OWNER, **kw: Any
+    ) -> list[Deliver]:
+        self.apply(c.Consume(VH, queue, owner, tag, **kw))
+        return self.deliveries()
+
+    def settle(
+        self, outcome: str, queue: str, *seqs: int, owner: c.Owner = OWNER, at: int | None = None
+    ) -> list[Deliver]:
+        self.apply(c.Settle(owner, [(VH, queue, s) for s in seqs], outcome), at)
+        return self.deliveries()
+
+    def get(self, queue: str, owner: c.Owner = OWNER, no_ack: bool = False) -> Message | None:
+        result = self.apply(c.Get(VH, queue, owner, no_ack))
+        return result.message
+
+    def get_body(self, queue: str) -> bytes | None:
+        msg = self.get(queue, no_ack=True)
+        return None if msg is None else msg.body
+
+    def drain(self, queue: str) -> list[bytes]:
+        """Every ready message, in delivery order, taken out with no-ack gets."""
+        out = []
+        while (body := self.get_body(queue)) is not None:
+            out.append(body)
+        return out
+
+    def receive(
+        self, queue: str, n: int = 1, visibility: int | None = None, at: int | None = None
+    ) -> list[Any]:
+        return list(self.apply(c.Receive(VH, queue, n, visibility), at))
+
+
+def ready_order(q: MessageQueue) -> list[Message]:
+    """The ready messages of `q` in the order consumers would get them, without taking them."""
+    clone = copy.deepcopy(q)
+    out = []
+    while (msg := clone.pop_head()) is not None:
+        out.append(msg)
+    return out
+
+
+def ready_bodies(q: MessageQueue) -> list[bytes]:
+    return [m.body for m in ready_order(q)]
+
+
+def x_death(msg: Message) -> list[dict[str, Any]]:
+    return list((msg.properties.get("headers") or {}).get("x-death") or [])

@@ -1,0 +1,30 @@
+"""Configuration precedence: embedded defaults, then the TOML file, then flags."""
+
+from pathlib import Path
+
+import pytest
+
+from broker.config import Config
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    cfg = Config.load(None, {})
+    assert (cfg.data_dir, cfg.amqp_port, cfg.heartbeat) == ("./broker-data", 5672, 60)
+    assert cfg.loopback_users == ("guest",)
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text('data-dir = "/srv/b"\namqp_port = 5700\nloopback_users = []\n')
+    cfg = Config.load(str(path), {"amqp_port": 5800, "heartbeat": None})
+    assert cfg.data_dir == "/srv/b"
+    assert cfg.amqp_port == 5800  # the flag wins
+    assert cfg.heartbeat == 60  # an absent flag keeps the file's or default value
+    assert cfg.loopback_users == ()
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text("amqp_prot = 1\n")
+    with pytest.raises(ValueError, match="amqp_prot"):
+        Config.load(str(path), {})
