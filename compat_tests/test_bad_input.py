@@ -191,7 +191,8 @@ def test_client_that_never_completes_handshake_is_closed(broker_factory):
     t0 = time.monotonic()
     for c in (silent, half, tuned):
         try:
-            c.wait_closed(max(0.5, limit - (time.monotonic() - t0)))
+            # The server's timer fires `limit` s after accept; allow for a loaded machine.
+            c.wait_closed(max(0.5, limit + 5 - (time.monotonic() - t0)))
         finally:
             c.close()
     assert_broker_healthy(b)

@@ -94,6 +94,8 @@ class CommitPath:
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._pending: list[_Item] = []
+        #: the clock read once per loop turn: commands of one turn share a timestamp
+        self._now: int | None = None
         self._deliveries: list[Effect] = []
         self._flush_scheduled = False
         #: batches waiting for the disk: (ops, items); the first one may be being written
@@ -107,7 +109,10 @@ class CommitPath:
     def submit(self, command: c.Command, done: Done | None = None) -> None:
         """Apply `command` now; call `done(reply, error)` once it is durable."""
         try:
-            reply, effects = self.state.apply(command, self.clock.now())
+            now = self._now
+            if now is None:
+                now = self._now = self.clock.now()
+            reply, effects = self.state.apply(command, now)
             error = None
         except BrokerError as exc:
             reply, effects, error = None, [], exc
@@ -152,6 +157,7 @@ class CommitPath:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._now = None
         if self._deliveries:
             deliveries, self._deliveries = self._deliveries, []
             self._on_effects(deliveries)

@@ -276,7 +276,7 @@ class Channel:
                 raise AMQPError(406, "fast reply consumer does not exist")
             properties = dict(props, reply_to=self.reply_to_key)
         else:
-            properties = codec.RawProperties(props, raw)
+            properties = props
         if exchange == "" and routing_key.startswith(REPLY_TO + "."):
             self._publish_reply(routing_key, properties, body)
             return
@@ -378,14 +378,16 @@ class Channel:
             headers = dict(properties.get("headers") or {})
             headers["x-delivery-count"] = effect.delivery_count
             properties = dict(properties, headers=headers)
-        self.conn.write(
+        parts = codec.content_parts(
+            self.number, codec.properties_bytes(properties), msg.body, self.conn.frame_max
+        )
+        parts[0] = (
             codec.deliver_frame(
                 self.number, effect.tag, tag, effect.redelivered, msg.exchange, msg.routing_key
             )
-            + codec.content_frames(
-                self.number, codec.properties_bytes(properties), msg.body, self.conn.frame_max
-            )
+            + parts[0]
         )
+        self.conn.write_parts(parts)
 
     def deliver_reply(
         self,

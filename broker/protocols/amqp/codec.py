@@ -34,6 +34,7 @@ _METHOD_ID = struct.Struct(">I")
 _ACK = struct.Struct(">QB")
 _DELIVER_HEAD = struct.Struct(">BHIHH")
 _CONTENT_HEAD = struct.Struct(">BHIHHQ")
+_DELIVERY_TAG = struct.Struct(">QB")
 
 PROPERTY_NAMES = spec.Basic.Properties.__slots__
 
@@ -113,7 +114,7 @@ def decode_content_header(payload: bytes) -> tuple[int, dict[str, Any], bytes]:
             raise SyntaxError_("content header for a class other than basic")
         if flags & 1:
             raise SyntaxError_("content header property flags continue past 16 bits")
-        props: dict[str, Any] = {}
+        props = RawProperties({}, payload[12:])
         pos = 14
         for bit, name, kind in _PROPERTY_LAYOUT:
             if not flags & bit:
@@ -135,7 +136,7 @@ def decode_content_header(payload: bytes) -> tuple[int, dict[str, Any], bytes]:
             raise SyntaxError_("content header properties are truncated")
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         raise SyntaxError_(f"malformed content header: {exc}") from exc
-    return body_size, props, payload[12:]
+    return body_size, props, props.raw
 
 
 def encode_properties(properties: dict[str, Any]) -> bytes:
@@ -150,6 +151,13 @@ def method_frame(channel: int, method: Frame) -> bytes:
 
 def content_frames(channel: int, raw_properties: bytes, body: bytes, frame_max: int) -> bytes:
     """Content header and body frames, the body split so no frame exceeds frame_max."""
+    return b"".join(content_parts(channel, raw_properties, body, frame_max))
+
+
+def content_parts(
+    channel: int, raw_properties: bytes, body: bytes, frame_max: int
+) -> list[bytes]:
+    """The pieces of `content_frames`, to be joined once with other output."""
     size = len(body)
     parts = [
         _CONTENT_HEAD.pack(FRAME_HEADER, channel, 12 + len(raw_properties), 60, 0, size),
@@ -162,7 +170,7 @@ def content_frames(channel: int, raw_properties: bytes, body: bytes, frame_max: 
         parts.append(FRAME_HEADER_STRUCT.pack(FRAME_BODY, channel, len(piece)))
         parts.append(piece)
         parts.append(FRAME_END_BYTE)
-    return b"".join(parts)
+    return parts
 
 
 def deliver_frame(
@@ -177,19 +185,19 @@ def deliver_frame(
     tag = consumer_tag.encode()
     ex = exchange.encode()
     rk = routing_key.encode()
-    args = b"".join(
+    size = 16 + len(tag) + len(ex) + len(rk)  # ids 4, three lengths 3, tag 8, bits 1
+    return b"".join(
         (
+            _DELIVER_HEAD.pack(FRAME_METHOD, channel, size, 60, 60),
             bytes((len(tag),)),
             tag,
-            struct.pack(">QB", delivery_tag, 1 if redelivered else 0),
+            _DELIVERY_TAG.pack(delivery_tag, 1 if redelivered else 0),
             bytes((len(ex),)),
             ex,
             bytes((len(rk),)),
             rk,
+            FRAME_END_BYTE,
         )
-    )
-    return b"".join(
-        (_DELIVER_HEAD.pack(FRAME_METHOD, channel, 4 + len(args), 60, 60), args, FRAME_END_BYTE)
     )
 
 

@@ -106,6 +106,14 @@ class AMQPConnection:
             self.on_output()
         self._out.append(data)
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        """Queue several pieces of output; they are joined once, with everything else."""
+        if self.state is State.CLOSED:
+            return
+        if not self._out and self.on_output is not None:
+            self.on_output()
+        self._out.extend(parts)
+
     def send_method(self, channel: int, method: Frame) -> None:
         self.write(codec.method_frame(channel, method))
 
