@@ -1,4 +1,5 @@
 """Small helpers shared by the compatibility tests."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ def uid(prefix: str = "t") -> str:
     return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05,
-               message: str = "condition"):
+def wait_until(
+    predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"
+):
     """Poll ``predicate`` until truthy or raise AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

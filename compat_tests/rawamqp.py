@@ -1,4 +1,5 @@
 """A tiny blocking raw-socket AMQP 0-9-1 client built on pamqp, for bad-input tests."""
+
 from __future__ import annotations
 
 import socket
@@ -41,10 +42,11 @@ class RawClient:
         self.send_frame(hdr, channel)
         step = frame_max - 8
         for i in range(0, len(body), step):
-            self.send_frame(ContentBody(body[i:i + step]), channel)
+            self.send_frame(ContentBody(body[i : i + step]), channel)
 
-    def raw_frame(self, frame_type: int, channel: int, payload: bytes,
-                  end: bytes = b"\xce") -> bytes:
+    def raw_frame(
+        self, frame_type: int, channel: int, payload: bytes, end: bytes = b"\xce"
+    ) -> bytes:
         return struct.pack(">BHI", frame_type, channel, len(payload)) + payload + end
 
     def _fill(self, deadline: float) -> None:
@@ -77,7 +79,7 @@ class RawClient:
                     return 0, value  # raw protocol header bytes
                 ftype, ch, size = struct.unpack(">BHI", self.buf[:7])
                 if len(self.buf) >= 8 + size:
-                    consumed, channel, value = pframe.unmarshal(self.buf[:8 + size])
+                    consumed, channel, value = pframe.unmarshal(self.buf[: 8 + size])
                     self.buf = self.buf[consumed:]
                     return channel, value
             self._fill(deadline)
@@ -142,22 +144,39 @@ class RawClient:
         self.close()
 
     # -- handshake --------------------------------------------------------
-    def handshake(self, user="guest", password="guest", vhost="/", channel_max=None,
-                  frame_max=None, heartbeat_secs=0, open_vhost=True):
+    def handshake(
+        self,
+        user="guest",
+        password="guest",
+        vhost="/",
+        channel_max=None,
+        frame_max=None,
+        heartbeat_secs=0,
+        open_vhost=True,
+    ):
         """Full handshake; channel_max/frame_max default to the server's proposal."""
         self.send(PROTOCOL_HEADER)
         _, self.start = self.expect(commands.Connection.Start)
-        self.send_method(commands.Connection.StartOk(
-            client_properties={"product": "compat-raw",
-                               "capabilities": {"authentication_failure_close": True}},
-            mechanism="PLAIN", response="\0%s\0%s" % (user, password)))
+        self.send_method(
+            commands.Connection.StartOk(
+                client_properties={
+                    "product": "compat-raw",
+                    "capabilities": {"authentication_failure_close": True},
+                },
+                mechanism="PLAIN",
+                response="\0%s\0%s" % (user, password),
+            )
+        )
         _, self.tune = self.expect(commands.Connection.Tune)
         if channel_max is None:
             channel_max = self.tune.channel_max
         if frame_max is None:
             frame_max = self.tune.frame_max
-        self.send_method(commands.Connection.TuneOk(channel_max=channel_max, frame_max=frame_max,
-                                                    heartbeat=heartbeat_secs))
+        self.send_method(
+            commands.Connection.TuneOk(
+                channel_max=channel_max, frame_max=frame_max, heartbeat=heartbeat_secs
+            )
+        )
         if open_vhost:
             self.send_method(commands.Connection.Open(virtual_host=vhost))
             self.expect(commands.Connection.OpenOk)
@@ -178,5 +197,15 @@ def raw_connect(broker, timeout: float = 10.0, **handshake_kw) -> RawClient:
     return c
 
 
-__all__ = ["RawClient", "Closed", "raw_connect", "PROTOCOL_HEADER", "commands", "header",
-           "heartbeat", "ContentBody", "constants", "UnmarshalingException"]
+__all__ = [
+    "RawClient",
+    "Closed",
+    "raw_connect",
+    "PROTOCOL_HEADER",
+    "commands",
+    "header",
+    "heartbeat",
+    "ContentBody",
+    "constants",
+    "UnmarshalingException",
+]

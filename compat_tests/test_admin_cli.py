@@ -1,4 +1,5 @@
 """Admin CLI against a running node (own broker only)."""
+
 from __future__ import annotations
 
 import pika
@@ -12,8 +13,11 @@ pytestmark = pytest.mark.own_broker
 
 
 def user_names(b):
-    return [line.split("\t")[0].strip() for line in b.cli("users", "list").stdout.splitlines()
-            if line.strip()]
+    return [
+        line.split("\t")[0].strip()
+        for line in b.cli("users", "list").stdout.splitlines()
+        if line.strip()
+    ]
 
 
 def test_users_add_list_delete(fresh_broker):
@@ -159,8 +163,10 @@ def test_queues_list(fresh_broker):
                     return parts
             return None
 
-        parts = wait_until(lambda: (lambda r: r if r and r[2] == "1" else None)(row()),
-                           message="queue listed with a consumer")
+        parts = wait_until(
+            lambda: (lambda r: r if r and r[2] == "1" else None)(row()),
+            message="queue listed with a consumer",
+        )
         assert len(parts) == 3
         assert int(parts[1]) in (2, 3)  # ready (2) or total (3) depending on counting
         assert parts[2] == "1"

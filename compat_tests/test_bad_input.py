@@ -1,4 +1,5 @@
 """Malformed / hostile input on raw sockets: the broker must answer per spec and survive."""
+
 from __future__ import annotations
 
 import os
@@ -37,12 +38,15 @@ def recv_until_close(c: RawClient, timeout=10.0):
     return c.expect_connection_close(timeout=timeout)
 
 
-@pytest.mark.parametrize("garbage", [
-    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"AMQP\x00\x00\x08\x00",          # AMQP 0-8
-    b"AMQP\x01\x01\x00\x0a",          # AMQP 1.0 style header
-    b"\x00\x01\x02\x03\x04\x05\x06\x07",
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"AMQP\x00\x00\x08\x00",  # AMQP 0-8
+        b"AMQP\x01\x01\x00\x0a",  # AMQP 1.0 style header
+        b"\x00\x01\x02\x03\x04\x05\x06\x07",
+    ],
+)
 def test_bad_protocol_header_gets_our_header_and_close(broker, garbage):
     with RawClient(broker.host, broker.port) as c:
         c.send(garbage)
@@ -177,16 +181,19 @@ def _handshake_timeout_broker(broker_factory):
 
 def test_client_that_never_completes_handshake_is_closed(broker_factory):
     b, limit = _handshake_timeout_broker(broker_factory)
-    silent = RawClient(b.host, b.port)                 # sends nothing at all
-    half = RawClient(b.host, b.port)                   # protocol header, no start-ok
+    silent = RawClient(b.host, b.port)  # sends nothing at all
+    half = RawClient(b.host, b.port)  # protocol header, no start-ok
     half.send(PROTOCOL_HEADER)
     _, start = half.expect(commands.Connection.Start)
     assert "PLAIN" in start.mechanisms.split()
-    tuned = RawClient(b.host, b.port)                  # stops after start-ok (no tune-ok/open)
+    tuned = RawClient(b.host, b.port)  # stops after start-ok (no tune-ok/open)
     tuned.send(PROTOCOL_HEADER)
     tuned.expect(commands.Connection.Start)
-    tuned.send_method(commands.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                                  response="\0%s\0%s" % (b.user, b.password)))
+    tuned.send_method(
+        commands.Connection.StartOk(
+            client_properties={}, mechanism="PLAIN", response="\0%s\0%s" % (b.user, b.password)
+        )
+    )
     tuned.expect(commands.Connection.Tune)
     t0 = time.monotonic()
     for c in (silent, half, tuned):

@@ -1,4 +1,5 @@
 """basic.* semantics: publish/consume/get, properties, acks, qos, returns, consumers."""
+
 from __future__ import annotations
 
 import datetime
@@ -51,8 +52,14 @@ FULL_PROPS = dict(
     content_type="application/json",
     content_encoding="gzip",
     headers={
-        "str": "value", "int": 42, "neg": -7, "big": 2 ** 40, "bool": True, "false": False,
-        "bytes": b"\x00\x01\xff", "none": None,
+        "str": "value",
+        "int": 42,
+        "neg": -7,
+        "big": 2**40,
+        "bool": True,
+        "false": False,
+        "bytes": b"\x00\x01\xff",
+        "none": None,
         "dec": decimal.Decimal("3.14"),
         "ts": datetime.datetime(2024, 1, 2, 3, 4, 5),
         "list": [1, "two", [3, {"four": 4}], True],
@@ -92,7 +99,7 @@ def test_round_trip_all_properties(ch, q, broker):
 
 def test_round_trip_via_consumer(ch, q):
     ch.basic_publish("", q, b"c", pika.BasicProperties(correlation_id="x", headers={"a": [1, 2]}))
-    (m, props, body), = collect(ch, q, 1, auto_ack=True)
+    ((m, props, body),) = collect(ch, q, 1, auto_ack=True)
     assert body == b"c" and props.correlation_id == "x" and props.headers == {"a": [1, 2]}
     assert m.routing_key == q and m.exchange == "" and m.redelivered is False
     assert m.consumer_tag
@@ -108,16 +115,23 @@ def test_no_properties_and_empty_body(ch, q):
 def _field_table_entries():
     def sstr(s):
         return struct.pack(">B", len(s)) + s
+
     return [
-        sstr(b"bool") + b"t\x01", sstr(b"i8") + b"b\xff", sstr(b"u8") + b"B\xff",
-        sstr(b"i16") + b"s\x80\x00", sstr(b"u16") + b"u\xff\xff",
-        sstr(b"i32") + b"I\x80\x00\x00\x00", sstr(b"u32") + b"i\xff\xff\xff\xff",
-        sstr(b"i64") + b"l" + struct.pack(">q", -2 ** 63),
-        sstr(b"f") + b"f" + struct.pack(">f", 1.5), sstr(b"d") + b"d" + struct.pack(">d", 2.25),
+        sstr(b"bool") + b"t\x01",
+        sstr(b"i8") + b"b\xff",
+        sstr(b"u8") + b"B\xff",
+        sstr(b"i16") + b"s\x80\x00",
+        sstr(b"u16") + b"u\xff\xff",
+        sstr(b"i32") + b"I\x80\x00\x00\x00",
+        sstr(b"u32") + b"i\xff\xff\xff\xff",
+        sstr(b"i64") + b"l" + struct.pack(">q", -(2**63)),
+        sstr(b"f") + b"f" + struct.pack(">f", 1.5),
+        sstr(b"d") + b"d" + struct.pack(">d", 2.25),
         sstr(b"dec") + b"D\x02" + struct.pack(">i", 12345),
         sstr(b"S") + b"S" + struct.pack(">I", 3) + b"abc",
         sstr(b"x") + b"x" + struct.pack(">I", 2) + b"\x00\xff",
-        sstr(b"T") + b"T" + struct.pack(">Q", 1700000000), sstr(b"V") + b"V",
+        sstr(b"T") + b"T" + struct.pack(">Q", 1700000000),
+        sstr(b"V") + b"V",
         sstr(b"A") + b"A" + struct.pack(">I", 7) + b"I\x00\x00\x00\x01" + b"t\x00",
         sstr(b"F") + b"F" + struct.pack(">I", 4) + sstr(b"n") + b"t\x01",
     ]
@@ -423,8 +437,17 @@ def test_server_generated_consumer_tag(ch, q):
 
 def _broker_of(ch):
     p = ch.connection._impl.params
-    return type("B", (), dict(host=p.host, port=p.port, user=p.credentials.username,
-                              password=p.credentials.password, vhost=p.virtual_host))
+    return type(
+        "B",
+        (),
+        dict(
+            host=p.host,
+            port=p.port,
+            user=p.credentials.username,
+            password=p.credentials.password,
+            vhost=p.virtual_host,
+        ),
+    )
 
 
 def test_duplicate_consumer_tag_530(broker):
@@ -570,7 +593,7 @@ def test_large_bodies_split_across_frames(broker, size):
         ch.queue_declare(qn, exclusive=True)
         ch.confirm_delivery()
         ch.basic_publish("", qn, body)  # pika splits into <= 4088-byte body frames
-        (m, props, got), = collect(ch, qn, 1, auto_ack=True)
+        ((m, props, got),) = collect(ch, qn, 1, auto_ack=True)
         assert got == body
 
 
@@ -618,7 +641,7 @@ def test_publish_body_in_many_small_frames(broker):
         c.send_method(commands.Basic.Publish(exchange="", routing_key=qn), 1)
         c.send_frame(header.ContentHeader(0, len(body), commands.Basic.Properties()), 1)
         for i in range(0, len(body), 7):
-            c.send_frame(ContentBody(body[i:i + 7]), 1)
+            c.send_frame(ContentBody(body[i : i + 7]), 1)
         deadline = time.monotonic() + 10
         while True:
             c.send_method(commands.Basic.Get(queue=qn, no_ack=True), 1)

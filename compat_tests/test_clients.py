@@ -1,4 +1,5 @@
 """End-to-end round trips with several client libraries."""
+
 from __future__ import annotations
 
 import asyncio
@@ -66,9 +67,13 @@ def test_pika_select_connection(broker):
     def on_closed(conn, reason):
         conn.ioloop.stop()
 
-    conn = pika.SelectConnection(broker.params(), on_open_callback=on_open,
-                                 on_open_error_callback=on_open_error,
-                                 on_close_callback=on_closed)
+    conn = pika.SelectConnection(
+        broker.params(),
+        on_open_callback=on_open,
+        on_open_error_callback=on_open_error,
+        on_close_callback=on_closed,
+    )
+
     def on_timeout():
         state["error"] = "timeout"
         if conn.is_open:
@@ -96,10 +101,15 @@ def test_aio_pika_round_trip(broker):
             q = await ch.declare_queue(uid("q"), exclusive=True)
             await q.bind(x, routing_key="orders.#")
             for i in range(10):
-                await x.publish(aio_pika.Message(b"%d" % i, headers={"i": i},
-                                                 content_type="text/plain",
-                                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                routing_key="orders.eu.%d" % i)
+                await x.publish(
+                    aio_pika.Message(
+                        b"%d" % i,
+                        headers={"i": i},
+                        content_type="text/plain",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key="orders.eu.%d" % i,
+                )
             got = []
             async with q.iterator(timeout=10) as it:
                 async for msg in it:
@@ -130,7 +140,8 @@ def test_aio_pika_rpc_pattern(broker):
                 async with msg.process():
                     await ch.default_exchange.publish(
                         aio_pika.Message(msg.body[::-1], correlation_id=msg.correlation_id),
-                        routing_key=msg.reply_to)
+                        routing_key=msg.reply_to,
+                    )
 
             await server_q.consume(serve)
             fut = asyncio.get_running_loop().create_future()
@@ -143,7 +154,8 @@ def test_aio_pika_rpc_pattern(broker):
             await reply_q.consume(on_reply)
             await ch.default_exchange.publish(
                 aio_pika.Message(b"hello", correlation_id="42", reply_to=reply_q.name),
-                routing_key=server_q.name)
+                routing_key=server_q.name,
+            )
             assert await asyncio.wait_for(fut, 10) == b"olleh"
 
     asyncio.run(asyncio.wait_for(main(), 30))
@@ -158,13 +170,17 @@ def test_kombu_producer_consumer(broker):
         queue = kombu.Queue(qname, exchange, routing_key="rk", durable=False, auto_delete=True)
         received = []
 
-        with conn.Consumer(queue, callbacks=[lambda body, msg: (received.append(body), msg.ack())],
-                           accept=["json"]):
-            producer = kombu.Producer(conn.default_channel, exchange=exchange,
-                                      serializer="json")
+        with conn.Consumer(
+            queue, callbacks=[lambda body, msg: (received.append(body), msg.ack())], accept=["json"]
+        ):
+            producer = kombu.Producer(conn.default_channel, exchange=exchange, serializer="json")
             for i in range(5):
-                producer.publish({"n": i, "nested": {"ok": True}}, routing_key="rk",
-                                 declare=[queue], headers={"x-test": i})
+                producer.publish(
+                    {"n": i, "nested": {"ok": True}},
+                    routing_key="rk",
+                    declare=[queue],
+                    headers={"x-test": i},
+                )
             deadline = time.monotonic() + 10
             while len(received) < 5 and time.monotonic() < deadline:
                 try:
@@ -182,8 +198,11 @@ def test_kombu_simple_queue(broker):
 
     with kombu.Connection(broker.amqp_url, connect_timeout=10) as conn:
         name = uid("simple")
-        sq = conn.SimpleQueue(name, queue_opts={"durable": False, "auto_delete": True},
-                              exchange_opts={"durable": False, "auto_delete": True})
+        sq = conn.SimpleQueue(
+            name,
+            queue_opts={"durable": False, "auto_delete": True},
+            exchange_opts={"durable": False, "auto_delete": True},
+        )
         try:
             sq.put({"hello": "world"})
             sq.put("plain text")
@@ -202,14 +221,20 @@ def test_kombu_simple_queue(broker):
 def test_py_amqp_round_trip(broker):
     import amqp
 
-    with amqp.Connection("%s:%d" % (broker.host, broker.port), userid=broker.user,
-                         password=broker.password, virtual_host=broker.vhost,
-                         connect_timeout=10) as conn:
+    with amqp.Connection(
+        "%s:%d" % (broker.host, broker.port),
+        userid=broker.user,
+        password=broker.password,
+        virtual_host=broker.vhost,
+        connect_timeout=10,
+    ) as conn:
         ch = conn.channel()
         q, _, _ = ch.queue_declare("", exclusive=True)
-        ch.basic_publish(amqp.Message(b"amqp-body", application_headers={"a": "b"},
-                                      content_type="text/plain"),
-                         exchange="", routing_key=q)
+        ch.basic_publish(
+            amqp.Message(b"amqp-body", application_headers={"a": "b"}, content_type="text/plain"),
+            exchange="",
+            routing_key=q,
+        )
         got = []
         ch.basic_consume(q, callback=lambda m: got.append(m), no_ack=True)
         deadline = time.monotonic() + 10

@@ -1,4 +1,5 @@
 """Publisher confirms (confirm.select, basic.ack / basic.nack)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,9 @@ def ch(broker):
 
 
 def raw_publish(c, channel, rk, body=b"x", exchange="", mandatory=False, props=None):
-    c.send_method(commands.Basic.Publish(exchange=exchange, routing_key=rk, mandatory=mandatory),
-                  channel)
+    c.send_method(
+        commands.Basic.Publish(exchange=exchange, routing_key=rk, mandatory=mandatory), channel
+    )
     c.send_frame(header.ContentHeader(0, len(body), props or commands.Basic.Properties()), channel)
     if body:
         c.send_frame(ContentBody(body), channel)
@@ -39,7 +41,9 @@ def collect_confirms(c, n, timeout=10):
                 if t not in settled:
                     settled[t] = kind
         elif isinstance(f, commands.Basic.Return) or type(f).__name__ in (
-                "ContentHeader", "ContentBody"):
+            "ContentHeader",
+            "ContentBody",
+        ):
             continue
         else:
             raise AssertionError("unexpected frame %r" % f)
@@ -101,8 +105,14 @@ def test_nack_on_reject_publish_overflow_raw(broker):
         c.send_method(commands.Confirm.Select(), 1)
         c.expect(commands.Confirm.SelectOk)
         q = uid("full")
-        c.send_method(commands.Queue.Declare(queue=q, exclusive=True, arguments={
-            "x-max-length": 2, "x-overflow": "reject-publish"}), 1)
+        c.send_method(
+            commands.Queue.Declare(
+                queue=q,
+                exclusive=True,
+                arguments={"x-max-length": 2, "x-overflow": "reject-publish"},
+            ),
+            1,
+        )
         c.expect(commands.Queue.DeclareOk)
         for i in range(4):
             raw_publish(c, 1, q, b"%d" % i)
@@ -112,8 +122,9 @@ def test_nack_on_reject_publish_overflow_raw(broker):
 
 def test_nack_pika_reject_publish(ch):
     q = uid("full")
-    ch.queue_declare(q, exclusive=True, arguments={"x-max-length": 1,
-                                                    "x-overflow": "reject-publish"})
+    ch.queue_declare(
+        q, exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
     ch.confirm_delivery()
     ch.basic_publish("", q, b"ok")
     with pytest.raises(pika.exceptions.NackError):
@@ -124,8 +135,9 @@ def test_nack_when_any_target_queue_rejects(ch):
     x, full, free = uid("x"), uid("full"), uid("free")
     ch.exchange_declare(x, "fanout")
     try:
-        ch.queue_declare(full, exclusive=True, arguments={"x-max-length": 0,
-                                                           "x-overflow": "reject-publish"})
+        ch.queue_declare(
+            full, exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
         ch.queue_declare(free, exclusive=True)
         ch.queue_bind(full, x)
         ch.queue_bind(free, x)
@@ -165,14 +177,17 @@ def test_aio_pika_publisher_confirms(broker):
             ch = await conn.channel(publisher_confirms=True)
             q = await ch.declare_queue("", exclusive=True)
             for i in range(20):
-                res = await ch.default_exchange.publish(aio_pika.Message(b"%d" % i), q.name,
-                                                        timeout=10)
+                res = await ch.default_exchange.publish(
+                    aio_pika.Message(b"%d" % i), q.name, timeout=10
+                )
                 assert isinstance(res, aiormq.spec.Basic.Ack)
-            full = await ch.declare_queue("", exclusive=True, arguments={
-                "x-max-length": 0, "x-overflow": "reject-publish"})
+            full = await ch.declare_queue(
+                "", exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+            )
             try:
-                res = await ch.default_exchange.publish(aio_pika.Message(b"x"), full.name,
-                                                        timeout=10)
+                res = await ch.default_exchange.publish(
+                    aio_pika.Message(b"x"), full.name, timeout=10
+                )
             except aio_pika.exceptions.DeliveryError as e:
                 res = e.frame
             assert isinstance(res, aiormq.spec.Basic.Nack)

@@ -1,4 +1,5 @@
 """Connection-level behaviour: auth, tuning, heartbeats, capabilities, vhosts, channels."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,9 +15,15 @@ from .helpers import channel, connection, uid
 from .rawamqp import Closed, RawClient, commands, raw_connect
 
 EXPECTED_CAPABILITIES = [
-    "publisher_confirms", "exchange_exchange_bindings", "basic.nack", "consumer_cancel_notify",
-    "connection.blocked", "consumer_priorities", "authentication_failure_close",
-    "per_consumer_qos", "direct_reply_to",
+    "publisher_confirms",
+    "exchange_exchange_bindings",
+    "basic.nack",
+    "consumer_cancel_notify",
+    "connection.blocked",
+    "consumer_priorities",
+    "authentication_failure_close",
+    "per_consumer_qos",
+    "direct_reply_to",
 ]
 
 
@@ -50,9 +57,14 @@ def test_connection_start_fields(broker):
 
 
 def test_amqplain_auth(broker):
-    conn = amqp.Connection(host="%s:%d" % (broker.host, broker.port), userid=broker.user,
-                           password=broker.password, virtual_host=broker.vhost,
-                           login_method="AMQPLAIN", connect_timeout=10)
+    conn = amqp.Connection(
+        host="%s:%d" % (broker.host, broker.port),
+        userid=broker.user,
+        password=broker.password,
+        virtual_host=broker.vhost,
+        login_method="AMQPLAIN",
+        connect_timeout=10,
+    )
     conn.connect()
     try:
         ch = conn.channel()
@@ -68,9 +80,14 @@ def test_amqplain_auth(broker):
 
 
 def test_amqplain_bad_password_refused(broker):
-    conn = amqp.Connection(host="%s:%d" % (broker.host, broker.port), userid=broker.user,
-                           password="wrong-" + uid(), virtual_host=broker.vhost,
-                           login_method="AMQPLAIN", connect_timeout=10)
+    conn = amqp.Connection(
+        host="%s:%d" % (broker.host, broker.port),
+        userid=broker.user,
+        password="wrong-" + uid(),
+        virtual_host=broker.vhost,
+        login_method="AMQPLAIN",
+        connect_timeout=10,
+    )
     with pytest.raises(amqp.exceptions.AccessRefused):
         conn.connect()
     conn.collect()
@@ -88,9 +105,13 @@ def test_bad_credentials_raw_access_refused(broker, user, password):
     with RawClient(broker.host, broker.port) as c:
         c.send(b"AMQP\x00\x00\x09\x01")
         c.expect(commands.Connection.Start)
-        c.send_method(commands.Connection.StartOk(
-            client_properties={"capabilities": {"authentication_failure_close": True}},
-            mechanism="PLAIN", response="\0%s\0%s" % (user, password)))
+        c.send_method(
+            commands.Connection.StartOk(
+                client_properties={"capabilities": {"authentication_failure_close": True}},
+                mechanism="PLAIN",
+                response="\0%s\0%s" % (user, password),
+            )
+        )
         close = c.expect_connection_close(timeout=10)
         assert close.reply_code == 403
         assert close.reply_text.startswith("ACCESS_REFUSED")
@@ -100,9 +121,13 @@ def test_unknown_mechanism_refused(broker):
     with RawClient(broker.host, broker.port) as c:
         c.send(b"AMQP\x00\x00\x09\x01")
         c.expect(commands.Connection.Start)
-        c.send_method(commands.Connection.StartOk(
-            client_properties={"capabilities": {"authentication_failure_close": True}},
-            mechanism="NOT-A-MECH", response="x"))
+        c.send_method(
+            commands.Connection.StartOk(
+                client_properties={"capabilities": {"authentication_failure_close": True}},
+                mechanism="NOT-A-MECH",
+                response="x",
+            )
+        )
         try:
             c.expect_connection_close(timeout=10)  # RabbitMQ: 403 ACCESS_REFUSED
         except Closed:
@@ -179,20 +204,27 @@ def test_heartbeat_negotiation(broker):
         assert conn._impl.params.heartbeat == proposals[0]
 
 
-@pytest.mark.parametrize("frame_max", [1000, 2 ** 24])
+@pytest.mark.parametrize("frame_max", [1000, 2**24])
 def test_out_of_range_frame_max_in_tune_ok_refused(broker, frame_max):
     # RabbitMQ closes the connection when tune-ok frame_max is < 4096 or > its own max
     with RawClient(broker.host, broker.port) as c:
         c.send(b"AMQP\x00\x00\x09\x01")
         c.expect(commands.Connection.Start)
-        c.send_method(commands.Connection.StartOk(
-            client_properties={}, mechanism="PLAIN",
-            response="\0%s\0%s" % (broker.user, broker.password)))
+        c.send_method(
+            commands.Connection.StartOk(
+                client_properties={},
+                mechanism="PLAIN",
+                response="\0%s\0%s" % (broker.user, broker.password),
+            )
+        )
         _, tune = c.expect(commands.Connection.Tune)
         if tune.frame_max == 0 and frame_max > 4096:
             pytest.skip("server has no frame_max limit")
-        c.send_method(commands.Connection.TuneOk(channel_max=tune.channel_max, frame_max=frame_max,
-                                                 heartbeat=0))
+        c.send_method(
+            commands.Connection.TuneOk(
+                channel_max=tune.channel_max, frame_max=frame_max, heartbeat=0
+            )
+        )
         c.send_method(commands.Connection.Open(virtual_host=broker.vhost))
         deadline = time.monotonic() + 10
         with pytest.raises(Closed):
@@ -218,8 +250,9 @@ def test_channel_max_exceeded(broker):
 def test_channel_close_and_reopen_same_number(broker):
     with raw_connect(broker) as c:
         c.open_channel(3)
-        c.send_method(commands.Channel.Close(reply_code=200, reply_text="bye", class_id=0,
-                                             method_id=0), 3)
+        c.send_method(
+            commands.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0), 3
+        )
         c.expect(commands.Channel.CloseOk)
         c.open_channel(3)
         c.send_method(commands.Queue.Declare(queue="", exclusive=True), 3)
@@ -248,8 +281,9 @@ def test_many_channels_one_connection(broker):
 def test_clean_client_close(broker):
     with raw_connect(broker) as c:
         c.open_channel(1)
-        c.send_method(commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0,
-                                                method_id=0))
+        c.send_method(
+            commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)
+        )
         c.expect(commands.Connection.CloseOk)
         # the client closes the socket after close-ok (RabbitMQ leaves that to the client)
 
@@ -301,9 +335,15 @@ def test_version_flag():
     import sys
 
     from .conftest import EXTERNAL_URL, REPO_ROOT
+
     if EXTERNAL_URL:
         pytest.skip("our broker's CLI")
-    out = subprocess.run([sys.executable, "-m", "broker", "--version"], cwd=str(REPO_ROOT),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "--version"],
+        cwd=str(REPO_ROOT),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()

@@ -1,4 +1,5 @@
 """Dead-lettering: reasons, x-death header format, routing, delivery limits."""
+
 from __future__ import annotations
 
 import datetime
@@ -99,8 +100,11 @@ def test_dead_letter_routing_key_override(ch):
     try:
         ch.queue_declare(dead, exclusive=True)
         ch.queue_bind(dead, x, routing_key="dead-rk")
-        ch.queue_declare(q, exclusive=True, arguments={"x-dead-letter-exchange": x,
-                                                        "x-dead-letter-routing-key": "dead-rk"})
+        ch.queue_declare(
+            q,
+            exclusive=True,
+            arguments={"x-dead-letter-exchange": x, "x-dead-letter-routing-key": "dead-rk"},
+        )
         ch.basic_publish("", q, b"m")
         m, _, _ = wait_get(ch, q, auto_ack=False)
         ch.basic_nack(m.delivery_tag, requeue=False)
@@ -114,8 +118,11 @@ def test_dead_letter_routing_key_override(ch):
 def test_dead_letter_to_default_exchange(ch):
     q, dead = uid("src"), uid("dead")
     ch.queue_declare(dead, exclusive=True)
-    ch.queue_declare(q, exclusive=True, arguments={"x-dead-letter-exchange": "",
-                                                    "x-dead-letter-routing-key": dead})
+    ch.queue_declare(
+        q,
+        exclusive=True,
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
+    )
     ch.basic_publish("", q, b"m")
     m, _, _ = wait_get(ch, q, auto_ack=False)
     ch.basic_reject(m.delivery_tag, requeue=False)
@@ -127,8 +134,9 @@ def test_dead_letter_to_default_exchange(ch):
 def test_queue_ttl_expiry_dead_letters(ch, dlx):
     x, dead = dlx
     q = uid("src")
-    ch.queue_declare(q, exclusive=True, arguments={"x-dead-letter-exchange": x,
-                                                    "x-message-ttl": 100})
+    ch.queue_declare(
+        q, exclusive=True, arguments={"x-dead-letter-exchange": x, "x-message-ttl": 100}
+    )
     ch.basic_publish("", q, b"old")
     m, props, body = wait_get(ch, dead)
     assert body == b"old"
@@ -163,8 +171,7 @@ def test_rejected_message_expiration_moved_to_x_death(ch, dlx):
 def test_overflow_drop_head_dead_letters_maxlen(ch, dlx):
     x, dead = dlx
     q = uid("src")
-    ch.queue_declare(q, exclusive=True, arguments={"x-dead-letter-exchange": x,
-                                                    "x-max-length": 1})
+    ch.queue_declare(q, exclusive=True, arguments={"x-dead-letter-exchange": x, "x-max-length": 1})
     ch.basic_publish("", q, b"first")
     ch.basic_publish("", q, b"second")
     m, props, body = wait_get(ch, dead)
@@ -176,9 +183,11 @@ def test_overflow_drop_head_dead_letters_maxlen(ch, dlx):
 def test_reject_publish_overflow_does_not_dead_letter(ch, dlx):
     x, dead = dlx
     q = uid("src")
-    ch.queue_declare(q, exclusive=True, arguments={"x-dead-letter-exchange": x,
-                                                    "x-max-length": 1,
-                                                    "x-overflow": "reject-publish"})
+    ch.queue_declare(
+        q,
+        exclusive=True,
+        arguments={"x-dead-letter-exchange": x, "x-max-length": 1, "x-overflow": "reject-publish"},
+    )
     ch.confirm_delivery()
     ch.basic_publish("", q, b"first")
     with pytest.raises(pika.exceptions.NackError):
@@ -208,11 +217,18 @@ def test_x_death_two_queues_two_entries(ch):
     # a -> (ttl expiry) -> b -> (reject) -> c: x-death has two entries, newest first
     a, b, c = uid("a"), uid("b"), uid("c")
     ch.queue_declare(c, exclusive=True)
-    ch.queue_declare(b, exclusive=True, arguments={"x-dead-letter-exchange": "",
-                                                    "x-dead-letter-routing-key": c})
-    ch.queue_declare(a, exclusive=True, arguments={"x-dead-letter-exchange": "",
-                                                    "x-dead-letter-routing-key": b,
-                                                    "x-message-ttl": 50})
+    ch.queue_declare(
+        b, exclusive=True, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": c}
+    )
+    ch.queue_declare(
+        a,
+        exclusive=True,
+        arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": b,
+            "x-message-ttl": 50,
+        },
+    )
     ch.basic_publish("", a, b"hop")
     m, _, _ = wait_get(ch, b, auto_ack=False)
     ch.basic_reject(m.delivery_tag, requeue=False)
@@ -239,9 +255,15 @@ def test_quorum_delivery_limit(broker, ch, dlx):
     x, dead = dlx
     q = uid("qq")
     limit = 2
-    ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum",
-                                                  "x-dead-letter-exchange": x,
-                                                  "x-delivery-limit": limit})
+    ch.queue_declare(
+        q,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": x,
+            "x-delivery-limit": limit,
+        },
+    )
     try:
         ch.basic_publish("", q, b"poison", pika.BasicProperties(headers={"h": 1}))
         # delivered limit+1 times in total (first + `limit` redeliveries), then dead-lettered
@@ -269,9 +291,15 @@ def test_quorum_delivery_limit_counts_channel_close_redelivery(broker, ch, dlx):
     q = uid("qq")
     conn = ch.connection
     if True:
-        ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum",
-                                                      "x-dead-letter-exchange": x,
-                                                      "x-delivery-limit": 1})
+        ch.queue_declare(
+            q,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": x,
+                "x-delivery-limit": 1,
+            },
+        )
         try:
             ch.confirm_delivery()
             ch.basic_publish("", q, b"p")

@@ -1,4 +1,5 @@
 """x-delayed-message exchange (RabbitMQ needs a plugin for this: own broker only)."""
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,9 @@ TOLERANCE = 0.05  # seconds of clock/scheduling slack allowed below the requeste
 
 
 def declare_delayed(ch, x, etype="direct", durable=False):
-    ch.exchange_declare(x, "x-delayed-message", durable=durable,
-                        arguments={"x-delayed-type": etype})
+    ch.exchange_declare(
+        x, "x-delayed-message", durable=durable, arguments={"x-delayed-type": etype}
+    )
 
 
 def _consume_timed(conn, ch, q, n, timeout=15):
@@ -124,8 +126,12 @@ def test_delayed_message_survives_restart(fresh_broker, kill):
         ch.queue_bind(q, x, routing_key="k")
         ch.confirm_delivery()
         t0 = time.time()
-        ch.basic_publish(x, "k", b"survivor", pika.BasicProperties(
-            delivery_mode=2, message_id="d1", headers={"x-delay": delay_ms}))
+        ch.basic_publish(
+            x,
+            "k",
+            b"survivor",
+            pika.BasicProperties(delivery_mode=2, message_id="d1", headers={"x-delay": delay_ms}),
+        )
     b.restart(kill=kill)
     with connection(b) as conn:
         ch = conn.channel()

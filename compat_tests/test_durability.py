@@ -1,4 +1,5 @@
 """Durability across restarts and kill -9 (own broker only)."""
+
 from __future__ import annotations
 
 import threading
@@ -14,8 +15,9 @@ from .rawamqp import Closed, ContentBody, commands, header, raw_connect
 pytestmark = pytest.mark.own_broker
 
 
-def publish_confirmed(broker, queue, ids, body, persistent=True, window=500, on_confirm=None,
-                      stop=None):
+def publish_confirmed(
+    broker, queue, ids, body, persistent=True, window=500, on_confirm=None, stop=None
+):
     """Pipelined publishing with confirms over a raw connection.
 
     Returns the list of confirmed (acked) ids; raises AssertionError on any nack.
@@ -44,7 +46,7 @@ def publish_confirmed(broker, queue, ids, body, persistent=True, window=500, on_
                 ]
                 step = frame_max - 8
                 for i in range(0, len(body), step):
-                    out.append(_frame(ContentBody(body[i:i + step]), 1))
+                    out.append(_frame(ContentBody(body[i : i + step]), 1))
                 c.send(b"".join(out))
                 seq_to_id[next_seq] = mid
                 next_seq += 1
@@ -67,6 +69,7 @@ def publish_confirmed(broker, queue, ids, body, persistent=True, window=500, on_
 
 def _frame(value, ch):
     from pamqp import frame
+
     return frame.marshal(value, ch)
 
 
@@ -138,8 +141,9 @@ def test_durable_topology_survives_restart_transient_does_not(fresh_broker):
         ch.queue_declare(dq_transient_msgs, durable=True)
         ch.queue_bind(dq, dx, routing_key="a.#")
         ch.confirm_delivery()
-        ch.basic_publish("", dq, b"persistent", pika.BasicProperties(delivery_mode=2,
-                                                                       message_id="p"))
+        ch.basic_publish(
+            "", dq, b"persistent", pika.BasicProperties(delivery_mode=2, message_id="p")
+        )
         ch.basic_publish("", dq_transient_msgs, b"transient", pika.BasicProperties(delivery_mode=1))
         ch.basic_publish("", tq, b"in-transient-queue", pika.BasicProperties(delivery_mode=2))
     b.kill9()

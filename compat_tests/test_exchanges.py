@@ -1,4 +1,5 @@
 """Exchange declaration, types, routing, e2e bindings and alternate exchanges."""
+
 from __future__ import annotations
 
 import pika
@@ -71,8 +72,9 @@ def test_redeclare_different_durability_406(ch):
 
 def test_unknown_exchange_type_rejected(ch):
     # RabbitMQ: connection.close 503 COMMAND_INVALID - "invalid exchange type 'bogus'"
-    with pytest.raises((pika.exceptions.ConnectionClosedByBroker,
-                        pika.exceptions.ChannelClosedByBroker)) as ei:
+    with pytest.raises(
+        (pika.exceptions.ConnectionClosedByBroker, pika.exceptions.ChannelClosedByBroker)
+    ) as ei:
         ch.exchange_declare(uid("x"), "bogus-type")
     assert ei.value.reply_code == 503
 
@@ -103,10 +105,16 @@ def test_delete_if_unused(ch):
     expect_channel_close(lambda: ch2.exchange_declare(x, passive=True), 404)
 
 
-@pytest.mark.parametrize("name,etype", [
-    ("amq.direct", "direct"), ("amq.fanout", "fanout"), ("amq.topic", "topic"),
-    ("amq.headers", "headers"), ("amq.match", "headers"),
-])
+@pytest.mark.parametrize(
+    "name,etype",
+    [
+        ("amq.direct", "direct"),
+        ("amq.fanout", "fanout"),
+        ("amq.topic", "topic"),
+        ("amq.headers", "headers"),
+        ("amq.match", "headers"),
+    ],
+)
 def test_predeclared_amq_exchanges(ch, name, etype):
     ch.exchange_declare(name, passive=True)
     ch.exchange_declare(name, etype, durable=True)  # equivalent redeclare is allowed
@@ -188,18 +196,21 @@ def test_fanout_ignores_routing_key(ch):
         assert wait_get(ch, q)[2] == b"all"
 
 
-@pytest.mark.parametrize("pattern,matches,non_matches", [
-    ("a.*.c", ["a.b.c", "a.x.c"], ["a.c", "a.b.b.c", "a.b.c.d", "b.b.c"]),
-    ("a.#", ["a", "a.b", "a.b.c.d"], ["b.a", "ab"]),
-    ("#.c", ["c", "a.c", "a.b.c"], ["a.c.d", "ac"]),
-    ("#", ["", "a", "a.b.c"], []),
-    ("*", ["a", "xyz"], ["", "a.b"]),
-    ("a.#.c", ["a.c", "a.b.c", "a.b.b.c"], ["a.b", "a.c.d"]),
-    ("*.*", ["a.b"], ["a", "a.b.c"]),
-    ("a.b", ["a.b"], ["a.b.c", "a"]),
-    ("#.#", ["", "a", "a.b"], []),
-    ("*.#", ["a", "a.b", "a.b.c"], [""]),
-])
+@pytest.mark.parametrize(
+    "pattern,matches,non_matches",
+    [
+        ("a.*.c", ["a.b.c", "a.x.c"], ["a.c", "a.b.b.c", "a.b.c.d", "b.b.c"]),
+        ("a.#", ["a", "a.b", "a.b.c.d"], ["b.a", "ab"]),
+        ("#.c", ["c", "a.c", "a.b.c"], ["a.c.d", "ac"]),
+        ("#", ["", "a", "a.b.c"], []),
+        ("*", ["a", "xyz"], ["", "a.b"]),
+        ("a.#.c", ["a.c", "a.b.c", "a.b.b.c"], ["a.b", "a.c.d"]),
+        ("*.*", ["a.b"], ["a", "a.b.c"]),
+        ("a.b", ["a.b"], ["a.b.c", "a"]),
+        ("#.#", ["", "a", "a.b"], []),
+        ("*.#", ["a", "a.b", "a.b.c"], [""]),
+    ],
+)
 def test_topic_wildcards(ch, pattern, matches, non_matches):
     x, q = uid("x"), uid("q")
     ch.exchange_declare(x, "topic", auto_delete=True)
@@ -238,35 +249,50 @@ def _route_headers(ch, x, q, cases):
 
 def test_headers_match_all(ch):
     x, q = _headers_setup(ch, {"x-match": "all", "format": "pdf", "type": "report"})
-    got = _route_headers(ch, x, q, [
-        {"format": "pdf", "type": "report"},                 # 0 match
-        {"format": "pdf", "type": "report", "extra": 1},     # 1 match
-        {"format": "pdf"},                                   # 2 no
-        {"format": "zip", "type": "report"},                 # 3 no
-        None,                                                # 4 no
-    ])
+    got = _route_headers(
+        ch,
+        x,
+        q,
+        [
+            {"format": "pdf", "type": "report"},  # 0 match
+            {"format": "pdf", "type": "report", "extra": 1},  # 1 match
+            {"format": "pdf"},  # 2 no
+            {"format": "zip", "type": "report"},  # 3 no
+            None,  # 4 no
+        ],
+    )
     assert got == [0, 1]
 
 
 def test_headers_match_any(ch):
     x, q = _headers_setup(ch, {"x-match": "any", "format": "pdf", "type": "report"})
-    got = _route_headers(ch, x, q, [
-        {"format": "pdf", "type": "log"},    # 0 match
-        {"type": "report"},                  # 1 match
-        {"format": "zip", "type": "log"},    # 2 no
-        {},                                  # 3 no
-    ])
+    got = _route_headers(
+        ch,
+        x,
+        q,
+        [
+            {"format": "pdf", "type": "log"},  # 0 match
+            {"type": "report"},  # 1 match
+            {"format": "zip", "type": "log"},  # 2 no
+            {},  # 3 no
+        ],
+    )
     assert got == [0, 1]
 
 
 def test_headers_default_is_all_and_value_types(ch):
     # no x-match -> "all"; values compare by type and value
     x, q = _headers_setup(ch, {"n": 1, "s": "one"})
-    got = _route_headers(ch, x, q, [
-        {"n": 1, "s": "one"},   # 0 match
-        {"n": 2, "s": "one"},   # 1 no
-        {"s": "one"},           # 2 no
-    ])
+    got = _route_headers(
+        ch,
+        x,
+        q,
+        [
+            {"n": 1, "s": "one"},  # 0 match
+            {"n": 2, "s": "one"},  # 1 no
+            {"s": "one"},  # 2 no
+        ],
+    )
     assert got == [0]
 
 

@@ -1,4 +1,5 @@
 """channel.flow and connection.blocked / unblocked."""
+
 from __future__ import annotations
 
 import time
@@ -91,7 +92,7 @@ def test_connection_blocked_on_disk_alarm(fresh_broker):
         ch = conn.channel()
         q = uid("q")
         ch.queue_declare(q, exclusive=True)
-        b.cli("set-disk-free-limit", str(10 ** 18))  # more than any disk: alarm
+        b.cli("set-disk-free-limit", str(10**18))  # more than any disk: alarm
         ch.basic_publish("", q, b"while-blocked")  # publishing triggers/keeps the block
         _pump_until(conn, lambda: any(e[0] == "blocked" for e in events))
         blocked = [e for e in events if e[0] == "blocked"][0][1]
@@ -117,7 +118,7 @@ def test_connection_blocked_on_memory_alarm(fresh_broker):
         b.cli("set-memory-high-watermark", "1")
         ch.basic_publish("", q, b"x")
         _pump_until(conn, lambda: any(e[0] == "blocked" for e in events))
-        b.cli("set-memory-high-watermark", str(10 ** 15))
+        b.cli("set-memory-high-watermark", str(10**15))
         _pump_until(conn, lambda: any(e[0] == "unblocked" for e in events))
         assert wait_get(ch, q, timeout=10)[2] == b"x"
     finally:
@@ -135,7 +136,7 @@ def test_blocked_does_not_stop_consumers(fresh_broker):
         pch.confirm_delivery()
         for i in range(5):
             pch.basic_publish("", q, b"%d" % i)
-    b.cli("set-disk-free-limit", str(10 ** 18))
+    b.cli("set-disk-free-limit", str(10**18))
     try:
         with connection(b) as cons:
             cch = cons.channel()
@@ -150,19 +151,26 @@ def test_client_without_blocked_capability_not_sent_blocked(fresh_broker):
     # connection.blocked is only sent to clients that advertise the capability
     b = fresh_broker
     from .rawamqp import ContentBody, RawClient, header
+
     c = RawClient(b.host, b.port)
     try:
         c.send(b"AMQP\x00\x00\x09\x01")
         c.expect(commands.Connection.Start)
-        c.send_method(commands.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                                  response="\0guest\0guest"))
+        c.send_method(
+            commands.Connection.StartOk(
+                client_properties={}, mechanism="PLAIN", response="\0guest\0guest"
+            )
+        )
         _, tune = c.expect(commands.Connection.Tune)
-        c.send_method(commands.Connection.TuneOk(channel_max=tune.channel_max,
-                                                 frame_max=tune.frame_max, heartbeat=0))
+        c.send_method(
+            commands.Connection.TuneOk(
+                channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0
+            )
+        )
         c.send_method(commands.Connection.Open(virtual_host="/"))
         c.expect(commands.Connection.OpenOk)
         c.open_channel(1)
-        b.cli("set-disk-free-limit", str(10 ** 18))
+        b.cli("set-disk-free-limit", str(10**18))
         c.send_method(commands.Basic.Publish(exchange="", routing_key="nowhere"), 1)
         c.send_frame(header.ContentHeader(0, 1, commands.Basic.Properties()), 1)
         c.send_frame(ContentBody(b"x"), 1)

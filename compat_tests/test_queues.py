@@ -1,4 +1,5 @@
 """Queue declaration, properties, arguments (TTL, length limits, priorities, SAC, types)."""
+
 from __future__ import annotations
 
 import time
@@ -49,8 +50,12 @@ def test_declare_ok_fields(ch):
         ch.basic_publish("", q, b"%d" % i)
     ch.basic_consume(q, lambda *a: None, auto_ack=False)
     # one consumer; with no prefetch limit all 3 get delivered (unacked) -> message_count 0
-    ok = wait_until(lambda: (lambda m: m if m.message_count == 0 else None)(
-        ch.queue_declare(q, passive=True).method), message="messages delivered")
+    ok = wait_until(
+        lambda: (lambda m: m if m.message_count == 0 else None)(
+            ch.queue_declare(q, passive=True).method
+        ),
+        message="messages delivered",
+    )
     assert ok.consumer_count == 1
 
 
@@ -82,7 +87,8 @@ def test_redeclare_with_different_arguments_406(broker, ch):
     ch.queue_declare(q, arguments={"x-message-ttl": 1000})
     try:
         e = expect_channel_close(
-            lambda: ch.queue_declare(q, arguments={"x-message-ttl": 2000}), 406)
+            lambda: ch.queue_declare(q, arguments={"x-message-ttl": 2000}), 406
+        )
         # RabbitMQ: "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in
         # vhost '/': received '2000' but current is '1000'"
         assert "inequivalent arg" in e.reply_text
@@ -95,10 +101,17 @@ def test_redeclare_with_different_arguments_406(broker, ch):
         delete_queue_quietly(broker, q)
 
 
-@pytest.mark.parametrize("args", [
-    {"x-message-ttl": -1}, {"x-message-ttl": "abc"}, {"x-expires": 0},
-    {"x-max-priority": 1000}, {"x-overflow": "nope"}, {"x-queue-type": "bogus"},
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"x-message-ttl": -1},
+        {"x-message-ttl": "abc"},
+        {"x-expires": 0},
+        {"x-max-priority": 1000},
+        {"x-overflow": "nope"},
+        {"x-queue-type": "bogus"},
+    ],
+)
 def test_invalid_queue_arguments_406(ch, args):
     e = expect_channel_close(lambda: ch.queue_declare(uid("q"), arguments=args), 406)
     assert e.reply_text.startswith("PRECONDITION_FAILED")
@@ -292,14 +305,18 @@ def test_delete_if_unused_406(broker, conn, ch):
 
 # ---------------------------------------------------------------- TTL / expiry
 
+
 def test_queue_message_ttl(ch):
     q = uid("ttl")
     ch.queue_declare(q, exclusive=True, arguments={"x-message-ttl": 200})
     ch.confirm_delivery()
     ch.basic_publish("", q, b"short-lived")
     ch.basic_publish("", q, b"also")
-    wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == 0,
-               timeout=10, message="messages expired")
+    wait_until(
+        lambda: ch.queue_declare(q, passive=True).method.message_count == 0,
+        timeout=10,
+        message="messages expired",
+    )
     m, _, _ = ch.basic_get(q, auto_ack=True)
     assert m is None
 
@@ -327,8 +344,11 @@ def test_per_message_expiration(ch):
     ch.confirm_delivery()
     ch.basic_publish("", q, b"expires", pika.BasicProperties(expiration="100"))
     ch.basic_publish("", q, b"stays")
-    wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count <= 1, timeout=10,
-               message="message expired")
+    wait_until(
+        lambda: ch.queue_declare(q, passive=True).method.message_count <= 1,
+        timeout=10,
+        message="message expired",
+    )
     m, props, body = wait_get(ch, q)
     assert body == b"stays"
     assert ch.basic_get(q, auto_ack=True)[0] is None
@@ -347,8 +367,11 @@ def test_lower_of_queue_and_message_ttl_applies(ch):
     ch.queue_declare(q, exclusive=True, arguments={"x-message-ttl": 60000})
     ch.confirm_delivery()
     ch.basic_publish("", q, b"short", pika.BasicProperties(expiration="100"))
-    wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == 0,
-               timeout=10, message="per-message expiration under queue TTL")
+    wait_until(
+        lambda: ch.queue_declare(q, passive=True).method.message_count == 0,
+        timeout=10,
+        message="per-message expiration under queue TTL",
+    )
 
 
 def test_invalid_expiration_property(ch):
@@ -364,8 +387,9 @@ def test_queue_expires(broker, ch):
     ch.queue_declare(q, arguments={"x-expires": 300})
     try:
         # poll slowly: RabbitMQ counts a (passive) declare as "use" and restarts the timer
-        wait_until(lambda: _missing(ch, q), timeout=10, interval=1.0,
-                   message="x-expires queue deleted")
+        wait_until(
+            lambda: _missing(ch, q), timeout=10, interval=1.0, message="x-expires queue deleted"
+        )
     finally:
         delete_queue_quietly(broker, q)
 
@@ -378,13 +402,15 @@ def test_queue_expires_not_while_consumed(broker, conn, ch):
         pump(conn, 0.8)
         ch.queue_declare(q, passive=True)
         ch.basic_cancel(tag)
-        wait_until(lambda: _missing(ch, q), timeout=10, interval=1.0,
-                   message="x-expires queue deleted")
+        wait_until(
+            lambda: _missing(ch, q), timeout=10, interval=1.0, message="x-expires queue deleted"
+        )
     finally:
         delete_queue_quietly(broker, q)
 
 
 # ---------------------------------------------------------------- length limits
+
 
 def test_max_length_drop_head(ch):
     q = uid("ml")
@@ -398,8 +424,9 @@ def test_max_length_drop_head(ch):
 
 def test_max_length_reject_publish_nacks(ch):
     q = uid("ml")
-    ch.queue_declare(q, exclusive=True,
-                     arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
+    ch.queue_declare(
+        q, exclusive=True, arguments={"x-max-length": 2, "x-overflow": "reject-publish"}
+    )
     ch.confirm_delivery()
     ch.basic_publish("", q, b"0")
     ch.basic_publish("", q, b"1")
@@ -429,8 +456,9 @@ def test_max_length_bytes_drop_head(ch):
 
 def test_max_length_bytes_reject_publish(ch):
     q = uid("mlb")
-    ch.queue_declare(q, exclusive=True,
-                     arguments={"x-max-length-bytes": 10, "x-overflow": "reject-publish"})
+    ch.queue_declare(
+        q, exclusive=True, arguments={"x-max-length-bytes": 10, "x-overflow": "reject-publish"}
+    )
     ch.confirm_delivery()
     ch.basic_publish("", q, b"aaaa")
     ch.basic_publish("", q, b"bbbb")
@@ -441,12 +469,21 @@ def test_max_length_bytes_reject_publish(ch):
 
 # ---------------------------------------------------------------- priorities
 
+
 def test_max_priority_ordering(ch):
     q = uid("prio")
     ch.queue_declare(q, exclusive=True, arguments={"x-max-priority": 10})
     ch.confirm_delivery()
-    sent = [(1, b"p1"), (5, b"p5a"), (3, b"p3"), (10, b"p10"), (None, b"pnone"), (5, b"p5b"),
-            (0, b"p0"), (200, b"p200")]
+    sent = [
+        (1, b"p1"),
+        (5, b"p5a"),
+        (3, b"p3"),
+        (10, b"p10"),
+        (None, b"pnone"),
+        (5, b"p5b"),
+        (0, b"p0"),
+        (200, b"p200"),
+    ]
     for prio, body in sent:
         ch.basic_publish("", q, body, pika.BasicProperties(priority=prio))
     got = [b for _, _, b in get_all(ch, q)]
@@ -476,10 +513,12 @@ def test_consumer_priorities(conn):
     ch.queue_declare(q, exclusive=True)
     got = {"high": [], "low": []}
     hch, lch = conn.channel(), conn.channel()
-    hch.basic_consume(q, lambda c, m, p, b: got["high"].append(b), auto_ack=True,
-                      arguments={"x-priority": 10})
-    lch.basic_consume(q, lambda c, m, p, b: got["low"].append(b), auto_ack=True,
-                      arguments={"x-priority": 1})
+    hch.basic_consume(
+        q, lambda c, m, p, b: got["high"].append(b), auto_ack=True, arguments={"x-priority": 10}
+    )
+    lch.basic_consume(
+        q, lambda c, m, p, b: got["low"].append(b), auto_ack=True, arguments={"x-priority": 1}
+    )
     for i in range(10):
         ch.basic_publish("", q, b"%d" % i)
     deadline = time.monotonic() + 10
@@ -496,10 +535,12 @@ def test_consumer_priority_falls_back_when_blocked(conn):
     got = {"high": [], "low": []}
     hch, lch = conn.channel(), conn.channel()
     hch.basic_qos(prefetch_count=2)
-    hch.basic_consume(q, lambda c, m, p, b: got["high"].append(b), auto_ack=False,
-                      arguments={"x-priority": 10})
-    lch.basic_consume(q, lambda c, m, p, b: got["low"].append(b), auto_ack=True,
-                      arguments={"x-priority": 0})
+    hch.basic_consume(
+        q, lambda c, m, p, b: got["high"].append(b), auto_ack=False, arguments={"x-priority": 10}
+    )
+    lch.basic_consume(
+        q, lambda c, m, p, b: got["low"].append(b), auto_ack=True, arguments={"x-priority": 0}
+    )
     for i in range(6):
         ch.basic_publish("", q, b"%d" % i)
     deadline = time.monotonic() + 10
@@ -510,6 +551,7 @@ def test_consumer_priority_falls_back_when_blocked(conn):
 
 
 # ---------------------------------------------------------------- single active consumer
+
 
 def test_single_active_consumer(broker, conn):
     q = uid("sac")
@@ -564,6 +606,7 @@ def test_single_active_consumer_failover_on_channel_close(broker, conn):
 
 # ---------------------------------------------------------------- queue types
 
+
 @pytest.mark.parametrize("qtype", ["classic", "quorum"])
 def test_queue_type_accepted(broker, ch, qtype):
     q = uid(qtype)
@@ -583,5 +626,6 @@ def test_queue_type_accepted(broker, ch, qtype):
 def test_quorum_queue_must_be_durable_and_not_exclusive(ch, kwargs):
     # RabbitMQ: 406 "PRECONDITION_FAILED - invalid property 'non-durable' for queue ..." /
     # "invalid property 'exclusive-owner' ..."
-    expect_channel_close(lambda: ch.queue_declare(uid("qq"), arguments={"x-queue-type": "quorum"},
-                                                  **kwargs), 406)
+    expect_channel_close(
+        lambda: ch.queue_declare(uid("qq"), arguments={"x-queue-type": "quorum"}, **kwargs), 406
+    )

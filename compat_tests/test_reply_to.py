@@ -1,4 +1,5 @@
 """Direct reply-to (amq.rabbitmq.reply-to)."""
+
 from __future__ import annotations
 
 import time
@@ -20,20 +21,31 @@ def test_rpc_round_trip(broker):
         replies = []
         cch.basic_consume(REPLY_TO, lambda c, m, p, b: replies.append((m, p, b)), auto_ack=True)
         for i in range(3):
-            cch.basic_publish("", server_q, b"req-%d" % i,
-                              pika.BasicProperties(reply_to=REPLY_TO, correlation_id="c%d" % i))
+            cch.basic_publish(
+                "",
+                server_q,
+                b"req-%d" % i,
+                pika.BasicProperties(reply_to=REPLY_TO, correlation_id="c%d" % i),
+            )
         for i in range(3):
             m, props, body = wait_get(sch, server_q)
             assert body == b"req-%d" % i
             # the broker rewrote reply_to into a routable pseudo-queue name
             assert props.reply_to.startswith(REPLY_TO + ".")
-            sch.basic_publish("", props.reply_to, b"resp-%d" % i,
-                              pika.BasicProperties(correlation_id=props.correlation_id))
+            sch.basic_publish(
+                "",
+                props.reply_to,
+                b"resp-%d" % i,
+                pika.BasicProperties(correlation_id=props.correlation_id),
+            )
         deadline = time.monotonic() + 10
         while len(replies) < 3 and time.monotonic() < deadline:
             client.process_data_events(time_limit=0.05)
         assert [(p.correlation_id, b) for _, p, b in replies] == [
-            ("c0", b"resp-0"), ("c1", b"resp-1"), ("c2", b"resp-2")]
+            ("c0", b"resp-0"),
+            ("c1", b"resp-1"),
+            ("c2", b"resp-2"),
+        ]
         m = replies[0][0]
         assert m.exchange == "" and m.routing_key.startswith(REPLY_TO + ".")
 
@@ -52,7 +64,8 @@ def test_reply_consumer_must_be_no_ack(broker):
     with connection(broker) as conn:
         ch = conn.channel()
         e = expect_channel_close(
-            lambda: ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=False), 406)
+            lambda: ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=False), 406
+        )
         assert e.reply_text == "PRECONDITION_FAILED - reply consumer cannot acknowledge"
 
 
@@ -60,8 +73,9 @@ def test_only_one_reply_consumer_per_channel(broker):
     with connection(broker) as conn:
         ch = conn.channel()
         ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=True)
-        e = expect_channel_close(lambda: ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=True),
-                                 406)
+        e = expect_channel_close(
+            lambda: ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=True), 406
+        )
         assert e.reply_text == "PRECONDITION_FAILED - reply consumer already set"
 
 

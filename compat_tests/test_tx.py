@@ -1,4 +1,5 @@
 """Transactions: tx.select / tx.commit / tx.rollback."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,0 +1,640 @@
+"""The sans-IO MQTT 3.1.1 server connection: packets in, core commands out, packets back.
+
+`receive_data()` decodes packets and turns them into core commands; replies that promise
+something (CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, ...) are written from the commands'
+completion callbacks, which the commit path calls only once the work is durable and in
+submission order. Deliveries arrive from the node as `Deliver` effects of the session
+queue's consumer. Nothing here touches a socket or the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from broker.core import commands as c
+from broker.core.errors import AccessRefused, BrokerError, PreconditionFailed
+from broker.core.model import Deliver, User
+from broker.protocols.mqtt import codec
+from broker.protocols.mqtt.codec import (
+    PUBACK,
+    PUBCOMP,
+    PUBREC,
+    PUBREL,
+    Ack,
+    Connect,
+    Disconnect,
+    PingReq,
+    ProtocolError,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+)
+from broker.protocols.mqtt.session import Session, SessionRegistry
+from broker.protocols.mqtt.topics import (
+    filter_matches,
+    to_pattern,
+    to_routing_key,
+    to_topic,
+    valid_filter,
+)
+
+log = logging.getLogger(__name__)
+
+EXCHANGE = "amq.topic"
+QOS_HEADER = "x-mqtt-publish-qos"
+RETAIN_HEADER = "x-mqtt-retain"
+#: marks the copies of retained messages made for a new subscription (sent with RETAIN=1)
+RETAINED_COPY_HEADER = "x-mqtt-retained-copy"
+CONSUMER_TAG = "mqtt"
+#: longer client ids would make queue names other protocols cannot express
+MAX_CLIENT_ID_BYTES = 200
+OVERFLOW_POLICIES = {"drop-oldest": "drop-head", "refuse": "reject-publish"}
+_TOPIC_CACHE_SIZE = 4096
+
+
+def _properties(qos: int, retain: bool) -> dict[str, Any]:
+    return {
+        "delivery_mode": 2 if qos else 1,
+        "headers": {QOS_HEADER: qos, RETAIN_HEADER: retain},
+    }
+
+
+#: message properties of each (QoS, retain) pair, shared by every message (never mutated)
+_PROPERTIES = {
+    (qos, retain): _properties(qos, retain) for qos in range(3) for retain in (False, True)
+}
+
+
+@dataclass
+class Settings:
+    """MQTT limits and access rules, from the node's configuration."""
+
+    max_packet_size: int = 16 * 1024 * 1024
+    #: unacknowledged QoS 1/2 deliveries per client (the session consumer's prefetch)
+    max_inflight: int = 100
+    #: messages a session queue holds before its overflow policy applies (0: unlimited)
+    max_queued: int = 100_000
+    overflow: str = "drop-oldest"
+    allow_anonymous: bool = False
+    anonymous_user: str = "guest"
+    default_vhost: str = "/"
+
+
+class Gateway(Protocol):
+    """What the MQTT connection needs from the node."""
+
+    def submit(self, command: c.Command, done: Any = None) -> None: ...
+
+    def defer(self, callback: Callable[[], None]) -> None: ...
+
+    def authenticate(self, username: str, password: str, loopback: bool) -> User: ...
+
+    def trusted_user(self, username: str, loopback: bool) -> User: ...
+
+    def vhost_access(self, user: User, vhost: str) -> None: ...
+
+    def check_permission(
+        self, user: User, vhost: str, kind: str, resource: str, name: str
+    ) -> None: ...
+
+    def new_name(self, prefix: str) -> str: ...
+
+    def records(self, vhost: str, group: tuple[str, ...]) -> dict[str, Any]: ...
+
+
+class State(Enum):
+    AWAIT_CONNECT = 0
+    OPEN = 1
+    CLOSED = 2
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class MQTTConnection:
+    def __init__(
+        self,
+        connection_id: int,
+        gateway: Gateway,
+        sessions: SessionRegistry,
+        settings: Settings,
+        peer_is_loopback: bool,
+        on_output: Callable[[], None] | None = None,
+    ) -> None:
+        self.id = connection_id
+        self.owner: c.Owner = (connection_id, 0)
+        self.gateway = gateway
+        self.sessions = sessions
+        self.settings = settings
+        self.loopback = peer_is_loopback
+        self.on_output = on_output
+        self.state = State.AWAIT_CONNECT
+        self.reader = codec.PacketReader(settings.max_packet_size)
+        self.keepalive = 0
+        self.user: User | None = None
+        self.vhost = ""
+        self.client_id = ""
+        self.session: Session | None = None
+        self.will: codec.Will | None = None
+        self.has_published = False
+        #: set once the transport should close after flushing
+        self.should_close = False
+        #: packet id -> ((vhost, queue, seq), QoS) of deliveries awaiting PUBACK or PUBREC
+        self.outbound: dict[int, tuple[tuple[str, str, int], int]] = {}
+        self._out: list[bytes] = []
+        self._settles: list[tuple[str, str, int]] = []
+        self._consuming = False
+        #: deliveries that came before the CONNACK went out (the commit path sends
+        #: deliveries at the end of the loop turn, ahead of replies waiting for the disk)
+        self._early: list[Deliver] | None = []
+        self._detached = False
+        self._may_publish = False
+        self._may_subscribe: bool | None = None
+        #: routing key -> (encoded topic, highest granted QoS or -1 when no filter matches)
+        self._topics: dict[str, tuple[bytes, int]] = {}
+
+    # -- output --------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.should_close:
+            return
+        if not self._out and self.on_output is not None:
+            self.on_output()
+        self._out.append(data)
+
+    def data_to_send(self) -> bytes:
+        self._flush_settles()
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def _settle_later(self, item: tuple[str, str, int]) -> None:
+        """Acks of one turn go to the core as one Settle (QoS 0 deliveries, PUBACKs)."""
+        if not self._settles and self.on_output is not None:
+            self.on_output()
+        self._settles.append(item)
+
+    def _flush_settles(self) -> None:
+        if self._settles:
+            items, self._settles = self._settles, []
+            self.gateway.submit(c.Settle(self.owner, items, "ack"))
+
+    def _submit(self, commands: list[c.Command], reply: bytes | None = None) -> None:
+        """Submit `commands`; write `reply` once all are durable, or close on an error."""
+        if reply is None:
+            for command in commands:
+                self.gateway.submit(command, self._check_done)
+            return
+        if not commands:
+            self.gateway.defer(lambda: self.write(reply))
+            return
+        for command in commands[:-1]:
+            self.gateway.submit(command, self._check_done)
+
+        def done(result: Any, error: BrokerError | None) -> None:
+            # Replies are released in submission order: the earlier commands are durable too.
+            if error is None:
+                self.write(reply)
+            else:
+                self._check_done(result, error)
+
+        self.gateway.submit(commands[-1], done)
+
+    def _check_done(self, result: Any, error: BrokerError | None) -> None:
+        if error is not None and self.state is State.OPEN:
+            self.close(f"broker refused a request: {error}", publish_will=False)
+
+    # -- input ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.reader.feed(data)
+        try:
+            while self.state is not State.CLOSED:
+                packet = self.reader.next_packet()
+                if packet is None:
+                    return
+                self._handle(packet)
+        except ProtocolError as exc:
+            self.close(f"protocol error: {exc}", publish_will=True)
+
+    def _handle(self, packet: codec.Packet) -> None:
+        if self.state is State.AWAIT_CONNECT:
+            if not isinstance(packet, Connect):
+                raise ProtocolError("the first packet must be CONNECT")
+            self._on_connect(packet)
+        elif isinstance(packet, Publish):
+            self._on_publish(packet)
+        elif isinstance(packet, Ack):
+            self._on_ack(packet)
+        elif isinstance(packet, PingReq):
+            self.write(codec.PINGRESP_PACKET)
+        elif isinstance(packet, Subscribe):
+            self._on_subscribe(packet)
+        elif isinstance(packet, Unsubscribe):
+            self._on_unsubscribe(packet)
+        elif isinstance(packet, Disconnect):
+            self.will = None
+            self.close("client disconnected", publish_will=False)
+        else:
+            raise ProtocolError("a second CONNECT on the same connection")
+
+    # -- CONNECT -------------------------------------------------------------------------
+
+    def _on_connect(self, p: Connect) -> None:
+        if p.protocol_name not in ("MQTT", "MQIsdp"):
+            raise ProtocolError(f"unknown protocol name '{p.protocol_name}'")
+        try:
+            if p.level != 4:
+                raise _Refused(
+                    codec.UNACCEPTABLE_PROTOCOL_VERSION, f"protocol level {p.level} (not 3.1.1)"
+                )
+            client_id = self._client_id(p)
+            self.user, self.vhost = self._login(p)
+            queue = Session(self.vhost, client_id, False).queue
+            try:
+                self.gateway.check_permission(self.user, self.vhost, "configure", "queue", queue)
+            except AccessRefused as exc:
+                raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
+        except _Refused as refused:
+            log.info("mqtt connection %d refused (code %d): %s", self.id, refused.code, refused)
+            self.write(codec.connack(False, refused.code))
+            self._finish()
+            return
+        self.client_id = client_id
+        self.keepalive = p.keepalive
+        self.will = p.will
+        previous = self.sessions.claim((self.vhost, client_id), self)
+        if previous is not None:
+            log.info("mqtt client id '%s' taken over by connection %d", client_id, self.id)
+            previous.take_over()
+        self.state = State.OPEN
+        self._open_session(p.clean_session)
+        log.info(
+            "mqtt connection %d: client id '%s', user '%s', vhost '%s', clean session %d",
+            self.id,
+            client_id,
+            self.user.name,
+            self.vhost,
+            p.clean_session,
+        )
+
+    def _client_id(self, p: Connect) -> str:
+        if not p.client_id:
+            if not p.clean_session:
+                raise _Refused(codec.IDENTIFIER_REJECTED, "empty client id with clean session 0")
+            return self.gateway.new_name("mqtt-")
+        if len(p.client_id.encode()) > MAX_CLIENT_ID_BYTES:
+            raise _Refused(codec.IDENTIFIER_REJECTED, "client id is too long")
+        return p.client_id
+
+    def _login(self, p: Connect) -> tuple[User, str]:
+        """The user and vhost: user names may name a vhost as RabbitMQ's do ("vhost:user")."""
+        vhost = self.settings.default_vhost
+        if p.username is None:
+            if not self.settings.allow_anonymous:
+                raise _Refused(codec.NOT_AUTHORIZED, "anonymous access is disabled")
+            try:
+                user = self.gateway.trusted_user(self.settings.anonymous_user, self.loopback)
+            except AccessRefused as exc:
+                raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
+        else:
+            name = p.username
+            if ":" in name:
+                vhost, name = name.split(":", 1)
+            try:
+                password = (p.password or b"").decode()
+                user = self.gateway.authenticate(name, password, self.loopback)
+            except (UnicodeDecodeError, AccessRefused) as exc:
+                raise _Refused(codec.BAD_USERNAME_OR_PASSWORD, str(exc)) from None
+        try:
+            self.gateway.vhost_access(user, vhost)
+        except BrokerError as exc:
+            raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
+        return user, vhost
+
+    def _open_session(self, clean: bool) -> None:
+        session = Session(self.vhost, self.client_id, persistent=not clean)
+        self.session = session
+        present = False
+        if clean:
+            # Whatever an earlier session left (a durable queue, records) is discarded.
+            self._submit(
+                [
+                    c.DeleteQueue(self.vhost, session.queue, requester=self.id),
+                    c.DropRecords(self.vhost, session.group),
+                ]
+            )
+        else:
+            records = self.gateway.records(self.vhost, session.group)
+            present = "session" in records
+            if present:
+                session.restore(records)
+            else:
+                self._submit(session.save_subscriptions())
+        self.gateway.defer(lambda: self._connected(present))
+        if session.subscriptions:
+            self._start_consuming()
+            # Re-asserted so a session whose queue was deleted while offline heals.
+            self._submit([self._bind(pattern) for pattern in sorted(session.patterns())])
+
+    def _connected(self, present: bool) -> None:
+        assert self.session is not None
+        self.write(codec.connack(present, codec.ACCEPTED))
+        for packet_id in sorted(self.session.awaiting_complete):
+            self.write(codec.ack(PUBREL, packet_id))
+        early, self._early = self._early, None
+        for effect in early or ():
+            self.deliver(effect)
+
+    def _start_consuming(self) -> None:
+        """Declare the session queue and consume from it (once per connection)."""
+        if self._consuming:
+            return
+        self._consuming = True
+        session = self.session
+        assert session is not None
+        arguments: dict[str, Any] = {}
+        if self.settings.max_queued:
+            arguments["x-max-length"] = self.settings.max_queued
+            arguments["x-overflow"] = OVERFLOW_POLICIES[self.settings.overflow]
+        declare = c.DeclareQueue(
+            self.vhost, session.queue, session.persistent, None, False, arguments
+        )
+        self.gateway.submit(declare, self._declared)
+        consume = c.Consume(
+            self.vhost,
+            session.queue,
+            self.owner,
+            CONSUMER_TAG,
+            prefetch=self.settings.max_inflight,
+            connection=self.id,
+        )
+        self.gateway.submit(consume, self._check_done)
+
+    def _declared(self, result: Any, error: BrokerError | None) -> None:
+        if isinstance(error, PreconditionFailed):
+            # Declared earlier with other limits: the queue keeps them rather than its messages
+            # being thrown away to apply new ones.
+            log.warning("mqtt session queue keeps its earlier arguments: %s", error)
+        elif error is not None:
+            self._check_done(result, error)
+
+    def _bind(self, pattern: str) -> c.Command:
+        assert self.session is not None
+        return c.Bind(self.vhost, EXCHANGE, self.session.queue, True, pattern)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def _on_publish(self, p: Publish) -> None:
+        if not self._may_publish:
+            assert self.user is not None
+            try:
+                self.gateway.check_permission(self.user, self.vhost, "write", "exchange", EXCHANGE)
+            except AccessRefused as exc:
+                self.close(f"publish refused: {exc}", publish_will=False)
+                return
+            self._may_publish = True
+        self.has_published = True
+        session = self.session
+        assert session is not None
+        routing_key = to_routing_key(p.topic)
+        properties = _PROPERTIES[(p.qos, p.retain)]
+        commands: list[c.Command] = []
+        if p.retain:
+            commands.append(
+                c.StoreRetained(self.vhost, EXCHANGE, routing_key, properties, p.payload or None)
+            )
+        commands.append(c.Publish(self.vhost, EXCHANGE, routing_key, properties, p.payload))
+        if p.qos == 0:
+            self._submit(commands)
+        elif p.qos == 1:
+            self._submit(commands, codec.ack(PUBACK, p.packet_id))
+        elif p.packet_id in session.awaiting_release:
+            # A retransmission of a message already passed on: exactly once means not again.
+            self._submit([], codec.ack(PUBREC, p.packet_id))
+        else:
+            # The packet id is recorded in the same commit batch as the publish itself.
+            self._submit(commands + session.received(p.packet_id), codec.ack(PUBREC, p.packet_id))
+
+    def _on_ack(self, p: Ack) -> None:
+        session = self.session
+        assert session is not None
+        packet_id = p.packet_id
+        if p.type == PUBACK:
+            out = self.outbound.get(packet_id)
+            if out is not None and out[1] == 1:
+                del self.outbound[packet_id]
+                self._settle_later(out[0])
+        elif p.type == PUBREC:
+            out = self.outbound.get(packet_id)
+            commands: list[c.Command] = []
+            if out is not None and out[1] == 2:
+                del self.outbound[packet_id]
+                # Acked in the queue and remembered as released, in one batch.
+                commands = [c.Settle(self.owner, [out[0]], "ack")]
+                commands += session.released_by_us(packet_id)
+            self._submit(commands, codec.ack(PUBREL, packet_id))
+        elif p.type == PUBREL:
+            commands = []
+            if packet_id in session.awaiting_release:
+                commands = session.released_by_client(packet_id)
+            self._submit(commands, codec.ack(PUBCOMP, packet_id))
+        elif packet_id in session.awaiting_complete:
+            self._submit(session.completed(packet_id))
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def _subscribe_allowed(self) -> bool:
+        if self._may_subscribe is None:
+            assert self.user is not None and self.session is not None
+            try:
+                check = self.gateway.check_permission
+                check(self.user, self.vhost, "read", "exchange", EXCHANGE)
+                check(self.user, self.vhost, "write", "queue", self.session.queue)
+                check(self.user, self.vhost, "read", "queue", self.session.queue)
+                self._may_subscribe = True
+            except AccessRefused as exc:
+                log.info("mqtt connection %d may not subscribe: %s", self.id, exc)
+                self._may_subscribe = False
+        return self._may_subscribe
+
+    def _on_subscribe(self, p: Subscribe) -> None:
+        session = self.session
+        assert session is not None
+        codes = []
+        added = []
+        for topic_filter, qos in p.topics:
+            if not valid_filter(topic_filter) or not self._subscribe_allowed():
+                codes.append(codec.SUBSCRIPTION_FAILURE)
+                continue
+            session.subscriptions[topic_filter] = qos
+            added.append(topic_filter)
+            codes.append(qos)
+        if not added:
+            self._submit([], codec.suback(p.packet_id, codes))
+            return
+        self._topics.clear()
+        self._start_consuming()
+        patterns = dict.fromkeys(to_pattern(f) for f in added)
+        self._submit([self._bind(pattern) for pattern in patterns] + session.save_subscriptions())
+        self._submit([], codec.suback(p.packet_id, codes))
+        # After the SUBACK: retained messages arrive as deliveries of the session queue.
+        marker = {RETAINED_COPY_HEADER: True}
+        self._submit([c.CopyRetained(self.vhost, list(patterns), session.queue, marker)])
+
+    def _on_unsubscribe(self, p: Unsubscribe) -> None:
+        session = self.session
+        assert session is not None
+        removed = [f for f in p.filters if session.subscriptions.pop(f, None) is not None]
+        if removed:
+            self._topics.clear()
+            still_bound = session.patterns()
+            gone = dict.fromkeys(to_pattern(f) for f in removed if to_pattern(f) not in still_bound)
+            self._submit(
+                [c.Unbind(self.vhost, EXCHANGE, session.queue, True, pattern) for pattern in gone]
+            )
+            self._submit(session.save_subscriptions())
+        self._submit([], codec.ack(codec.UNSUBACK, p.packet_id))
+
+    # -- deliveries ----------------------------------------------------------------------
+
+    def deliver(self, effect: Deliver) -> None:
+        if self.state is not State.OPEN:
+            return  # the consumer's release returns it to the queue
+        if self._early is not None:
+            self._early.append(effect)
+            return
+        msg = effect.message
+        item = (self.vhost, effect.queue, msg.seq)
+        topic, granted = self._topic(msg.routing_key)
+        if granted < 0:
+            # Matched the AMQP pattern but no MQTT filter (a `$` topic, a literal `*`, or an
+            # unsubscribed filter): not for this client.
+            self._settle_later(item)
+            return
+        headers = msg.properties.get("headers") or {}
+        qos = min(granted, _message_qos(headers, msg.persistent))
+        retain = bool(headers.get(RETAINED_COPY_HEADER))
+        if qos == 0:
+            self.write(codec.publish(topic, msg.body, 0, retain, False, 0))
+            self._settle_later(item)
+            return
+        packet_id = self._packet_id(msg.seq)
+        if packet_id == 0:
+            self.close("no free packet identifier", publish_will=False)
+            return
+        self.outbound[packet_id] = (item, qos)
+        data = codec.publish(topic, msg.body, qos, retain, effect.redelivered, packet_id)
+        if qos == 2:
+            # Deliveries may leave before the message is on disk; a QoS 2 one may not: after
+            # a crash its publisher would send it again, and the subscriber get it twice.
+            self.gateway.defer(lambda: self.write(data))
+        else:
+            self.write(data)
+
+    def _topic(self, routing_key: str) -> tuple[bytes, int]:
+        known = self._topics.get(routing_key)
+        if known is not None:
+            return known
+        topic = to_topic(routing_key)
+        assert self.session is not None
+        granted = max(
+            (q for f, q in self.session.subscriptions.items() if filter_matches(f, topic)),
+            default=-1,
+        )
+        if len(self._topics) >= _TOPIC_CACHE_SIZE:
+            self._topics.clear()
+        known = self._topics[routing_key] = (topic.encode(), granted)
+        return known
+
+    def _packet_id(self, seq: int) -> int:
+        """Derived from the queue sequence, so a redelivery reuses its packet identifier."""
+        assert self.session is not None
+        releasing = self.session.awaiting_complete
+        packet_id = (seq - 1) % 0xFFFF + 1
+        for _ in range(0xFFFF):
+            if packet_id not in self.outbound and packet_id not in releasing:
+                return packet_id
+            packet_id = packet_id % 0xFFFF + 1
+        return 0
+
+    def consumer_cancelled(self) -> None:
+        self.close("the session queue was deleted", publish_will=False)
+
+    def set_writable(self, writable: bool) -> None:
+        """Pause deliveries while the client does not read what was sent."""
+        if self._consuming and self.state is State.OPEN:
+            self.gateway.submit(c.SetFlow(self.owner, writable))
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, reason: str, publish_will: bool) -> None:
+        """End the connection; the transport closes once pending output is written."""
+        if self.should_close:
+            return
+        log.info("closing mqtt connection %d: %s", self.id, reason)
+        self._detach(publish_will)
+        self._finish()
+
+    def _finish(self) -> None:
+        self.state = State.CLOSED
+        if self.on_output is not None:
+            self.on_output()
+        self.should_close = True
+
+    def keepalive_expired(self) -> None:
+        self.close(f"no packet within 1.5 x keepalive ({self.keepalive} s)", publish_will=True)
+
+    def take_over(self) -> None:
+        """Another connection claimed this client id: close without the will."""
+        self.will = None
+        self.close("client id taken over by another connection", publish_will=False)
+
+    def connection_lost(self) -> None:
+        """The network connection ended; without a DISCONNECT first, the will goes out."""
+        self._detach(publish_will=True)
+        self.state = State.CLOSED
+
+    def _detach(self, publish_will: bool) -> None:
+        if self._detached:
+            return
+        self._detached = True
+        session = self.session
+        if session is None:
+            return
+        self._flush_settles()
+        if publish_will and self.will is not None:
+            self._publish_will(self.will)
+        submit = self.gateway.submit
+        if self._consuming:
+            submit(c.ReleaseOwner(self.owner))
+            if not session.persistent:
+                submit(c.DeleteQueue(self.vhost, session.queue, requester=self.id))
+        self.sessions.release((self.vhost, self.client_id), self)
+
+    def _publish_will(self, will: codec.Will) -> None:
+        log.info("mqtt connection %d: publishing the will to '%s'", self.id, will.topic)
+        routing_key = to_routing_key(will.topic)
+        properties = _PROPERTIES[(will.qos, will.retain)]
+        if will.retain:
+            self.gateway.submit(
+                c.StoreRetained(self.vhost, EXCHANGE, routing_key, properties, will.payload or None)
+            )
+        self.gateway.submit(c.Publish(self.vhost, EXCHANGE, routing_key, properties, will.payload))
+
+
+def _message_qos(headers: dict[str, Any], persistent: bool) -> int:
+    """An MQTT publisher's QoS from its header; otherwise persistent messages are QoS 1."""
+    qos = headers.get(QOS_HEADER)
+    if isinstance(qos, int) and 0 <= qos <= 2:
+        return qos
+    return 1 if persistent else 0

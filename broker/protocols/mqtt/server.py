@@ -1,0 +1,218 @@
+"""The thin asyncio layer: sockets (plain or WebSocket) in and out of the sans-IO MQTT connection.
+
+Besides moving bytes it owns the timers: a connection that sends no CONNECT within the
+handshake timeout is closed, and an open one that is silent for 1.5 x its keepalive is closed
+as a network failure (its will is published).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any
+
+from broker.core.model import ConsumerCancelled, Deliver
+from broker.protocols.amqp.server import is_loopback
+from broker.protocols.mqtt.connection import OVERFLOW_POLICIES, MQTTConnection, Settings, State
+from broker.protocols.mqtt.session import SessionRegistry
+from broker.protocols.mqtt.websocket import WebSocketServer
+
+log = logging.getLogger(__name__)
+
+WS_PATH = "/mqtt"
+WS_SUBPROTOCOL = "mqtt"
+
+
+class MQTTProtocol(asyncio.Protocol):
+    def __init__(
+        self,
+        node: Any,
+        sessions: SessionRegistry,
+        settings: Settings,
+        handshake_timeout: float,
+        websocket: bool,
+    ) -> None:
+        self.node = node
+        self.sessions = sessions
+        self.settings = settings
+        self.handshake_timeout = handshake_timeout
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.conn: MQTTConnection | None = None
+        self.ws = (
+            WebSocketServer(WS_PATH, WS_SUBPROTOCOL, settings.max_packet_size + 16)
+            if websocket
+            else None
+        )
+        self._flush_scheduled = False
+        self._last_received = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        conn_id = self.node.connection_opened(self)
+        loopback = is_loopback(peer)
+        self.conn = MQTTConnection(
+            conn_id, self.node, self.sessions, self.settings, loopback, self._schedule_flush
+        )
+        self._timer = self.loop.call_later(self.handshake_timeout, self._check_connected)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        self._last_received = time.monotonic()
+        if self.ws is not None:
+            data = self.ws.receive_data(data)
+            self._schedule_flush()
+            if not data:
+                return
+        was_waiting = conn.state is State.AWAIT_CONNECT
+        conn.receive_data(data)
+        if was_waiting and conn.state is State.OPEN and conn.keepalive:
+            self._watch_keepalive()
+        if self.node.blocked_reason and conn.has_published:
+            self._pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.conn is not None:
+            self.conn.connection_lost()
+            self.node.connection_closed(self.conn.id)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.set_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.set_writable(True)
+
+    # -- output --------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        conn, transport, ws = self.conn, self.transport, self.ws
+        if conn is None or transport is None or transport.is_closing():
+            return
+        data = conn.data_to_send()
+        if ws is not None:
+            head, payload = ws.data_to_send(), ws.wrap(data)
+            if conn.should_close:
+                ws.close()
+            data = head + payload + ws.data_to_send()
+            if ws.should_close and not conn.should_close:
+                log.info("closing mqtt connection %d: %s", conn.id, ws.close_reason)
+                conn.connection_lost()
+        if data:
+            transport.write(data)
+        if conn.should_close or (ws is not None and ws.should_close):
+            transport.close()
+
+    # -- what the node asks of every connection ------------------------------------------
+
+    def deliver(self, effect: Deliver) -> None:
+        if self.conn is not None:
+            self.conn.deliver(effect)
+
+    def consumer_cancelled(self, effect: ConsumerCancelled) -> None:
+        if self.conn is not None:
+            self.conn.consumer_cancelled()
+
+    def set_blocked(self, reason: str | None) -> None:
+        if reason is None:
+            if self._reading_paused and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+        elif self.conn is not None and self.conn.has_published:
+            self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def force_close(self, reason: str) -> None:
+        if self.conn is not None:
+            self.conn.close(reason, publish_will=False)
+            self.flush()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def session(self) -> tuple[str | None, str | None]:
+        conn = self.conn
+        if conn is None or conn.user is None:
+            return None, None
+        return conn.user.name, conn.vhost
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _check_connected(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.state is State.AWAIT_CONNECT and self.transport:
+            log.info("closing mqtt connection %d: no CONNECT within the timeout", conn.id)
+            conn.connection_lost()
+            self.transport.close()
+
+    def _watch_keepalive(self) -> None:
+        conn = self.conn
+        if conn is None or conn.state is not State.OPEN:
+            return
+        grace = 1.5 * conn.keepalive
+        silent = time.monotonic() - self._last_received
+        if silent >= grace:
+            conn.keepalive_expired()
+            return
+        self._timer = self.loop.call_later(grace - silent, self._watch_keepalive)
+
+
+async def start_listeners(node: Any) -> list[asyncio.AbstractServer]:
+    """MQTT on the plain port and MQTT over WebSocket, sharing one client-id registry."""
+    cfg = node.config
+    settings = settings_from_config(cfg)
+    sessions = SessionRegistry()
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.AbstractServer] = []
+    for port, websocket in ((cfg.mqtt_port, False), (cfg.mqtt_ws_port, True)):
+        server = await loop.create_server(
+            functools.partial(
+                MQTTProtocol, node, sessions, settings, cfg.handshake_timeout, websocket
+            ),
+            cfg.host,
+            port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        servers.append(server)
+    return servers
+
+
+def settings_from_config(cfg: Any) -> Settings:
+    if cfg.mqtt_overflow not in OVERFLOW_POLICIES:
+        choices = ", ".join(OVERFLOW_POLICIES)
+        raise ValueError(f"mqtt_overflow must be one of {choices}, not {cfg.mqtt_overflow!r}")
+    return Settings(
+        max_packet_size=cfg.mqtt_max_packet_size,
+        max_inflight=cfg.mqtt_max_inflight,
+        max_queued=cfg.mqtt_max_queued,
+        overflow=cfg.mqtt_overflow,
+        allow_anonymous=cfg.mqtt_allow_anonymous,
+        anonymous_user=cfg.mqtt_anonymous_user,
+        default_vhost=cfg.mqtt_vhost,
+    )

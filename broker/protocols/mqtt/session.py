@@ -1,0 +1,91 @@
+"""One MQTT session's state, the durable copy of it, and which connection holds each client id.
+
+A session outlives its connections when the client asks for clean session 0. Its messages
+live in a core queue (`mqtt-subscription-<client id>`, bound to `amq.topic`); everything else
+the protocol needs after a restart is kept as core adapter records in the group
+("mqtt", client id):
+
+- "session": {"subscriptions": {filter: granted QoS}} — its presence is "session present";
+- "in:<id>": an inbound QoS 2 packet id whose PUBLISH went on but whose PUBREL has not come;
+- "out:<id>": an outbound QoS 2 packet id released (PUBREC seen, message acked in the queue)
+  whose PUBCOMP has not come, so PUBREL is sent again on reconnect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.core import commands as c
+from broker.protocols.mqtt.topics import to_pattern
+
+QUEUE_PREFIX = "mqtt-subscription-"
+
+
+class Session:
+    def __init__(self, vhost: str, client_id: str, persistent: bool) -> None:
+        self.vhost = vhost
+        self.client_id = client_id
+        self.persistent = persistent
+        self.group = ("mqtt", client_id)
+        self.queue = QUEUE_PREFIX + client_id
+        self.subscriptions: dict[str, int] = {}
+        #: inbound QoS 2 packet ids between PUBLISH and PUBREL
+        self.awaiting_release: set[int] = set()
+        #: outbound QoS 2 packet ids between PUBREL and PUBCOMP
+        self.awaiting_complete: set[int] = set()
+
+    def restore(self, records: dict[str, Any]) -> None:
+        self.subscriptions = dict(records.get("session", {}).get("subscriptions", {}))
+        for name in records:
+            kind, _, number = name.partition(":")
+            if kind == "in":
+                self.awaiting_release.add(int(number))
+            elif kind == "out":
+                self.awaiting_complete.add(int(number))
+
+    def patterns(self) -> set[str]:
+        return {to_pattern(f) for f in self.subscriptions}
+
+    # Each method below updates the state and returns the commands that make it durable
+    # (none for a clean session, which ends with its connection).
+
+    def save_subscriptions(self) -> list[c.Command]:
+        return self._put("session", {"subscriptions": dict(self.subscriptions)})
+
+    def received(self, packet_id: int) -> list[c.Command]:
+        self.awaiting_release.add(packet_id)
+        return self._put(f"in:{packet_id}", True)
+
+    def released_by_client(self, packet_id: int) -> list[c.Command]:
+        self.awaiting_release.discard(packet_id)
+        return self._put(f"in:{packet_id}", None)
+
+    def released_by_us(self, packet_id: int) -> list[c.Command]:
+        self.awaiting_complete.add(packet_id)
+        return self._put(f"out:{packet_id}", True)
+
+    def completed(self, packet_id: int) -> list[c.Command]:
+        self.awaiting_complete.discard(packet_id)
+        return self._put(f"out:{packet_id}", None)
+
+    def _put(self, name: str, value: Any) -> list[c.Command]:
+        if not self.persistent:
+            return []
+        return [c.PutRecord(self.vhost, self.group, name, value)]
+
+
+class SessionRegistry:
+    """Which connection holds each (vhost, client id): a new CONNECT takes the id over."""
+
+    def __init__(self) -> None:
+        self._holders: dict[tuple[str, str], Any] = {}
+
+    def claim(self, key: tuple[str, str], holder: Any) -> Any | None:
+        """Register `holder`; returns the connection it replaces, if any."""
+        previous = self._holders.get(key)
+        self._holders[key] = holder
+        return previous
+
+    def release(self, key: tuple[str, str], holder: Any) -> None:
+        if self._holders.get(key) is holder:
+            del self._holders[key]

@@ -1,0 +1,57 @@
+"""MQTT topic names and filters, and their mapping onto AMQP topic routing keys.
+
+As RabbitMQ does it: `/` and `.` swap places, so the MQTT topic `a/b.c` is the routing key
+`a.b/c` on `amq.topic` and every topic maps back unchanged; the filter wildcard `+` becomes
+`*` and `#` stays `#`. AMQP patterns are slightly wider than MQTT filters (a literal `*` level,
+the `$` rule), so deliveries are checked against the client's filters with `filter_matches`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+_SWAP = str.maketrans({"/": ".", ".": "/"})
+
+
+def valid_filter(topic_filter: str) -> bool:
+    """Wildcards must fill a whole level, and `#` must be the last one (section 4.7.1)."""
+    if not topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if level == "#":
+            if i != len(levels) - 1:
+                return False
+        elif level != "+" and ("+" in level or "#" in level):
+            return False
+    return True
+
+
+def to_routing_key(topic: str) -> str:
+    return topic.translate(_SWAP)
+
+
+def to_topic(routing_key: str) -> str:
+    return routing_key.translate(_SWAP)
+
+
+def to_pattern(topic_filter: str) -> str:
+    """The AMQP binding pattern of a (valid) filter."""
+    return ".".join(
+        "*" if level == "+" else level.replace(".", "/") for level in topic_filter.split("/")
+    )
+
+
+@lru_cache(maxsize=65536)
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT matching, including: a filter starting with a wildcard never matches `$` topics."""
+    if topic[:1] == "$" and topic_filter[:1] in ("+", "#"):
+        return False
+    levels = topic.split("/")
+    wanted = topic_filter.split("/")
+    for i, level in enumerate(wanted):
+        if level == "#":
+            return True
+        if i >= len(levels) or (level != "+" and level != levels[i]):
+            return False
+    return len(wanted) == len(levels)

@@ -1,0 +1,98 @@
+"""MQTT limits: packet size, in-flight window, queued messages per offline session."""
+
+from __future__ import annotations
+
+import pytest
+
+from compat_tests.conftest import BrokerProcess
+from compat_tests.mqtt_helpers import (
+    Paho,
+    RawMQTT,
+    ack_packet,
+    publish_packet,
+    subscribe_packet,
+    uid,
+    wait_for,
+)
+
+pytestmark = pytest.mark.own_broker
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("mqtt-limits") / "data",
+        ["--mqtt-max-packet-size", "2048", "--mqtt-max-inflight", "3"],
+    )
+    b.start()
+    yield b
+    b.stop()
+
+
+def status(b: BrokerProcess) -> dict[str, str]:
+    lines = b.cli("status").stdout.splitlines()
+    return dict(line.split("\t", 1) for line in lines)
+
+
+def test_oversized_packet_closes_only_that_connection(limited):
+    healthy = Paho(limited)
+    healthy.connect()
+    topic = uid("size")
+    healthy.subscribe((topic, 1))
+    raw = RawMQTT(limited)
+    raw.connect(uid())
+    raw.send(publish_packet(topic, b"x" * 1900, qos=1, packet_id=1))
+    assert raw.read().type == 4  # under the limit: fine
+    raw.send(publish_packet(topic, b"x" * 3000, qos=1, packet_id=2))
+    assert raw.closed_by_broker()
+    assert healthy.message().payload == b"x" * 1900
+    healthy.publish(topic, b"still serving", qos=1)
+    assert healthy.message().payload == b"still serving"
+    healthy.close()
+
+
+def test_in_flight_window_limits_unacknowledged_deliveries(limited):
+    topic = uid("window")
+    raw = RawMQTT(limited)
+    raw.connect(uid())
+    raw.send(subscribe_packet(1, (topic, 1)))
+    assert raw.read().type == 9
+    pub = Paho(limited)
+    pub.connect()
+    for i in range(6):
+        pub.publish(topic, b"%d" % i, qos=1)
+    window = [raw.read().publish() for _ in range(3)]
+    assert [p[1] for p in window] == [b"0", b"1", b"2"]
+    with pytest.raises(TimeoutError):
+        raw.read(timeout=0.5)  # the window is full
+    raw.send(ack_packet("puback", window[0][5]))
+    assert raw.read().publish()[1] == b"3"
+    for p in window[1:]:
+        raw.send(ack_packet("puback", p[5]))
+    assert sorted(raw.read().publish()[1] for _ in range(2)) == [b"4", b"5"]
+    pub.close()
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    "policy,kept,counter",
+    [("drop-oldest", [2, 3, 4], "overflow_dropped"), ("refuse", [0, 1, 2], "overflow_refused")],
+)
+def test_offline_session_overflow_is_counted_and_logged(broker_factory, policy, kept, counter):
+    b = broker_factory("--mqtt-max-queued", "3", "--mqtt-overflow", policy)
+    client_id, topic = uid("full"), uid("full")
+    sub = Paho(b, client_id=client_id, clean=False)
+    sub.connect()
+    sub.subscribe((topic, 1))
+    sub.close()
+    pub = Paho(b)
+    pub.connect()
+    for i in range(5):
+        pub.publish(topic, b"%d" % i, qos=1)
+    pub.close()
+    assert status(b)[counter] == "2"
+    wait_for(lambda: "is full" in b.log_tail(), what="the overflow log line")
+    sub = Paho(b, client_id=client_id, clean=False)
+    sub.connect()
+    assert [sub.message().payload for _ in kept] == [b"%d" % i for i in kept]
+    sub.close()

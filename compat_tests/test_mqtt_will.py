@@ -1,0 +1,76 @@
+"""MQTT will messages: published on keepalive timeout, network failure and protocol error only."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from compat_tests.mqtt_helpers import Paho, RawMQTT, uid
+
+pytestmark = pytest.mark.own_broker
+
+
+@pytest.fixture
+def watcher(broker):
+    """A subscriber to every will topic these tests use."""
+    client = Paho(broker)
+    client.connect()
+    base = uid("will")
+    client.subscribe((base + "/#", 2))
+    client.base = base
+    yield client
+    client.close()
+
+
+def test_will_on_network_failure(broker, watcher):
+    raw = RawMQTT(broker)
+    raw.connect(uid(), will=(watcher.base + "/gone", b"lost", 1, False))
+    raw.sock.shutdown(socket.SHUT_RDWR)
+    raw.close()
+    msg = watcher.message()
+    assert (msg.topic, msg.payload, msg.qos) == (watcher.base + "/gone", b"lost", 1)
+
+
+def test_will_on_keepalive_timeout(broker, watcher):
+    raw = RawMQTT(broker)
+    raw.connect(uid(), keepalive=1, will=(watcher.base + "/silent", b"timed out", 0, False))
+    msg = watcher.message(timeout=6)
+    assert (msg.topic, msg.payload) == (watcher.base + "/silent", b"timed out")
+    assert raw.closed_by_broker()
+
+
+def test_will_on_protocol_error(broker, watcher):
+    raw = RawMQTT(broker)
+    raw.connect(uid(), will=(watcher.base + "/broken", b"bad bytes", 0, False))
+    raw.send(b"\x80\x00")  # SUBSCRIBE with its reserved flags cleared
+    assert watcher.message().payload == b"bad bytes"
+    assert raw.closed_by_broker()
+
+
+def test_no_will_after_disconnect(broker, watcher):
+    raw = RawMQTT(broker)
+    raw.connect(uid(), will=(watcher.base + "/polite", b"should not appear", 1, False))
+    raw.send(b"\xe0\x00")
+    assert raw.closed_by_broker()
+    marker = Paho(broker)
+    marker.connect()
+    marker.publish(watcher.base + "/marker", b"marker", qos=1)
+    marker.close()
+    assert watcher.messages_until(b"marker") == []
+
+
+def test_will_qos_and_retain_are_honoured(broker, watcher):
+    topic = watcher.base + "/retained-will"
+    paho = Paho(broker, will=(topic, b"offline", 2, True))
+    paho.connect()
+    paho.stop()
+    paho.client.socket().shutdown(socket.SHUT_RDWR)
+    msg = watcher.message()
+    assert (msg.topic, msg.payload, msg.qos, msg.retain) == (topic, b"offline", 2, False)
+    late = Paho(broker)
+    late.connect()
+    late.subscribe((topic, 2))
+    msg = late.message()
+    assert (msg.payload, msg.qos, msg.retain) == (b"offline", 2, True)
+    late.close()
