@@ -24,7 +24,7 @@ data_dir_option = click.option(
 @click.group()
 @click.version_option(broker.__version__, prog_name="broker")
 def main() -> None:
-    """A durable message broker speaking AMQP 0-9-1."""
+    """A durable message broker speaking AMQP 0-9-1 and MQTT 3.1.1."""
 
 
 @main.command()
@@ -51,6 +51,30 @@ def main() -> None:
     type=int,
     help="Block publishers above this many bytes of memory. [40% of RAM]",
 )
+@click.option("--mqtt-port", type=int, help="MQTT 3.1.1 port. [1883]")
+@click.option("--mqtt-ws-port", type=int, help="MQTT over WebSocket port (path /mqtt). [15675]")
+@click.option(
+    "--mqtt-allow-anonymous/--no-mqtt-allow-anonymous",
+    default=None,
+    help="Admit MQTT clients without a user name, as the anonymous user. [no]",
+)
+@click.option("--mqtt-max-packet-size", type=int, help="Largest MQTT packet, bytes. [16 MiB]")
+@click.option("--mqtt-max-inflight", type=int, help="Unacked QoS 1/2 messages per client. [100]")
+@click.option(
+    "--mqtt-max-queued", type=int, help="Messages kept per MQTT session, 0: no limit. [100000]"
+)
+@click.option(
+    "--mqtt-overflow",
+    type=click.Choice(["drop-oldest", "refuse"]),
+    help="What a full MQTT session does with one more message. [drop-oldest]",
+)
+@click.option("--http-port", type=int, help="CMQ API 2.0 over HTTP (/v2/index.php). [15680]")
+@click.option("--https-port", type=int, help="CMQ API over HTTPS, with --tls-cert. [15681]")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--http-timestamp-skew", type=int, help="Accepted CMQ request Timestamp skew, s. [300]"
+)
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]"
 )
@@ -63,6 +87,8 @@ def serve(config_path: str | None, **flags: Any) -> None:
     )
     from broker.node import Node
 
+    _raise_open_file_limit()
+
     async def run() -> None:
         node = Node(config)
         await node.start()
@@ -74,6 +100,18 @@ def serve(config_path: str | None, **flags: Any) -> None:
         asyncio.run(run())
     else:
         uvloop.run(run())
+
+
+def _raise_open_file_limit() -> None:
+    """Each client is a socket: allow as many as the hard limit permits, as RabbitMQ does."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def _admin(data_dir: str, op: str, **args: Any) -> Any:
@@ -210,3 +248,35 @@ def status(data_dir: str) -> None:
     """Connections and commit-path counters of a running node."""
     for key, value in _admin(data_dir, "status").items():
         click.echo(f"{key}\t{value}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage CMQ API access keys (SecretId/SecretKey bound to a vhost) of a running node."""
+
+
+@keys.command("create")
+@click.option("--vhost", required=True, help="The vhost (tenant) the key gives access to.")
+@click.option("--secret-id", help="Use this SecretId instead of a generated one.")
+@click.option("--secret-key", help="Use this SecretKey instead of a generated one.")
+@data_dir_option
+def keys_create(vhost: str, secret_id: str | None, secret_key: str | None, data_dir: str) -> None:
+    key = _admin(data_dir, "keys.create", vhost=vhost, secret_id=secret_id, secret_key=secret_key)
+    click.echo(f"SecretId: {key['secret_id']}")
+    click.echo(f"SecretKey: {key['secret_key']}")
+
+
+@keys.command("list")
+@data_dir_option
+def keys_list(data_dir: str) -> None:
+    """One line per key: SecretId and vhost."""
+    for key in _admin(data_dir, "keys.list"):
+        click.echo(f"{key['secret_id']}\t{key['vhost']}")
+
+
+@keys.command("delete")
+@click.argument("secret_id")
+@data_dir_option
+def keys_delete(secret_id: str, data_dir: str) -> None:
+    _admin(data_dir, "keys.delete", secret_id=secret_id)
+    click.echo(f"key '{secret_id}' deleted")

@@ -26,6 +26,44 @@ class Config:
     #: users that may only connect from loopback addresses, as RabbitMQ does for guest
     loopback_users: tuple[str, ...] = ("guest",)
     log_level: str = "info"
+    mqtt_port: int = 1883
+    #: MQTT over WebSocket (path /mqtt, subprotocol mqtt), RabbitMQ Web MQTT's port
+    mqtt_ws_port: int = 15675
+    #: vhost of MQTT users who do not name one ("vhost:user")
+    mqtt_vhost: str = "/"
+    #: admit MQTT clients without a user name, as `mqtt_anonymous_user`
+    mqtt_allow_anonymous: bool = False
+    mqtt_anonymous_user: str = "guest"
+    #: larger MQTT packets close the connection
+    mqtt_max_packet_size: int = 16 * 1024 * 1024
+    #: unacknowledged QoS 1/2 messages in flight to one MQTT client
+    mqtt_max_inflight: int = 100
+    #: messages kept for one MQTT session before `mqtt_overflow` applies (0: no limit)
+    mqtt_max_queued: int = 100_000
+    #: "drop-oldest" or "refuse"; either way counted in `broker status` and logged
+    mqtt_overflow: str = "drop-oldest"
+
+    #: CMQ API 2.0 over HTTP (path /v2/index.php); HTTPS only when tls_cert and tls_key are set
+    http_port: int = 15680
+    https_port: int = 15681
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: requests whose Timestamp is further than this from the node's clock are refused, s
+    http_timestamp_skew: int = 300
+    #: Nonces remembered for replay detection; past this the oldest are forgotten
+    http_nonce_cache_size: int = 1_000_000
+    #: larger request bodies are refused (a batch of 16 x 64 KB, URL-encoded, fits)
+    http_max_body_bytes: int = 8 * 1024 * 1024
+    #: queues (and, separately, topics) one vhost may have through the CMQ API (error 4450)
+    http_max_queues: int = 1000
+    http_max_topics: int = 1000
+    #: lowest msgRetentionSeconds accepted (CMQ: 60)
+    http_min_retention_seconds: int = 60
+    #: the second of the push retry schedules: BACKOFF_RETRY waits 10-20 units,
+    #: EXPONENTIAL_DECAY_RETRY 1, 2, 4 ... 512 units (tests shorten it)
+    http_push_retry_unit_ms: int = 1000
+    #: an HTTP push not answered within this many seconds failed
+    http_push_timeout: float = 15.0
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:

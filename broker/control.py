@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import socket
+import string
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from broker.core import commands as c
 from broker.core.auth import hash_password
-from broker.core.errors import BrokerError, PreconditionFailed
+from broker.core.errors import BrokerError, InvalidArgument, PreconditionFailed
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -55,6 +57,9 @@ class ControlServer:
             "queues.list": self._queues_list,
             "limits.set": self._limits_set,
             "status": self._status,
+            "keys.create": self._keys_create,
+            "keys.list": self._keys_list,
+            "keys.delete": self._keys_delete,
         }
 
     async def start(self) -> None:
@@ -142,6 +147,23 @@ class ControlServer:
     async def _limits_set(self, args: dict[str, Any]) -> None:
         self.node.set_limits(args.get("disk_free_limit"), args.get("memory_high_watermark"))
 
+    async def _keys_create(self, args: dict[str, Any]) -> dict[str, str]:
+        """A new access key for a vhost: generated unless secret_id / secret_key are given."""
+        secret_id = args.get("secret_id") or "AKID" + _random_text(32)
+        secret_key = args.get("secret_key") or _random_text(32)
+        for name, value in (("secret id", secret_id), ("secret key", secret_key)):
+            if not isinstance(value, str) or not value.isprintable() or " " in value:
+                raise InvalidArgument(f"the {name} must be printable text without spaces")
+        key = await self._call(c.AddAccessKey(secret_id, secret_key, args["vhost"]))
+        return {"secret_id": key.secret_id, "secret_key": key.secret_key, "vhost": key.vhost}
+
+    async def _keys_list(self, args: dict[str, Any]) -> list[dict[str, str]]:
+        keys = sorted(self.node.state.access_keys.values(), key=lambda k: k.secret_id)
+        return [{"secret_id": k.secret_id, "vhost": k.vhost} for k in keys]
+
+    async def _keys_delete(self, args: dict[str, Any]) -> None:
+        await self._call(c.DeleteAccessKey(args["secret_id"]))
+
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.node.commit is not None
         return {
@@ -149,6 +171,11 @@ class ControlServer:
             **self.node.commit.stats,
             **self.node.metrics,
         }
+
+
+def _random_text(length: int) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
 def request(

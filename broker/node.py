@@ -22,10 +22,18 @@ from broker.control import ControlServer
 from broker.core import commands as c
 from broker.core.auth import check_password, hash_password, permits
 from broker.core.errors import AccessRefused, NotAllowed
-from broker.core.model import ConsumerCancelled, Deliver, Effect, Overflowed, User
+from broker.core.model import (
+    ConsumerCancelled,
+    Deliver,
+    Effect,
+    MessagesAvailable,
+    Overflowed,
+    User,
+)
 from broker.core.state import StateMachine
 from broker.protocols.amqp.connection import Settings
 from broker.protocols.amqp.server import AMQPProtocol
+from broker.protocols.http.server import HttpApi
 from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
 from broker.store.commit import Clock, CommitPath, Done, Store
 
@@ -63,6 +71,9 @@ class Node:
         self._connection_ids = itertools.count(1)
         self.servers: list[asyncio.AbstractServer] = []
         self.control: ControlServer | None = None
+        self.http: HttpApi | None = None
+        #: called with (vhost, queue) when a queue gains visible messages (pull consumers)
+        self.queue_watchers: list[Callable[[str, str], None]] = []
         self._reply_to: dict[str, tuple[Any, int, str]] = {}
         self._blocked: str | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -85,6 +96,9 @@ class Node:
         await self._ensure_defaults()
         # MQTT first: the AMQP port opening is what scripts and tests take as "ready".
         self.servers.extend(await start_mqtt_listeners(self))
+        self.http = HttpApi(self)
+        self.queue_watchers.append(self.http.queue_gained_messages)
+        await self.http.start()
         settings = Settings(cfg.channel_max, cfg.frame_max, cfg.heartbeat)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
@@ -99,11 +113,14 @@ class Node:
         await self.control.start()
         self._monitor = asyncio.create_task(self._watch_resources())
         log.info(
-            "broker ready: amqp on %s:%d, mqtt on %d, mqtt over websocket on %d, data in %s",
+            "broker ready: amqp on %s:%d, mqtt on %d, mqtt over websocket on %d, "
+            "cmq http on %d%s, data in %s",
             cfg.host,
             cfg.amqp_port,
             cfg.mqtt_port,
             cfg.mqtt_ws_port,
+            cfg.http_port,
+            f" and https on {cfg.https_port}" if cfg.tls_cert and cfg.tls_key else "",
             cfg.data_dir,
         )
 
@@ -135,6 +152,8 @@ class Node:
             server.close()
         if self.control is not None:
             self.control.close()
+        if self.http is not None:
+            await self.http.stop()
         for conn in list(self.connections.values()):
             conn.force_close("broker forced connection closure with reason 'shutdown'")
         await self._wait_connections_closed(2.0)
@@ -185,6 +204,9 @@ class Node:
                 conn = self.connections.get(effect.owner[0])
                 if conn is not None:
                     conn.consumer_cancelled(effect)
+            elif isinstance(effect, MessagesAvailable):
+                for watcher in self.queue_watchers:
+                    watcher(effect.vhost, effect.queue)
             elif isinstance(effect, Overflowed):
                 self._count_overflow(effect)
 

@@ -6,16 +6,15 @@ started in a temporary data dir on a free port.  If ``BROKER_AMQP_URL`` is set
 external broker instead (used to validate the assertions against RabbitMQ), and
 tests marked ``own_broker`` are skipped.
 """
+
 from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 
@@ -74,19 +73,29 @@ class _BrokerBase:
     def amqp_url(self) -> str:
         return self.url()
 
-    def url(self, vhost: str | None = None, user: str | None = None,
-            password: str | None = None, query: str = "") -> str:
+    def url(
+        self,
+        vhost: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        query: str = "",
+    ) -> str:
         vhost = self.vhost if vhost is None else vhost
         user = self.user if user is None else user
         password = self.password if password is None else password
         u = "amqp://%s:%s@%s:%d/%s" % (
-            urllib.parse.quote(user, safe=""), urllib.parse.quote(password, safe=""),
-            self.host, self.port, urllib.parse.quote(vhost, safe=""))
+            urllib.parse.quote(user, safe=""),
+            urllib.parse.quote(password, safe=""),
+            self.host,
+            self.port,
+            urllib.parse.quote(vhost, safe=""),
+        )
         return u + ("?" + query if query else "")
 
     def params(self, **kw):
         """pika.ConnectionParameters for this broker (keyword overrides allowed)."""
         import pika
+
         creds = pika.PlainCredentials(kw.pop("user", self.user), kw.pop("password", self.password))
         kw.setdefault("virtual_host", self.vhost)
         kw.setdefault("connection_attempts", 1)
@@ -123,35 +132,70 @@ class BrokerProcess(_BrokerBase):
     def __init__(self, data_dir, extra_args=(), host="127.0.0.1", port=None, log_path=None):
         self.host = host
         self.port = port or free_port(host)
+        # Every listener gets a free port, so brokers of parallel tests never collide.
+        self.mqtt_port = free_port(host)
+        self.mqtt_ws_port = free_port(host)
+        self.http_port = free_port(host)
+        self.https_port = free_port(host)
         self.data_dir = pathlib.Path(data_dir)
         self.extra_args = [str(a) for a in extra_args]
-        self.log_path = pathlib.Path(log_path) if log_path else self.data_dir.parent / (
-            self.data_dir.name + ".log")
+        self.log_path = (
+            pathlib.Path(log_path)
+            if log_path
+            else self.data_dir.parent / (self.data_dir.name + ".log")
+        )
         self.proc: subprocess.Popen | None = None
         self._log = None
 
     # -- lifecycle -------------------------------------------------------
     def command(self):
-        return [sys.executable, "-m", "broker", "serve", "--data-dir", str(self.data_dir),
-                "--host", self.host, "--amqp-port", str(self.port), *self.extra_args]
+        return [
+            sys.executable,
+            "-m",
+            "broker",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--host",
+            self.host,
+            "--amqp-port",
+            str(self.port),
+            "--mqtt-port",
+            str(self.mqtt_port),
+            "--mqtt-ws-port",
+            str(self.mqtt_ws_port),
+            "--http-port",
+            str(self.http_port),
+            "--https-port",
+            str(self.https_port),
+            *self.extra_args,
+        ]
 
     def start(self, timeout: float = START_TIMEOUT):
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), cwd=str(REPO_ROOT), stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop/kill9)
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=str(REPO_ROOT),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("broker exited with %s during start-up:\n%s"
-                                   % (self.proc.returncode, self.log_tail()))
+                raise RuntimeError(
+                    "broker exited with %s during start-up:\n%s"
+                    % (self.proc.returncode, self.log_tail())
+                )
             if port_open(self.host, self.port):
                 return self
             time.sleep(0.05)
         self.kill9()
-        raise RuntimeError("broker did not open port %d within %.0fs:\n%s"
-                           % (self.port, timeout, self.log_tail()))
+        raise RuntimeError(
+            "broker did not open port %d within %.0fs:\n%s" % (self.port, timeout, self.log_tail())
+        )
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -177,10 +221,10 @@ class BrokerProcess(_BrokerBase):
             self.proc.send_signal(signal.SIGTERM)
             try:
                 rc = self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as e:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-                raise RuntimeError("broker did not exit within %.0fs of SIGTERM" % timeout)
+                raise RuntimeError("broker did not exit within %.0fs of SIGTERM" % timeout) from e
         elif self.proc is not None:
             rc = self.proc.returncode
         self._close_log()
@@ -206,20 +250,41 @@ class BrokerProcess(_BrokerBase):
 
     # -- admin CLI -------------------------------------------------------
     def cli(self, *args, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "broker", *[str(a) for a in args], "--data-dir", str(self.data_dir)]
-        res = subprocess.run(cmd, cwd=str(REPO_ROOT), capture_output=True, text=True,
-                             timeout=timeout, stdin=subprocess.DEVNULL)
+        cmd = [
+            sys.executable,
+            "-m",
+            "broker",
+            *[str(a) for a in args],
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        res = subprocess.run(
+            cmd,
+            cwd=str(REPO_ROOT),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and res.returncode != 0:
-            raise AssertionError("%s failed (%d):\nstdout: %s\nstderr: %s"
-                                 % (" ".join(map(str, args)), res.returncode, res.stdout, res.stderr))
+            raise AssertionError(
+                "%s failed (%d):\nstdout: %s\nstderr: %s"
+                % (" ".join(map(str, args)), res.returncode, res.stdout, res.stderr)
+            )
         return res
 
 
 def run_cli(data_dir, *args, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run an admin command against an arbitrary data dir (no BrokerProcess needed)."""
     cmd = [sys.executable, "-m", "broker", *[str(a) for a in args], "--data-dir", str(data_dir)]
-    return subprocess.run(cmd, cwd=str(REPO_ROOT), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        cmd,
+        cwd=str(REPO_ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -261,7 +326,7 @@ def broker_factory(tmp_path, request):
             b.stop()
         except Exception:
             b.kill9()
-        if request.node.rep_call_failed if hasattr(request.node, "rep_call_failed") else False:
+        if getattr(request.node, "rep_call_failed", False):
             sys.stderr.write("broker log (%s):\n%s\n" % (b.log_path, b.log_tail()))
 
 
@@ -276,4 +341,40 @@ def pytest_runtest_makereport(item, call):
     rep = yield
     if rep.when == "call" and rep.failed:
         item.rep_call_failed = True
+        shared = getattr(item, "funcargs", {}).get("broker")
+        if isinstance(shared, BrokerProcess):
+            rep.sections.append(("shared broker log (tail)", shared.log_tail(3000)))
     return rep
+
+
+def _stub_mailcap():
+    """Tencent's CMQ SDK imports the stdlib's mailcap (deprecated, gone in Python 3.13) and
+    never uses it: import it quietly, or stand a stub in, before any test module imports cmq."""
+    import types
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import mailcap  # noqa: F401
+        except ImportError:
+            sys.modules["mailcap"] = types.SimpleNamespace(subst=None)
+
+
+_stub_mailcap()
+
+
+@pytest.fixture(scope="session")
+def cmq_broker(tmp_path_factory):
+    """Our broker for the CMQ HTTP API tests: short push retries, and an access key."""
+    if EXTERNAL_URL:
+        pytest.skip("the CMQ API tests need our own broker")
+    from compat_tests.cmq_helpers import CmqBroker, write_config
+
+    base = tmp_path_factory.mktemp("cmq-broker")
+    b = BrokerProcess(base / "data", ["--config", write_config(base)])
+    b.start()
+    try:
+        yield CmqBroker.attach(b)
+    finally:
+        b.stop()

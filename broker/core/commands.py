@@ -262,13 +262,14 @@ class StoreRetained:
 
 @dataclass(slots=True)
 class CopyRetained:
-    """Enqueue into `queue` a copy of each retained message whose key matches a topic pattern.
+    """Enqueue into `queue` one copy of each retained message whose key matches a pattern.
 
-    `headers` are added to each copy, so the consumer can tell it from a live publish.
+    `patterns` are topic-exchange binding keys; `headers` are added to each copy, so the
+    consumer can tell it from a live publish.
     """
 
     vhost: str
-    pattern: str
+    patterns: list[str]
     queue: str
     headers: dict[str, Any] = field(default_factory=dict)
 
@@ -293,6 +294,38 @@ class DropRecords:
 
     vhost: str
     group: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class SetQueueArguments:
+    """Change a live queue's arguments (and so its settings); None values remove a key.
+
+    Pull-API adapters change visibility timeouts, retention, length limits and dead-letter
+    targets of existing queues this way. New values apply to messages published afterwards
+    where they are fixed at publish time (TTL); x-max-priority cannot change.
+    """
+
+    vhost: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(slots=True)
+class AddAccessKey:
+    """Store an access key: a secret id and secret bound to one vhost (its tenant).
+
+    Request-signing protocols (the CMQ HTTP API) look the secret up by id to check a
+    signature; the key grants access to its vhost only.
+    """
+
+    secret_id: str
+    secret_key: str
+    vhost: str
+
+
+@dataclass(slots=True)
+class DeleteAccessKey:
+    secret_id: str
 
 
 Command = (
@@ -326,4 +359,7 @@ Command = (
     | CopyRetained
     | PutRecord
     | DropRecords
+    | SetQueueArguments
+    | AddAccessKey
+    | DeleteAccessKey
 )

@@ -70,6 +70,16 @@ class User:
 
 
 @dataclass(slots=True)
+class AccessKey:
+    """A request-signing key bound to one vhost (see AddAccessKey)."""
+
+    secret_id: str
+    secret_key: str
+    vhost: str
+    created_at: int = 0
+
+
+@dataclass(slots=True)
 class Permission:
     configure: str
     write: str

@@ -27,6 +27,7 @@ from broker.core.errors import (
 )
 from broker.core.model import (
     HIDDEN,
+    AccessKey,
     BindingKey,
     Consumer,
     ConsumerCancelled,
@@ -103,6 +104,8 @@ class StateMachine:
         self.next_delayed_id = 1
         #: (vhost, group) -> name -> an adapter's opaque durable value (PutRecord)
         self.records: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+        #: secret id -> access key (AddAccessKey)
+        self.access_keys: dict[str, AccessKey] = {}
         self._timers: list[tuple[int, str, str]] = []
         self.changes: list[Change] = []
         self._effects: list[Effect] = []
@@ -138,6 +141,9 @@ class StateMachine:
             c.CopyRetained: self._copy_retained,
             c.PutRecord: self._put_record,
             c.DropRecords: self._drop_records,
+            c.SetQueueArguments: self._set_queue_arguments,
+            c.AddAccessKey: self._add_access_key,
+            c.DeleteAccessKey: self._delete_access_key,
         }
 
     # -- entry point ---------------------------------------------------------------------
@@ -206,6 +212,8 @@ class StateMachine:
             self.changes.append(("retained", (cmd.name, routing_key), None))
         for vhost, group in [k for k in self.records if k[0] == cmd.name]:
             self._drop_records(c.DropRecords(vhost, group))
+        for secret_id in [k.secret_id for k in self.access_keys.values() if k.vhost == cmd.name]:
+            self._delete_access_key(c.DeleteAccessKey(secret_id))
         del self.vhosts[cmd.name]
         self.changes.append(("vhost", cmd.name, None))
 
@@ -486,7 +494,7 @@ class StateMachine:
             dict(cmd.arguments),
         )
         self.next_qid += 1
-        q.last_used = self.now
+        q.last_used = q.created_at = q.modified_at = self.now
         vh.queues[cmd.name] = q
         self.queues_by_qid[q.qid] = q
         if cmd.exclusive_owner is not None:
@@ -731,8 +739,12 @@ class StateMachine:
             return
         props = dict(msg.properties)
         headers = dict(props.get("headers") or {})
-        deaths = [dict(d) for d in headers.get("x-death") or []]
-        routing_keys = [msg.routing_key] + list(headers.get("CC") or [])
+        # Headers come from clients: malformed x-death entries and CC values are ignored.
+        raw_deaths, cc = headers.get("x-death"), headers.get("CC")
+        deaths = []
+        if isinstance(raw_deaths, list | tuple):
+            deaths = [dict(d) for d in raw_deaths if isinstance(d, dict)]
+        routing_keys = [msg.routing_key] + (list(cc) if isinstance(cc, list | tuple) else [])
         entry = None
         for i, death in enumerate(deaths):
             if _text(death.get("queue")) == q.name and _text(death.get("reason")) == reason:
@@ -748,7 +760,8 @@ class StateMachine:
             }
             if props.get("expiration") is not None:
                 entry["original-expiration"] = props["expiration"]
-        entry["count"] = int(entry.get("count", 0)) + 1
+        count = entry.get("count")
+        entry["count"] = (count if isinstance(count, int) and count >= 0 else 0) + 1
         entry["time"] = datetime.fromtimestamp(self.now // 1000, UTC)
         deaths.insert(0, entry)
         headers["x-death"] = deaths
@@ -993,6 +1006,8 @@ class StateMachine:
         visibility = q.settings.visibility_ms if cmd.visibility_ms is None else cmd.visibility_ms
         if cmd.max_messages < 1:
             raise InvalidArgument("max_messages must be at least 1")
+        if visibility < 0:
+            raise InvalidArgument("visibility timeout must not be negative")
         q.last_used = self.now
         out: list[Received] = []
         while len(out) < cmd.max_messages:
@@ -1032,6 +1047,8 @@ class StateMachine:
         self._acknowledge(q, msg)
 
     def _change_visibility(self, cmd: c.ChangeVisibility) -> int:
+        if cmd.visibility_ms < 0:
+            raise InvalidArgument("visibility timeout must not be negative")
         q = self.queue(cmd.vhost, cmd.queue)
         msg = self._held_message(q, cmd.handle)
         q.hidden_count -= 1
@@ -1103,6 +1120,43 @@ class StateMachine:
     def records_of(self, vhost: str, group: tuple[str, ...]) -> dict[str, Any]:
         """The records of one group (a read: adapters call it between commands)."""
         return dict(self.records.get((vhost, tuple(group)), {}))
+
+    # -- live queue settings and access keys ----------------------------------------------
+
+    def _set_queue_arguments(self, cmd: c.SetQueueArguments) -> None:
+        q = self.queue(cmd.vhost, cmd.name)
+        arguments = dict(q.arguments)
+        for key, value in cmd.arguments.items():
+            if value is None:
+                arguments.pop(key, None)
+            else:
+                arguments[key] = value
+        q.reconfigure(arguments)
+        q.modified_at = self.now
+        if not q.settings.rewind_ms:
+            for msg in q.take_retained():
+                self._forget(q, msg)
+        if q.settings.overflow == "drop-head":
+            self._drop_over_limit(q)
+        if q.persistent_store:
+            self.changes.append(("queue", (q.vhost, q.name), _queue_record(q)))
+        self._schedule(q)
+
+    def _add_access_key(self, cmd: c.AddAccessKey) -> AccessKey:
+        self.vhost(cmd.vhost)
+        if not cmd.secret_id or not cmd.secret_key:
+            raise InvalidArgument("an access key needs a secret id and a secret key")
+        if cmd.secret_id in self.access_keys:
+            raise PreconditionFailed(f"access key '{cmd.secret_id}' already exists")
+        key = AccessKey(cmd.secret_id, cmd.secret_key, cmd.vhost, self.now)
+        self.access_keys[cmd.secret_id] = key
+        self.changes.append(("access_key", cmd.secret_id, key))
+        return key
+
+    def _delete_access_key(self, cmd: c.DeleteAccessKey) -> None:
+        if self.access_keys.pop(cmd.secret_id, None) is None:
+            raise NotFound(f"no access key '{cmd.secret_id}'")
+        self.changes.append(("access_key", cmd.secret_id, None))
 
     # -- timers --------------------------------------------------------------------------
 
@@ -1181,6 +1235,8 @@ class StateMachine:
                 vhost, name, value["qid"], True, None, value["auto_delete"], value["arguments"]
             )
             q.last_used = self.now
+            q.created_at = value.get("created_at", 0)
+            q.modified_at = value.get("modified_at", q.created_at)
             self.vhosts[vhost].queues[name] = q
             self.queues_by_qid[q.qid] = q
             self.next_qid = max(self.next_qid, q.qid + 1)
@@ -1197,6 +1253,8 @@ class StateMachine:
         elif kind == "record":
             vhost, group, name = key
             self.records.setdefault((vhost, group), {})[name] = value
+        elif kind == "access_key":
+            self.access_keys[key] = value
         elif kind == "delayed":
             self.delayed[value.id] = value
             heapq.heappush(self._delayed_heap, (value.due, value.id))
@@ -1212,7 +1270,13 @@ class StateMachine:
 
 
 def _queue_record(q: MessageQueue) -> dict[str, Any]:
-    return {"qid": q.qid, "auto_delete": q.auto_delete, "arguments": q.arguments}
+    return {
+        "qid": q.qid,
+        "auto_delete": q.auto_delete,
+        "arguments": q.arguments,
+        "created_at": q.created_at,
+        "modified_at": q.modified_at,
+    }
 
 
 def _is_cycle(target: str, deaths: list[dict[str, Any]]) -> bool:

@@ -25,9 +25,13 @@ KINDS = {
     "binding": b"6",
     "message": b"7",
     "delayed": b"8",
+    "retained": b"9",
+    "record": b"a",
+    "access_key": b"b",
 }
 _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
 _PAIR = struct.Struct(">QQ")
+_LENGTH = struct.Struct(">I")
 #: fixed-size part of a stored message: enqueued_at, expires_at (-1: none), priority,
 #: delivery_count, returns, visible_at, handle, first_delivered_at, acked_at, state,
 #: persistent, and the lengths of exchange, routing key and pickled properties
@@ -38,8 +42,30 @@ def _join(*parts: str) -> bytes:
     return b"\x00".join(p.encode() for p in parts)
 
 
+def _length_prefixed(parts: tuple[str, ...]) -> bytes:
+    """Unambiguous whatever the parts contain (adapter record names may hold any character)."""
+    out = bytearray()
+    for part in parts:
+        raw = part.encode()
+        out += _LENGTH.pack(len(raw)) + raw
+    return bytes(out)
+
+
+def _split_length_prefixed(raw: bytes) -> list[str]:
+    parts, pos = [], 0
+    while pos < len(raw):
+        (size,) = _LENGTH.unpack_from(raw, pos)
+        pos += _LENGTH.size
+        parts.append(raw[pos : pos + size].decode())
+        pos += size
+    return parts
+
+
 def encode_key(kind: str, key: Any) -> bytes:
     prefix = KINDS[kind]
+    if kind == "record":
+        vhost, group, name = key
+        return prefix + _length_prefixed((vhost, *group, name))
     if kind in ("message", "delayed"):
         return prefix + _PAIR.pack(*key)
     if kind == "binding":
@@ -141,6 +167,11 @@ def decode(raw_key: bytes, raw_value: bytes) -> tuple[str, Any, Any]:
         value = True
     elif kind in ("permission", "exchange", "queue"):
         key = tuple(p.decode() for p in body.split(b"\x00"))
+    elif kind == "retained":
+        key = tuple(p.decode() for p in body.split(b"\x00", 1))
+    elif kind == "record":
+        parts = _split_length_prefixed(body)
+        key = (parts[0], tuple(parts[1:-1]), parts[-1])
     else:
         key = body.decode()
     return kind, key, value

@@ -154,9 +154,7 @@ def content_frames(channel: int, raw_properties: bytes, body: bytes, frame_max: 
     return b"".join(content_parts(channel, raw_properties, body, frame_max))
 
 
-def content_parts(
-    channel: int, raw_properties: bytes, body: bytes, frame_max: int
-) -> list[bytes]:
+def content_parts(channel: int, raw_properties: bytes, body: bytes, frame_max: int) -> list[bytes]:
     """The pieces of `content_frames`, to be joined once with other output."""
     size = len(body)
     parts = [

@@ -1,0 +1,110 @@
+"""CMQ queue attributes <-> core queue arguments, and the counters GetQueueAttributes shows.
+
+A CMQ queue is an ordinary core queue: its attributes live in its arguments, so AMQP clients
+see the same limits. Ranges follow the CMQ 2.0 documentation, widened where it costs nothing
+(maxMsgHeapNum from 1, maxMsgSize up to 1 MiB as TDMQ-CMQ allows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from broker.core.model import RETAINED
+from broker.core.queue import MessageQueue
+from broker.protocols.http.params import Params
+
+DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
+DEAD_LETTER_KEY = "x-dead-letter-routing-key"
+MAX_RECEIVE_COUNT = "x-max-receive-count"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """One CMQ attribute stored as queue argument `argument` in units of `scale`."""
+
+    name: str
+    argument: str
+    scale: int
+    low: int
+    high: int
+    default: int | None
+
+
+HEAP = Attribute("maxMsgHeapNum", "x-max-length", 1, 1, 1_000_000_000, 10_000_000)
+POLLING_WAIT = Attribute("pollingWaitSeconds", "x-polling-wait-ms", 1000, 0, 30, 0)
+VISIBILITY = Attribute("visibilityTimeout", "x-visibility-timeout", 1000, 1, 43_200, 30)
+MAX_SIZE = Attribute("maxMsgSize", "x-max-message-size", 1, 1024, 1_048_576, 65_536)
+RETENTION = Attribute("msgRetentionSeconds", "x-message-ttl", 1000, 60, 1_296_000, 345_600)
+REWIND = Attribute("rewindSeconds", "x-rewind-ms", 1000, 0, 43_200, 0)
+#: 0 turns the limit off
+RECEIVE_COUNT = Attribute("maxReceiveCount", MAX_RECEIVE_COUNT, 1, 0, 1000, None)
+QUEUE_ATTRIBUTES = (HEAP, POLLING_WAIT, VISIBILITY, MAX_SIZE, RETENTION, REWIND)
+
+
+def queue_arguments(params: Params, creating: bool, min_retention_s: int) -> dict[str, Any]:
+    """Arguments for CreateQueue (every attribute, defaults filled in) or SetQueueAttributes
+    (only those given; None removes an argument)."""
+    args: dict[str, Any] = {"x-overflow": "reject-publish"} if creating else {}
+    for attr in (*QUEUE_ATTRIBUTES, RECEIVE_COUNT):
+        low = min_retention_s if attr is RETENTION else attr.low
+        value = params.optional_integer(attr.name, low, attr.high)
+        if value is None and creating:
+            value = attr.default
+        if value is not None:
+            args[attr.argument] = value * attr.scale
+    if args.get(MAX_RECEIVE_COUNT) == 0:
+        args[MAX_RECEIVE_COUNT] = None
+    dead_letter = params.optional_text("deadLetterQueueName", max_length=64)
+    if dead_letter:
+        args[DEAD_LETTER_EXCHANGE] = ""
+        args[DEAD_LETTER_KEY] = dead_letter
+    elif dead_letter == "":
+        args[DEAD_LETTER_EXCHANGE] = args[DEAD_LETTER_KEY] = None
+    # Removing what a new queue does not have is a no-op; CreateQueue leaves no Nones.
+    return {k: v for k, v in args.items() if v is not None} if creating else args
+
+
+def setting(q: MessageQueue, attr: Attribute) -> int:
+    """The attribute's value in CMQ units (its default for queues made elsewhere)."""
+    value = q.arguments.get(attr.argument)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value // attr.scale
+    return attr.default or 0
+
+
+def dead_letter_queue(q: MessageQueue) -> str | None:
+    """The queue's dead-letter queue, when it dead-letters through the default exchange."""
+    if q.settings.dead_letter_exchange != "":
+        return None
+    return q.settings.dead_letter_routing_key
+
+
+def describe(q: MessageQueue) -> dict[str, Any]:
+    """GetQueueAttributes' fields. Counts are exact here; CMQ calls them approximate."""
+    inflight = q.hidden_count - q.delayed_count + len(q.unacked)
+    out: dict[str, Any] = {attr.name: setting(q, attr) for attr in QUEUE_ATTRIBUTES}
+    out.update(
+        createTime=q.created_at // 1000,
+        lastModifyTime=q.modified_at // 1000,
+        activeMsgNum=q.ready_count,
+        inactiveMsgNum=inflight,
+        delayMsgNum=q.delayed_count,
+        rewindmsgNum=q.retained_count(),
+        minMsgTime=oldest_message_time(q),
+    )
+    dlq = dead_letter_queue(q)
+    if dlq is not None:
+        out["deadLetterQueueName"] = dlq
+    if q.settings.max_receive_count is not None:
+        out["maxReceiveCount"] = q.settings.max_receive_count
+    return out
+
+
+def oldest_message_time(q: MessageQueue) -> int:
+    """Enqueue time (s) of the oldest message not yet deleted, 0 when there is none."""
+    # Messages are held in publish order, so the first one not kept for rewind is the oldest.
+    for msg in q.messages.values():
+        if msg.state != RETAINED:
+            return msg.enqueued_at // 1000
+    return 0

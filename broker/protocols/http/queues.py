@@ -1,0 +1,252 @@
+"""CMQ queue actions on core queues: a CMQ queue is a durable queue of the key's vhost.
+
+Messages are sent through the default exchange (so AMQP consumers of the queue get them too),
+received with the core's pull receive (hidden for the visibility timeout, deleted by receipt
+handle), and long polls wait for the queue's MessagesAvailable effect rather than polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from broker.core import commands as c
+from broker.core.errors import BrokerError
+from broker.core.model import Received
+from broker.core.queue import MessageQueue
+from broker.core.state import Vhost
+from broker.protocols.http import attributes as a
+from broker.protocols.http import errors
+from broker.protocols.http.errors import CmqError
+from broker.protocols.http.params import page
+from broker.protocols.http.service import Action, CmqService, Request, message_id
+
+MAX_BATCH = 16
+#: longest delaySeconds: a delay beyond the longest retention would only lose the message
+MAX_DELAY_S = a.RETENTION.high
+
+
+def queue_id(q: MessageQueue) -> str:
+    return f"queue-{q.qid}"
+
+
+def _check_dead_letter(vh: Vhost, name: str, args: dict[str, Any]) -> None:
+    target = args.get(a.DEAD_LETTER_KEY)
+    if not target:
+        return
+    if target == name:
+        raise errors.out_of_range("deadLetterQueueName", "a queue cannot dead-letter to itself")
+    if target not in vh.queues:
+        raise CmqError(errors.NOT_FOUND, f"dead-letter queue {target} does not exist")
+
+
+async def create_queue(svc: CmqService, req: Request) -> dict[str, Any]:
+    name = req.params.name("queueName")
+    vh = svc.vhost(req.vhost)
+    args = a.queue_arguments(req.params, True, svc.config.http_min_retention_seconds)
+    if name in vh.queues:
+        raise CmqError(errors.EXISTS, f"queue {name} already exists")
+    if len(vh.queues) >= svc.config.http_max_queues:
+        raise CmqError(errors.TOO_MANY, f"at most {svc.config.http_max_queues} queues")
+    _check_dead_letter(vh, name, args)
+    done = svc.call(c.DeclareQueue(req.vhost, name, durable=True, arguments=args))
+    q = vh.queues.get(name)
+    await done
+    assert q is not None
+    return {"queueId": queue_id(q)}
+
+
+async def delete_queue(svc: CmqService, req: Request) -> dict[str, Any]:
+    name = req.params.name("queueName")
+    svc.queue(req.vhost, name)
+    await svc.call(c.DeleteQueue(req.vhost, name))
+    return {}
+
+
+async def list_queue(svc: CmqService, req: Request) -> dict[str, Any]:
+    vh = svc.vhost(req.vhost)
+    total, names = page(vh.queues, req.params)
+    return {
+        "totalCount": total,
+        "queueList": [{"queueId": queue_id(vh.queues[n]), "queueName": n} for n in names],
+    }
+
+
+async def get_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
+    name = req.params.name("queueName")
+    return {"queueName": name, **a.describe(svc.queue(req.vhost, name))}
+
+
+async def set_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
+    name = req.params.name("queueName")
+    vh = svc.vhost(req.vhost)
+    svc.queue(req.vhost, name)
+    args = a.queue_arguments(req.params, False, svc.config.http_min_retention_seconds)
+    _check_dead_letter(vh, name, args)
+    if args:
+        await svc.call(c.SetQueueArguments(req.vhost, name, args))
+    return {}
+
+
+async def rewind_queue(svc: CmqService, req: Request) -> dict[str, Any]:
+    name = req.params.name("queueName")
+    q = svc.queue(req.vhost, name)
+    window = a.setting(q, a.REWIND)
+    if not window:
+        raise CmqError(errors.INVALID, f"queue {name} has rewindSeconds 0: nothing is kept", 10110)
+    now_s = svc.now_ms() // 1000
+    start = req.params.integer("startConsumeTime", 0, 1 << 40)
+    if not now_s - window <= start <= now_s:
+        raise errors.out_of_range("startConsumeTime", f"within the last {window} s")
+    await svc.call(c.Rewind(req.vhost, name, start * 1000))
+    return {}
+
+
+# -- sending -------------------------------------------------------------------------------
+
+
+def _body(q: MessageQueue, text: str, name: str = "msgBody") -> bytes:
+    body = text.encode()
+    if not body:
+        raise errors.out_of_range(name, "at least 1 byte")
+    limit = a.setting(q, a.MAX_SIZE)
+    if len(body) > limit:
+        raise CmqError(errors.TOO_LARGE, f"message is larger than maxMsgSize ({limit} bytes)")
+    return body
+
+
+async def _send(
+    svc: CmqService, vhost: str, q: MessageQueue, bodies: list[bytes], delay_s: int
+) -> list[str]:
+    """Publish `bodies` to `q` together (one group commit); none if they do not all fit."""
+    s = q.settings
+    full = s.max_length is not None and q.ready_count + len(bodies) > s.max_length
+    if full and s.overflow != "drop-head":
+        raise CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
+    ids = [svc.new_message_id() for _ in bodies]
+    futures = [
+        svc.call(
+            c.Publish(
+                vhost,
+                "",
+                q.name,
+                {"delivery_mode": 2, "message_id": mid},
+                body,
+                delay_ms=delay_s * 1000,
+            )
+        )
+        for mid, body in zip(ids, bodies, strict=True)
+    ]
+    results = await asyncio.gather(*futures)
+    if any(r.rejected for r in results):
+        raise CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
+    return ids
+
+
+async def send_message(svc: CmqService, req: Request) -> dict[str, Any]:
+    q = svc.queue(req.vhost, req.params.name("queueName"))
+    body = _body(q, req.params.text("msgBody"))
+    delay = req.params.integer("delaySeconds", 0, MAX_DELAY_S, 0)
+    return {"msgId": (await _send(svc, req.vhost, q, [body], delay))[0]}
+
+
+async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
+    q = svc.queue(req.vhost, req.params.name("queueName"))
+    texts = req.params.array("msgBody", MAX_BATCH, required=True)
+    bodies = [_body(q, text) for text in texts]
+    delay = req.params.integer("delaySeconds", 0, MAX_DELAY_S, 0)
+    ids = await _send(svc, req.vhost, q, bodies, delay)
+    return {"msgList": [{"msgId": mid} for mid in ids]}
+
+
+# -- receiving -----------------------------------------------------------------------------
+
+
+def _fields(q: MessageQueue, received: Received) -> dict[str, Any]:
+    msg = received.message
+    return {
+        "msgBody": msg.body.decode("utf-8", "replace"),
+        "msgId": message_id(q, msg),
+        "receiptHandle": received.handle,
+        "enqueueTime": msg.enqueued_at // 1000,
+        "firstDequeueTime": msg.first_delivered_at // 1000,
+        "nextVisibleTime": msg.visible_at // 1000,
+        "dequeueCount": msg.delivery_count,
+    }
+
+
+async def _receive(svc: CmqService, req: Request, count: int) -> list[dict[str, Any]]:
+    """Up to `count` messages, waiting up to pollingWaitSeconds for the first one."""
+    name = req.params.name("queueName")
+    q = svc.queue(req.vhost, name)
+    wait = req.params.optional_integer("pollingWaitSeconds", 0, a.POLLING_WAIT.high)
+    if wait is None:
+        wait = a.setting(q, a.POLLING_WAIT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        woken = svc.waiters.register(req.vhost, name)
+        try:
+            got: list[Received] = await svc.call(c.Receive(req.vhost, name, count))
+            if got:
+                return [_fields(q, r) for r in got]
+            remaining = deadline - loop.time()
+            if remaining <= 0 or svc.closing:
+                raise CmqError(errors.NO_MESSAGE, "no message")
+            await asyncio.wait((woken,), timeout=remaining)
+        finally:
+            svc.waiters.unregister(req.vhost, name, woken)
+
+
+async def receive_message(svc: CmqService, req: Request) -> dict[str, Any]:
+    return (await _receive(svc, req, 1))[0]
+
+
+async def batch_receive_message(svc: CmqService, req: Request) -> dict[str, Any]:
+    count = req.params.integer("numOfMsg", 1, MAX_BATCH)
+    return {"msgInfoList": await _receive(svc, req, count)}
+
+
+async def delete_message(svc: CmqService, req: Request) -> dict[str, Any]:
+    name = req.params.name("queueName")
+    svc.queue(req.vhost, name)
+    await svc.call(c.DeleteByHandle(req.vhost, name, req.params.text("receiptHandle")))
+    return {}
+
+
+async def batch_delete_message(svc: CmqService, req: Request) -> dict[str, Any]:
+    name = req.params.name("queueName")
+    svc.queue(req.vhost, name)
+    handles = req.params.array("receiptHandle", MAX_BATCH, required=True)
+    futures = [svc.call(c.DeleteByHandle(req.vhost, name, h)) for h in handles]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    failed = []
+    for handle, result in zip(handles, results, strict=True):
+        if isinstance(result, BrokerError):
+            err = errors.from_core(result)
+            failed.append({"code": err.code, "message": err.message, "receiptHandle": handle})
+        elif isinstance(result, BaseException):
+            raise result
+    if failed:
+        raise CmqError(
+            errors.BATCH_DELETE_FAILED,
+            f"{len(failed)} of {len(handles)} messages were not deleted",
+            errorList=failed,
+        )
+    return {}
+
+
+ACTIONS: dict[str, Action] = {
+    "CreateQueue": create_queue,
+    "DeleteQueue": delete_queue,
+    "ListQueue": list_queue,
+    "GetQueueAttributes": get_queue_attributes,
+    "SetQueueAttributes": set_queue_attributes,
+    "RewindQueue": rewind_queue,
+    "SendMessage": send_message,
+    "BatchSendMessage": batch_send_message,
+    "ReceiveMessage": receive_message,
+    "BatchReceiveMessage": batch_receive_message,
+    "DeleteMessage": delete_message,
+    "BatchDeleteMessage": batch_delete_message,
+}

@@ -1,0 +1,86 @@
+"""The aiohttp layer: `/v2/index.php` over HTTP and, with a certificate, HTTPS.
+
+It only moves bytes: method, Host header, path, raw query string and body go to the service,
+its reply dict comes back as JSON with HTTP 200, as CMQ answers even errors.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import TYPE_CHECKING
+
+from aiohttp import hdrs, web
+
+from broker.protocols.http import errors, queues, topics
+from broker.protocols.http.pusher import PushManager
+from broker.protocols.http.service import CmqService
+
+if TYPE_CHECKING:
+    from broker.node import Node
+
+PATH = "/v2/index.php"
+
+
+class HttpApi:
+    """The CMQ API of a node: its service, listeners and pushers."""
+
+    def __init__(self, node: Node) -> None:
+        self.config = node.config
+        self.service = CmqService(
+            node, node.config, {**queues.ACTIONS, **topics.ACTIONS}, PushManager
+        )
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        app = web.Application(client_max_size=cfg.http_max_body_bytes)
+        app.router.add_route("*", PATH, self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        sites = [web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True)]
+        if cfg.tls_cert and cfg.tls_key:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            sites.append(
+                web.TCPSite(
+                    self._runner, cfg.host, cfg.https_port, ssl_context=context, reuse_address=True
+                )
+            )
+        for site in sites:
+            await site.start()
+        self.service.pushers.start_all()
+
+    def queue_gained_messages(self, vhost: str, queue: str) -> None:
+        """Wake long polls and pushers waiting on the queue (the node's MessagesAvailable)."""
+        self.service.waiters.notify(vhost, queue)
+
+    async def stop(self) -> None:
+        self.service.closing = True
+        self.service.waiters.wake_all()
+        await self.service.pushers.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.config.http_max_body_bytes
+            err = errors.invalid_request(f"the request body is larger than {limit} bytes")
+            reply = {
+                "code": err.code,
+                "message": err.message,
+                "requestId": self.service.new_request_id(),
+            }
+        else:
+            reply = await self.service.handle(
+                request.method,
+                request.headers.get(hdrs.HOST, ""),
+                request.path,
+                request.rel_url.raw_query_string,
+                body,
+            )
+        return web.Response(
+            body=json.dumps(reply, ensure_ascii=False).encode(), content_type="application/json"
+        )

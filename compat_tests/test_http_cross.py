@@ -1,0 +1,55 @@
+"""One broker, several protocols: CMQ queues are AMQP queues, CMQ topics are topic exchanges."""
+
+from __future__ import annotations
+
+import pika
+import pytest
+from cmq.queue import Message, QueueMeta
+from cmq.subscription import SubscriptionMeta
+from cmq.topic import TopicMeta
+
+from compat_tests.cmq_helpers import uid
+
+
+@pytest.fixture
+def channel(cmq_broker):
+    conn = pika.BlockingConnection(cmq_broker.process.params())
+    yield conn.channel()
+    conn.close()
+
+
+def test_http_send_amqp_consume_and_back(cmq_broker, channel):
+    account = cmq_broker.account()
+    q = account.get_queue(uid())
+    q.create(QueueMeta())
+    sent = q.send_message(Message("from http"))
+    method, props, body = channel.basic_get(q.queue_name, auto_ack=True)
+    assert body == b"from http" and props.message_id == sent.msgId
+    assert props.delivery_mode == 2
+
+    channel.basic_publish("", q.queue_name, b"from amqp", pika.BasicProperties(message_id="m-1"))
+    got = q.receive_message(5)
+    assert (got.msgBody, got.msgId) == ("from amqp", "m-1")
+    q.delete_message(got.receiptHandle)
+    assert channel.basic_get(q.queue_name, auto_ack=True)[0] is None
+
+
+def test_amqp_publish_to_topic_reaches_matching_subscriptions(cmq_broker, channel):
+    account = cmq_broker.account()
+    topic = account.get_topic(uid("t"))
+    meta = TopicMeta()
+    meta.filterType = 2
+    topic.create(meta)
+    q = account.get_queue(uid())
+    q.create(QueueMeta())
+    sub = SubscriptionMeta()
+    sub.Endpoint, sub.Protocal, sub.NotifyContentFormat = q.queue_name, "queue", "SIMPLIFIED"
+    sub.bindingKey = ["sensors.*.temp"]
+    account.get_subscription(topic.topicName, "temps").create(sub)
+
+    for key in ("sensors.42.temp", "sensors.42.humidity"):
+        channel.basic_publish(topic.topicName, key, key.encode())
+    got = q.receive_message(5)
+    assert got.msgBody == "sensors.42.temp"
+    q.delete_message(got.receiptHandle)
+    assert q.get_attributes().activeMsgNum == 0
