@@ -184,3 +184,37 @@ def test_client_without_blocked_capability_not_sent_blocked(fresh_broker):
     finally:
         c.close()
         b.cli("set-disk-free-limit", "1")
+
+
+@pytest.mark.own_broker
+def test_client_that_stops_reading_is_not_flooded(broker):
+    """A no-ack consumer that does not read gets its deliveries paused, not buffered without end.
+
+    The messages wait in the queue meanwhile, and all arrive once the client reads again.
+    """
+    q, count, body = uid("q"), 3000, b"x" * 8192
+    with connection(broker) as pc:
+        pch = pc.channel()
+        pch.queue_declare(q)
+        pch.confirm_delivery()
+        for _ in range(count):
+            pch.basic_publish("", q, body)
+        with raw_connect(broker) as c:
+            c.open_channel(1)
+            c.send_method(commands.Basic.Consume(queue=q, consumer_tag="slow", no_ack=True), 1)
+            # The client reads nothing now: the broker must stop short of emptying the queue.
+            deadline, previous, settled = time.monotonic() + 20, -1, 0
+            while time.monotonic() < deadline and settled < 3:
+                ready = pch.queue_declare(q, passive=True).method.message_count
+                settled = settled + 1 if ready == previous else 0
+                previous = ready
+                pc.process_data_events(time_limit=0.3)
+            assert settled >= 3 and previous > 0, f"queue drained to {previous} unread"
+            delivered = 0
+            while delivered < count:
+                _, frame = c.recv_method(timeout=20)
+                if isinstance(frame, commands.Basic.Deliver):
+                    delivered += 1
+            assert delivered == count
+        assert pch.queue_declare(q, passive=True).method.message_count == 0
+        pch.queue_delete(q)

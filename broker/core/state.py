@@ -58,6 +58,9 @@ PREDECLARED_EXCHANGES = (
     ("amq.match", "headers"),
 )
 
+#: Most deliveries to no-ack consumers of one queue in one go (they have no prefetch window).
+NO_ACK_BURST = 256
+
 #: A durable change: (kind, key, value or None to delete).
 Change = tuple[str, Any, Any]
 
@@ -864,10 +867,18 @@ class StateMachine:
         return best
 
     def _dispatch(self, q: MessageQueue) -> None:
+        burst = NO_ACK_BURST
         while q.ready_count:
             consumer = self._next_consumer(q)
             if consumer is None:
                 return
+            if consumer.no_ack:
+                burst -= 1
+                if burst < 0:
+                    # Nothing else bounds a no-ack consumer: continue on the next Tick, so the
+                    # node can pause it (SetFlow) if its client stops reading meanwhile.
+                    heapq.heappush(self._timers, (self.now, q.vhost, q.name))
+                    return
             msg = q.pop_head()
             if msg is None:
                 return

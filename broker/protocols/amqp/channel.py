@@ -498,8 +498,19 @@ class Channel:
         active = bool(method.active)
         self.flow_active = active
         self._call(
-            method, c.SetFlow(self.owner, active), lambda _: spec.Channel.FlowOk(active=active)
+            method,
+            c.SetFlow(self.owner, self.deliveries_wanted),
+            lambda _: spec.Channel.FlowOk(active=active),
         )
+
+    @property
+    def deliveries_wanted(self) -> bool:
+        """The client asked for deliveries (channel.flow) and is reading what we send."""
+        return self.flow_active and self.conn.writable
+
+    def writable_changed(self) -> None:
+        if self.flow_active and not self.closing:
+            self.gateway.submit(c.SetFlow(self.owner, self.deliveries_wanted))
 
     # -- exchanges -----------------------------------------------------------------------
 
@@ -666,7 +677,7 @@ class Channel:
             priority if isinstance(priority, int) else 0,
             self.conn.id,
             self.global_prefetch,
-            self.flow_active,
+            self.deliveries_wanted,
         )
 
         def done(result: Any, error: BrokerError | None) -> None:

@@ -89,6 +89,8 @@ class AMQPConnection:
         self.client_properties: dict[str, Any] = {}
         self.channels: dict[int, Channel] = {}
         self.has_published = False
+        #: False while the client does not read what we send (transport buffer full)
+        self.writable = True
         #: channels holding acks from the current read, flushed when it is parsed
         self.acks_pending: set[Channel] = set()
         self._buffer = bytearray()
@@ -393,6 +395,14 @@ class AMQPConnection:
         ch = self.channels.get(effect.owner[1])
         if ch is not None:
             ch.consumer_cancelled_by_broker(effect.tag)
+
+    def set_writable(self, writable: bool) -> None:
+        """Pause deliveries to a client that does not keep up, so they queue in the core."""
+        if writable == self.writable:
+            return
+        self.writable = writable
+        for ch in self.channels.values():
+            ch.writable_changed()
 
     def set_blocked(self, reason: str | None) -> None:
         if self.state is not State.OPEN or not self.capability("connection.blocked"):

@@ -73,6 +73,14 @@ class AMQPProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None
 
+    def pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.set_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.set_writable(True)
+
     # -- output --------------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
