@@ -588,7 +588,11 @@ class StateMachine:
                 self._hold_delayed(vh, ex, cmd, delay)
                 return PublishResult(routed=True)
         targets: dict[str, None] = {}
-        self._route(vh, ex, cmd.routing_key, headers, targets, set())
+        if ex.name == "":
+            if cmd.routing_key in vh.queues:
+                targets[cmd.routing_key] = None
+        else:
+            self._route(vh, ex, cmd.routing_key, headers, targets, set())
         result = PublishResult(routed=bool(targets))
         persistent = props.get("delivery_mode") == 2
         for qname in targets:
@@ -633,7 +637,8 @@ class StateMachine:
         if s.max_length is not None or s.max_length_bytes is not None:
             self._drop_over_limit(q)
         self._dispatch(q)
-        self._expire_heads(q)
+        if msg.expires_at is not None:
+            self._expire_heads(q)  # a TTL of 0 expires now unless it could be delivered
         if q.ready_count and not q.consumers:
             self._effects.append(MessagesAvailable(q.vhost, q.name))
         return True
