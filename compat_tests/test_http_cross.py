@@ -53,3 +53,36 @@ def test_amqp_publish_to_topic_reaches_matching_subscriptions(cmq_broker, channe
     assert got.msgBody == "sensors.42.temp"
     q.delete_message(got.receiptHandle)
     assert q.get_attributes().activeMsgNum == 0
+
+
+def test_mqtt_publish_reaches_cmq_subscription_through_amq_topic(cmq_broker, channel):
+    """MQTT publishes land on amq.topic; an exchange-to-exchange binding feeds a CMQ topic."""
+    import paho.mqtt.client as mqtt
+
+    account = cmq_broker.account()
+    topic = account.get_topic(uid("t"))
+    meta = TopicMeta()
+    meta.filterType = 2
+    topic.create(meta)
+    q = account.get_queue(uid())
+    q.create(QueueMeta())
+    sub = SubscriptionMeta()
+    sub.Endpoint, sub.Protocal, sub.NotifyContentFormat = q.queue_name, "queue", "SIMPLIFIED"
+    sub.bindingKey = ["sensors.*.temp"]
+    account.get_subscription(topic.topicName, "temps").create(sub)
+    channel.exchange_bind(destination=topic.topicName, source="amq.topic", routing_key="sensors.#")
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.username_pw_set("guest", "guest")
+    client.connect("127.0.0.1", cmq_broker.process.mqtt_port)
+    client.loop_start()
+    try:
+        for topic_name in ("sensors/7/humidity", "sensors/7/temp"):
+            client.publish(topic_name, topic_name.encode(), qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    got = q.receive_message(5)
+    assert got.msgBody == "sensors/7/temp"
+    q.delete_message(got.receiptHandle)
+    assert q.get_attributes().activeMsgNum == 0
