@@ -5,12 +5,14 @@ from __future__ import annotations
 import urllib.parse
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.core.model import AccessKey
 from broker.protocols.http import signature
 from broker.protocols.http.auth import ReplayGuard, authenticate
 from broker.protocols.http.errors import CmqError
-from broker.protocols.http.params import Params, page, parse_request
+from broker.protocols.http.params import Params, page, parse_form, parse_request
 
 
 def module_code(exc: pytest.ExceptionInfo[CmqError]) -> str:
@@ -40,6 +42,20 @@ def test_malformed_bodies_are_invalid_requests(body: bytes) -> None:
     with pytest.raises(CmqError) as exc:
         parse_request("POST", "", body)
     assert exc.value.code == 4000
+
+
+@given(st.text(alphabet="ab=&+%2Fe9Cc\u00e9 ", max_size=24))
+def test_form_parsing_is_parse_qsl_strict(data: str) -> None:
+    try:
+        expected = urllib.parse.parse_qsl(
+            data, keep_blank_values=True, strict_parsing=True, errors="strict"
+        )
+    except ValueError as exc:
+        with pytest.raises(CmqError) as raised:
+            parse_form(data)
+        assert raised.value.message.endswith(f"malformed form data ({exc})")
+    else:
+        assert parse_form(data) == expected
 
 
 def test_both_case_styles_and_no_duplicates() -> None:

@@ -72,6 +72,32 @@ def test_publish_round_trip_and_split_input():
     assert reader.next_packet() == codec.Publish("a/b", b"payload", 1, True, True, 513)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1000])
+def test_packets_cut_at_any_read_boundary(chunk):
+    """A big packet between small ones, fed in chunks: each packet comes out once, whole."""
+    sent = [
+        codec.Publish("a/b", b"x" * 5, 0),
+        codec.Publish("a/b", b"y" * 300, 1, False, False, 7),
+        codec.Publish("c", b"", 0),
+        codec.Publish("a/b", b"z" * 20_000, 2, True, False, 8),
+        codec.Publish("a/b", b"w", 0),
+    ]
+    data = (
+        b"".join(
+            codec.publish(p.topic.encode(), p.payload, p.qos, p.retain, p.dup, p.packet_id)
+            for p in sent
+        )
+        + b"\xc0\x00"
+    )
+    reader = PacketReader()
+    out = []
+    for i in range(0, len(data), chunk):
+        reader.feed(data[i : i + chunk])
+        while (packet := reader.next_packet()) is not None:
+            out.append(packet)
+    assert out == [*sent, codec.PingReq()]
+
+
 @given(st.integers(min_value=0, max_value=codec.MAX_REMAINING_LENGTH))
 def test_remaining_length_round_trip(n):
     encoded = codec._remaining_length(n)

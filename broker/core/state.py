@@ -58,6 +58,9 @@ PREDECLARED_EXCHANGES = (
     ("amq.match", "headers"),
 )
 
+#: Routing keys remembered per exchange before the memo starts over.
+ROUTE_CACHE_SIZE = 4096
+
 #: Most deliveries to no-ack consumers of one queue in one go (they have no prefetch window).
 NO_ACK_BURST = 256
 
@@ -74,6 +77,11 @@ class Vhost:
     bindings: dict[str, dict[BindingKey, None]] = field(default_factory=dict)
     #: routing key -> the message retained for it (StoreRetained)
     retained: dict[str, RetainedMessage] = field(default_factory=dict)
+    #: exchange -> routing key -> its matching bindings; derived, dropped when bindings change
+    route_cache: dict[str, dict[str, list[BindingKey]]] = field(default_factory=dict)
+
+    def bindings_changed(self, source: str) -> None:
+        self.route_cache.pop(source, None)
 
 
 @dataclass(slots=True)
@@ -337,6 +345,7 @@ class StateMachine:
                 if not key.to_queue and key.destination == ex.name:
                     self._remove_binding(vh, key)
         vh.bindings.pop(ex.name, None)
+        vh.bindings_changed(ex.name)
         if ex.durable:
             self.changes.append(("exchange", (vh.name, ex.name), None))
 
@@ -357,6 +366,7 @@ class StateMachine:
             freeze_arguments(cmd.arguments),
         )
         bindings = vh.bindings.setdefault(cmd.source, {})
+        vh.bindings_changed(cmd.source)
         if key in bindings:
             return
         bindings[key] = None
@@ -398,6 +408,7 @@ class StateMachine:
         if bindings is None or key not in bindings:
             return
         del bindings[key]
+        vh.bindings_changed(key.source)
         self.changes.append(("binding", (vh.name, key), None))
         source = vh.exchanges.get(key.source)
         if source is not None and source.auto_delete and not bindings:
@@ -425,23 +436,41 @@ class StateMachine:
         etype = exchange_type or ex.type
         if etype == "x-delayed-message":
             etype = _text(ex.arguments.get("x-delayed-type")) or "direct"
-        matched_any = False
-        for key in vh.bindings.get(ex.name, ()):
-            if not binding_matches(etype, key, routing_key, headers):
-                continue
-            matched_any = True
+        matched = self._matching_bindings(vh, ex.name, etype, routing_key, headers)
+        for key in matched:
             if key.to_queue:
                 out[key.destination] = None
             else:
                 dest = vh.exchanges.get(key.destination)
                 if dest is not None and dest.name not in seen:
                     self._route(vh, dest, routing_key, headers, out, seen)
-        if not matched_any or len(out) == before:
+        if len(out) == before:
             alternate = _text(ex.arguments.get("alternate-exchange"))
-            if alternate and len(out) == before:
+            if alternate:
                 ae = vh.exchanges.get(alternate)
                 if ae is not None and ae.name not in seen:
                     self._route(vh, ae, routing_key, headers, out, seen)
+
+    def _matching_bindings(
+        self, vh: Vhost, source: str, etype: str, routing_key: str, headers: dict[str, Any] | None
+    ) -> list[BindingKey]:
+        """Bindings of `source` that match; memoised per routing key except for headers."""
+        bindings = vh.bindings.get(source)
+        if not bindings:
+            return []
+        if etype == "headers":
+            return [k for k in bindings if binding_matches(etype, k, routing_key, headers)]
+        cache = vh.route_cache.get(source)
+        if cache is None:
+            cache = vh.route_cache[source] = {}
+        hit = cache.get(routing_key)
+        if hit is None:
+            if len(cache) >= ROUTE_CACHE_SIZE:
+                cache.clear()
+            hit = cache[routing_key] = [
+                k for k in bindings if binding_matches(etype, k, routing_key, None)
+            ]
+        return hit
 
     # -- queues --------------------------------------------------------------------------
 
@@ -1259,6 +1288,7 @@ class StateMachine:
         elif kind == "binding":
             vhost, bkey = key
             self.vhosts[vhost].bindings.setdefault(bkey.source, {})[bkey] = None
+            self.vhosts[vhost].bindings_changed(bkey.source)
         elif kind == "message":
             qid, _ = key
             mq = self.queues_by_qid.get(qid)

@@ -158,7 +158,9 @@ class CommitPath:
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._now = None
-        if self._deliveries:
+        # A delivery may settle others at once (MQTT QoS 0), freeing room for more: those go
+        # out in this turn too.
+        while self._deliveries:
             deliveries, self._deliveries = self._deliveries, []
             self._on_effects(deliveries)
         items, self._pending = self._pending, []

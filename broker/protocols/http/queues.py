@@ -124,20 +124,16 @@ async def _send(
     if full and s.overflow != "drop-head":
         raise CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
     ids = [svc.new_message_id() for _ in bodies]
+    delay_ms = delay_s * 1000
     futures = [
         svc.call(
             c.Publish(
-                vhost,
-                "",
-                q.name,
-                {"delivery_mode": 2, "message_id": mid},
-                body,
-                delay_ms=delay_s * 1000,
+                vhost, "", q.name, {"delivery_mode": 2, "message_id": mid}, body, delay_ms=delay_ms
             )
         )
         for mid, body in zip(ids, bodies, strict=True)
     ]
-    results = await asyncio.gather(*futures)
+    results = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
     if any(r.rejected for r in results):
         raise CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
     return ids

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from broker.node import Node
 
 PATH = "/v2/index.php"
+#: `json.dumps(reply, ensure_ascii=False)` without building an encoder per reply
+_encode_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class HttpApi:
@@ -81,6 +83,4 @@ class HttpApi:
                 request.rel_url.raw_query_string,
                 body,
             )
-        return web.Response(
-            body=json.dumps(reply, ensure_ascii=False).encode(), content_type="application/json"
-        )
+        return web.Response(body=_encode_json(reply).encode(), content_type="application/json")

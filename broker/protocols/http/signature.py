@@ -8,7 +8,7 @@ names read as `.`; signature = base64(HMAC-SHA1 or -SHA256(secret key, string)).
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import hmac
 from collections.abc import Mapping
 
@@ -32,8 +32,15 @@ def string_to_sign(
     return method.upper() + host + path + "?" + "&".join(pairs)
 
 
+@functools.lru_cache(maxsize=256)
+def _keyed(secret_key: str, digest: str) -> hmac.HMAC:
+    """The HMAC state after the key, copied for each message instead of re-keyed."""
+    return hmac.new(secret_key.encode(), digestmod=digest)
+
+
 def sign(secret_key: str, text: str, digest: str = "sha1") -> str:
-    mac = hmac.new(secret_key.encode(), text.encode(), getattr(hashlib, digest))
+    mac = _keyed(secret_key, digest).copy()
+    mac.update(text.encode())
     return base64.b64encode(mac.digest()).decode()
 
 

@@ -1,10 +1,11 @@
 """MQTT 3.1.1 packets, hand-written: bytes in, packet objects out, and packets back to bytes.
 
-Sans-IO: `PacketReader.feed()` buffers bytes and `next_packet()` returns one decoded packet
+Sans-IO: `PacketReader.feed()` takes bytes and `next_packet()` returns one decoded packet
 at a time. Anything the specification calls malformed or a protocol violation raises
 `ProtocolError`; the server's only answer to those is closing the connection (section 4.8).
-PUBLISH is the hot path in both directions, so it is parsed and built with a few slices and
-one join rather than a generic field walker.
+PUBLISH is the hot path in both directions, so it is parsed straight from the received chunk
+(one copy of the payload, known topic names not decoded again) and built as a header that
+goes out in front of the untouched payload.
 """
 
 from __future__ import annotations
@@ -128,48 +129,81 @@ _DISCONNECT = Disconnect()
 
 
 class PacketReader:
-    """Splits a byte stream into packets and decodes them."""
+    """Splits a byte stream into packets and decodes them.
+
+    Packets are decoded straight out of the chunks fed in, with an offset, so a PUBLISH
+    costs one copy of its payload. A packet cut by a read boundary waits in `_more` until
+    enough bytes for all of it have arrived, then its parts are joined once (so a large
+    packet arriving in many reads is not copied again on every read).
+    """
 
     def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH + 5) -> None:
         self.max_packet_size = max_packet_size
-        self._buffer = bytearray()
+        #: the chunk being decoded, from `_pos` on
+        self._data = b""
+        self._pos = 0
+        #: chunks fed while the packet at `_pos` is incomplete, and their total size
+        self._more: list[bytes] = []
+        self._more_size = 0
+        #: the size the incomplete packet at `_pos` needs (0 while its header is incomplete)
+        self._need = 0
+        #: encoded topic name -> validated topic (publishers repeat a few topics)
+        self._topics: dict[bytes, str] = {}
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        if not data:
+            return
+        if self._pos >= len(self._data) and not self._more:
+            self._data, self._pos = bytes(data), 0
+        else:
+            self._more.append(bytes(data))
+            self._more_size += len(data)
 
     def next_packet(self) -> Packet | None:
         """The next complete packet, or None until more bytes arrive."""
-        buf = self._buffer
+        if self._more:
+            if self._need and len(self._data) - self._pos + self._more_size < self._need:
+                return None
+            self._data = b"".join((self._data[self._pos :], *self._more))
+            self._pos = 0
+            self._more.clear()
+            self._more_size = 0
+        buf, start = self._data, self._pos
         n = len(buf)
-        if n < 2:
+        if n - start < 2:
+            self._need = 0
             return None
         # Remaining length: up to four bytes, seven bits each (section 2.2.3).
-        length = 0
-        shift = 0
-        pos = 1
-        while True:
-            if pos >= n:
-                return None
-            byte = buf[pos]
-            length |= (byte & 0x7F) << shift
-            pos += 1
-            if not byte & 0x80:
-                break
-            if pos == 5:
-                raise ProtocolError("malformed remaining length (more than four bytes)")
-            shift += 7
-        if pos + length > self.max_packet_size:
-            raise PacketTooLarge(
-                f"packet of {pos + length} bytes exceeds the limit of {self.max_packet_size}"
-            )
+        byte = buf[start + 1]
+        if byte < 0x80:
+            length, pos = byte, start + 2
+        else:
+            length, shift, pos = byte & 0x7F, 7, start + 2
+            while True:
+                if pos >= n:
+                    self._need = 0
+                    return None
+                byte = buf[pos]
+                length |= (byte & 0x7F) << shift
+                pos += 1
+                if not byte & 0x80:
+                    break
+                if pos - start == 5:
+                    raise ProtocolError("malformed remaining length (more than four bytes)")
+                shift += 7
         end = pos + length
+        if end - start > self.max_packet_size:
+            raise PacketTooLarge(
+                f"packet of {end - start} bytes exceeds the limit of {self.max_packet_size}"
+            )
         if n < end:
+            self._need = end - start
             return None
-        first = buf[0]
-        with memoryview(buf) as view:
-            body = bytes(view[pos:end])
-        del buf[:end]
-        return decode(first >> 4, first & 0x0F, body)
+        self._pos = end
+        first = buf[start]
+        if first >> 4 == PUBLISH:
+            return _publish_from(first & 0x0F, buf, pos, end, self._topics)
+        return decode(first >> 4, first & 0x0F, buf[pos:end])
 
 
 def decode(ptype: int, flags: int, body: bytes) -> Packet:
@@ -227,22 +261,62 @@ def _packet_id(body: bytes, pos: int) -> int:
 
 
 def _decode_publish(flags: int, body: bytes) -> Publish:
+    return _publish_from(flags, body, 0, len(body), None)
+
+
+#: topic names a reader remembers as valid before it starts over
+_TOPIC_CACHE_SIZE = 1024
+
+
+def _publish_from(
+    flags: int, data: bytes, pos: int, end: int, topics: dict[bytes, str] | None
+) -> Publish:
+    """The PUBLISH whose variable part is `data[pos:end]`; `topics` caches valid names."""
     qos = (flags >> 1) & 3
     if qos == 3:
         raise ProtocolError("PUBLISH with QoS 3")
     dup = bool(flags & 8)
     if dup and qos == 0:
         raise ProtocolError("PUBLISH with DUP set at QoS 0")
-    topic, pos = _string(body, 0)
+    if pos + 2 > end:
+        raise ProtocolError("packet ends inside a length field")
+    size = (data[pos] << 8) | data[pos + 1]
+    pos += 2
+    if pos + size > end:
+        raise ProtocolError("packet ends inside a string")
+    raw = data[pos : pos + size]
+    pos += size
+    topic = topics.get(raw) if topics is not None else None
+    if topic is None:
+        topic = _topic_name(raw)
+        if topics is not None:
+            if len(topics) >= _TOPIC_CACHE_SIZE:
+                topics.clear()
+            topics[raw] = topic
+    packet_id = 0
+    if qos:
+        if pos + 2 > end:
+            raise ProtocolError("packet ends before its packet identifier")
+        packet_id = (data[pos] << 8) | data[pos + 1]
+        if packet_id == 0:
+            raise ProtocolError("packet identifier 0 is not allowed")
+        pos += 2
+    return Publish(topic, data[pos:end], qos, bool(flags & 1), dup, packet_id)
+
+
+def _topic_name(raw: bytes) -> str:
+    """A PUBLISH topic name: well-formed UTF-8, not empty, no wildcards."""
+    try:
+        topic = raw.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("string is not well-formed UTF-8") from None
+    if "\x00" in topic:
+        raise ProtocolError("string contains U+0000")
     if not topic:
         raise ProtocolError("PUBLISH with an empty topic name")
     if "+" in topic or "#" in topic:
         raise ProtocolError(f"wildcard in PUBLISH topic name '{topic}'")
-    packet_id = 0
-    if qos:
-        packet_id = _packet_id(body, pos)
-        pos += 2
-    return Publish(topic, body[pos:], qos, bool(flags & 1), dup, packet_id)
+    return topic
 
 
 def _decode_connect(body: bytes) -> Connect:
@@ -320,6 +394,10 @@ def _decode_unsubscribe(body: bytes) -> Unsubscribe:
 
 
 def _remaining_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -335,15 +413,33 @@ def connack(session_present: bool, code: int) -> bytes:
     return bytes((CONNACK << 4, 2, 1 if session_present and code == ACCEPTED else 0, code))
 
 
+def topic_field(topic: str) -> bytes:
+    """A topic name as PUBLISH carries it: length-prefixed UTF-8 (callers cache it)."""
+    raw = topic.encode()
+    return _U16.pack(len(raw)) + raw
+
+
+def publish_header(
+    topic: bytes, payload_size: int, qos: int, retain: bool, dup: bool, packet_id: int
+) -> bytes:
+    """Everything of a PUBLISH packet before its payload; `topic` is a `topic_field()`.
+
+    The payload is written after it as it is: a delivery costs one copy of the payload,
+    when the connection's output of the loop turn is joined.
+    """
+    first = (PUBLISH << 4) | (qos << 1) | (8 if dup else 0) | (1 if retain else 0)
+    if qos:
+        size = len(topic) + 2 + payload_size
+        return b"".join((bytes((first,)), _remaining_length(size), topic, _U16.pack(packet_id)))
+    return b"".join((bytes((first,)), _remaining_length(len(topic) + payload_size), topic))
+
+
 def publish(
     topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool, packet_id: int
 ) -> bytes:
-    """A PUBLISH packet; `topic` is already UTF-8 encoded (callers cache it)."""
-    first = (PUBLISH << 4) | (qos << 1) | (8 if dup else 0) | (1 if retain else 0)
+    """A whole PUBLISH packet; `topic` is already UTF-8 encoded."""
     head = _U16.pack(len(topic)) + topic
-    if qos:
-        head += _U16.pack(packet_id)
-    return b"".join((bytes((first,)), _remaining_length(len(head) + len(payload)), head, payload))
+    return publish_header(head, len(payload), qos, retain, dup, packet_id) + payload
 
 
 def ack(ptype: int, packet_id: int) -> bytes:

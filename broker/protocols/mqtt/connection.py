@@ -10,6 +10,7 @@ queue's consumer. Nothing here touches a socket or the event loop.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -54,6 +55,9 @@ CONSUMER_TAG = "mqtt"
 MAX_CLIENT_ID_BYTES = 200
 OVERFLOW_POLICIES = {"drop-oldest": "drop-head", "refuse": "reject-publish"}
 _TOPIC_CACHE_SIZE = 4096
+#: output (bytes) a connection may hold, not yet handed to its transport, before QoS 0
+#: deliveries stop being settled at once: beyond it the consumer's window bounds what waits
+MAX_PENDING_OUTPUT = 1024 * 1024
 
 
 def _properties(qos: int, retain: bool) -> dict[str, Any]:
@@ -149,7 +153,13 @@ class MQTTConnection:
         #: packet id -> ((vhost, queue, seq), QoS) of deliveries awaiting PUBACK or PUBREC
         self.outbound: dict[int, tuple[tuple[str, str, int], int]] = {}
         self._out: list[bytes] = []
+        #: bytes in `_out`
+        self._out_size = 0
         self._settles: list[tuple[str, str, int]] = []
+        #: replies waiting for their commands to be durable, in submission order
+        self._replies: deque[bytes] = deque()
+        #: False while the transport is paused (the client does not read fast enough)
+        self._writable = True
         self._consuming = False
         #: deliveries that came before the CONNACK went out (the commit path sends
         #: deliveries at the end of the loop turn, ahead of replies waiting for the disk)
@@ -157,7 +167,8 @@ class MQTTConnection:
         self._detached = False
         self._may_publish = False
         self._may_subscribe: bool | None = None
-        #: routing key -> (encoded topic, highest granted QoS or -1 when no filter matches)
+        #: routing key -> (PUBLISH topic field, highest granted QoS or -1 when no filter
+        #: matches)
         self._topics: dict[str, tuple[bytes, int]] = {}
 
     # -- output --------------------------------------------------------------------------
@@ -168,11 +179,22 @@ class MQTTConnection:
         if not self._out and self.on_output is not None:
             self.on_output()
         self._out.append(data)
+        self._out_size += len(data)
+
+    def _write_publish(self, header: bytes, payload: bytes) -> None:
+        """A PUBLISH as its header and its payload, joined with the rest of the turn's output."""
+        if self.should_close:
+            return
+        if not self._out and self.on_output is not None:
+            self.on_output()
+        self._out += (header, payload)
+        self._out_size += len(header) + len(payload)
 
     def data_to_send(self) -> bytes:
         self._flush_settles()
         out = b"".join(self._out)
         self._out.clear()
+        self._out_size = 0
         return out
 
     def _settle_later(self, item: tuple[str, str, int]) -> None:
@@ -188,24 +210,31 @@ class MQTTConnection:
 
     def _submit(self, commands: list[c.Command], reply: bytes | None = None) -> None:
         """Submit `commands`; write `reply` once all are durable, or close on an error."""
+        submit = self.gateway.submit
         if reply is None:
             for command in commands:
-                self.gateway.submit(command, self._check_done)
+                submit(command, self._check_done)
             return
+        # Replies are released in submission order, so they wait in one queue rather than
+        # each in a callback of its own.
+        self._replies.append(reply)
         if not commands:
-            self.gateway.defer(lambda: self.write(reply))
+            self.gateway.defer(self._reply_now)
             return
         for command in commands[:-1]:
-            self.gateway.submit(command, self._check_done)
+            submit(command, self._check_done)
+        submit(commands[-1], self._reply_done)
 
-        def done(result: Any, error: BrokerError | None) -> None:
-            # Replies are released in submission order: the earlier commands are durable too.
-            if error is None:
-                self.write(reply)
-            else:
-                self._check_done(result, error)
+    def _reply_done(self, result: Any, error: BrokerError | None) -> None:
+        # The earlier commands of the reply are durable too (submission order).
+        reply = self._replies.popleft()
+        if error is None:
+            self.write(reply)
+        else:
+            self._check_done(result, error)
 
-        self.gateway.submit(commands[-1], done)
+    def _reply_now(self) -> None:
+        self.write(self._replies.popleft())
 
     def _check_done(self, result: Any, error: BrokerError | None) -> None:
         if error is not None and self.state is State.OPEN:
@@ -407,16 +436,26 @@ class MQTTConnection:
         session = self.session
         assert session is not None
         routing_key = to_routing_key(p.topic)
-        properties = _PROPERTIES[(p.qos, p.retain)]
+        qos = p.qos
+        properties = _PROPERTIES[(qos, p.retain)]
+        publish = c.Publish(self.vhost, EXCHANGE, routing_key, properties, p.payload)
+        if not p.retain and qos < 2:
+            # The common case, without a list: one command, and at QoS 1 its PUBACK.
+            if qos == 0:
+                self.gateway.submit(publish, self._check_done)
+            else:
+                self._replies.append(codec.ack(PUBACK, p.packet_id))
+                self.gateway.submit(publish, self._reply_done)
+            return
         commands: list[c.Command] = []
         if p.retain:
             commands.append(
                 c.StoreRetained(self.vhost, EXCHANGE, routing_key, properties, p.payload or None)
             )
-        commands.append(c.Publish(self.vhost, EXCHANGE, routing_key, properties, p.payload))
-        if p.qos == 0:
+        commands.append(publish)
+        if qos == 0:
             self._submit(commands)
-        elif p.qos == 1:
+        elif qos == 1:
             self._submit(commands, codec.ack(PUBACK, p.packet_id))
         elif p.packet_id in session.awaiting_release:
             # A retransmission of a message already passed on: exactly once means not again.
@@ -521,25 +560,43 @@ class MQTTConnection:
             # unsubscribed filter): not for this client.
             self._settle_later(item)
             return
-        headers = msg.properties.get("headers") or {}
+        headers = msg.properties.get("headers") or _NO_HEADERS
         qos = min(granted, _message_qos(headers, msg.persistent))
         retain = bool(headers.get(RETAINED_COPY_HEADER))
+        body = msg.body
         if qos == 0:
-            self.write(codec.publish(topic, msg.body, 0, retain, False, 0))
-            self._settle_later(item)
+            self._write_publish(codec.publish_header(topic, len(body), 0, retain, False, 0), body)
+            self._settle_qos0(item)
             return
         packet_id = self._packet_id(msg.seq)
         if packet_id == 0:
             self.close("no free packet identifier", publish_will=False)
             return
         self.outbound[packet_id] = (item, qos)
-        data = codec.publish(topic, msg.body, qos, retain, effect.redelivered, packet_id)
+        header = codec.publish_header(topic, len(body), qos, retain, effect.redelivered, packet_id)
         if qos == 2:
             # Deliveries may leave before the message is on disk; a QoS 2 one may not: after
             # a crash its publisher would send it again, and the subscriber get it twice.
-            self.gateway.defer(lambda: self.write(data))
+            self.gateway.defer(lambda: self._write_publish(header, body))
         else:
-            self.write(data)
+            self._write_publish(header, body)
+
+    def _settle_qos0(self, item: tuple[str, str, int]) -> None:
+        """A QoS 0 delivery is done once written: settle it with the turn's other acks.
+
+        The settles of a whole consumer window go to the core at once, while the output
+        waiting for the transport is small and the client reads: the core then delivers the
+        next window in the same turn, so a QoS 0 stream is not held to one window per loop
+        turn (its session queue would grow, and with it the latency). Past the output limit
+        they wait for the flush, and a paused transport pauses the consumer (SetFlow).
+        """
+        self._settle_later(item)
+        if (
+            len(self._settles) + len(self.outbound) >= self.settings.max_inflight
+            and self._writable
+            and self._out_size < MAX_PENDING_OUTPUT
+        ):
+            self._flush_settles()
 
     def _topic(self, routing_key: str) -> tuple[bytes, int]:
         known = self._topics.get(routing_key)
@@ -553,7 +610,7 @@ class MQTTConnection:
         )
         if len(self._topics) >= _TOPIC_CACHE_SIZE:
             self._topics.clear()
-        known = self._topics[routing_key] = (topic.encode(), granted)
+        known = self._topics[routing_key] = (codec.topic_field(topic), granted)
         return known
 
     def _packet_id(self, seq: int) -> int:
@@ -572,6 +629,7 @@ class MQTTConnection:
 
     def set_writable(self, writable: bool) -> None:
         """Pause deliveries while the client does not read what was sent."""
+        self._writable = writable
         if self._consuming and self.state is State.OPEN:
             self.gateway.submit(c.SetFlow(self.owner, writable))
 
@@ -630,6 +688,9 @@ class MQTTConnection:
                 c.StoreRetained(self.vhost, EXCHANGE, routing_key, properties, will.payload or None)
             )
         self.gateway.submit(c.Publish(self.vhost, EXCHANGE, routing_key, properties, will.payload))
+
+
+_NO_HEADERS: dict[str, Any] = {}
 
 
 def _message_qos(headers: dict[str, Any], persistent: bool) -> int:

@@ -27,7 +27,9 @@ def valid_filter(topic_filter: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=4096)
 def to_routing_key(topic: str) -> str:
+    """Publishers repeat a few topics: the mapping is cached (str.translate is slow)."""
     return topic.translate(_SWAP)
 
 
