@@ -109,7 +109,9 @@ class MessageQueue:
         self.arguments = arguments
         self.settings = QueueSettings.from_arguments(arguments)
         self.messages: dict[int, Message] = {}
-        levels = self.settings.max_priority + 1
+        #: the highest priority level (fixed for the queue's life)
+        self._top_level = self.settings.max_priority
+        levels = self._top_level + 1
         self._ready: list[deque[int]] = [deque() for _ in range(levels)]
         self._returned: list[list[int]] = [[] for _ in range(levels)]
         self._hidden: list[tuple[int, int]] = []  # (visible_at, seq), possibly stale
@@ -136,7 +138,8 @@ class MessageQueue:
         return self.durable and self.exclusive_owner is None
 
     def level(self, msg: Message) -> int:
-        return min(msg.priority, self.settings.max_priority)
+        top = self._top_level
+        return 0 if top == 0 else min(msg.priority, top)
 
     def message_count(self) -> int:
         """Ready messages, as AMQP reports them."""
