@@ -1,4 +1,4 @@
-"""MQTT will messages: published on keepalive timeout, network failure and protocol error only."""
+"""MQTT will messages: published whenever a connection ends without DISCONNECT (MQTT-3.1.2-8)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,18 @@ def test_will_on_protocol_error(broker, watcher):
     raw.send(b"\x80\x00")  # SUBSCRIBE with its reserved flags cleared
     assert watcher.message().payload == b"bad bytes"
     assert raw.closed_by_broker()
+
+
+def test_will_on_client_id_takeover(broker, watcher):
+    first = RawMQTT(broker)
+    client_id = uid()
+    first.connect(client_id, will=(watcher.base + "/taken", b"taken over", 1, False))
+    second = RawMQTT(broker)
+    second.connect(client_id)
+    assert first.closed_by_broker()
+    msg = watcher.message()
+    assert (msg.topic, msg.payload) == (watcher.base + "/taken", b"taken over")
+    second.close()
 
 
 def test_no_will_after_disconnect(broker, watcher):

@@ -139,7 +139,8 @@ def test_qos2_retransmission_is_passed_on_once():
     assert "in:42" not in node.records("/", ("mqtt", "pub"))
 
 
-def test_takeover_closes_the_first_connection_without_its_will():
+def test_takeover_closes_the_first_connection_and_publishes_its_will():
+    """MQTT-3.1.2-8: without a DISCONNECT, the will goes out whenever the connection closes."""
     node = FakeNode()
     watcher = node.client("watcher")
     watcher.receive_data(subscribe(1, "wills", 0))
@@ -148,7 +149,7 @@ def test_takeover_closes_the_first_connection_without_its_will():
     second = node.client("same")
     assert first.should_close and not second.should_close
     first.connection_lost()
-    assert packets(watcher) == []
+    assert [p.payload for p in packets(watcher)] == [b"gone"]
 
 
 def test_keepalive_expiry_publishes_the_will_and_disconnect_does_not():

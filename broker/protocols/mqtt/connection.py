@@ -238,7 +238,7 @@ class MQTTConnection:
 
     def _check_done(self, result: Any, error: BrokerError | None) -> None:
         if error is not None and self.state is State.OPEN:
-            self.close(f"broker refused a request: {error}", publish_will=False)
+            self.close(f"broker refused a request: {error}", publish_will=True)
 
     # -- input ---------------------------------------------------------------------------
 
@@ -429,7 +429,7 @@ class MQTTConnection:
             try:
                 self.gateway.check_permission(self.user, self.vhost, "write", "exchange", EXCHANGE)
             except AccessRefused as exc:
-                self.close(f"publish refused: {exc}", publish_will=False)
+                self.close(f"publish refused: {exc}", publish_will=True)
                 return
             self._may_publish = True
         self.has_published = True
@@ -570,7 +570,7 @@ class MQTTConnection:
             return
         packet_id = self._packet_id(msg.seq)
         if packet_id == 0:
-            self.close("no free packet identifier", publish_will=False)
+            self.close("no free packet identifier", publish_will=True)
             return
         self.outbound[packet_id] = (item, qos)
         header = codec.publish_header(topic, len(body), qos, retain, effect.redelivered, packet_id)
@@ -625,7 +625,7 @@ class MQTTConnection:
         return 0
 
     def consumer_cancelled(self) -> None:
-        self.close("the session queue was deleted", publish_will=False)
+        self.close("the session queue was deleted", publish_will=True)
 
     def set_writable(self, writable: bool) -> None:
         """Pause deliveries while the client does not read what was sent."""
@@ -653,9 +653,8 @@ class MQTTConnection:
         self.close(f"no packet within 1.5 x keepalive ({self.keepalive} s)", publish_will=True)
 
     def take_over(self) -> None:
-        """Another connection claimed this client id: close without the will."""
-        self.will = None
-        self.close("client id taken over by another connection", publish_will=False)
+        """Another connection claimed this client id: close it, with its will (MQTT-3.1.2-8)."""
+        self.close("client id taken over by another connection", publish_will=True)
 
     def connection_lost(self) -> None:
         """The network connection ended; without a DISCONNECT first, the will goes out."""

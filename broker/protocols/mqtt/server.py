@@ -148,7 +148,7 @@ class MQTTProtocol(asyncio.Protocol):
 
     def force_close(self, reason: str) -> None:
         if self.conn is not None:
-            self.conn.close(reason, publish_will=False)
+            self.conn.close(reason, publish_will=True)
             self.flush()
 
     def abort(self) -> None:
