@@ -86,3 +86,28 @@ def test_will_qos_and_retain_are_honoured(broker, watcher):
     msg = late.message()
     assert (msg.payload, msg.qos, msg.retain) == (b"offline", 2, True)
     late.close()
+
+
+def test_will_of_a_client_connected_at_a_crash_goes_out_at_restart(broker_factory):
+    """The broker dying closes the client's connection too: its will must not be lost."""
+    b = broker_factory()
+    base = uid("crash")
+    watcher = Paho(b, client_id=uid("watcher"), clean=False)
+    watcher.connect()
+    watcher.subscribe((base + "/#", 1))
+    watcher.close()
+    doomed = RawMQTT(b)
+    doomed.connect(uid(), will=(base + "/doomed", b"broker died", 1, True))
+    b.restart(kill=True)
+    doomed.close()
+    watcher = Paho(b, client_id=watcher.client_id, clean=False)
+    watcher.connect()
+    msg = watcher.message()
+    assert (msg.topic, msg.payload) == (base + "/doomed", b"broker died")
+    watcher.close()
+    late = Paho(b)
+    late.connect()
+    late.subscribe((base + "/doomed", 1))
+    retained = late.message()
+    assert (retained.payload, retained.retain) == (b"broker died", True)
+    late.close()

@@ -40,7 +40,9 @@ class HttpApi:
         app.router.add_route("*", PATH, self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        sites = [web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True)]
+        sites = []
+        if cfg.http_port:  # 0 turns plain HTTP off
+            sites.append(web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True))
         if cfg.tls_cert and cfg.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cfg.tls_cert, cfg.tls_key)

@@ -73,6 +73,23 @@ _PROPERTIES = {
 }
 
 
+#: adapter records holding the wills of connected clients, published after a crash
+WILL_GROUP = ("mqtt-wills",)
+
+
+def will_commands(vhost: str, will: codec.Will) -> list[c.Command]:
+    """What publishing a will takes: storing it as retained if asked, then routing it."""
+    routing_key = to_routing_key(will.topic)
+    properties = _PROPERTIES[(will.qos, will.retain)]
+    commands: list[c.Command] = []
+    if will.retain:
+        commands.append(
+            c.StoreRetained(vhost, EXCHANGE, routing_key, properties, will.payload or None)
+        )
+    commands.append(c.Publish(vhost, EXCHANGE, routing_key, properties, will.payload))
+    return commands
+
+
 @dataclass
 class Settings:
     """MQTT limits and access rules, from the node's configuration."""
@@ -306,6 +323,9 @@ class MQTTConnection:
             log.info("mqtt client id '%s' taken over by connection %d", client_id, self.id)
             previous.take_over()
         self.state = State.OPEN
+        if self.will is not None:
+            # Durable before CONNACK, so a broker crash still lets the will out (at restart).
+            self.gateway.submit(self._will_record(self.will))
         self._open_session(p.clean_session)
         log.info(
             "mqtt connection %d: client id '%s', user '%s', vhost '%s', clean session %d",
@@ -669,8 +689,10 @@ class MQTTConnection:
         if session is None:
             return
         self._flush_settles()
-        if publish_will and self.will is not None:
-            self._publish_will(self.will)
+        if self.will is not None:
+            if publish_will:
+                self._publish_will(self.will)
+            self.gateway.submit(self._will_record(None))
         submit = self.gateway.submit
         if self._consuming:
             submit(c.ReleaseOwner(self.owner))
@@ -680,13 +702,13 @@ class MQTTConnection:
 
     def _publish_will(self, will: codec.Will) -> None:
         log.info("mqtt connection %d: publishing the will to '%s'", self.id, will.topic)
-        routing_key = to_routing_key(will.topic)
-        properties = _PROPERTIES[(will.qos, will.retain)]
-        if will.retain:
-            self.gateway.submit(
-                c.StoreRetained(self.vhost, EXCHANGE, routing_key, properties, will.payload or None)
-            )
-        self.gateway.submit(c.Publish(self.vhost, EXCHANGE, routing_key, properties, will.payload))
+        for command in will_commands(self.vhost, will):
+            self.gateway.submit(command)
+
+    def _will_record(self, will: codec.Will | None) -> c.PutRecord:
+        """The durable copy of this connection's will (None removes it)."""
+        value = None if will is None else (will.topic, will.payload, will.qos, will.retain)
+        return c.PutRecord(self.vhost, WILL_GROUP, f"{self.client_id}#{self.id}", value)
 
 
 _NO_HEADERS: dict[str, Any] = {}

@@ -13,9 +13,18 @@ import logging
 import time
 from typing import Any
 
+from broker.core import commands as c
 from broker.core.model import ConsumerCancelled, Deliver
 from broker.protocols.amqp.server import is_loopback
-from broker.protocols.mqtt.connection import OVERFLOW_POLICIES, MQTTConnection, Settings, State
+from broker.protocols.mqtt import codec
+from broker.protocols.mqtt.connection import (
+    OVERFLOW_POLICIES,
+    WILL_GROUP,
+    MQTTConnection,
+    Settings,
+    State,
+    will_commands,
+)
 from broker.protocols.mqtt.session import SessionRegistry
 from broker.protocols.mqtt.websocket import WebSocketServer
 
@@ -189,7 +198,12 @@ async def start_listeners(node: Any) -> list[asyncio.AbstractServer]:
     sessions = SessionRegistry()
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
+    wills = publish_stored_wills(node)
+    if wills:
+        log.info("published %d will(s) of clients connected when the node went down", wills)
     for port, websocket in ((cfg.mqtt_port, False), (cfg.mqtt_ws_port, True)):
+        if not port:  # 0 turns the listener off
+            continue
         server = await loop.create_server(
             functools.partial(
                 MQTTProtocol, node, sessions, settings, cfg.handshake_timeout, websocket
@@ -201,6 +215,21 @@ async def start_listeners(node: Any) -> list[asyncio.AbstractServer]:
         )
         servers.append(server)
     return servers
+
+
+def publish_stored_wills(node: Any) -> int:
+    """Clients still connected when the node died lost their connection: send their wills."""
+    published = 0
+    for vhost in list(node.state.vhosts):
+        stored = node.records(vhost, WILL_GROUP)
+        if not stored:
+            continue
+        for topic, payload, qos, retain in stored.values():
+            for command in will_commands(vhost, codec.Will(topic, payload, qos, retain)):
+                node.submit(command)
+            published += 1
+        node.submit(c.DropRecords(vhost, WILL_GROUP))
+    return published
 
 
 def settings_from_config(cfg: Any) -> Settings:
