@@ -285,6 +285,19 @@ def test_only_the_head_expires(core: Core) -> None:
     assert [m.body for m in core.q("dlq").messages.values()] == [b"short"]
 
 
+def test_a_shorter_ttl_reaching_the_head_by_delivery_expires_on_time(core: Core) -> None:
+    dead_queue(core)
+    core.publish("q", b"long", expiration="10000", at=0)
+    core.publish("q", b"short", expiration="100", at=0)
+    assert core.sm.next_due() == 10000
+    assert core.consume("q", prefetch=1)[0].message.body == b"long"
+    # "short" is the head now: its own expiry must be on the timer list
+    assert core.sm.next_due() == 100
+    core.tick(100)
+    assert ready_bodies(core.q("q")) == []
+    assert [m.body for m in core.q("dlq").messages.values()] == [b"short"]
+
+
 def test_expired_messages_are_never_delivered(core: Core) -> None:
     dead_queue(core, **{"x-message-ttl": 100})
     core.publish("q", b"m")

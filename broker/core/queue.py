@@ -129,6 +129,8 @@ class MessageQueue:
         self.created_at = 0
         self.modified_at = 0
         self.had_consumer = False
+        #: some message carried its own TTL, so heads do not expire in publish order
+        self.per_message_ttl = False
         self._round_robin = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -189,6 +191,8 @@ class MessageQueue:
 
     def restore(self, msg: Message) -> None:
         """Place a message loaded from the store, in whichever state it was saved."""
+        if msg.expires_at is not None:
+            self.per_message_ttl = True
         self.next_seq = max(self.next_seq, msg.seq + 1)
         self.messages[msg.seq] = msg
         if msg.state == RETAINED:

@@ -685,6 +685,7 @@ class StateMachine:
     ) -> Message:
         ttl = q.settings.message_ttl
         if message_ttl is not None:
+            q.per_message_ttl = True
             ttl = message_ttl if ttl is None else min(ttl, message_ttl)
         priority = properties.get("priority") or 0
         now = self.now
@@ -902,10 +903,11 @@ class StateMachine:
 
     def _dispatch(self, q: MessageQueue) -> None:
         burst = NO_ACK_BURST
+        new_head = False
         while q.ready_count:
             consumer = self._next_consumer(q)
             if consumer is None:
-                return
+                break
             if consumer.no_ack:
                 burst -= 1
                 if burst < 0:
@@ -915,11 +917,15 @@ class StateMachine:
                     return
             msg = q.pop_head()
             if msg is None:
-                return
+                break
             if _expired(msg, self.now):
                 self._dead_letter(q, msg, "expired")
                 continue
             self._push(q, msg, consumer)
+            new_head = True
+        if new_head and q.per_message_ttl:
+            # With per-message TTLs the new head may expire before any timer already set.
+            self._schedule(q)
 
     def _push(self, q: MessageQueue, msg: Message, consumer: Consumer) -> None:
         q.deliver(msg, consumer.owner, consumer, self.now)
