@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from typing import Any
 
-from broker.core.model import ConsumerCancelled, Deliver
+from broker.core.model import ConsumerCancelled
 from broker.protocols.amqp.codec import HEARTBEAT_FRAME
 from broker.protocols.amqp.connection import AMQPConnection, Settings, State
+from broker.protocols.transport import ClientProtocol, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -18,28 +18,15 @@ log = logging.getLogger(__name__)
 CLOSE_OK_TIMEOUT = 3.0
 
 
-def is_loopback(peer: Any) -> bool:
-    if not peer:
-        return False
-    try:
-        return ipaddress.ip_address(peer[0]).is_loopback
-    except ValueError:
-        return False
+class AMQPProtocol(ClientProtocol):
+    conn: AMQPConnection | None
 
-
-class AMQPProtocol(asyncio.Protocol):
     def __init__(self, node: Any, settings: Settings, handshake_timeout: float) -> None:
-        self.node = node
+        super().__init__(node)
         self.settings = settings
         self.handshake_timeout = handshake_timeout
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.conn: AMQPConnection | None = None
-        self._flush_scheduled = False
-        self._last_received = time.monotonic()
         self._sent_since_tick = False
         self._timers: list[asyncio.TimerHandle] = []
-        self._reading_paused = False
         self._close_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -49,7 +36,7 @@ class AMQPProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         conn_id = self.node.connection_opened(self)
         self.conn = AMQPConnection(
-            conn_id, self.node, self.settings, is_loopback(peer), self._schedule_flush
+            conn_id, self.node, self.settings, is_loopback(peer), self.schedule_flush
         )
         self._timers.append(self.loop.call_later(self.handshake_timeout, self._check_handshake))
 
@@ -63,30 +50,11 @@ class AMQPProtocol(asyncio.Protocol):
         if self.node.blocked_reason and self.conn.has_published:
             self.pause_reading()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def cancel_timers(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        if self.conn is not None:
-            self.conn.connection_lost()
-            self.node.connection_closed(self.conn.id)
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def pause_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.set_writable(False)
-
-    def resume_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.set_writable(True)
 
     # -- output --------------------------------------------------------------------------
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -103,48 +71,21 @@ class AMQPProtocol(asyncio.Protocol):
             self._close_timer = self.loop.call_later(CLOSE_OK_TIMEOUT, self.abort)
             self._timers.append(self._close_timer)
 
-    # -- flow control --------------------------------------------------------------------
-
-    def pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+    # -- what the node asks of every connection ------------------------------------------
 
     def set_blocked(self, reason: str | None) -> None:
-        if self.conn is None:
-            return
-        self.conn.set_blocked(reason)
-        if reason is None:
-            self.resume_reading()
-        elif self.conn.has_published:
-            self.pause_reading()
-
-    def deliver(self, effect: Deliver) -> None:
         if self.conn is not None:
-            self.conn.deliver(effect)
+            self.conn.set_blocked(reason)  # connection.blocked / unblocked to capable clients
+        super().set_blocked(reason)
 
     def consumer_cancelled(self, effect: ConsumerCancelled) -> None:
         if self.conn is not None:
             self.conn.consumer_cancelled(effect)
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
     def force_close(self, reason: str) -> None:
         if self.conn is not None:
             self.conn.close_with(320, reason)
             self.flush()
-
-    def session(self) -> tuple[str | None, str | None]:
-        if self.conn is None or self.conn.user is None:
-            return None, None
-        return self.conn.user.name, self.conn.vhost or None
 
     # -- timers --------------------------------------------------------------------------
 

@@ -14,8 +14,7 @@ import time
 from typing import Any
 
 from broker.core import commands as c
-from broker.core.model import ConsumerCancelled, Deliver
-from broker.protocols.amqp.server import is_loopback
+from broker.core.model import ConsumerCancelled
 from broker.protocols.mqtt import codec
 from broker.protocols.mqtt.connection import (
     OVERFLOW_POLICIES,
@@ -27,6 +26,7 @@ from broker.protocols.mqtt.connection import (
 )
 from broker.protocols.mqtt.session import SessionRegistry
 from broker.protocols.mqtt.websocket import WebSocketServer
+from broker.protocols.transport import ClientProtocol, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ WS_PATH = "/mqtt"
 WS_SUBPROTOCOL = "mqtt"
 
 
-class MQTTProtocol(asyncio.Protocol):
+class MQTTProtocol(ClientProtocol):
+    conn: MQTTConnection | None
+
     def __init__(
         self,
         node: Any,
@@ -43,22 +45,16 @@ class MQTTProtocol(asyncio.Protocol):
         handshake_timeout: float,
         websocket: bool,
     ) -> None:
-        self.node = node
+        super().__init__(node)
         self.sessions = sessions
         self.settings = settings
         self.handshake_timeout = handshake_timeout
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.conn: MQTTConnection | None = None
         self.ws = (
             WebSocketServer(WS_PATH, WS_SUBPROTOCOL, settings.max_packet_size + 16)
             if websocket
             else None
         )
-        self._flush_scheduled = False
-        self._last_received = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
-        self._reading_paused = False
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -68,7 +64,7 @@ class MQTTProtocol(asyncio.Protocol):
         conn_id = self.node.connection_opened(self)
         loopback = is_loopback(peer)
         self.conn = MQTTConnection(
-            conn_id, self.node, self.sessions, self.settings, loopback, self._schedule_flush
+            conn_id, self.node, self.sessions, self.settings, loopback, self.schedule_flush
         )
         self._timer = self.loop.call_later(self.handshake_timeout, self._check_connected)
 
@@ -78,7 +74,7 @@ class MQTTProtocol(asyncio.Protocol):
         self._last_received = time.monotonic()
         if self.ws is not None:
             data = self.ws.receive_data(data)
-            self._schedule_flush()
+            self.schedule_flush()
             if not data:
                 return
         was_waiting = conn.state is State.AWAIT_CONNECT
@@ -86,32 +82,13 @@ class MQTTProtocol(asyncio.Protocol):
         if was_waiting and conn.state is State.OPEN and conn.keepalive:
             self._watch_keepalive()
         if self.node.blocked_reason and conn.has_published:
-            self._pause_reading()
+            self.pause_reading()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def cancel_timers(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self.conn is not None:
-            self.conn.connection_lost()
-            self.node.connection_closed(self.conn.id)
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def pause_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.set_writable(False)
-
-    def resume_writing(self) -> None:
-        if self.conn is not None:
-            self.conn.set_writable(True)
 
     # -- output --------------------------------------------------------------------------
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -134,41 +111,14 @@ class MQTTProtocol(asyncio.Protocol):
 
     # -- what the node asks of every connection ------------------------------------------
 
-    def deliver(self, effect: Deliver) -> None:
-        if self.conn is not None:
-            self.conn.deliver(effect)
-
     def consumer_cancelled(self, effect: ConsumerCancelled) -> None:
         if self.conn is not None:
             self.conn.consumer_cancelled()
-
-    def set_blocked(self, reason: str | None) -> None:
-        if reason is None:
-            if self._reading_paused and self.transport is not None:
-                self._reading_paused = False
-                self.transport.resume_reading()
-        elif self.conn is not None and self.conn.has_published:
-            self._pause_reading()
-
-    def _pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
 
     def force_close(self, reason: str) -> None:
         if self.conn is not None:
             self.conn.close(reason, publish_will=True)
             self.flush()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def session(self) -> tuple[str | None, str | None]:
-        conn = self.conn
-        if conn is None or conn.user is None:
-            return None, None
-        return conn.user.name, conn.vhost
 
     # -- timers --------------------------------------------------------------------------
 

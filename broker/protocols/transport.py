@@ -1,0 +1,108 @@
+"""What every protocol's asyncio layer shares, around its sans-IO connection.
+
+Registering with the node, writing the connection's output once per loop turn, flow control
+in both directions (publishers paused by resource alarms, deliveries paused while the client
+does not read), and the calls the node makes on every connection whatever its protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from typing import Any
+
+from broker.core.model import Deliver
+
+
+def is_loopback(peer: Any) -> bool:
+    if not peer:
+        return False
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class ClientProtocol(asyncio.Protocol):
+    """Subclasses create `self.conn` in `connection_made` and write its output in `flush`."""
+
+    #: the sans-IO connection: id, user, vhost, has_published, deliver, set_writable, ...
+    conn: Any
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.conn = None
+        self._flush_scheduled = False
+        self._last_received = time.monotonic()
+        self._reading_paused = False
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_timers()
+        if self.conn is not None:
+            self.conn.connection_lost()
+            self.node.connection_closed(self.conn.id)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.set_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.set_writable(True)
+
+    def cancel_timers(self) -> None:
+        """Stop the protocol's timers (handshake, heartbeats, keepalive)."""
+
+    # -- output --------------------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        """The connection has output: write it at the end of this loop turn, all at once."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    # -- flow control --------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def set_blocked(self, reason: str | None) -> None:
+        """A resource alarm started (reason) or ended (None): pause or resume publishers."""
+        if reason is None:
+            self.resume_reading()
+        elif self.conn is not None and self.conn.has_published:
+            self.pause_reading()
+
+    # -- what the node asks of every connection ------------------------------------------
+
+    def deliver(self, effect: Deliver) -> None:
+        if self.conn is not None:
+            self.conn.deliver(effect)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def session(self) -> tuple[str | None, str | None]:
+        conn = self.conn
+        if conn is None or conn.user is None:
+            return None, None
+        return conn.user.name, conn.vhost or None
