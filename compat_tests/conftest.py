@@ -378,3 +378,21 @@ def cmq_broker(tmp_path_factory):
         yield CmqBroker.attach(b)
     finally:
         b.stop()
+
+
+@pytest.fixture
+def clients(broker):
+    """A factory of connected paho (MQTT) clients, all closed when the test ends."""
+    from compat_tests.mqtt_helpers import Paho
+
+    made = []
+
+    def make(**kw):
+        client = Paho(broker, **kw)
+        client.connect()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

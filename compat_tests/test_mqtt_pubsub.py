@@ -18,21 +18,6 @@ from compat_tests.mqtt_helpers import (
 pytestmark = pytest.mark.own_broker
 
 
-@pytest.fixture
-def clients(broker):
-    made: list[Paho] = []
-
-    def make(**kw):
-        client = Paho(broker, **kw)
-        client.connect()
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
 def test_qos_is_the_minimum_of_publish_and_subscription(clients):
     base = uid("qos")
     subscribers = {}

@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compat_tests.mqtt_helpers import Paho, uid
+from compat_tests.mqtt_helpers import uid
 
 pytestmark = pytest.mark.own_broker
-
-
-@pytest.fixture
-def clients(broker):
-    made: list[Paho] = []
-
-    def make(**kw):
-        client = Paho(broker, **kw)
-        client.connect()
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def test_retained_message_is_sent_on_subscribe_with_retain_flag(clients):
