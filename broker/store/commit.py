@@ -101,7 +101,8 @@ class CommitPath:
         self._pending: list[_Item] = []
         #: the clock read once per loop turn: commands of one turn share a timestamp
         self._now: int | None = None
-        self._deliveries: list[Effect] = []
+        #: effects released at the end of the loop turn, before the disk (deliveries, wake-ups)
+        self._early: list[Effect] = []
         self._flush_scheduled = False
         #: batches waiting for the disk: (ops, items); the first one may be being written
         self._queue: deque[tuple[list[tuple[bytes, bytes | None]], list[_Item]]] = deque()
@@ -129,7 +130,7 @@ class CommitPath:
             later = []
             for effect in effects:
                 if type(effect) is Deliver or type(effect) is MessagesAvailable:
-                    self._deliveries.append(effect)
+                    self._early.append(effect)
                 else:
                     later.append(effect)
             effects = later
@@ -165,9 +166,9 @@ class CommitPath:
         self._now = None
         # A delivery may settle others at once (MQTT QoS 0), freeing room for more: those go
         # out in this turn too.
-        while self._deliveries:
-            deliveries, self._deliveries = self._deliveries, []
-            self._on_effects(deliveries)
+        while self._early:
+            early, self._early = self._early, []
+            self._on_effects(early)
         items, self._pending = self._pending, []
         changes = self.state.take_changes()
         ops = [
