@@ -11,6 +11,8 @@ from typing import Any
 @dataclass
 class Config:
     data_dir: str = "./broker-data"
+    #: this node's id: it qualifies the connections and consumers the node holds
+    node_id: int = 1
     host: str = "0.0.0.0"
     amqp_port: int = 5672
     heartbeat: int = 60

@@ -1,7 +1,8 @@
 """The admin socket: `broker users add ...` talks to a running node through its data dir.
 
 One JSON request per connection, one JSON reply. Changes are core commands submitted through
-the same commit path as everything else, so they are durable when the reply arrives.
+the gateway like every other, so they are committed and on disk when the reply arrives; what
+it lists is the committed state.
 """
 
 from __future__ import annotations
@@ -97,11 +98,10 @@ class ControlServer:
         writer.close()
 
     async def _call(self, command: c.Command) -> Any:
-        assert self.node.commit is not None
-        return await self.node.commit.call(command)
+        return await self.node.gateway.call(command)
 
     async def _users_add(self, args: dict[str, Any]) -> None:
-        if args["name"] in self.node.state.users:
+        if args["name"] in self.node.gateway.committed.users:
             raise PreconditionFailed(f"user '{args['name']}' already exists")
         tags = tuple(args.get("tags") or ())
         await self._call(
@@ -110,10 +110,10 @@ class ControlServer:
 
     async def _users_delete(self, args: dict[str, Any]) -> None:
         await self._call(c.DeleteUser(args["name"]))
-        self.node.close_sessions(f"user '{args['name']}' is deleted", user=args["name"])
+        self.node.gateway.close_sessions(f"user '{args['name']}' is deleted", user=args["name"])
 
     async def _users_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        users = self.node.state.users.values()
+        users = self.node.gateway.committed.users.values()
         return [{"name": u.name, "tags": list(u.tags)} for u in sorted(users, key=lambda u: u.name)]
 
     async def _vhosts_add(self, args: dict[str, Any]) -> None:
@@ -121,10 +121,10 @@ class ControlServer:
 
     async def _vhosts_delete(self, args: dict[str, Any]) -> None:
         await self._call(c.DeleteVhost(args["name"]))
-        self.node.close_sessions(f"vhost '{args['name']}' is deleted", vhost=args["name"])
+        self.node.gateway.close_sessions(f"vhost '{args['name']}' is deleted", vhost=args["name"])
 
     async def _vhosts_list(self, args: dict[str, Any]) -> list[str]:
-        return sorted(self.node.state.vhosts)
+        return sorted(self.node.gateway.committed.vhosts)
 
     async def _permissions_set(self, args: dict[str, Any]) -> None:
         await self._call(
@@ -134,7 +134,7 @@ class ControlServer:
         )
 
     async def _queues_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        vhost = self.node.state.vhost(args.get("vhost") or "/")
+        vhost = self.node.gateway.committed.vhost(args.get("vhost") or "/")
         return [
             {
                 "name": q.name,
@@ -158,19 +158,14 @@ class ControlServer:
         return {"secret_id": key.secret_id, "secret_key": key.secret_key, "vhost": key.vhost}
 
     async def _keys_list(self, args: dict[str, Any]) -> list[dict[str, str]]:
-        keys = sorted(self.node.state.access_keys.values(), key=lambda k: k.secret_id)
+        keys = sorted(self.node.gateway.committed.access_keys.values(), key=lambda k: k.secret_id)
         return [{"secret_id": k.secret_id, "vhost": k.vhost} for k in keys]
 
     async def _keys_delete(self, args: dict[str, Any]) -> None:
         await self._call(c.DeleteAccessKey(args["secret_id"]))
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
-        assert self.node.commit is not None
-        return {
-            "connections": len(self.node.connections),
-            **self.node.commit.stats,
-            **self.node.metrics,
-        }
+        return self.node.status()
 
 
 def _random_text(length: int) -> str:

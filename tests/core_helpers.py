@@ -9,9 +9,13 @@ from broker.core import commands as c
 from broker.core.model import Deliver, Effect, Message
 from broker.core.queue import MessageQueue
 from broker.core.state import StateMachine
+from broker.store import schema
+from broker.store.disk import Store
+from broker.store.encoding import pack
+from broker.store.recovery import recover
 
 VH = "/"
-OWNER: c.Owner = (1, 1)
+OWNER: c.Owner = (1, 1, 1)
 
 
 class Core:
@@ -20,7 +24,12 @@ class Core:
     def __init__(self, sm: StateMachine | None = None, now: int = 0) -> None:
         """A fresh state machine, or `sm` (say, one loaded from a store) as it is."""
         self.now = now
+        self.index = 0
         self.effects: list[Effect] = []
+        #: the changes of the last command, those not taken yet, and all of them by record
+        self.changes: list[Any] = []
+        self.untaken: list[Any] = []
+        self.dirty: dict[tuple[str, Any], Any] = {}
         if sm is None:
             self.sm = StateMachine()
             self.apply(c.DeclareVhost(VH))
@@ -30,12 +39,24 @@ class Core:
     # -- plumbing ------------------------------------------------------------------------
 
     def apply(self, command: c.Command, at: int | None = None) -> Any:
+        """Apply as the log would (next index, the clock's time); raise the command's error."""
         if at is not None:
             assert at >= self.now, "time never goes backwards"
             self.now = at
-        reply, effects = self.sm.apply(command, self.now)
-        self.effects = effects
+        self.index += 1
+        reply, error, effects, changes = self.sm.apply(command, c.Meta(self.index, self.now))
+        self.effects, self.changes = effects, changes
+        self.untaken += changes
+        for kind, key, value in changes:
+            self.dirty[(kind, key)] = value
+        if error is not None:
+            raise error
         return reply
+
+    def take_changes(self) -> list[Any]:
+        """The changes of the commands since the last call."""
+        out, self.untaken = self.untaken, []
+        return out
 
     def tick(self, at: int) -> list[Effect]:
         self.apply(c.Tick(), at)
@@ -114,6 +135,43 @@ class Core:
         self, queue: str, n: int = 1, visibility: int | None = None, at: int | None = None
     ) -> list[Any]:
         return list(self.apply(c.Receive(VH, queue, n, visibility), at))
+
+
+def snapshot(core: Core) -> dict[bytes, bytes]:
+    """The records a snapshot of `core` holds, as the store would have them."""
+    return {
+        key: value for key, value in schema.snapshot_ops(core.dirty, core.sm) if value is not None
+    }
+
+
+def reloaded(core: Core) -> Core:
+    """A core restored from a snapshot of `core` (everything, transient state included)."""
+    fresh = StateMachine()
+    records = snapshot(core)
+    for raw_key in sorted(records):
+        fresh.restore(*schema.decode_record(raw_key, records[raw_key]))
+    fresh.finish_restore()
+    out = Core(fresh, core.now)
+    out.index, out.dirty = core.index, dict(core.dirty)
+    return out
+
+
+def restart(core: Core, path: str) -> Core:
+    """Write a snapshot of `core` to a LevelDB store, recover from it and restart as a node
+    does: what node 1's connections held is released, what is not durable dropped."""
+    store = Store(path)
+    try:
+        ops: list[tuple[bytes, bytes | None]] = list(snapshot(core).items())
+        ops.append((schema.META_SNAPSHOT, pack(core.index)))
+        store.write(ops, sync=True)
+        recovered = recover(store)
+    finally:
+        store.close()
+    after = Core(recovered.state, core.now)
+    after.index = core.index
+    after.apply(c.ReleaseNode(OWNER[0]))
+    after.apply(c.DropTransient())
+    return after
 
 
 def ready_order(q: MessageQueue) -> list[Message]:

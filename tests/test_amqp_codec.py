@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import string
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,12 +15,9 @@ from pamqp import frame
 from pamqp import header as pheader
 from pamqp.base import Frame
 
-from broker.core import commands as c
-from broker.core.errors import AccessRefused, BrokerError, NotAllowed
-from broker.core.model import User
-from broker.core.state import StateMachine
 from broker.protocols.amqp import codec
 from broker.protocols.amqp.connection import AMQPConnection, Settings, State
+from tests.memory_gateway import memory_gateway
 
 CODEC_SETTINGS = settings(max_examples=200, deadline=None)
 #: pamqp packs long-long integers signed; delivery tags never get near this
@@ -274,71 +270,29 @@ def test_raw_properties_are_reused() -> None:
 # -- the sans-IO connection ----------------------------------------------------------------
 
 
-class FakeGateway:
-    """Just enough of the node: a real state machine applied synchronously, no disk."""
+class Wired:
+    """Stands in for the asyncio protocol: what the gateway asks of a connection."""
 
     def __init__(self) -> None:
-        self.sm = StateMachine()
-        self.sm.apply(c.DeclareVhost("/"), 0)
-        self.commands: list[c.Command] = []
-        self.counter = 0
+        self.conn: AMQPConnection | None = None
 
-    def submit(
-        self, command: c.Command, done: Callable[[Any, BrokerError | None], None] | None = None
-    ) -> None:
-        self.commands.append(command)
-        try:
-            reply, _ = self.sm.apply(command, 0)
-            error = None
-        except BrokerError as exc:
-            reply, error = None, exc
-        if done is not None:
-            done(reply, error)
-
-    def defer(self, callback: Callable[[], None]) -> None:
-        callback()
-
-    def authenticate(self, username: str, password: str, loopback: bool) -> User:
-        if (username, password) != ("guest", "guest"):
-            raise AccessRefused("bad credentials")
-        return User("guest", "", ("administrator",))
-
-    def vhost_access(self, user: User, vhost: str) -> None:
-        if vhost not in self.sm.vhosts:
-            raise NotAllowed(f"vhost {vhost} not found")
-
-    def check_permission(self, user: User, vhost: str, kind: str, resource: str, name: str) -> None:
-        return None
-
-    def register_reply_to(self, connection: Any, channel: int, consumer_tag: str) -> str:
-        return f"amq.rabbitmq.reply-to.{consumer_tag}"
-
-    def unregister_reply_to(self, key: str) -> None:
-        return None
-
-    def deliver_reply(
-        self, routing_key: str, properties: dict[str, Any], body: bytes, exchange: str
-    ) -> bool:
-        return False
-
-    @property
-    def blocked_reason(self) -> str | None:
-        return None
-
-    def new_name(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}{self.counter}"
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
 
 
 class Client:
     """Drives an AMQPConnection with bytes and decodes what it sends back."""
 
     def __init__(self, frame_max: int = 131072) -> None:
-        self.gateway = FakeGateway()
-        self.conn = AMQPConnection(1, self.gateway, Settings(frame_max=frame_max), True)
+        self.gateway, self.commit = memory_gateway()
+        wired = Wired()
+        conn_id = self.gateway.connection_opened(wired)  # type: ignore[arg-type]
+        self.conn = AMQPConnection(conn_id, self.gateway, Settings(frame_max=frame_max), True)
+        wired.conn = self.conn
 
     def send(self, data: bytes) -> list[tuple[int, Any]]:
         self.conn.receive_data(data)
+        self.commit.run()
         return split_frames(self.conn.data_to_send())
 
     def method(self, channel: int, method: Frame) -> list[tuple[int, Any]]:
@@ -417,7 +371,7 @@ def test_handshake_and_channel_open() -> None:
     ((channel, declared),) = client.method(1, spec.Queue.Declare(queue="q1"))
     assert channel == 1 and isinstance(declared, spec.Queue.DeclareOk)
     assert declared.queue == "q1"
-    assert "q1" in client.gateway.sm.vhosts["/"].queues
+    assert "q1" in client.commit.state.vhosts["/"].queues
 
 
 def test_heartbeats_on_channel_zero_are_accepted() -> None:
@@ -469,7 +423,7 @@ def test_a_frame_exactly_at_frame_max_is_fine() -> None:
     body = b"x" * (4096 - 8)
     data = publish + codec.content_frames(1, codec.encode_properties({}), body, 4096)
     assert client.send(data) == []
-    assert client.gateway.sm.queue("/", "q").ready_count == 1
+    assert client.commit.state.queue("/", "q").ready_count == 1
 
 
 def test_frame_on_an_unopened_channel_closes_with_504() -> None:

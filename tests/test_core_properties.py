@@ -1,4 +1,4 @@
-"""Random command sequences against a simple reference model, replay determinism, and recovery.
+"""Random command sequences against a simple reference model, and replay determinism.
 
 Two queues: `q0` (push consumer, gets and pulls; dead-letters to `q1`) and `q1` (gets and pulls,
 no dead-letter target). Each is configured at random with a TTL, a rewind window, a receive
@@ -10,8 +10,6 @@ messages given back (requeued, visible again, rewound) come first, in publish or
 from __future__ import annotations
 
 import os
-import pickle
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +21,13 @@ from broker.core.errors import BrokerError, ReceiptHandleInvalid
 from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Deliver, Message
 from broker.core.queue import MessageQueue
 from broker.core.state import StateMachine
-from broker.store import schema
-from broker.store.commit import Store
+from broker.store.encoding import decode_entry, encode_entry
 from tests.core_helpers import VH, ready_order
+from tests.state_dump import dump
 
 QUEUES = ("q0", "q1")
-CONSUMER: c.Owner = (1, 1)
-GETTER: c.Owner = (2, 1)
+CONSUMER: c.Owner = (1, 1, 1)
+GETTER: c.Owner = (1, 2, 1)
 TAG = "c"
 TAKEN = -2  # model only: popped from the ready list, about to be delivered/hidden/removed
 
@@ -418,20 +416,18 @@ def is_due(sm: StateMachine, now: int) -> bool:
 
 
 class Runner:
-    def __init__(
-        self,
-        cfg: Config,
-        store: Store | None = None,
-        record: list[tuple[bytes, int]] | None = None,
-        check_model: bool = True,
-    ) -> None:
+    """Drives the state machine with operations, checks it against the model, and keeps the
+    log (each command as its encoded entry) and what changed, as the commit path would."""
+
+    def __init__(self, cfg: Config, check_model: bool = True) -> None:
         self.cfg = cfg
         self.sm = StateMachine()
         self.model = Model(cfg)
-        self.store = store
-        self.record = record
         self.check_model = check_model
+        #: the log: each applied command as its encoded entry
+        self.entries: list[bytes] = []
         self.outputs: list[str] = []
+        self.dirty: dict[tuple[str, Any], Any] = {}
         self.now = 0
         self.counter = 0
         #: queues where each owner got or consumed (the broker requeues there on release)
@@ -446,25 +442,12 @@ class Runner:
         self.apply(c.Bind(VH, "tx", "q0", True))
 
     def apply(self, command: c.Command) -> tuple[Any, list[Any], BrokerError | None]:
-        if self.record is not None:
-            self.record.append((pickle.dumps(command), self.now))
-        error: BrokerError | None = None
-        try:
-            reply, effects = self.sm.apply(command, self.now)
-        except BrokerError as exc:
-            reply, effects, error = None, [], exc
-        self.outputs.append(repr((reply, effects, type(error).__name__)))
-        if self.store is not None:
-            changes = self.sm.take_changes()
-            self.store.write(
-                [
-                    (
-                        schema.encode_key(kind, key),
-                        None if value is None else schema.encode_value(kind, value),
-                    )
-                    for kind, key, value in changes
-                ]
-            )
+        self.entries.append(encode_entry(0, self.now, command))
+        meta = c.Meta(len(self.entries), self.now)
+        reply, error, effects, changes = self.sm.apply(command, meta)
+        for kind, key, value in changes:
+            self.dirty[(kind, key)] = value
+        self.outputs.append(output(reply, error, effects))
         return reply, effects, error
 
     def q(self, qi: int) -> MessageQueue:
@@ -630,117 +613,9 @@ def _observable(m: Message | MMsg) -> tuple[Any, ...]:
     )
 
 
-# -- snapshots -----------------------------------------------------------------------------
-
-
-def _message_row(m: Message) -> tuple[Any, ...]:
-    return (
-        m.seq,
-        m.body,
-        m.state,
-        m.delivery_count,
-        m.visible_at,
-        m.handle,
-        m.returns,
-        m.acked_at,
-        m.expires_at,
-        m.enqueued_at,
-        m.persistent,
-        m.exchange,
-        m.routing_key,
-        repr(m.properties),
-    )
-
-
-def snapshot(sm: StateMachine) -> dict[str, Any]:
-    """Everything observable about a state machine, in a canonical, comparable form."""
-    out: dict[str, Any] = {"next_due": sm.next_due(), "vhosts": {}}
-    for vname in sorted(sm.vhosts):
-        vh = sm.vhosts[vname]
-        queues = {}
-        for name in sorted(vh.queues):
-            q = vh.queues[name]
-            queues[name] = {
-                "config": (q.qid, q.durable, q.exclusive_owner, q.auto_delete, repr(q.arguments)),
-                "messages": [_message_row(q.messages[s]) for s in sorted(q.messages)],
-                "order": [m.seq for m in ready_order(q)],
-                "counts": (
-                    q.ready_count,
-                    q.ready_bytes,
-                    q.hidden_count,
-                    q.delayed_count,
-                    q.retained_count(),
-                ),
-                "unacked": sorted((seq, holder[0]) for seq, holder in q.unacked.items()),
-                "consumers": [
-                    (x.tag, x.owner, x.prefetch, x.in_flight, x.active) for x in q.consumers
-                ],
-            }
-        out["vhosts"][vname] = {
-            "exchanges": sorted(
-                (n, e.type, e.durable, e.auto_delete, e.internal, repr(e.arguments))
-                for n, e in vh.exchanges.items()
-            ),
-            "bindings": sorted(repr(k) for keys in vh.bindings.values() for k in keys),
-            "queues": queues,
-        }
-    out["delayed"] = sorted(repr(d) for d in sm.delayed.values())
-    return out
-
-
-def durable_snapshot(sm: StateMachine) -> dict[str, Any]:
-    """What must survive a restart: durable definitions and persistent messages of durable
-    queues. In-flight push deliveries count as ready; delivery counts of ready messages are
-    not kept (as in RabbitMQ), receipt handles are."""
-    vh = sm.vhosts[VH]
-
-    def durable_destination(to_queue: bool, name: str) -> bool:
-        if to_queue:
-            return vh.queues[name].persistent_store
-        return vh.exchanges[name].durable
-
-    queues = {}
-    for name, q in vh.queues.items():
-        if not q.persistent_store:
-            continue
-        rows = []
-        for seq in sorted(q.messages):
-            m = q.messages[seq]
-            if not m.persistent:
-                continue
-            state = READY if m.state == UNACKED else m.state
-            rows.append(
-                (
-                    seq,
-                    m.body,
-                    state,
-                    m.visible_at if state == HIDDEN else None,
-                    m.acked_at if state == RETAINED else None,
-                    m.delivery_count if state in (HIDDEN, RETAINED) else None,
-                    m.handle,
-                    m.returns,
-                    m.expires_at,
-                    m.enqueued_at,
-                    m.routing_key,
-                    m.exchange,
-                    repr(m.properties),
-                )
-            )
-        queues[name] = (q.qid, repr(q.arguments), q.auto_delete, rows)
-    return {
-        "exchanges": sorted(
-            (n, e.type, e.auto_delete, e.internal, repr(e.arguments))
-            for n, e in vh.exchanges.items()
-            if e.durable
-        ),
-        "bindings": sorted(
-            repr(k)
-            for source, keys in vh.bindings.items()
-            for k in keys
-            if vh.exchanges[source].durable and durable_destination(k.to_queue, k.destination)
-        ),
-        "queues": queues,
-    }
+def output(reply: Any, error: BrokerError | None, effects: list[Any]) -> str:
+    """What a command gave, comparable across replicas."""
+    return repr((reply, effects, type(error).__name__))
 
 
 # -- the properties ------------------------------------------------------------------------
@@ -754,69 +629,22 @@ def test_state_machine_matches_the_reference_model(cfg: Config, ops: list[tuple[
 
 @PROPERTY_SETTINGS
 @given(cfg=configs, ops=operations)
-def test_replaying_the_same_commands_gives_the_same_state(
+def test_replaying_the_log_gives_the_same_replies_and_state(
     cfg: Config, ops: list[tuple[Any, ...]]
 ) -> None:
-    record: list[tuple[bytes, int]] = []
-    original = Runner(cfg, record=record, check_model=False)
+    """What a follower does: decode each entry as stored and apply it."""
+    original = Runner(cfg, check_model=False)
     original.run(ops)
-    expected = snapshot(original.sm)
+    expected = dump(original.sm)
     for _ in range(2):
         replica = StateMachine()
         outputs = []
-        for raw, now in record:
-            command = pickle.loads(raw)
-            error = None
-            try:
-                reply, effects = replica.apply(command, now)
-            except BrokerError as exc:
-                reply, effects, error = None, [], exc
-            outputs.append(repr((reply, effects, type(error).__name__)))
+        for index, raw in enumerate(original.entries, 1):
+            _, time, command = decode_entry(raw)
+            reply, error, effects, _ = replica.apply(command, c.Meta(index, time))
+            outputs.append(output(reply, error, effects))
         assert outputs == original.outputs
-        assert snapshot(replica) == expected
-
-
-@PROPERTY_SETTINGS
-@given(cfg=configs, ops=operations)
-def test_recovery_restores_the_durable_state(cfg: Config, ops: list[tuple[Any, ...]]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(tmp)
-        try:
-            runner = Runner(cfg, store=store, check_model=False)
-            runner.run(ops)
-        finally:
-            store.close()
-        live = runner.sm
-        store = Store(tmp)
-        try:
-            restored = StateMachine()
-            store.load(restored, runner.now)
-        finally:
-            store.close()
-    assert durable_snapshot(restored) == durable_snapshot(live)
-    assert set(restored.vhosts[VH].queues) == ({"q0", "q1"} if cfg.q1_durable else {"q0"})
-    assert "tx" not in restored.vhosts[VH].exchanges
-    # Ready and in-flight persistent messages come back ready, in publish order.
-    for name, q in restored.vhosts[VH].queues.items():
-        live_q = live.vhosts[VH].queues[name]
-        expected = sorted(
-            m.seq for m in live_q.messages.values() if m.persistent and m.state in (READY, UNACKED)
-        )
-        assert [m.seq for m in ready_order(q)] == expected
-        assert q.ready_count == len(expected)
-        assert q.hidden_count == sum(1 for m in q.messages.values() if m.state == HIDDEN)
-        assert not q.unacked and not q.consumers
-    # Recovered timers work: far in the future, every deadline and window has passed.
-    far = runner.now + 10**7
-    for _ in range(1 + MAX_EXTRA_TICKS):
-        restored.apply(c.Tick(), far)
-    assert not is_due(restored, far)
-    for q in restored.vhosts[VH].queues.values():
-        assert q.hidden_count == 0
-        assert q.retained_count() == 0
-        assert all(m.state == READY for m in q.messages.values())
-        if q.settings.message_ttl is not None:  # only fresh dead-letters remain
-            assert all(m.enqueued_at == far for m in q.messages.values())
+        assert dump(replica) == expected
 
 
 def test_model_runner_smoke() -> None:

@@ -10,8 +10,8 @@ from broker.core.errors import InvalidArgument, PreconditionFailed, ReceiptHandl
 from broker.core.model import HIDDEN, RETAINED, MessagesAvailable
 from tests.core_helpers import VH, Core, ready_bodies, x_death
 
-A: c.Owner = (1, 1)
-B: c.Owner = (2, 1)
+A: c.Owner = (1, 1, 1)
+B: c.Owner = (1, 2, 1)
 
 
 @pytest.fixture

@@ -4,27 +4,9 @@ from __future__ import annotations
 
 from broker.core import commands as c
 from broker.core.model import Overflowed
-from broker.core.state import StateMachine
-from broker.store.schema import decode, encode_key, encode_value
-from tests.core_helpers import VH, Core
+from tests.core_helpers import VH, Core, reloaded
 
 PERSISTENT = {"delivery_mode": 2}
-
-
-def restored(sm: StateMachine, changes: list) -> StateMachine:
-    """A new state machine loaded from `changes` as the store would write and read them."""
-    stored: dict[bytes, bytes] = {}
-    for kind, key, value in changes:
-        raw = encode_key(kind, key)
-        if value is None:
-            stored.pop(raw, None)
-        else:
-            stored[raw] = encode_value(kind, value)
-    fresh = StateMachine()
-    for raw in sorted(stored):
-        fresh.restore(*decode(raw, stored[raw]))
-    fresh.finish_restore()
-    return fresh
 
 
 def test_retained_messages_replace_clear_and_copy_once_per_match():
@@ -42,9 +24,8 @@ def test_retained_messages_replace_clear_and_copy_once_per_match():
 
 
 def test_retained_messages_and_records_survive_a_restore():
-    sm = StateMachine()
+    core = Core()
     commands = [
-        c.DeclareVhost(VH),
         c.StoreRetained(VH, "amq.topic", "k", PERSISTENT, b"kept"),
         c.StoreRetained(VH, "amq.topic", "gone", PERSISTENT, b"x"),
         c.StoreRetained(VH, "amq.topic", "gone", PERSISTENT, None),
@@ -54,13 +35,11 @@ def test_retained_messages_and_records_survive_a_restore():
         c.PutRecord(VH, ("mqtt", "client\x00odd"), "in:7", None),
         c.DropRecords(VH, ("mqtt", "other")),
     ]
-    changes = []
     for command in commands:
-        sm.apply(command, 0)
-        changes += sm.take_changes()
-    fresh = restored(sm, changes)
+        core.apply(command)
+    fresh = reloaded(core).sm
     assert {k: v.body for k, v in fresh.vhosts[VH].retained.items()} == {"k": b"kept"}
-    assert fresh.records == sm.records
+    assert fresh.records == core.sm.records
     assert fresh.records_of(VH, ("mqtt", "client\x00odd")) == {
         "session": {"subscriptions": {"a/#": 1}}
     }
@@ -70,9 +49,8 @@ def test_deleting_a_vhost_forgets_its_retained_messages_and_records():
     core = Core()
     core.apply(c.StoreRetained(VH, "amq.topic", "k", PERSISTENT, b"kept"))
     core.apply(c.PutRecord(VH, ("g",), "n", 1))
-    core.sm.take_changes()
     core.apply(c.DeleteVhost(VH))
-    changes = core.sm.take_changes()
+    changes = core.changes
     assert ("retained", (VH, "k"), None) in changes
     assert ("record", (VH, ("g",), "n"), None) in changes
     assert core.sm.records == {}

@@ -21,10 +21,7 @@ from broker.core.errors import (
 )
 from broker.core.model import ConsumerCancelled, MessagesAvailable
 from broker.core.routing import headers_match, topic_matches
-from broker.core.state import StateMachine
-from broker.store import schema
-from broker.store.commit import Store
-from tests.core_helpers import VH, Core, ready_bodies
+from tests.core_helpers import VH, Core, ready_bodies, restart
 
 
 @pytest.fixture
@@ -234,7 +231,7 @@ def test_publish_to_missing_exchange(core: Core) -> None:
     with pytest.raises(NotFound):
         core.publish("k", b"m", "missing")
     with pytest.raises(NotAllowed):
-        core.sm.apply(c.Publish("nope", "", "k", {}, b""), 0)
+        core.apply(c.Publish("nope", "", "k", {}, b""))
 
 
 def test_unbind_and_exchange_delete_remove_routes(core: Core) -> None:
@@ -346,7 +343,7 @@ def test_queue_delete_if_unused_and_if_empty(core: Core) -> None:
     with pytest.raises(PreconditionFailed):
         core.apply(c.DeleteQueue(VH, "q", if_unused=True))
     assert core.apply(c.DeleteQueue(VH, "q")) == 0  # the one message is unacked
-    assert core.effects == [ConsumerCancelled((1, 1), "ctag")]
+    assert core.effects == [ConsumerCancelled((1, 1, 1), "ctag")]
     assert core.apply(c.DeleteQueue(VH, "q")) == 0  # deleting twice is fine
 
 
@@ -397,9 +394,9 @@ def test_exclusive_consumer(core: Core) -> None:
     core.queue("q")
     core.consume("q", "first", exclusive=True)
     with pytest.raises(AccessRefused):
-        core.consume("q", "second", owner=(2, 1))
-    core.apply(c.Cancel((1, 1), "first"))
-    core.consume("q", "second", owner=(2, 1))
+        core.consume("q", "second", owner=(1, 2, 1))
+    core.apply(c.Cancel((1, 1, 1), "first"))
+    core.consume("q", "second", owner=(1, 2, 1))
     with pytest.raises(AccessRefused):
         core.consume("q", "third", owner=(3, 1), exclusive=True)
 
@@ -441,7 +438,7 @@ def test_queue_with_consumer_does_not_expire(core: Core) -> None:
     core.consume("q")
     core.tick(5000)
     assert "q" in core.sm.vhosts[VH].queues
-    core.apply(c.Cancel((1, 1), "ctag"), at=6000)
+    core.apply(c.Cancel((1, 1, 1), "ctag"), at=6000)
     core.tick(6999)
     assert "q" in core.sm.vhosts[VH].queues
     core.tick(7000)
@@ -452,9 +449,9 @@ def test_auto_delete_queue_goes_with_its_last_consumer(core: Core) -> None:
     core.apply(c.DeclareQueue(VH, "ad", auto_delete=True))
     core.consume("ad", "a")
     core.consume("ad", "b")
-    core.apply(c.Cancel((1, 1), "a"))
+    core.apply(c.Cancel((1, 1, 1), "a"))
     assert "ad" in core.sm.vhosts[VH].queues
-    core.apply(c.ReleaseOwner((1, 1)))
+    core.apply(c.ReleaseOwner((1, 1, 1)))
     assert "ad" not in core.sm.vhosts[VH].queues
 
 
@@ -534,34 +531,10 @@ def test_publish_to_queue_without_consumers_announces_availability(core: Core) -
 # -- restart from the store ----------------------------------------------------------------
 
 
-def restart(core: Core, path: str) -> Core:
-    """Write the core's pending changes to LevelDB and load a fresh core from it."""
-    store = Store(path)
-    try:
-        store.write(
-            [
-                (
-                    schema.encode_key(kind, key),
-                    None if value is None else schema.encode_value(kind, value),
-                )
-                for kind, key, value in core.sm.take_changes()
-            ]
-        )
-    finally:
-        store.close()
-    loaded = StateMachine()
-    store = Store(path)
-    try:
-        store.load(loaded, core.now)
-    finally:
-        store.close()
-    return Core(loaded, core.now)
-
-
 def test_restart_keeps_durable_things_only(core: Core, tmp_path: Path) -> None:
     core.queue("durable")
     core.apply(c.DeclareQueue(VH, "transient", durable=False))
-    core.apply(c.DeclareQueue(VH, "exclusive", exclusive_owner=7, requester=7))
+    core.apply(c.DeclareQueue(VH, "exclusive", exclusive_owner=(1, 7), requester=(1, 7)))
     core.exchange("ex", "topic")
     core.exchange("tx", "fanout", durable=False)
     core.bind("ex", "durable", "a.#")

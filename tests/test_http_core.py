@@ -10,29 +10,10 @@ import pytest
 from broker.core import commands as c
 from broker.core.errors import NotFound, PreconditionFailed
 from broker.core.routing import topic_matches
-from broker.core.state import StateMachine
 from broker.protocols.http import attributes, filters, retry
 from broker.protocols.http.errors import CmqError
 from broker.protocols.http.params import Params
-from broker.store.schema import decode, encode_key, encode_value
-from tests.core_helpers import VH, Core
-
-
-def reload(sm: StateMachine, changes: list[tuple[str, object, object]]) -> StateMachine:
-    """A new state machine restored from `changes` as the store would hold them."""
-    stored: dict[bytes, bytes] = {}
-    for kind, key, value in changes:
-        raw = encode_key(kind, key)
-        if value is None:
-            stored.pop(raw, None)
-        else:
-            stored[raw] = encode_value(kind, value)
-    fresh = StateMachine()
-    for raw_key in sorted(stored):
-        fresh.restore(*decode(raw_key, stored[raw_key]))
-    fresh.finish_restore()
-    return fresh
-
+from tests.core_helpers import VH, Core, reloaded
 
 # -- live queue settings -------------------------------------------------------------------
 
@@ -40,16 +21,15 @@ def reload(sm: StateMachine, changes: list[tuple[str, object, object]]) -> State
 def test_set_queue_arguments_changes_settings_and_persists() -> None:
     core = Core(now=1000)
     core.queue("q", **{"x-visibility-timeout": 30_000, "x-max-length": 5})
-    changes = core.sm.take_changes()
     core.apply(
         c.SetQueueArguments(VH, "q", {"x-visibility-timeout": 1000, "x-max-length": None}),
         at=2000,
     )
-    changes += core.sm.take_changes()
     q = core.q("q")
     assert q.settings.visibility_ms == 1000 and q.settings.max_length is None
     assert (q.created_at, q.modified_at) == (1000, 2000)
-    restored = reload(core.sm, changes).queue(VH, "q")
+    assert ("queue", (VH, "q"), q) in core.changes
+    restored = reloaded(core).q("q")
     assert restored.arguments == {"x-visibility-timeout": 1000}
     assert (restored.created_at, restored.modified_at) == (1000, 2000)
 
@@ -91,7 +71,6 @@ def test_lower_drop_head_limit_drops_the_oldest() -> None:
 def test_access_keys_are_durable_unique_and_go_with_their_vhost() -> None:
     core = Core(now=5)
     core.apply(c.DeclareVhost("tenant"))
-    core.sm.take_changes()
     key = core.apply(c.AddAccessKey("AKID1", "s1", "tenant"))
     assert (key.vhost, key.created_at) == ("tenant", 5)
     core.apply(c.AddAccessKey("AKID2", "s2", VH))
@@ -99,8 +78,7 @@ def test_access_keys_are_durable_unique_and_go_with_their_vhost() -> None:
         core.apply(c.AddAccessKey("AKID1", "other", VH))
     with pytest.raises(Exception, match="not found"):
         core.apply(c.AddAccessKey("AKID3", "s3", "nowhere"))
-    changes = core.sm.take_changes()
-    fresh = reload(core.sm, [("vhost", "tenant", True), ("vhost", VH, True), *changes])
+    fresh = reloaded(core).sm
     assert fresh.access_keys["AKID1"].secret_key == "s1"
     core.apply(c.DeleteVhost("tenant"))
     assert set(core.sm.access_keys) == {"AKID2"}

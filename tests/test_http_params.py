@@ -178,7 +178,10 @@ def signed(now: int, nonce: int = 7, **extra: str) -> Params:
 
 
 def auth(p: Params, guard: ReplayGuard, now: int) -> AccessKey:
-    return authenticate(p, "POST", "h:80", "/v2/index.php", KEYS, guard, now)
+    def first_use(secret_id: str, stamp: int, nonce: int) -> bool:
+        return guard.first_use(secret_id, stamp, nonce, now)
+
+    return authenticate(p, "POST", "h:80", "/v2/index.php", KEYS, first_use, now, guard.skew_s)
 
 
 def test_authenticate_and_replay() -> None:
@@ -206,11 +209,12 @@ def test_authentication_failures() -> None:
 
 def test_replay_guard_forgets_old_timestamps_and_stays_bounded() -> None:
     guard = ReplayGuard(10, 3)
-    guard.check("a", 100, 1, 100)
-    guard.check("a", 100, 1 + 1, 100)
-    guard.check("a", 111, 1, 111)  # 100 is out of the window now
+    assert guard.first_use("a", 100, 1, 100)
+    assert not guard.first_use("a", 100, 1, 100)
+    assert guard.first_use("a", 100, 1 + 1, 100)
+    assert guard.first_use("a", 111, 1, 111)  # 100 is out of the window now
     assert guard.size == 1
-    guard.check("a", 111, 2, 111)
-    guard.check("a", 112, 1, 112)
-    guard.check("a", 113, 1, 113)  # over capacity: the oldest second goes
+    assert guard.first_use("a", 111, 2, 111)
+    assert guard.first_use("a", 112, 1, 112)
+    assert guard.first_use("a", 113, 1, 113)  # over capacity: the oldest second goes
     assert guard.size <= 3 and guard.evicted == 2

@@ -1,5 +1,5 @@
-"""The CMQ service without HTTP or disk: requests in, reply dicts out, on a real state machine
-behind a commit path that applies at once."""
+"""The CMQ service without HTTP or disk: requests in, reply dicts out, through the node's
+gateway and committer over a disk in memory."""
 
 from __future__ import annotations
 
@@ -11,39 +11,12 @@ from typing import Any
 
 from broker.config import Config
 from broker.core import commands as c
-from broker.core.errors import BrokerError
-from broker.core.model import MessagesAvailable
 from broker.core.state import StateMachine
 from broker.protocols.http import queues, signature, topics
 from broker.protocols.http.service import CmqService
+from tests.memory_gateway import memory_gateway
 
 HOST = "localhost:15680"
-
-
-class FakeCommit:
-    """Applies each command immediately and resolves its future on the next loop turn."""
-
-    def __init__(self, state: StateMachine, on_available: Callable[[str, str], None]) -> None:
-        self.state = state
-        self.on_available = on_available
-        self.clock = self
-
-    def now(self) -> int:
-        return int(time.time() * 1000)
-
-    def call(self, command: c.Command) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        try:
-            reply, effects = self.state.apply(command, self.now())
-        except BrokerError as exc:
-            loop.call_soon(fut.set_exception, exc)
-            return fut
-        loop.call_soon(fut.set_result, reply)
-        for effect in effects:
-            if isinstance(effect, MessagesAvailable):
-                loop.call_soon(self.on_available, effect.vhost, effect.queue)
-        return fut
 
 
 class NoPushers:
@@ -57,18 +30,26 @@ class NoPushers:
 
 
 class FakeNode:
+    """The CMQ service on the node's gateway and committer, with a disk in memory."""
+
     def __init__(self) -> None:
         self.config = Config()
-        self.state = StateMachine()
-        self.state.apply(c.DeclareVhost("/"), 0)
-        self.state.apply(c.AddAccessKey("AKID", "key", "/"), 0)
+        self.gateway, self.commit = memory_gateway(
+            auto=True, users=False, clock=lambda: int(time.time() * 1000)
+        )
+        self.commit.submit(c.AddAccessKey("AKID", "key", "/"))
+        self.commit.run()
         self.service = CmqService(
-            self,  # type: ignore[arg-type]
+            self.gateway,
             self.config,
             {**queues.ACTIONS, **topics.ACTIONS},
             lambda svc: NoPushers(),
         )
-        self.commit = FakeCommit(self.state, self.service.waiters.notify)
+        self.gateway.queue_watchers.append(self.service.waiters.notify)
+
+    @property
+    def state(self) -> StateMachine:
+        return self.commit.state
 
     async def request(self, action: str, method: str = "POST", **params: Any) -> dict[str, Any]:
         values = {
@@ -87,7 +68,10 @@ class FakeNode:
 
 
 def run(test: Callable[[FakeNode], Any]) -> None:
-    asyncio.run(test(FakeNode()))
+    async def main() -> None:
+        await test(FakeNode())
+
+    asyncio.run(main())
 
 
 def test_send_receive_delete_and_request_ids() -> None:
@@ -115,7 +99,8 @@ def test_long_poll_wakes_on_messages_available() -> None:
         waiting = asyncio.create_task(
             node.request("BatchReceiveMessage", queueName="q", numOfMsg=2, pollingWaitSeconds=10)
         )
-        await asyncio.sleep(0.05)
+        for _ in range(20):  # loop turns enough to write and apply what is pending
+            await asyncio.sleep(0)
         assert not waiting.done()
         await node.request("SendMessage", queueName="q", msgBody="now")
         got = await asyncio.wait_for(waiting, 2)

@@ -56,3 +56,9 @@ class InternalError(BrokerError):
     """A bug: a command failed unexpectedly. The session is closed; the node keeps running."""
 
     session_level = True
+
+
+class StoreFailed(BrokerError):
+    """The node's disk refused a write: nothing is acknowledged any more."""
+
+    session_level = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.core.commands import Owner
+from broker.core.commands import ConnectionId, Owner, Will
 
 # Message states inside a queue.
 READY = 0  # waiting for a consumer
@@ -34,6 +34,8 @@ class Message:
     first_delivered_at: int = 0
     acked_at: int = 0
     state: int = READY
+    #: order among never-delivered ready messages (see MessageQueue.next_position)
+    position: int = 0
 
     @property
     def size(self) -> int:
@@ -107,6 +109,8 @@ class Consumer:
     in_flight: int = 0
     active: bool = True
     shared: SharedLimit | None = None
+    #: consume order across the node's state: a queue serves its consumers in this order
+    seq: int = 0
 
     def has_capacity(self) -> bool:
         if not self.active or (self.prefetch and self.in_flight >= self.prefetch):
@@ -136,6 +140,8 @@ class Received:
 
     message: Message
     handle: str
+    #: the queue's number (CMQ message ids derive from it)
+    qid: int = 0
 
 
 @dataclass(slots=True)
@@ -153,6 +159,20 @@ class QueueInfo:
     name: str
     message_count: int
     consumer_count: int
+    #: the queue's number in the store (CMQ shows it as the queue id)
+    qid: int = 0
+
+
+@dataclass(slots=True)
+class SessionHolder:
+    """Which connection holds a client id (OpenSession), and what its end must undo."""
+
+    connection: ConnectionId
+    owner: Owner
+    clean: bool
+    queue: str
+    group: tuple[str, ...]
+    will: Will | None = None
 
 
 # Effects: what the node must do once the command is durable.
@@ -197,4 +217,12 @@ class Overflowed:
     policy: str
 
 
-Effect = Deliver | ConsumerCancelled | MessagesAvailable | Overflowed
+@dataclass(slots=True)
+class CloseConnection:
+    """The broker ends a connection (its client id was taken over by another one)."""
+
+    connection: ConnectionId
+    reason: str
+
+
+Effect = Deliver | ConsumerCancelled | MessagesAvailable | Overflowed | CloseConnection

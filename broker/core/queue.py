@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from broker.core.commands import Owner
+from broker.core.commands import ConnectionId, Owner
 from broker.core.errors import PreconditionFailed
 from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Consumer, Message
 
@@ -96,7 +96,7 @@ class MessageQueue:
         name: str,
         qid: int,
         durable: bool,
-        exclusive_owner: int | None,
+        exclusive_owner: ConnectionId | None,
         auto_delete: bool,
         arguments: dict[str, Any],
     ) -> None:
@@ -124,6 +124,8 @@ class MessageQueue:
         self.unacked: dict[int, tuple[Owner, Consumer | None]] = {}
         self.consumers: list[Consumer] = []
         self.next_seq = 1
+        #: order in which never-delivered messages became ready (a delayed one joins late)
+        self.next_position = 1
         self.last_used = 0
         #: when the queue was declared and its arguments last changed, ms
         self.created_at = 0
@@ -131,12 +133,16 @@ class MessageQueue:
         self.had_consumer = False
         #: some message carried its own TTL, so heads do not expire in publish order
         self.per_message_ttl = False
-        self._round_robin = 0
+        #: where the next round-robin search for a consumer starts
+        self.round_robin = 0
+        #: a no-ack dispatch stopped after its burst and continues on the next Tick
+        self.dispatch_pending = False
 
     # -- bookkeeping ---------------------------------------------------------------------
 
     @property
-    def persistent_store(self) -> bool:
+    def survives_restart(self) -> bool:
+        """Durable and not owned by a connection (which a restart ends)."""
         return self.durable and self.exclusive_owner is None
 
     def level(self, msg: Message) -> int:
@@ -181,6 +187,11 @@ class MessageQueue:
             self._hide(msg, msg.visible_at)
             self.delayed_count += 1
             return
+        self._to_tail(msg)
+
+    def _to_tail(self, msg: Message) -> None:
+        msg.position = self.next_position
+        self.next_position += 1
         self._mark_ready(msg)
         self._ready[self.level(msg)].append(msg.seq)
 
@@ -189,11 +200,12 @@ class MessageQueue:
         self._mark_ready(msg)
         heapq.heappush(self._returned[self.level(msg)], msg.seq)
 
-    def restore(self, msg: Message) -> None:
-        """Place a message loaded from the store, in whichever state it was saved."""
-        if msg.expires_at is not None:
-            self.per_message_ttl = True
-        self.next_seq = max(self.next_seq, msg.seq + 1)
+    def restore(self, msg: Message, holder: tuple[Owner, Consumer | None] | None) -> None:
+        """Place a message loaded from a snapshot, in the state it was saved in.
+
+        Messages arrive in seq order; `finish_restore` then orders what seq order does not
+        tell (the tail by position, retained messages by ack time).
+        """
         self.messages[msg.seq] = msg
         if msg.state == RETAINED:
             self._retained.append(msg.seq)
@@ -201,13 +213,19 @@ class MessageQueue:
             self._hide(msg, msg.visible_at)
             if msg.delivery_count == 0:
                 self.delayed_count += 1
+        elif msg.state == UNACKED:
+            assert holder is not None
+            self.unacked[msg.seq] = holder
+        elif msg.delivery_count:
+            self.give_back(msg)
         else:
-            # In-flight push deliveries are not persisted: they come back as ready.
             self._mark_ready(msg)
             self._ready[self.level(msg)].append(msg.seq)
 
     def finish_restore(self) -> None:
-        """Retained messages expire in ack order, which the store (in seq order) lost."""
+        """Order what the snapshot (in seq order) does not: the tail, retained messages."""
+        for i, ready in enumerate(self._ready):
+            self._ready[i] = deque(sorted(ready, key=lambda seq: self.messages[seq].position))
         self._retained = deque(
             sorted(self._retained, key=lambda seq: (self.messages[seq].acked_at, seq))
         )
@@ -328,8 +346,7 @@ class MessageQueue:
             self.hidden_count -= 1
             if msg.delivery_count == 0:
                 self.delayed_count -= 1
-                self._mark_ready(msg)
-                self._ready[self.level(msg)].append(msg.seq)
+                self._to_tail(msg)
             else:
                 self.give_back(msg)
             out.append(msg)
@@ -394,6 +411,8 @@ class MessageQueue:
                 candidates.append(msg.acked_at + self.settings.rewind_ms)
         if self.settings.expires is not None and not self.consumers:
             candidates.append(self.last_used + self.settings.expires)
+        if self.dispatch_pending:
+            candidates.append(0)
         return min(candidates) if candidates else None
 
     def purge_ready(self) -> list[Message]:

@@ -1,9 +1,19 @@
-"""The broker's state machine: `apply(command, now) -> (reply, effects)`.
+"""The broker's state machine: `apply(command, meta) -> (reply, error, effects, changes)`.
 
-Pure and deterministic: it never reads the clock, never does I/O, never draws random numbers.
-Durable changes are recorded in `changes` as logical records ("message", key, value) that the
-store writes in one batch; effects (deliveries, cancellations) are released by the node once
-that batch is on disk.
+Pure and deterministic: it never reads the clock (the time comes with the log entry, in `meta`),
+never does I/O, never draws random numbers. What a command changes comes back as values:
+`changes` name every record of the state that the command touched ("message", key, object, or
+None once it is gone), so a snapshot can write exactly those; `effects` say what the node must
+do (deliver, cancel a consumer, wake long polls, close a connection).
+
+A command either succeeds or changes nothing: handlers check everything that can fail before
+they change anything, and a command that fails anyway after it started changing the state is
+reported as a `PartialFailure` for the commit path to undo (by rebuilding the state without it).
+
+The whole state is recorded, not only what is durable to a client (consumers, deliveries in
+flight, non-durable queues): a node that restores a snapshot and replays the log after it must
+end in exactly the state of a node that applied every entry. What a restart drops is dropped
+by commands (ReleaseNode, DropTransient), so replicas agree on that too.
 """
 
 from __future__ import annotations
@@ -17,18 +27,21 @@ from typing import Any
 from broker.core import commands as c
 from broker.core.errors import (
     AccessRefused,
+    BrokerError,
     CommandInvalid,
     InvalidArgument,
     NotAllowed,
     NotFound,
     PreconditionFailed,
     ReceiptHandleInvalid,
+    ResourceLimit,
     ResourceLocked,
 )
 from broker.core.model import (
     HIDDEN,
     AccessKey,
     BindingKey,
+    CloseConnection,
     Consumer,
     ConsumerCancelled,
     Deliver,
@@ -43,6 +56,7 @@ from broker.core.model import (
     QueueInfo,
     Received,
     RetainedMessage,
+    SessionHolder,
     SharedLimit,
     User,
 )
@@ -57,6 +71,7 @@ PREDECLARED_EXCHANGES = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
+_PREDECLARED = dict(PREDECLARED_EXCHANGES)
 
 #: Routing keys remembered per exchange before the memo starts over.
 ROUTE_CACHE_SIZE = 4096
@@ -64,8 +79,21 @@ ROUTE_CACHE_SIZE = 4096
 #: Most deliveries to no-ack consumers of one queue in one go (they have no prefetch window).
 NO_ACK_BURST = 256
 
-#: A durable change: (kind, key, value or None to delete).
+#: A change: (record kind, key, the live object as it is now, or None once it is gone).
 Change = tuple[str, Any, Any]
+
+#: What applying one command gives: reply, error, effects, changes.
+Applied = tuple[Any, BrokerError | None, list[Effect], list[Change]]
+
+#: Commands a Batch may hold: each can be checked before any of them changes anything.
+BATCHABLE = (c.Publish, c.Settle, c.PutRecord, c.DropRecords, c.StoreRetained)
+
+#: Who holds an unacked message: its owner and consumer (None for basic.get).
+Holder = tuple[c.Owner, Consumer | None]
+
+
+class PartialFailure(Exception):
+    """A command failed after it had started changing the state: the state must be rebuilt."""
 
 
 @dataclass(slots=True)
@@ -73,8 +101,8 @@ class Vhost:
     name: str
     exchanges: dict[str, Exchange] = field(default_factory=dict)
     queues: dict[str, MessageQueue] = field(default_factory=dict)
-    #: source exchange -> bindings from it (insertion ordered)
-    bindings: dict[str, dict[BindingKey, None]] = field(default_factory=dict)
+    #: source exchange -> its bindings, each with its creation number (routing order)
+    bindings: dict[str, dict[BindingKey, int]] = field(default_factory=dict)
     #: routing key -> the message retained for it (StoreRetained)
     retained: dict[str, RetainedMessage] = field(default_factory=dict)
     #: exchange -> routing key -> its matching bindings; derived, dropped when bindings change
@@ -103,22 +131,25 @@ class StateMachine:
         self.vhosts: dict[str, Vhost] = {}
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
+        #: (owner, tag) -> consumer, in consume order
         self.consumers: dict[tuple[c.Owner, str], Consumer] = {}
-        #: owner -> queues where it holds deliveries or consumers
+        #: owner -> queues where it holds deliveries or consumers (may list a few it left)
         self.owner_queues: dict[c.Owner, set[tuple[str, str]]] = {}
         self.shared_limits: dict[c.Owner, SharedLimit] = {}
-        self.exclusive_queues: dict[int, set[tuple[str, str]]] = {}
+        self.exclusive_queues: dict[c.ConnectionId, set[tuple[str, str]]] = {}
         self.queues_by_qid: dict[int, MessageQueue] = {}
-        self.next_qid = 1
         self.delayed: dict[int, DelayedPublish] = {}
         self._delayed_heap: list[tuple[int, int]] = []
-        self.next_delayed_id = 1
         #: (vhost, group) -> name -> an adapter's opaque durable value (PutRecord)
         self.records: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
         #: secret id -> access key (AddAccessKey)
         self.access_keys: dict[str, AccessKey] = {}
+        #: (vhost, client id) -> the connection holding it (OpenSession)
+        self.sessions: dict[tuple[str, str], SessionHolder] = {}
+        #: counters that name things: recorded so a restored node names them alike
+        self.counters = {"qid": 1, "delayed": 1, "consumer": 1, "binding": 1}
         self._timers: list[tuple[int, str, str]] = []
-        self.changes: list[Change] = []
+        self._changes: list[Change] = []
         self._effects: list[Effect] = []
         self.now = 0
         self._handlers: dict[type, Callable[[Any], Any]] = {
@@ -140,8 +171,13 @@ class StateMachine:
             c.Settle: self._settle,
             c.Get: self._get,
             c.Recover: self._recover,
-            c.ReleaseOwner: self._release_owner,
+            c.ReleaseOwner: self._release_owner_cmd,
             c.ConnectionClosed: self._connection_closed,
+            c.ReleaseNode: self._release_node,
+            c.DropTransient: self._drop_transient,
+            c.OpenSession: self._open_session,
+            c.CloseSession: self._close_session,
+            c.Batch: self._batch,
             c.SetFlow: self._set_flow,
             c.Tick: self._tick,
             c.Receive: self._receive,
@@ -159,12 +195,20 @@ class StateMachine:
 
     # -- entry point ---------------------------------------------------------------------
 
-    def apply(self, command: c.Command, now: int) -> tuple[Any, list[Effect]]:
-        """Apply one command at time `now` (ms). Raises BrokerError without changing state."""
-        self.now = now
-        self._effects = []
-        reply = self._handlers[type(command)](command)
-        return reply, self._effects
+    def apply(self, command: c.Command, meta: c.Meta) -> Applied:
+        """Apply one log entry's command at the entry's time."""
+        self.now = meta.time
+        effects: list[Effect] = []
+        changes: list[Change] = []
+        self._effects = effects
+        self._changes = changes
+        try:
+            reply = self._handlers[type(command)](command)
+        except BrokerError as exc:
+            if changes or effects:
+                raise PartialFailure(f"{type(command).__name__} failed half-way: {exc}") from exc
+            return None, exc, effects, changes
+        return reply, None, effects, changes
 
     def next_due(self) -> int | None:
         """When the next Tick is needed, or None when no timer is pending."""
@@ -194,53 +238,100 @@ class StateMachine:
         return ex
 
     def queue_info(self, q: MessageQueue) -> QueueInfo:
-        return QueueInfo(q.name, q.message_count(), len(q.consumers))
+        return QueueInfo(q.name, q.message_count(), len(q.consumers), q.qid)
+
+    def records_of(self, vhost: str, group: tuple[str, ...]) -> dict[str, Any]:
+        """The records of one group (a copy)."""
+        return dict(self.records.get((vhost, tuple(group)), {}))
+
+    def consumers_of(self, owner: c.Owner) -> list[Consumer]:
+        return [consumer for (o, _), consumer in self.consumers.items() if o == owner]
+
+    def _find_queue(self, vhost: str, name: str) -> MessageQueue | None:
+        vh = self.vhosts.get(vhost)
+        return vh.queues.get(name) if vh is not None else None
+
+    def _live(self, q: MessageQueue) -> bool:
+        vh = self.vhosts.get(q.vhost)
+        return vh is not None and vh.queues.get(q.name) is q
+
+    # -- recording changes ---------------------------------------------------------------
+
+    def _record(self, kind: str, key: Any, value: Any) -> None:
+        self._changes.append((kind, key, value))
+
+    def _touch(self, q: MessageQueue) -> None:
+        """The queue's own fields changed (counters, round robin, last use, arguments)."""
+        self._changes.append(("queue", (q.vhost, q.name), q))
+
+    def _touch_message(self, q: MessageQueue, msg: Message) -> None:
+        self._changes.append(("message", (q.qid, msg.seq), msg))
+
+    def _count(self, name: str) -> int:
+        """Take the next number of a counter."""
+        value = self.counters[name]
+        self.counters[name] = value + 1
+        self._changes.append(("counter", name, value + 1))
+        return value
 
     # -- vhosts, users, permissions ------------------------------------------------------
 
     def _declare_vhost(self, cmd: c.DeclareVhost) -> None:
         if cmd.name in self.vhosts:
             return
-        vh = Vhost(cmd.name)
-        for name, type_ in PREDECLARED_EXCHANGES:
-            vh.exchanges[name] = Exchange(cmd.name, name, type_)
-        self.vhosts[cmd.name] = vh
-        self.changes.append(("vhost", cmd.name, True))
+        self._add_vhost(cmd.name)
+        self._record("vhost", cmd.name, True)
+
+    def _add_vhost(self, name: str) -> None:
+        vh = Vhost(name)
+        for ex_name, type_ in PREDECLARED_EXCHANGES:
+            vh.exchanges[ex_name] = Exchange(name, ex_name, type_)
+        self.vhosts[name] = vh
 
     def _delete_vhost(self, cmd: c.DeleteVhost) -> None:
         vh = self.vhost(cmd.name)
-        for qname in list(vh.queues):
-            self._remove_queue(vh.queues[qname])
-        for name, ex in list(vh.exchanges.items()):
-            if ex.durable and name not in dict(PREDECLARED_EXCHANGES):
-                self.changes.append(("exchange", (cmd.name, name), None))
-        for key in [k for k in self.permissions if k[1] == cmd.name]:
+        for key in sorted(k for k in self.sessions if k[0] == cmd.name):
+            self._end_session(key, publish_will=False)
+        for qname in sorted(vh.queues):
+            if qname in vh.queues:
+                self._remove_queue(vh.queues[qname])
+        for name in sorted(vh.exchanges):
+            ex = vh.exchanges.get(name)
+            if ex is not None and name not in _PREDECLARED:
+                self._remove_exchange(vh, ex)
+        for source in list(vh.bindings):
+            for binding in list(vh.bindings.get(source, ())):
+                self._remove_binding(vh, binding)
+        for key in sorted(k for k in self.permissions if k[1] == cmd.name):
             del self.permissions[key]
-            self.changes.append(("permission", key, None))
+            self._record("permission", key, None)
         for delayed in [d for d in self.delayed.values() if d.vhost == cmd.name]:
             self._drop_delayed(delayed)
-        for routing_key in list(vh.retained):
-            self.changes.append(("retained", (cmd.name, routing_key), None))
-        for vhost, group in [k for k in self.records if k[0] == cmd.name]:
+        for routing_key in sorted(vh.retained):
+            self._record("retained", (cmd.name, routing_key), None)
+        for vhost, group in sorted(k for k in self.records if k[0] == cmd.name):
             self._drop_records(c.DropRecords(vhost, group))
-        for secret_id in [k.secret_id for k in self.access_keys.values() if k.vhost == cmd.name]:
-            self._delete_access_key(c.DeleteAccessKey(secret_id))
+        for secret_id in sorted(
+            k.secret_id for k in self.access_keys.values() if k.vhost == cmd.name
+        ):
+            del self.access_keys[secret_id]
+            self._record("access_key", secret_id, None)
         del self.vhosts[cmd.name]
-        self.changes.append(("vhost", cmd.name, None))
+        self._record("vhost", cmd.name, None)
 
     def _put_user(self, cmd: c.PutUser) -> None:
         user = User(cmd.name, cmd.password_hash, tuple(cmd.tags))
         self.users[cmd.name] = user
-        self.changes.append(("user", cmd.name, user))
+        self._record("user", cmd.name, user)
 
     def _delete_user(self, cmd: c.DeleteUser) -> None:
         if cmd.name not in self.users:
             raise NotFound(f"no user '{cmd.name}'")
         del self.users[cmd.name]
-        self.changes.append(("user", cmd.name, None))
-        for key in [k for k in self.permissions if k[0] == cmd.name]:
+        self._record("user", cmd.name, None)
+        for key in sorted(k for k in self.permissions if k[0] == cmd.name):
             del self.permissions[key]
-            self.changes.append(("permission", key, None))
+            self._record("permission", key, None)
 
     def _set_permissions(self, cmd: c.SetPermissions) -> None:
         if cmd.user not in self.users:
@@ -248,7 +339,7 @@ class StateMachine:
         self.vhost(cmd.vhost)
         perm = Permission(cmd.configure, cmd.write, cmd.read)
         self.permissions[(cmd.user, cmd.vhost)] = perm
-        self.changes.append(("permission", (cmd.user, cmd.vhost), perm))
+        self._record("permission", (cmd.user, cmd.vhost), perm)
 
     # -- exchanges -----------------------------------------------------------------------
 
@@ -296,8 +387,7 @@ class StateMachine:
             dict(cmd.arguments),
         )
         vh.exchanges[cmd.name] = ex
-        if ex.durable:
-            self.changes.append(("exchange", (cmd.vhost, cmd.name), ex))
+        self._record("exchange", (cmd.vhost, cmd.name), ex)
 
     def _check_equivalent(
         self,
@@ -346,60 +436,52 @@ class StateMachine:
                     self._remove_binding(vh, key)
         vh.bindings.pop(ex.name, None)
         vh.bindings_changed(ex.name)
-        if ex.durable:
-            self.changes.append(("exchange", (vh.name, ex.name), None))
+        self._record("exchange", (vh.name, ex.name), None)
 
     # -- bindings ------------------------------------------------------------------------
 
-    def _bind(self, cmd: c.Bind) -> None:
-        vh = self.vhost(cmd.vhost)
-        if cmd.source == "" or (not cmd.to_queue and cmd.destination == ""):
-            raise AccessRefused("operation not permitted on the default exchange")
-        source = self.exchange(cmd.vhost, cmd.source)
-        dest_durable = self._destination_durable(vh, cmd.to_queue, cmd.destination, cmd.requester)
-        durable = source.durable and dest_durable
-        key = BindingKey(
+    def _binding_key(self, cmd: c.Bind | c.Unbind) -> BindingKey:
+        return BindingKey(
             cmd.source,
             cmd.destination,
             cmd.to_queue,
             cmd.routing_key,
             freeze_arguments(cmd.arguments),
         )
+
+    def _bind(self, cmd: c.Bind) -> None:
+        vh = self.vhost(cmd.vhost)
+        if cmd.source == "" or (not cmd.to_queue and cmd.destination == ""):
+            raise AccessRefused("operation not permitted on the default exchange")
+        self.exchange(cmd.vhost, cmd.source)
+        self._check_destination(vh, cmd.to_queue, cmd.destination, cmd.requester)
+        key = self._binding_key(cmd)
         bindings = vh.bindings.setdefault(cmd.source, {})
-        vh.bindings_changed(cmd.source)
         if key in bindings:
             return
-        bindings[key] = None
-        if durable:
-            self.changes.append(("binding", (cmd.vhost, key), key))
+        seq = self._count("binding")
+        bindings[key] = seq
+        vh.bindings_changed(cmd.source)
+        self._record("binding", (cmd.vhost, key), seq)
 
-    def _destination_durable(
-        self, vh: Vhost, to_queue: bool, name: str, requester: int | None
-    ) -> bool:
+    def _check_destination(
+        self, vh: Vhost, to_queue: bool, name: str, requester: c.ConnectionId | None
+    ) -> None:
         if to_queue:
             q = vh.queues.get(name)
             if q is None:
                 raise NotFound(f"no queue '{name}' in vhost '{vh.name}'")
             self._check_exclusive(q, requester)
-            return q.persistent_store
-        ex = vh.exchanges.get(name)
-        if ex is None:
+        elif name not in vh.exchanges:
             raise NotFound(f"no exchange '{name}' in vhost '{vh.name}'")
-        return ex.durable
 
     def _unbind(self, cmd: c.Unbind) -> None:
         vh = self.vhost(cmd.vhost)
         if cmd.source == "":
             raise AccessRefused("operation not permitted on the default exchange")
         self.exchange(cmd.vhost, cmd.source)
-        self._destination_durable(vh, cmd.to_queue, cmd.destination, cmd.requester)
-        key = BindingKey(
-            cmd.source,
-            cmd.destination,
-            cmd.to_queue,
-            cmd.routing_key,
-            freeze_arguments(cmd.arguments),
-        )
+        self._check_destination(vh, cmd.to_queue, cmd.destination, cmd.requester)
+        key = self._binding_key(cmd)
         if key in vh.bindings.get(cmd.source, {}):
             self._remove_binding(vh, key)
 
@@ -409,7 +491,7 @@ class StateMachine:
             return
         del bindings[key]
         vh.bindings_changed(key.source)
-        self.changes.append(("binding", (vh.name, key), None))
+        self._record("binding", (vh.name, key), None)
         source = vh.exchanges.get(key.source)
         if source is not None and source.auto_delete and not bindings:
             self._remove_exchange(vh, source)
@@ -502,6 +584,7 @@ class StateMachine:
                 q.arguments,
             )
             q.last_used = self.now
+            self._touch(q)
             self._schedule(q)
             return self.queue_info(q)
         if _text(cmd.arguments.get("x-queue-type")) == "quorum":
@@ -519,25 +602,26 @@ class StateMachine:
         q = MessageQueue(
             cmd.vhost,
             cmd.name,
-            self.next_qid,
+            self.counters["qid"],
             cmd.durable,
             cmd.exclusive_owner,
             cmd.auto_delete,
             dict(cmd.arguments),
-        )
-        self.next_qid += 1
+        )  # raises PreconditionFailed for bad arguments, before anything changed
+        self._count("qid")
         q.last_used = q.created_at = q.modified_at = self.now
-        vh.queues[cmd.name] = q
-        self.queues_by_qid[q.qid] = q
-        if cmd.exclusive_owner is not None:
-            self.exclusive_queues.setdefault(cmd.exclusive_owner, set()).add((cmd.vhost, cmd.name))
-        if q.persistent_store:
-            self.changes.append(("counter", "qid", self.next_qid))
-            self.changes.append(("queue", (cmd.vhost, cmd.name), _queue_record(q)))
+        self._add_queue(q)
+        self._touch(q)
         self._schedule(q)
         return self.queue_info(q)
 
-    def _check_exclusive(self, q: MessageQueue, connection: int | None) -> None:
+    def _add_queue(self, q: MessageQueue) -> None:
+        self.vhosts[q.vhost].queues[q.name] = q
+        self.queues_by_qid[q.qid] = q
+        if q.exclusive_owner is not None:
+            self.exclusive_queues.setdefault(q.exclusive_owner, set()).add((q.vhost, q.name))
+
+    def _check_exclusive(self, q: MessageQueue, connection: c.ConnectionId | None) -> None:
         if q.exclusive_owner is not None and q.exclusive_owner != connection:
             raise ResourceLocked(
                 f"cannot obtain exclusive access to locked queue '{q.name}' in vhost '{q.vhost}'"
@@ -572,8 +656,7 @@ class StateMachine:
         del self.queues_by_qid[q.qid]
         if q.exclusive_owner is not None:
             self.exclusive_queues.get(q.exclusive_owner, set()).discard((q.vhost, q.name))
-        if q.persistent_store:
-            self.changes.append(("queue", (q.vhost, q.name), None))
+        self._record("queue", (q.vhost, q.name), None)
 
     def _purge_queue(self, cmd: c.PurgeQueue) -> int:
         q = self.queue(cmd.vhost, cmd.name)
@@ -585,13 +668,14 @@ class StateMachine:
 
     def _connection_closed(self, cmd: c.ConnectionClosed) -> None:
         for vhost, name in sorted(self.exclusive_queues.pop(cmd.connection, set())):
-            vh = self.vhosts.get(vhost)
-            if vh is not None and name in vh.queues:
-                self._remove_queue(vh.queues[name])
+            q = self._find_queue(vhost, name)
+            if q is not None:
+                self._remove_queue(q)
 
     # -- publishing ----------------------------------------------------------------------
 
-    def _publish(self, cmd: c.Publish) -> PublishResult:
+    def _check_publish(self, cmd: c.Publish) -> tuple[Vhost, Exchange, int | None]:
+        """What publishing needs, checked: (vhost, exchange, per-message TTL)."""
         vh = self.vhost(cmd.vhost)
         ex = vh.exchanges.get(cmd.exchange)
         if ex is None:
@@ -600,8 +684,7 @@ class StateMachine:
             raise AccessRefused(
                 f"cannot publish to internal exchange '{cmd.exchange}' in vhost '{cmd.vhost}'"
             )
-        props = cmd.properties
-        expiration = props.get("expiration")
+        expiration = cmd.properties.get("expiration")
         ttl = None
         if expiration is not None:
             try:
@@ -610,19 +693,36 @@ class StateMachine:
                 raise PreconditionFailed(f"invalid expiration '{expiration}'") from None
             if ttl < 0:
                 raise PreconditionFailed(f"invalid expiration '{expiration}'")
-        headers = props.get("headers")
-        if ex.type == "x-delayed-message":
-            delay = headers.get("x-delay") if headers else None
-            if isinstance(delay, int) and not isinstance(delay, bool) and delay > 0:
-                self._hold_delayed(vh, ex, cmd, delay)
-                return PublishResult(routed=True)
+        return vh, ex, ttl
+
+    def _targets(self, vh: Vhost, ex: Exchange, cmd: c.Publish) -> dict[str, None]:
         targets: dict[str, None] = {}
         if ex.name == "":
             if cmd.routing_key in vh.queues:
                 targets[cmd.routing_key] = None
         else:
-            self._route(vh, ex, cmd.routing_key, headers, targets, set())
+            self._route(vh, ex, cmd.routing_key, cmd.properties.get("headers"), targets, set())
+        return targets
+
+    def _delay_of(self, ex: Exchange, cmd: c.Publish) -> int:
+        """The x-delay of a publish to an x-delayed-message exchange (0: none)."""
+        if ex.type != "x-delayed-message":
+            return 0
+        headers = cmd.properties.get("headers")
+        delay = headers.get("x-delay") if headers else None
+        if isinstance(delay, int) and not isinstance(delay, bool) and delay > 0:
+            return delay
+        return 0
+
+    def _publish(self, cmd: c.Publish) -> PublishResult:
+        vh, ex, ttl = self._check_publish(cmd)
+        delay = self._delay_of(ex, cmd)
+        if delay:
+            self._hold_delayed(vh, ex, cmd, delay)
+            return PublishResult(routed=True)
+        targets = self._targets(vh, ex, cmd)
         result = PublishResult(routed=bool(targets))
+        props = cmd.properties
         persistent = props.get("delivery_mode") == 2
         for qname in targets:
             q = vh.queues[qname]
@@ -645,10 +745,7 @@ class StateMachine:
     ) -> bool:
         """Add a message to a queue; False if the queue refused it (overflow reject)."""
         s = q.settings
-        if s.overflow != "drop-head" and (
-            (s.max_length is not None and q.ready_count >= s.max_length)
-            or (s.max_length_bytes is not None and q.ready_bytes + len(body) > s.max_length_bytes)
-        ):
+        if s.overflow != "drop-head" and _full(q, 1, len(body)):
             if s.overflow == "reject-publish-dlx":
                 msg = self._new_message(
                     q, exchange, routing_key, properties, body, persistent, message_ttl, 0
@@ -660,7 +757,7 @@ class StateMachine:
             q, exchange, routing_key, properties, body, persistent, message_ttl, delay_ms
         )
         q.append(msg)
-        self._persist(q, msg)
+        self._touch_message(q, msg)
         if msg.expires_at is not None or msg.state == HIDDEN:
             self._schedule(q)
         if s.max_length is not None or s.max_length_bytes is not None:
@@ -689,6 +786,7 @@ class StateMachine:
             ttl = message_ttl if ttl is None else min(ttl, message_ttl)
         priority = properties.get("priority") or 0
         now = self.now
+        self._touch(q)  # its next sequence number
         return Message(
             seq=q.new_message_seq(),
             exchange=exchange,
@@ -715,7 +813,7 @@ class StateMachine:
 
     def _hold_delayed(self, vh: Vhost, ex: Exchange, cmd: c.Publish, delay: int) -> None:
         held = DelayedPublish(
-            self.next_delayed_id,
+            self._count("delayed"),
             self.now + delay,
             vh.name,
             ex.name,
@@ -724,16 +822,13 @@ class StateMachine:
             cmd.body,
             cmd.properties.get("delivery_mode") == 2,
         )
-        self.next_delayed_id += 1
         self.delayed[held.id] = held
         heapq.heappush(self._delayed_heap, (held.due, held.id))
-        if held.persistent and ex.durable:
-            self.changes.append(("delayed", (held.due, held.id), held))
-            self.changes.append(("counter", "delayed", self.next_delayed_id))
+        self._record("delayed", (held.due, held.id), held)
 
     def _drop_delayed(self, held: DelayedPublish) -> None:
         del self.delayed[held.id]
-        self.changes.append(("delayed", (held.due, held.id), None))
+        self._record("delayed", (held.due, held.id), None)
 
     def _release_delayed(self) -> None:
         while self._delayed_heap and self._delayed_heap[0][0] <= self.now:
@@ -759,6 +854,34 @@ class StateMachine:
                     held.persistent,
                     ttl,
                 )
+
+    # -- batches -------------------------------------------------------------------------
+
+    def _batch(self, cmd: c.Batch) -> list[Any]:
+        for sub in cmd.commands:
+            if not isinstance(sub, BATCHABLE):
+                raise InvalidArgument(f"{type(sub).__name__} cannot be part of a batch")
+        # Nothing a batchable command does can make a later one fail: check all, then apply.
+        room: dict[int, list[int]] = {}
+        for sub in cmd.commands:
+            self._check(sub, room if cmd.refuse_when_full else None)
+        return [self._handlers[type(sub)](sub) for sub in cmd.commands]
+
+    def _check(self, cmd: Any, room: dict[int, list[int]] | None) -> None:
+        """Raise what `cmd` would raise, changing nothing; count the room it takes in `room`."""
+        if isinstance(cmd, c.Publish):
+            vh, ex, _ = self._check_publish(cmd)
+            if room is None or self._delay_of(ex, cmd):
+                return
+            for qname in self._targets(vh, ex, cmd):
+                q = vh.queues[qname]
+                taken = room.setdefault(q.qid, [0, 0])
+                taken[0] += 1
+                taken[1] += len(cmd.body)
+                if q.settings.overflow != "drop-head" and _full(q, taken[0], taken[1]):
+                    raise ResourceLimit(f"queue '{q.name}' in vhost '{q.vhost}' is full")
+        elif isinstance(cmd, c.PutRecord | c.StoreRetained):
+            self.vhost(cmd.vhost)
 
     # -- dead-lettering ------------------------------------------------------------------
 
@@ -840,38 +963,41 @@ class StateMachine:
             cmd.prefetch,
             cmd.priority,
             active=cmd.active,
+            seq=self._count("consumer"),
         )
         if cmd.shared_prefetch:
             shared = self.shared_limits.setdefault(cmd.owner, SharedLimit(cmd.shared_prefetch))
             shared.limit = cmd.shared_prefetch
             consumer.shared = shared
+            self._record("shared", cmd.owner, shared)
         self.consumers[(cmd.owner, cmd.tag)] = consumer
+        self._record("consumer", (cmd.owner, cmd.tag), consumer)
         self.owner_queues.setdefault(cmd.owner, set()).add((cmd.vhost, cmd.queue))
         q.consumers.append(consumer)
         q.had_consumer = True
         q.last_used = self.now
+        self._touch(q)
         self._dispatch(q)
         return self.queue_info(q)
-
-    def consumers_of(self, owner: c.Owner) -> list[Consumer]:
-        return [consumer for (o, _), consumer in self.consumers.items() if o == owner]
 
     def _cancel(self, cmd: c.Cancel) -> bool:
         consumer = self.consumers.get((cmd.owner, cmd.tag))
         if consumer is None:
             return False
         self._drop_consumer(consumer)
-        q = self.vhosts[consumer.vhost].queues.get(consumer.queue)
+        q = self._find_queue(consumer.vhost, consumer.queue)
         if q is not None:
             self._after_consumer_left(q)
         return True
 
     def _drop_consumer(self, consumer: Consumer) -> None:
         del self.consumers[(consumer.owner, consumer.tag)]
-        q = self.vhosts[consumer.vhost].queues.get(consumer.queue)
+        self._record("consumer", (consumer.owner, consumer.tag), None)
+        q = self._find_queue(consumer.vhost, consumer.queue)
         if q is not None:
             q.consumers.remove(consumer)
             q.last_used = self.now
+            self._touch(q)
 
     def _after_consumer_left(self, q: MessageQueue) -> None:
         if q.auto_delete and q.had_consumer and not q.consumers:
@@ -892,18 +1018,22 @@ class StateMachine:
             return only if only.has_capacity() else None
         best: Consumer | None = None
         n = len(consumers)
-        start = q._round_robin % n
+        start = q.round_robin % n
         for i in range(n):
             candidate = consumers[(start + i) % n]
             if candidate.has_capacity() and (best is None or candidate.priority > best.priority):
                 best = candidate
         if best is not None:
-            q._round_robin = consumers.index(best) + 1
+            q.round_robin = consumers.index(best) + 1
+            self._touch(q)
         return best
 
     def _dispatch(self, q: MessageQueue) -> None:
         burst = NO_ACK_BURST
         new_head = False
+        if q.dispatch_pending:
+            q.dispatch_pending = False
+            self._touch(q)
         while q.ready_count:
             consumer = self._next_consumer(q)
             if consumer is None:
@@ -913,6 +1043,8 @@ class StateMachine:
                 if burst < 0:
                     # Nothing else bounds a no-ack consumer: continue on the next Tick, so the
                     # node can pause it (SetFlow) if its client stops reading meanwhile.
+                    q.dispatch_pending = True
+                    self._touch(q)
                     heapq.heappush(self._timers, (self.now, q.vhost, q.name))
                     return
             msg = q.pop_head()
@@ -936,6 +1068,7 @@ class StateMachine:
         if consumer.no_ack:
             self._forget(q, msg)
         else:
+            self._touch_message(q, msg)
             consumer.in_flight += 1
             if consumer.shared is not None:
                 consumer.shared.in_flight += 1
@@ -944,6 +1077,7 @@ class StateMachine:
         q = self.queue(cmd.vhost, cmd.queue)
         self._check_exclusive(q, cmd.connection)
         q.last_used = self.now
+        self._touch(q)
         self._schedule(q)
         while True:
             msg = q.pop_head()
@@ -958,14 +1092,14 @@ class StateMachine:
         if cmd.no_ack:
             self._forget(q, msg)
         else:
+            self._touch_message(q, msg)
             self.owner_queues.setdefault(cmd.owner, set()).add((cmd.vhost, cmd.queue))
         return GetResult(msg, msg.seq, redelivered, q.message_count())
 
     def _settle(self, cmd: c.Settle) -> None:
         touched: dict[tuple[str, str], MessageQueue] = {}
         for vhost, qname, seq in cmd.deliveries:
-            vh = self.vhosts.get(vhost)
-            q = vh.queues.get(qname) if vh else None
+            q = self._find_queue(vhost, qname)
             if q is None:
                 continue
             holder = q.unacked.get(seq)
@@ -977,11 +1111,11 @@ class StateMachine:
             if consumer is not None and consumer.shared is not None:
                 # Freed room in a shared limit may let this owner's other queues deliver.
                 for other in self.consumers_of(cmd.owner):
-                    oq = self.vhosts[other.vhost].queues.get(other.queue)
+                    oq = self._find_queue(other.vhost, other.queue)
                     if oq is not None:
                         touched[(other.vhost, other.queue)] = oq
         for q in touched.values():
-            if q.name in self.vhosts[q.vhost].queues:
+            if self._live(q):
                 self._dispatch(q)
 
     def _settle_one(self, q: MessageQueue, msg: Message, outcome: str) -> None:
@@ -999,7 +1133,7 @@ class StateMachine:
                 self._dead_letter(q, msg, "delivery_limit")
                 return
             q.give_back(msg)
-            self._persist(q, msg)
+            self._touch_message(q, msg)
             if msg.expires_at is not None:
                 self._schedule(q)  # it may be the new head, and due sooner
         else:
@@ -1008,47 +1142,136 @@ class StateMachine:
     def _acknowledge(self, q: MessageQueue, msg: Message) -> None:
         if q.settings.rewind_ms:
             q.retain(msg, self.now)
-            self._persist(q, msg)
+            self._touch_message(q, msg)
             self._schedule(q)
         else:
             self._forget(q, msg)
 
     def _requeue_owner(self, owner: c.Owner) -> None:
         for vhost, qname in sorted(self.owner_queues.get(owner, ())):
-            vh = self.vhosts.get(vhost)
-            q = vh.queues.get(qname) if vh else None
+            q = self._find_queue(vhost, qname)
             if q is None:
                 continue
-            for seq in sorted(s for s, holder in q.unacked.items() if holder[0] == owner):
+            held = sorted(s for s, holder in q.unacked.items() if holder[0] == owner)
+            for seq in held:
                 self._settle_one(q, q.messages[seq], "requeue")
-            if vh is not None and qname in vh.queues:
+            consuming = any(consumer.owner == owner for consumer in q.consumers)
+            if (held or consuming) and self._live(q):
                 self._dispatch(q)
 
     def _recover(self, cmd: c.Recover) -> None:
         self._requeue_owner(cmd.owner)
 
-    def _release_owner(self, cmd: c.ReleaseOwner) -> None:
-        mine = [k for k in self.consumers if k[0] == cmd.owner]
+    def _release_owner_cmd(self, cmd: c.ReleaseOwner) -> None:
+        self._release_owner(cmd.owner)
+
+    def _release_owner(self, owner: c.Owner) -> None:
+        """The session ended: cancel its consumers, requeue its deliveries."""
         left: dict[tuple[str, str], MessageQueue] = {}
-        for key in mine:
-            consumer = self.consumers[key]
+        for consumer in self.consumers_of(owner):
             self._drop_consumer(consumer)
-            q = self.vhosts[consumer.vhost].queues.get(consumer.queue)
+            q = self._find_queue(consumer.vhost, consumer.queue)
             if q is not None:
                 left[(q.vhost, q.name)] = q
-        self._requeue_owner(cmd.owner)
-        self.owner_queues.pop(cmd.owner, None)
-        self.shared_limits.pop(cmd.owner, None)
+        self._requeue_owner(owner)
+        self.owner_queues.pop(owner, None)
+        if self.shared_limits.pop(owner, None) is not None:
+            self._record("shared", owner, None)
         for q in left.values():
-            if q.name in self.vhosts[q.vhost].queues:
+            if self._live(q):
                 self._after_consumer_left(q)
 
     def _set_flow(self, cmd: c.SetFlow) -> None:
-        for (owner, _), consumer in list(self.consumers.items()):
-            if owner == cmd.owner:
-                consumer.active = cmd.active
-                if cmd.active:
-                    self._dispatch(self.vhosts[consumer.vhost].queues[consumer.queue])
+        for consumer in self.consumers_of(cmd.owner):
+            if consumer.active == cmd.active:
+                continue
+            consumer.active = cmd.active
+            self._record("consumer", (consumer.owner, consumer.tag), consumer)
+            q = self._find_queue(consumer.vhost, consumer.queue)
+            if cmd.active and q is not None:
+                self._dispatch(q)
+
+    # -- nodes, restarts and sessions ----------------------------------------------------
+
+    def _release_node(self, cmd: c.ReleaseNode) -> None:
+        for key in sorted(k for k, s in self.sessions.items() if s.connection[0] == cmd.node):
+            self._end_session(key, publish_will=True)
+        owners = {o for o, _ in self.consumers} | set(self.owner_queues) | set(self.shared_limits)
+        for owner in sorted(o for o in owners if o[0] == cmd.node):
+            self._release_owner(owner)
+        for connection in sorted(k for k in self.exclusive_queues if k[0] == cmd.node):
+            self._connection_closed(c.ConnectionClosed(connection))
+
+    def _drop_transient(self, cmd: c.DropTransient) -> None:
+        """Applied after ReleaseNode: no delivery is in flight any more."""
+        for vhost in sorted(self.vhosts):
+            vh = self.vhosts[vhost]
+            for name in sorted(vh.queues):
+                q = vh.queues.get(name)
+                if q is not None and not q.survives_restart:
+                    self._remove_queue(q)
+            for name in sorted(vh.exchanges):
+                ex = vh.exchanges.get(name)
+                if ex is not None and not ex.durable and name not in _PREDECLARED:
+                    self._remove_exchange(vh, ex)
+            for q in vh.queues.values():
+                for msg in [m for m in q.messages.values() if not m.persistent]:
+                    self._forget(q, msg)
+        for held in [d for d in self.delayed.values() if not d.persistent]:
+            self._drop_delayed(held)
+
+    def _open_session(self, cmd: c.OpenSession) -> dict[str, Any]:
+        self.vhost(cmd.vhost)
+        key = (cmd.vhost, cmd.client_id)
+        previous = self.sessions.get(key)
+        if previous is not None:
+            taken_over = previous.connection != cmd.connection
+            self._end_session(key, publish_will=taken_over)
+            if taken_over:
+                reason = "client id taken over by another connection"
+                self._effects.append(CloseConnection(previous.connection, reason))
+        group = tuple(cmd.group)
+        if cmd.clean:
+            self._drop_session_state(cmd.vhost, cmd.queue, group)
+        holder = SessionHolder(cmd.connection, cmd.owner, cmd.clean, cmd.queue, group, cmd.will)
+        self.sessions[key] = holder
+        self._record("session", key, holder)
+        return self.records_of(cmd.vhost, group)
+
+    def _close_session(self, cmd: c.CloseSession) -> None:
+        key = (cmd.vhost, cmd.client_id)
+        holder = self.sessions.get(key)
+        if holder is not None and holder.connection == cmd.connection:
+            self._end_session(key, cmd.publish_will)
+
+    def _end_session(self, key: tuple[str, str], publish_will: bool) -> None:
+        holder = self.sessions.pop(key)
+        self._record("session", key, None)
+        vhost = key[0]
+        if publish_will and holder.will is not None:
+            self._publish_will(vhost, holder.will)
+        self._release_owner(holder.owner)
+        if holder.clean:
+            self._drop_session_state(vhost, holder.queue, holder.group)
+
+    def _drop_session_state(self, vhost: str, queue: str, group: tuple[str, ...]) -> None:
+        q = self._find_queue(vhost, queue)
+        if q is not None:
+            self._remove_queue(q)
+        self._drop_records(c.DropRecords(vhost, group))
+
+    def _publish_will(self, vhost: str, will: c.Will) -> None:
+        publish = c.Publish(vhost, will.exchange, will.routing_key, will.properties, will.body)
+        try:
+            self._check_publish(publish)
+        except BrokerError:
+            return  # its exchange is gone: nowhere to publish it
+        if will.retain:
+            body = will.body or None
+            self._store_retained(
+                c.StoreRetained(vhost, will.exchange, will.routing_key, will.properties, body)
+            )
+        self._publish(publish)
 
     # -- pull consumption ----------------------------------------------------------------
 
@@ -1060,6 +1283,7 @@ class StateMachine:
         if visibility < 0:
             raise InvalidArgument("visibility timeout must not be negative")
         q.last_used = self.now
+        self._touch(q)
         out: list[Received] = []
         while len(out) < cmd.max_messages:
             msg = q.pop_head()
@@ -1073,8 +1297,8 @@ class StateMachine:
                 self._dead_letter(q, msg, "delivery_limit")
                 continue
             q.hide_for_pull(msg, self.now, visibility)
-            self._persist(q, msg)
-            out.append(Received(msg, f"{msg.seq}.{msg.handle}"))
+            self._touch_message(q, msg)
+            out.append(Received(msg, f"{msg.seq}.{msg.handle}", q.qid))
         if out:
             self._schedule(q)
         return out
@@ -1104,7 +1328,7 @@ class StateMachine:
         msg = self._held_message(q, cmd.handle)
         q.hidden_count -= 1
         q._hide(msg, self.now + cmd.visibility_ms)
-        self._persist(q, msg)
+        self._touch_message(q, msg)
         self._schedule(q)
         return msg.visible_at
 
@@ -1112,7 +1336,7 @@ class StateMachine:
         q = self.queue(cmd.vhost, cmd.queue)
         back = q.rewind(cmd.since_ms)
         for msg in back:
-            self._persist(q, msg)
+            self._touch_message(q, msg)
         self._dispatch(q)
         if back:
             self._schedule(q)
@@ -1126,17 +1350,17 @@ class StateMachine:
         key = (cmd.vhost, cmd.routing_key)
         if cmd.body is None:
             if vh.retained.pop(cmd.routing_key, None) is not None:
-                self.changes.append(("retained", key, None))
+                self._record("retained", key, None)
             return
         kept = RetainedMessage(cmd.exchange, cmd.routing_key, cmd.properties, cmd.body)
         vh.retained[cmd.routing_key] = kept
-        self.changes.append(("retained", key, kept))
+        self._record("retained", key, kept)
 
     def _copy_retained(self, cmd: c.CopyRetained) -> int:
         vh = self.vhost(cmd.vhost)
         q = self.queue(cmd.vhost, cmd.queue)
         copied = 0
-        # Sorted, not insertion order: a node restored from the store must agree with replay.
+        # Sorted, not insertion order: a node restored from a snapshot must agree with replay.
         for routing_key, kept in sorted(vh.retained.items()):
             if not any(topic_matches(p, routing_key) for p in cmd.patterns):
                 continue
@@ -1156,21 +1380,17 @@ class StateMachine:
         if cmd.value is None:
             values = self.records.get(group)
             if values is not None and values.pop(cmd.name, None) is not None:
-                self.changes.append(("record", key, None))
+                self._record("record", key, None)
                 if not values:
                     del self.records[group]
             return
         self.records.setdefault(group, {})[cmd.name] = cmd.value
-        self.changes.append(("record", key, cmd.value))
+        self._record("record", key, cmd.value)
 
     def _drop_records(self, cmd: c.DropRecords) -> None:
         group = tuple(cmd.group)
-        for name in self.records.pop((cmd.vhost, group), {}):
-            self.changes.append(("record", (cmd.vhost, group, name), None))
-
-    def records_of(self, vhost: str, group: tuple[str, ...]) -> dict[str, Any]:
-        """The records of one group (a read: adapters call it between commands)."""
-        return dict(self.records.get((vhost, tuple(group)), {}))
+        for name in sorted(self.records.pop((cmd.vhost, group), {})):
+            self._record("record", (cmd.vhost, group, name), None)
 
     # -- live queue settings and access keys ----------------------------------------------
 
@@ -1182,15 +1402,14 @@ class StateMachine:
                 arguments.pop(key, None)
             else:
                 arguments[key] = value
-        q.reconfigure(arguments)
+        q.reconfigure(arguments)  # raises PreconditionFailed, changing nothing, if invalid
         q.modified_at = self.now
+        self._touch(q)
         if not q.settings.rewind_ms:
             for msg in q.take_retained():
                 self._forget(q, msg)
         if q.settings.overflow == "drop-head":
             self._drop_over_limit(q)
-        if q.persistent_store:
-            self.changes.append(("queue", (q.vhost, q.name), _queue_record(q)))
         self._schedule(q)
 
     def _add_access_key(self, cmd: c.AddAccessKey) -> AccessKey:
@@ -1201,13 +1420,13 @@ class StateMachine:
             raise PreconditionFailed(f"access key '{cmd.secret_id}' already exists")
         key = AccessKey(cmd.secret_id, cmd.secret_key, cmd.vhost, self.now)
         self.access_keys[cmd.secret_id] = key
-        self.changes.append(("access_key", cmd.secret_id, key))
+        self._record("access_key", cmd.secret_id, key)
         return key
 
     def _delete_access_key(self, cmd: c.DeleteAccessKey) -> None:
         if self.access_keys.pop(cmd.secret_id, None) is None:
             raise NotFound(f"no access key '{cmd.secret_id}'")
-        self.changes.append(("access_key", cmd.secret_id, None))
+        self._record("access_key", cmd.secret_id, None)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -1219,13 +1438,14 @@ class StateMachine:
     def _tick(self, cmd: c.Tick) -> None:
         now = self.now
         self._release_delayed()
-        fired: dict[tuple[str, str], None] = {}
+        fired: set[tuple[str, str]] = set()
         while self._timers and self._timers[0][0] <= now:
             _, vhost, name = heapq.heappop(self._timers)
-            fired[(vhost, name)] = None
-        for vhost, name in fired:
-            vh = self.vhosts.get(vhost)
-            q = vh.queues.get(name) if vh else None
+            fired.add((vhost, name))
+        # Firing a queue with nothing due changes nothing, so the order and an entry more or
+        # less in the timer heap (which a restored node builds afresh) do not matter.
+        for vhost, name in sorted(fired):
+            q = self._find_queue(vhost, name)
             if q is not None:
                 self._fire_queue_timers(q)
 
@@ -1237,7 +1457,7 @@ class StateMachine:
             return
         visible = q.due_hidden(now)
         for msg in visible:
-            self._persist(q, msg)
+            self._touch_message(q, msg)
         for msg in q.expired_retained(now):
             self._forget(q, msg)
         self._expire_heads(q)
@@ -1250,30 +1470,20 @@ class StateMachine:
         for msg in q.pop_expired(self.now):
             self._dead_letter(q, msg, "expired")
 
-    # -- persistence ---------------------------------------------------------------------
-
-    def _persist(self, q: MessageQueue, msg: Message) -> None:
-        if msg.persistent and q.persistent_store:
-            self.changes.append(("message", (q.qid, msg.seq), msg))
+    # -- forgetting ----------------------------------------------------------------------
 
     def _forget(self, q: MessageQueue, msg: Message) -> None:
         q.remove(msg)
-        if msg.persistent and q.persistent_store:
-            self.changes.append(("message", (q.qid, msg.seq), None))
+        self._changes.append(("message", (q.qid, msg.seq), None))
 
-    def take_changes(self) -> list[Change]:
-        changes, self.changes = self.changes, []
-        return changes
+    # -- restoring a snapshot ------------------------------------------------------------
 
     def restore(self, kind: str, key: Any, value: Any) -> None:
-        """Rebuild state from one stored record (records arrive in schema order)."""
+        """Rebuild state from one snapshot record (records arrive in schema order)."""
         if kind == "counter":
-            if key == "qid":
-                self.next_qid = max(self.next_qid, value)
-            elif key == "delayed":
-                self.next_delayed_id = max(self.next_delayed_id, value)
+            self.counters[key] = value
         elif kind == "vhost":
-            self._declare_vhost(c.DeclareVhost(key))
+            self._add_vhost(key)
         elif kind == "user":
             self.users[key] = value
         elif kind == "permission":
@@ -1281,25 +1491,29 @@ class StateMachine:
         elif kind == "exchange":
             self.vhosts[key[0]].exchanges[key[1]] = value
         elif kind == "queue":
-            vhost, name = key
-            q = MessageQueue(
-                vhost, name, value["qid"], True, None, value["auto_delete"], value["arguments"]
-            )
-            q.last_used = self.now
-            q.created_at = value.get("created_at", 0)
-            q.modified_at = value.get("modified_at", q.created_at)
-            self.vhosts[vhost].queues[name] = q
-            self.queues_by_qid[q.qid] = q
-            self.next_qid = max(self.next_qid, q.qid + 1)
+            self._add_queue(value)
         elif kind == "binding":
             vhost, bkey = key
-            self.vhosts[vhost].bindings.setdefault(bkey.source, {})[bkey] = None
-            self.vhosts[vhost].bindings_changed(bkey.source)
+            self.vhosts[vhost].bindings.setdefault(bkey.source, {})[bkey] = value
+        elif kind == "shared":
+            self.shared_limits[key] = value
+        elif kind == "consumer":
+            consumer, shared = value
+            if shared:
+                consumer.shared = self.shared_limits[consumer.owner]
+            self.consumers[key] = consumer
+            self.vhosts[consumer.vhost].queues[consumer.queue].consumers.append(consumer)
+            self.owner_queues.setdefault(consumer.owner, set()).add(
+                (consumer.vhost, consumer.queue)
+            )
         elif kind == "message":
             qid, _ = key
-            mq = self.queues_by_qid.get(qid)
-            if mq is not None:
-                mq.restore(value)
+            msg, holder = value
+            q = self.queues_by_qid[qid]
+            q.restore(msg, None if holder is None else self._restore_holder(q, *holder))
+        elif kind == "delayed":
+            self.delayed[value.id] = value
+            heapq.heappush(self._delayed_heap, (value.due, value.id))
         elif kind == "retained":
             self.vhosts[key[0]].retained[key[1]] = value
         elif kind == "record":
@@ -1307,28 +1521,45 @@ class StateMachine:
             self.records.setdefault((vhost, group), {})[name] = value
         elif kind == "access_key":
             self.access_keys[key] = value
-        elif kind == "delayed":
-            self.delayed[value.id] = value
-            heapq.heappush(self._delayed_heap, (value.due, value.id))
-            self.next_delayed_id = max(self.next_delayed_id, value.id + 1)
+        elif kind == "session":
+            self.sessions[key] = value
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
+
+    def _restore_holder(
+        self, q: MessageQueue, owner: c.Owner, tag: str | None, shared: bool
+    ) -> Holder:
+        self.owner_queues.setdefault(owner, set()).add((q.vhost, q.name))
+        if tag is None:
+            return owner, None
+        consumer = self.consumers.get((owner, tag))
+        if consumer is None:
+            # Cancelled while it held deliveries: they still count against a shared limit.
+            consumer = Consumer(q.name, q.vhost, owner, tag, False, False, 0, 0)
+            consumer.shared = self.shared_limits.get(owner) if shared else None
+        consumer.in_flight += 1
+        if consumer.shared is not None:
+            consumer.shared.in_flight += 1
+        return owner, consumer
 
     def finish_restore(self) -> None:
-        """After loading: schedule every queue's timers."""
-        self.changes = []
+        """After loading: put consumers in consume order and schedule every timer."""
+        self.consumers = dict(sorted(self.consumers.items(), key=lambda item: item[1].seq))
         for vh in self.vhosts.values():
+            for source, bindings in list(vh.bindings.items()):
+                vh.bindings[source] = dict(sorted(bindings.items(), key=lambda item: item[1]))
             for q in vh.queues.values():
+                q.consumers.sort(key=lambda consumer: consumer.seq)
                 q.finish_restore()
                 self._schedule(q)
 
 
-def _queue_record(q: MessageQueue) -> dict[str, Any]:
-    return {
-        "qid": q.qid,
-        "auto_delete": q.auto_delete,
-        "arguments": q.arguments,
-        "created_at": q.created_at,
-        "modified_at": q.modified_at,
-    }
+def _full(q: MessageQueue, count: int, size: int) -> bool:
+    """Would `count` more messages of `size` bytes in all exceed the queue's length limits?"""
+    s = q.settings
+    return (s.max_length is not None and q.ready_count + count > s.max_length) or (
+        s.max_length_bytes is not None and q.ready_bytes + size > s.max_length_bytes
+    )
 
 
 def _is_cycle(target: str, deaths: list[dict[str, Any]]) -> bool:

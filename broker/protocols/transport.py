@@ -1,6 +1,6 @@
 """What every protocol's asyncio layer shares, around its sans-IO connection.
 
-Registering with the node, writing the connection's output once per loop turn, flow control
+Registering with the gateway, writing the connection's output once per loop turn, flow control
 in both directions (publishers paused by resource alarms, deliveries paused while the client
 does not read), and the calls the node makes on every connection whatever its protocol.
 """
@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from broker.core.model import Deliver
+from broker.gateway import Gateway
 
 
 def is_loopback(peer: Any) -> bool:
@@ -30,8 +31,8 @@ class ClientProtocol(asyncio.Protocol):
     #: the sans-IO connection: id, user, vhost, has_published, deliver, set_writable, ...
     conn: Any
 
-    def __init__(self, node: Any) -> None:
-        self.node = node
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.conn = None
@@ -45,7 +46,7 @@ class ClientProtocol(asyncio.Protocol):
         self.cancel_timers()
         if self.conn is not None:
             self.conn.connection_lost()
-            self.node.connection_closed(self.conn.id)
+            self.gateway.connection_closed(self.conn.id)
 
     def eof_received(self) -> bool | None:
         return None
@@ -100,6 +101,18 @@ class ClientProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def deliver_reply(
+        self,
+        channel: int,
+        consumer_tag: str,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any],
+        body: bytes,
+    ) -> bool:
+        """Direct reply-to is AMQP's: other protocols have no reply consumers."""
+        return False
 
     def session(self) -> tuple[str | None, str | None]:
         conn = self.conn

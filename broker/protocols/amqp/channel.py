@@ -39,7 +39,7 @@ class Channel:
     def __init__(self, conn: AMQPConnection, number: int) -> None:
         self.conn = conn
         self.number = number
-        self.owner: c.Owner = (conn.id, number)
+        self.owner: c.Owner = (*conn.id, number)
         self.gateway = conn.gateway
         self.closing = False
         self.released = False
@@ -49,7 +49,8 @@ class Channel:
         self.confirm = False
         self.publish_seq = 0
         self.tx = False
-        self.tx_ops: list[Callable[[Callable[[], None] | None], None]] = []
+        #: the publishes and settlements of the open transaction, committed as one Batch
+        self.tx_commands: list[c.Publish | c.Settle] = []
         #: deliveries settled inside the open transaction, restored on rollback
         self.tx_settled: dict[int, tuple[str, str, int]] = {}
         self.next_tag = 0
@@ -116,8 +117,10 @@ class Channel:
         method: Frame,
         command: c.Command,
         reply: Callable[[Any], Frame | None],
+        durable: bool = True,
     ) -> None:
-        """Submit `command`; when durable, send `reply(result)` or close on error."""
+        """Submit `command`; once applied (and durable), send `reply(result)` or close on
+        error."""
 
         def done(result: Any, error: BrokerError | None) -> None:
             if self.closing:
@@ -129,7 +132,7 @@ class Channel:
             if frame is not None:
                 self.send(frame)
 
-        self.gateway.submit(command, done)
+        self.gateway.submit(command, done, durable)
 
     def _check(self, kind: str, resource: str, name: str) -> None:
         key = (kind, resource, name)
@@ -286,13 +289,11 @@ class Channel:
             seq = self.publish_seq
         command = c.Publish(self.vhost, exchange, routing_key, properties, body, mandatory)
         if self.tx:
-            self.tx_ops.append(lambda then: self._submit_publish(command, 0, then))
+            self.tx_commands.append(command)
             return
-        self._submit_publish(command, seq, None)
+        self._submit_publish(command, seq)
 
-    def _submit_publish(
-        self, command: c.Publish, seq: int, then: Callable[[], None] | None
-    ) -> None:
+    def _submit_publish(self, command: c.Publish, seq: int) -> None:
         def done(result: PublishResult | None, error: BrokerError | None) -> None:
             if self.closing:
                 return
@@ -304,10 +305,9 @@ class Channel:
                 self._basic_return(312, "NO_ROUTE", command)
             if seq:
                 self._confirm(seq, not result.rejected)
-            if then is not None:
-                then()
 
-        self.gateway.submit(command, done)
+        # Only a confirm promises the message is on disk; without one, nothing waits for it.
+        self.gateway.submit(command, done, durable=bool(seq))
 
     def _publish_reply(self, routing_key: str, properties: dict[str, Any], body: bytes) -> None:
         # A reply whose requester is gone is dropped silently, as RabbitMQ does.
@@ -317,7 +317,7 @@ class Channel:
             self.publish_seq += 1
             seq = self.publish_seq
         if seq:
-            self.gateway.defer(lambda: self._confirm(seq, True))
+            self.gateway.after(lambda: self._confirm(seq, True))
 
     def _basic_return(self, code: int, text: str, command: c.Publish) -> None:
         frame = spec.Basic.Return(
@@ -441,12 +441,9 @@ class Channel:
         items = self._take(tag, multiple)
         command = c.Settle(self.owner, items, outcome)
         if self.tx:
-            self.tx_ops.append(lambda then: self._submit_simple(command, then))
+            self.tx_commands.append(command)
             return
         self.gateway.submit(command)
-
-    def _submit_simple(self, command: c.Command, then: Callable[[], None] | None) -> None:
-        self.gateway.submit(command, None if then is None else lambda r, e: then())
 
     # -- channel class -------------------------------------------------------------------
 
@@ -481,7 +478,7 @@ class Channel:
         """Cancel this channel's consumers and requeue its unacked deliveries."""
         if self.released:
             if then is not None:
-                self.gateway.defer(then)
+                self.gateway.after(then)
             return
         self.flush_acks()
         self.released = True
@@ -501,6 +498,7 @@ class Channel:
             method,
             c.SetFlow(self.owner, self.deliveries_wanted),
             lambda _: spec.Channel.FlowOk(active=active),
+            durable=False,
         )
 
     @property
@@ -692,14 +690,15 @@ class Channel:
             for effect in early:
                 self.deliver(effect)
 
-        self.gateway.submit(command, done)
+        # Consumers are not durable: consume-ok need not wait for the disk.
+        self.gateway.submit(command, done, durable=False)
 
     def _consume_reply_to(self, m: spec.Basic.Consume, tag: str) -> None:
         if not m.no_ack:
             raise AMQPError(406, "reply consumer cannot acknowledge")
         if self.reply_to_key is not None:
             raise AMQPError(406, "reply consumer already set")
-        self.reply_to_key = self.gateway.register_reply_to(self.conn, self.number, tag)
+        self.reply_to_key = self.gateway.register_reply_to(self.conn.id, self.number, tag)
         self.consumers[tag] = ConsumerInfo(REPLY_TO, True, self.reply_to_key)
         if not m.nowait:
             self.send(spec.Basic.ConsumeOk(consumer_tag=tag))
@@ -719,7 +718,7 @@ class Channel:
             self.consumers.pop(tag, None)
             return None if m.nowait else spec.Basic.CancelOk(consumer_tag=tag)
 
-        self._call(m, c.Cancel(self.owner, tag), reply)
+        self._call(m, c.Cancel(self.owner, tag), reply, durable=False)
 
     def _on_get(self, m: spec.Basic.Get) -> None:
         queue = self._queue_name(m.queue)
@@ -753,7 +752,8 @@ class Channel:
             )
             return None
 
-        self._call(m, c.Get(self.vhost, queue, self.owner, bool(m.no_ack), self.conn.id), reply)
+        get = c.Get(self.vhost, queue, self.owner, bool(m.no_ack), self.conn.id)
+        self._call(m, get, reply, durable=False)
 
     def _on_recover(self, m: spec.Basic.Recover | spec.Basic.RecoverAsync) -> None:
         if not m.requeue:
@@ -780,23 +780,31 @@ class Channel:
     def _on_tx_commit(self, m: spec.Tx.Commit) -> None:
         if not self.tx:
             raise AMQPError(406, "channel is not transactional")
-        ops, self.tx_ops = self.tx_ops, []
+        commands, self.tx_commands = self.tx_commands, []
         self.tx_settled = {}
+        if not commands:
+            self.gateway.after(lambda: self.send(spec.Tx.CommitOk()))
+            return
 
-        def committed() -> None:
+        def done(results: list[Any] | None, error: BrokerError | None) -> None:
+            if self.closing:
+                return
+            if error is not None:
+                self.conn.core_error(self.number, error, m)
+                return
+            assert results is not None
+            for command, result in zip(commands, results, strict=True):
+                if isinstance(command, c.Publish) and command.mandatory and not result.routed:
+                    self._basic_return(312, "NO_ROUTE", command)
             self.send(spec.Tx.CommitOk())
 
-        if not ops:
-            self.gateway.defer(committed)
-            return
-        for op in ops[:-1]:
-            op(None)
-        ops[-1](committed)
+        # All of the transaction or none of it (a publish to a missing exchange fails it).
+        self.gateway.submit(c.Batch(list(commands)), done)
 
     def _on_tx_rollback(self, m: spec.Tx.Rollback) -> None:
         if not self.tx:
             raise AMQPError(406, "channel is not transactional")
-        self.tx_ops = []
+        self.tx_commands = []
         if self.tx_settled:
             self.unacked = dict(sorted({**self.unacked, **self.tx_settled}.items()))
             self.tx_settled = {}

@@ -21,10 +21,10 @@ import broker
 from broker.core import commands as c
 from broker.core.errors import AccessRefused, BrokerError, NotAllowed
 from broker.core.model import ConsumerCancelled, Deliver, User
+from broker.gateway import Gateway
 from broker.protocols.amqp import codec
 from broker.protocols.amqp.channel import Channel
 from broker.protocols.amqp.errors import AMQPError, ConnectionError_, reply_text
-from broker.protocols.amqp.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Settings:
 class AMQPConnection:
     def __init__(
         self,
-        connection_id: int,
+        connection_id: c.ConnectionId,
         gateway: Gateway,
         settings: Settings,
         peer_is_loopback: bool,
@@ -387,14 +387,29 @@ class AMQPConnection:
     # -- from the node -------------------------------------------------------------------
 
     def deliver(self, effect: Deliver) -> None:
-        ch = self.channels.get(effect.owner[1])
+        ch = self.channels.get(effect.owner[2])
         if ch is not None:
             ch.deliver(effect)
 
     def consumer_cancelled(self, effect: ConsumerCancelled) -> None:
-        ch = self.channels.get(effect.owner[1])
+        ch = self.channels.get(effect.owner[2])
         if ch is not None:
             ch.consumer_cancelled_by_broker(effect.tag)
+
+    def deliver_reply(
+        self,
+        channel: int,
+        consumer_tag: str,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any],
+        body: bytes,
+    ) -> bool:
+        ch = self.channels.get(channel)
+        if ch is None or ch.closing:
+            return False
+        ch.deliver_reply(consumer_tag, exchange, routing_key, properties, body)
+        return True
 
     def set_writable(self, writable: bool) -> None:
         """Pause deliveries to a client that does not keep up, so they queue in the core."""

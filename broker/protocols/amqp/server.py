@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from broker.core.model import ConsumerCancelled
+from broker.gateway import Gateway
 from broker.protocols.amqp.codec import HEARTBEAT_FRAME
 from broker.protocols.amqp.connection import AMQPConnection, Settings, State
 from broker.protocols.transport import ClientProtocol, is_loopback
@@ -21,8 +22,8 @@ CLOSE_OK_TIMEOUT = 3.0
 class AMQPProtocol(ClientProtocol):
     conn: AMQPConnection | None
 
-    def __init__(self, node: Any, settings: Settings, handshake_timeout: float) -> None:
-        super().__init__(node)
+    def __init__(self, gateway: Gateway, settings: Settings, handshake_timeout: float) -> None:
+        super().__init__(gateway)
         self.settings = settings
         self.handshake_timeout = handshake_timeout
         self._sent_since_tick = False
@@ -34,9 +35,9 @@ class AMQPProtocol(ClientProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        conn_id = self.node.connection_opened(self)
+        conn_id = self.gateway.connection_opened(self)
         self.conn = AMQPConnection(
-            conn_id, self.node, self.settings, is_loopback(peer), self.schedule_flush
+            conn_id, self.gateway, self.settings, is_loopback(peer), self.schedule_flush
         )
         self._timers.append(self.loop.call_later(self.handshake_timeout, self._check_handshake))
 
@@ -47,7 +48,7 @@ class AMQPProtocol(ClientProtocol):
         self.conn.receive_data(data)
         if not was_open and self.conn.state is State.OPEN:
             self._start_heartbeats()
-        if self.node.blocked_reason and self.conn.has_published:
+        if self.gateway.blocked_reason and self.conn.has_published:
             self.pause_reading()
 
     def cancel_timers(self) -> None:
@@ -81,6 +82,21 @@ class AMQPProtocol(ClientProtocol):
     def consumer_cancelled(self, effect: ConsumerCancelled) -> None:
         if self.conn is not None:
             self.conn.consumer_cancelled(effect)
+
+    def deliver_reply(
+        self,
+        channel: int,
+        consumer_tag: str,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any],
+        body: bytes,
+    ) -> bool:
+        if self.conn is None:
+            return False
+        return self.conn.deliver_reply(
+            channel, consumer_tag, exchange, routing_key, properties, body
+        )
 
     def force_close(self, reason: str) -> None:
         if self.conn is not None:

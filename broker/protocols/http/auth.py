@@ -1,13 +1,14 @@
 """Who sent a request: signature, timestamp window and nonce replay checks.
 
-Pure: the caller passes the keys and the current time. Nonces are remembered per Timestamp
-second only while that Timestamp is inside the window, since older ones are refused anyway.
+Pure: the caller passes the keys, the current time and the gateway's record of the nonces
+seen (a ReplayGuard on the node that leads). Nonces are remembered per Timestamp second only
+while that Timestamp is inside the window, since older ones are refused anyway.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from broker.core.model import AccessKey
 from broker.protocols.http import errors
@@ -30,14 +31,8 @@ class ReplayGuard:
         #: entries dropped before their window closed because the cache was full
         self.evicted = 0
 
-    def check(self, secret_id: str, timestamp: int, nonce: int, now_s: int) -> None:
-        """Raise CmqError(4100) for a stale or replayed request, else remember it."""
-        if abs(now_s - timestamp) > self.skew_s:
-            raise CmqError(
-                AUTH_FAILED,
-                f"request expired: Timestamp {timestamp} is more than {self.skew_s} s "
-                "from the server's clock",
-            )
+    def first_use(self, secret_id: str, timestamp: int, nonce: int, now_s: int) -> bool:
+        """True, and remembered, the first time; False for a replay."""
         self._forget_before(now_s - self.skew_s)
         seen = self._seen.get(timestamp)
         if seen is None:
@@ -45,11 +40,12 @@ class ReplayGuard:
             heapq.heappush(self._stamps, timestamp)
         entry = (secret_id, nonce)
         if entry in seen:
-            raise CmqError(AUTH_FAILED, "replayed request: this Nonce was already used")
+            return False
         seen.add(entry)
         self.size += 1
         while self.size > self.capacity and len(self._stamps) > 1:
             self.evicted += self._drop_oldest()
+        return True
 
     def _forget_before(self, oldest: int) -> None:
         while self._stamps and self._stamps[0] < oldest:
@@ -68,8 +64,9 @@ def authenticate(
     host: str,
     path: str,
     keys: Mapping[str, AccessKey],
-    guard: ReplayGuard,
+    first_use: Callable[[str, int, int], bool],
     now_s: int,
+    skew_s: int,
 ) -> AccessKey:
     """The access key that signed the request; raises CmqError (4100, or 4000 for types)."""
     secret_id = params.optional_text("secretId")
@@ -94,5 +91,12 @@ def authenticate(
     if timestamp is None or nonce is None:
         raise errors.missing("Timestamp" if timestamp is None else "Nonce")
     stamp = parse_integer("Timestamp", timestamp, 0, _MAX_INT)
-    guard.check(secret_id, stamp, parse_integer("Nonce", nonce, 1, _MAX_INT), now_s)
+    number = parse_integer("Nonce", nonce, 1, _MAX_INT)
+    if abs(now_s - stamp) > skew_s:
+        raise CmqError(
+            AUTH_FAILED,
+            f"request expired: Timestamp {stamp} is more than {skew_s} s from the server's clock",
+        )
+    if not first_use(secret_id, stamp, number):
+        raise CmqError(AUTH_FAILED, "replayed request: this Nonce was already used")
     return key

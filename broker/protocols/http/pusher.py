@@ -20,7 +20,6 @@ import aiohttp
 from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.model import Received
-from broker.core.queue import MessageQueue
 from broker.protocols.http import retry
 from broker.protocols.http.service import CmqService, message_id
 from broker.protocols.http.topics import (
@@ -106,11 +105,7 @@ class PushManager:
                     continue
             finally:
                 svc.waiters.unregister(vhost, queue, woken)
-            vh = svc.state.vhosts.get(vhost)
-            q = vh.queues.get(queue) if vh is not None else None
-            if q is None:
-                return
-            await asyncio.gather(*(self._deliver(vhost, topic, name, sub, q, r) for r in got))
+            await asyncio.gather(*(self._deliver(vhost, topic, name, sub, queue, r) for r in got))
 
     async def _deliver(
         self,
@@ -118,12 +113,12 @@ class PushManager:
         topic: str,
         name: str,
         sub: dict[str, Any],
-        q: MessageQueue,
+        queue: str,
         received: Received,
     ) -> None:
         msg = received.message
         attempt = msg.delivery_count
-        mid = message_id(q, msg)
+        mid = message_id(received.qid, msg)
         tags = (msg.properties.get("headers") or {}).get(TAGS_HEADER) or []
         headers = {
             "Content-Type": "text/plain",
@@ -146,7 +141,7 @@ class PushManager:
         strategy = sub["notifyStrategy"]
         command: c.Command
         if await self._post(sub["endpoint"], data, headers):
-            command = c.DeleteByHandle(vhost, q.name, received.handle)
+            command = c.DeleteByHandle(vhost, queue, received.handle)
         elif attempt >= retry.attempts_allowed(strategy):
             log.warning(
                 "dropping message %s for subscription %s of topic %s after %d attempts",
@@ -155,11 +150,11 @@ class PushManager:
                 topic,
                 attempt,
             )
-            command = c.DeleteByHandle(vhost, q.name, received.handle)
+            command = c.DeleteByHandle(vhost, queue, received.handle)
         else:
             unit = self.svc.config.http_push_retry_unit_ms
             delay = retry.retry_delay_ms(strategy, attempt, unit, self._rng)
-            command = c.ChangeVisibility(vhost, q.name, received.handle, delay)
+            command = c.ChangeVisibility(vhost, queue, received.handle, delay)
         with contextlib.suppress(BrokerError):  # unsubscribed, or the handle ran out meanwhile
             await self.svc.call(command)
 

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from broker.core import commands as c
-from broker.core.errors import BrokerError
+from broker.core.errors import BrokerError, ResourceLimit
 from broker.core.model import Received
 from broker.core.queue import MessageQueue
 from broker.core.state import Vhost
@@ -26,8 +26,8 @@ MAX_BATCH = 16
 MAX_DELAY_S = a.RETENTION.high
 
 
-def queue_id(q: MessageQueue) -> str:
-    return f"queue-{q.qid}"
+def queue_id(qid: int) -> str:
+    return f"queue-{qid}"
 
 
 def _check_dead_letter(vh: Vhost, name: str, args: dict[str, Any]) -> None:
@@ -49,11 +49,8 @@ async def create_queue(svc: CmqService, req: Request) -> dict[str, Any]:
     if len(vh.queues) >= svc.config.http_max_queues:
         raise CmqError(errors.TOO_MANY, f"at most {svc.config.http_max_queues} queues")
     _check_dead_letter(vh, name, args)
-    done = svc.call(c.DeclareQueue(req.vhost, name, durable=True, arguments=args))
-    q = vh.queues.get(name)
-    await done
-    assert q is not None
-    return {"queueId": queue_id(q)}
+    info = await svc.call(c.DeclareQueue(req.vhost, name, durable=True, arguments=args))
+    return {"queueId": queue_id(info.qid)}
 
 
 async def delete_queue(svc: CmqService, req: Request) -> dict[str, Any]:
@@ -68,7 +65,7 @@ async def list_queue(svc: CmqService, req: Request) -> dict[str, Any]:
     total, names = page(vh.queues, req.params)
     return {
         "totalCount": total,
-        "queueList": [{"queueId": queue_id(vh.queues[n]), "queueName": n} for n in names],
+        "queueList": [{"queueId": queue_id(vh.queues[n].qid), "queueName": n} for n in names],
     }
 
 
@@ -118,24 +115,24 @@ def _body(q: MessageQueue, text: str, name: str = "msgBody") -> bytes:
 async def _send(
     svc: CmqService, vhost: str, q: MessageQueue, bodies: list[bytes], delay_s: int
 ) -> list[str]:
-    """Publish `bodies` to `q` together (one group commit); none if they do not all fit."""
-    s = q.settings
-    full = s.max_length is not None and q.ready_count + len(bodies) > s.max_length
-    if full and s.overflow != "drop-head":
-        raise CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
+    """Publish `bodies` to `q` as one command: all of them, or none if they do not all fit."""
     ids = [svc.new_message_id() for _ in bodies]
     delay_ms = delay_s * 1000
-    futures = [
-        svc.call(
-            c.Publish(
-                vhost, "", q.name, {"delivery_mode": 2, "message_id": mid}, body, delay_ms=delay_ms
-            )
+    publishes = [
+        c.Publish(
+            vhost, "", q.name, {"delivery_mode": 2, "message_id": mid}, body, delay_ms=delay_ms
         )
         for mid, body in zip(ids, bodies, strict=True)
     ]
-    results = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
-    if any(r.rejected for r in results):
-        raise CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
+    full = CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
+    if len(publishes) == 1:
+        if (await svc.call(publishes[0])).rejected:
+            raise full
+        return ids
+    try:
+        await svc.call(c.Batch(list(publishes), refuse_when_full=True))
+    except ResourceLimit:
+        raise full from None
     return ids
 
 
@@ -158,11 +155,11 @@ async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
 # -- receiving -----------------------------------------------------------------------------
 
 
-def _fields(q: MessageQueue, received: Received) -> dict[str, Any]:
+def _fields(received: Received) -> dict[str, Any]:
     msg = received.message
     return {
         "msgBody": msg.body.decode("utf-8", "replace"),
-        "msgId": message_id(q, msg),
+        "msgId": message_id(received.qid, msg),
         "receiptHandle": received.handle,
         "enqueueTime": msg.enqueued_at // 1000,
         "firstDequeueTime": msg.first_delivered_at // 1000,
@@ -185,7 +182,7 @@ async def _receive(svc: CmqService, req: Request, count: int) -> list[dict[str, 
         try:
             got: list[Received] = await svc.call(c.Receive(req.vhost, name, count))
             if got:
-                return [_fields(q, r) for r in got]
+                return [_fields(r) for r in got]
             remaining = deadline - loop.time()
             if remaining <= 0 or svc.closing:
                 raise CmqError(errors.NO_MESSAGE, "no message")

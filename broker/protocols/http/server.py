@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import ssl
-from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
+from broker.config import Config
+from broker.gateway import Gateway
 from broker.protocols.http import errors, queues, topics
 from broker.protocols.http.pusher import PushManager
 from broker.protocols.http.service import CmqService
-
-if TYPE_CHECKING:
-    from broker.node import Node
 
 PATH = "/v2/index.php"
 #: `json.dumps(reply, ensure_ascii=False)` without building an encoder per reply
@@ -27,10 +25,10 @@ _encode_json = json.JSONEncoder(ensure_ascii=False).encode
 class HttpApi:
     """The CMQ API of a node: its service, listeners and pushers."""
 
-    def __init__(self, node: Node) -> None:
-        self.config = node.config
+    def __init__(self, gateway: Gateway, config: Config) -> None:
+        self.config = config
         self.service = CmqService(
-            node, node.config, {**queues.ACTIONS, **topics.ACTIONS}, PushManager
+            gateway, config, {**queues.ACTIONS, **topics.ACTIONS}, PushManager
         )
         self._runner: web.AppRunner | None = None
 

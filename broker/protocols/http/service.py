@@ -1,8 +1,9 @@
 """The CMQ API as a service: parameters in, a reply dict out, no HTTP in sight.
 
-It authenticates the request, finds the action and runs it against the node's core through
-the commit path, so a reply is only sent once its changes are on disk. Every failure becomes a
-CMQ error reply; nothing escapes as an HTTP 500.
+It authenticates the request, finds the action and runs it against the core through the
+gateway, so a reply is only sent once its changes are committed and on disk, and what it
+reads is committed state. Every failure becomes a CMQ error reply; nothing escapes as an
+HTTP 500.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.model import Message
 from broker.core.queue import MessageQueue
-from broker.core.state import Vhost
+from broker.core.state import StateMachine, Vhost
+from broker.gateway import Gateway
 from broker.protocols.http import errors
-from broker.protocols.http.auth import ReplayGuard, authenticate
+from broker.protocols.http.auth import authenticate
 from broker.protocols.http.errors import CmqError
 from broker.protocols.http.params import Params, parse_request
 from broker.protocols.http.waiters import QueueWaiters
 
 if TYPE_CHECKING:
     from broker.config import Config
-    from broker.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,15 @@ class Pushers(Protocol):
 class CmqService:
     def __init__(
         self,
-        node: Node,
+        gateway: Gateway,
         config: Config,
         actions: dict[str, Action],
         make_pushers: Callable[[CmqService], Pushers],
     ) -> None:
-        self.node = node
+        self.gateway = gateway
         self.config = config
         self.actions = {name.lower(): action for name, action in actions.items()}
         self.waiters = QueueWaiters()
-        self.guard = ReplayGuard(config.http_timestamp_skew, config.http_nonce_cache_size)
         self.closing = False
         prefix = os.urandom(4).hex()
         self._message_ids = (f"{prefix}-{n}" for n in itertools.count(1))
@@ -79,17 +79,16 @@ class CmqService:
     # -- the core ------------------------------------------------------------------------
 
     @property
-    def state(self) -> Any:
-        return self.node.state
+    def state(self) -> StateMachine:
+        """The committed state (read only: every change is a command)."""
+        return self.gateway.committed
 
     def call(self, command: c.Command) -> asyncio.Future[Any]:
-        """Apply `command` now; the future resolves once it is durable."""
-        assert self.node.commit is not None
-        return self.node.commit.call(command)
+        """Submit `command`; the future resolves once it is committed and on disk."""
+        return self.gateway.call(command)
 
     def now_ms(self) -> int:
-        assert self.node.commit is not None
-        return self.node.commit.clock.now()
+        return self.gateway.now_ms()
 
     def vhost(self, name: str) -> Vhost:
         vh = self.state.vhosts.get(name)
@@ -129,7 +128,14 @@ class CmqService:
             client_id = params.optional_text("clientRequestId")
             now_s = self.now_ms() // 1000
             key = authenticate(
-                params, method, host, path, self.state.access_keys, self.guard, now_s
+                params,
+                method,
+                host,
+                path,
+                self.state.access_keys,
+                self.gateway.first_use,
+                now_s,
+                self.config.http_timestamp_skew,
             )
             name = params.text("action")
             action = self.actions.get(name.lower())
@@ -151,9 +157,9 @@ class CmqService:
         return reply
 
 
-def message_id(q: MessageQueue, msg: Message) -> str:
+def message_id(qid: int, msg: Message) -> str:
     """The id given at publish (AMQP's message-id), or one made from the queue and sequence."""
     given = msg.properties.get("message_id")
     if given:
         return given.decode() if isinstance(given, bytes) else str(given)
-    return f"{q.qid}-{msg.seq}"
+    return f"{qid}-{msg.seq}"

@@ -48,6 +48,7 @@ _U16 = struct.Struct(">H")
 ACCEPTED = 0
 UNACCEPTABLE_PROTOCOL_VERSION = 1
 IDENTIFIER_REJECTED = 2
+SERVER_UNAVAILABLE = 3
 BAD_USERNAME_OR_PASSWORD = 4
 NOT_AUTHORIZED = 5
 #: SUBACK return code for a refused subscription
@@ -149,6 +150,11 @@ class PacketReader:
         self._need = 0
         #: encoded topic name -> validated topic (publishers repeat a few topics)
         self._topics: dict[bytes, str] = {}
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed and not decoded yet."""
+        return len(self._data) - self._pos + self._more_size
 
     def feed(self, data: bytes) -> None:
         if not data:

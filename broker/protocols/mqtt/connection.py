@@ -3,8 +3,10 @@
 `receive_data()` decodes packets and turns them into core commands; replies that promise
 something (CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, ...) are written from the commands'
 completion callbacks, which the commit path calls only once the work is durable and in
-submission order. Deliveries arrive from the node as `Deliver` effects of the session
-queue's consumer. Nothing here touches a socket or the event loop.
+submission order. The client id, the session's end and the will are core state (OpenSession,
+CloseSession), so a takeover or a crash is handled the same way on whichever node leads.
+Deliveries arrive from the node as `Deliver` effects of the session queue's consumer. Nothing
+here touches a socket or the event loop.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 from broker.core import commands as c
 from broker.core.errors import AccessRefused, BrokerError, PreconditionFailed
 from broker.core.model import Deliver, User
+from broker.gateway import Gateway
 from broker.protocols.mqtt import codec
 from broker.protocols.mqtt.codec import (
     PUBACK,
@@ -34,7 +37,7 @@ from broker.protocols.mqtt.codec import (
     Subscribe,
     Unsubscribe,
 )
-from broker.protocols.mqtt.session import Session, SessionRegistry
+from broker.protocols.mqtt.session import Session
 from broker.protocols.mqtt.topics import (
     filter_matches,
     to_pattern,
@@ -58,6 +61,8 @@ _TOPIC_CACHE_SIZE = 4096
 #: output (bytes) a connection may hold, not yet handed to its transport, before QoS 0
 #: deliveries stop being settled at once: beyond it the consumer's window bounds what waits
 MAX_PENDING_OUTPUT = 1024 * 1024
+#: bytes a client may send after CONNECT and before its CONNACK (MQTT lets it not wait)
+MAX_EARLY_INPUT = 1024 * 1024
 
 
 def _properties(qos: int, retain: bool) -> dict[str, Any]:
@@ -71,23 +76,6 @@ def _properties(qos: int, retain: bool) -> dict[str, Any]:
 _PROPERTIES = {
     (qos, retain): _properties(qos, retain) for qos in range(3) for retain in (False, True)
 }
-
-
-#: adapter records holding the wills of connected clients, published after a crash
-WILL_GROUP = ("mqtt-wills",)
-
-
-def will_commands(vhost: str, will: codec.Will) -> list[c.Command]:
-    """What publishing a will takes: storing it as retained if asked, then routing it."""
-    routing_key = to_routing_key(will.topic)
-    properties = _PROPERTIES[(will.qos, will.retain)]
-    commands: list[c.Command] = []
-    if will.retain:
-        commands.append(
-            c.StoreRetained(vhost, EXCHANGE, routing_key, properties, will.payload or None)
-        )
-    commands.append(c.Publish(vhost, EXCHANGE, routing_key, properties, will.payload))
-    return commands
 
 
 @dataclass
@@ -105,32 +93,12 @@ class Settings:
     default_vhost: str = "/"
 
 
-class Gateway(Protocol):
-    """What the MQTT connection needs from the node."""
-
-    def submit(self, command: c.Command, done: Any = None) -> None: ...
-
-    def defer(self, callback: Callable[[], None]) -> None: ...
-
-    def authenticate(self, username: str, password: str, loopback: bool) -> User: ...
-
-    def trusted_user(self, username: str, loopback: bool) -> User: ...
-
-    def vhost_access(self, user: User, vhost: str) -> None: ...
-
-    def check_permission(
-        self, user: User, vhost: str, kind: str, resource: str, name: str
-    ) -> None: ...
-
-    def new_name(self, prefix: str) -> str: ...
-
-    def records(self, vhost: str, group: tuple[str, ...]) -> dict[str, Any]: ...
-
-
 class State(Enum):
     AWAIT_CONNECT = 0
-    OPEN = 1
-    CLOSED = 2
+    #: CONNECT accepted, the session being opened: later packets wait until it is
+    OPENING = 1
+    OPEN = 2
+    CLOSED = 3
 
 
 class _Refused(Exception):
@@ -142,17 +110,15 @@ class _Refused(Exception):
 class MQTTConnection:
     def __init__(
         self,
-        connection_id: int,
+        connection_id: c.ConnectionId,
         gateway: Gateway,
-        sessions: SessionRegistry,
         settings: Settings,
         peer_is_loopback: bool,
         on_output: Callable[[], None] | None = None,
     ) -> None:
         self.id = connection_id
-        self.owner: c.Owner = (connection_id, 0)
+        self.owner: c.Owner = (*connection_id, 0)
         self.gateway = gateway
-        self.sessions = sessions
         self.settings = settings
         self.loopback = peer_is_loopback
         self.on_output = on_output
@@ -163,7 +129,6 @@ class MQTTConnection:
         self.vhost = ""
         self.client_id = ""
         self.session: Session | None = None
-        self.will: codec.Will | None = None
         self.has_published = False
         #: set once the transport should close after flushing
         self.should_close = False
@@ -178,9 +143,6 @@ class MQTTConnection:
         #: False while the transport is paused (the client does not read fast enough)
         self._writable = True
         self._consuming = False
-        #: deliveries that came before the CONNACK went out (the commit path sends
-        #: deliveries at the end of the loop turn, ahead of replies waiting for the disk)
-        self._early: list[Deliver] | None = []
         self._detached = False
         self._may_publish = False
         self._may_subscribe: bool | None = None
@@ -236,7 +198,7 @@ class MQTTConnection:
         # each in a callback of its own.
         self._replies.append(reply)
         if not commands:
-            self.gateway.defer(self._reply_now)
+            self.gateway.after(self._reply_now)
             return
         for command in commands[:-1]:
             submit(command, self._check_done)
@@ -263,12 +225,17 @@ class MQTTConnection:
         if self.state is State.CLOSED:
             return
         self.reader.feed(data)
+        self._parse()
+
+    def _parse(self) -> None:
         try:
-            while self.state is not State.CLOSED:
+            while self.state is State.OPEN or self.state is State.AWAIT_CONNECT:
                 packet = self.reader.next_packet()
                 if packet is None:
                     return
                 self._handle(packet)
+            if self.state is State.OPENING and self.reader.buffered > MAX_EARLY_INPUT:
+                raise ProtocolError("too much sent before CONNACK")
         except ProtocolError as exc:
             self.close(f"protocol error: {exc}", publish_will=True)
 
@@ -288,7 +255,6 @@ class MQTTConnection:
         elif isinstance(packet, Unsubscribe):
             self._on_unsubscribe(packet)
         elif isinstance(packet, Disconnect):
-            self.will = None
             self.close("client disconnected", publish_will=False)
         else:
             raise ProtocolError("a second CONNECT on the same connection")
@@ -311,24 +277,16 @@ class MQTTConnection:
             except AccessRefused as exc:
                 raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
         except _Refused as refused:
-            log.info("mqtt connection %d refused (code %d): %s", self.id, refused.code, refused)
+            log.info("mqtt connection %s refused (code %d): %s", self.id, refused.code, refused)
             self.write(codec.connack(False, refused.code))
             self._finish()
             return
         self.client_id = client_id
         self.keepalive = p.keepalive
-        self.will = p.will
-        previous = self.sessions.claim((self.vhost, client_id), self)
-        if previous is not None:
-            log.info("mqtt client id '%s' taken over by connection %d", client_id, self.id)
-            previous.take_over()
-        self.state = State.OPEN
-        if self.will is not None:
-            # Durable before CONNACK, so a broker crash still lets the will out (at restart).
-            self.gateway.submit(self._will_record(self.will))
-        self._open_session(p.clean_session)
+        self.state = State.OPENING
+        self._open_session(p.clean_session, p.will)
         log.info(
-            "mqtt connection %d: client id '%s', user '%s', vhost '%s', clean session %d",
+            "mqtt connection %s: client id '%s', user '%s', vhost '%s', clean session %d",
             self.id,
             client_id,
             self.user.name,
@@ -370,39 +328,51 @@ class MQTTConnection:
             raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
         return user, vhost
 
-    def _open_session(self, clean: bool) -> None:
+    def _open_session(self, clean: bool, will: codec.Will | None) -> None:
+        """Claim the client id in the core (taking it over from another connection); the
+        CONNACK goes out once that is durable, and the packets sent meanwhile are read then."""
         session = Session(self.vhost, self.client_id, persistent=not clean)
         self.session = session
-        present = False
-        if clean:
-            # Whatever an earlier session left (a durable queue, records) is discarded.
-            self._submit(
-                [
-                    c.DeleteQueue(self.vhost, session.queue, requester=self.id),
-                    c.DropRecords(self.vhost, session.group),
-                ]
-            )
-        else:
-            records = self.gateway.records(self.vhost, session.group)
-            present = "session" in records
-            if present:
-                session.restore(records)
-            else:
-                self._submit(session.save_subscriptions())
-        self.gateway.defer(lambda: self._connected(present))
+        last_will = None
+        if will is not None:
+            properties = _PROPERTIES[(will.qos, will.retain)]
+            routing_key = to_routing_key(will.topic)
+            last_will = c.Will(EXCHANGE, routing_key, properties, will.payload, will.retain)
+        command = c.OpenSession(
+            self.vhost,
+            self.client_id,
+            self.id,
+            self.owner,
+            clean,
+            session.queue,
+            session.group,
+            last_will,
+        )
+        self.gateway.submit(command, self._session_opened)
+
+    def _session_opened(self, records: dict[str, Any] | None, error: BrokerError | None) -> None:
+        session = self.session
+        if self.state is not State.OPENING or session is None:
+            return
+        if error is not None:
+            log.info("mqtt connection %s refused: %s", self.id, error)
+            self.write(codec.connack(False, codec.SERVER_UNAVAILABLE))
+            self._finish()
+            return
+        present = session.persistent and "session" in (records or {})
+        if present:
+            session.restore(records or {})
+        elif session.persistent:
+            self._submit(session.save_subscriptions())
+        self.state = State.OPEN
+        self.write(codec.connack(present, codec.ACCEPTED))
+        for packet_id in sorted(session.awaiting_complete):
+            self.write(codec.ack(PUBREL, packet_id))
         if session.subscriptions:
             self._start_consuming()
             # Re-asserted so a session whose queue was deleted while offline heals.
             self._submit([self._bind(pattern) for pattern in sorted(session.patterns())])
-
-    def _connected(self, present: bool) -> None:
-        assert self.session is not None
-        self.write(codec.connack(present, codec.ACCEPTED))
-        for packet_id in sorted(self.session.awaiting_complete):
-            self.write(codec.ack(PUBREL, packet_id))
-        early, self._early = self._early, None
-        for effect in early or ():
-            self.deliver(effect)
+        self._parse()
 
     def _start_consuming(self) -> None:
         """Declare the session queue and consume from it (once per connection)."""
@@ -462,7 +432,7 @@ class MQTTConnection:
         if not p.retain and qos < 2:
             # The common case, without a list: one command, and at QoS 1 its PUBACK.
             if qos == 0:
-                self.gateway.submit(publish, self._check_done)
+                self.gateway.submit(publish, self._check_done, durable=False)
             else:
                 self._replies.append(codec.ack(PUBACK, p.packet_id))
                 self.gateway.submit(publish, self._reply_done)
@@ -474,15 +444,16 @@ class MQTTConnection:
             )
         commands.append(publish)
         if qos == 0:
-            self._submit(commands)
+            self._submit(_atomic(commands))
         elif qos == 1:
-            self._submit(commands, codec.ack(PUBACK, p.packet_id))
+            self._submit(_atomic(commands), codec.ack(PUBACK, p.packet_id))
         elif p.packet_id in session.awaiting_release:
             # A retransmission of a message already passed on: exactly once means not again.
             self._submit([], codec.ack(PUBREC, p.packet_id))
         else:
-            # The packet id is recorded in the same commit batch as the publish itself.
-            self._submit(commands + session.received(p.packet_id), codec.ack(PUBREC, p.packet_id))
+            # The message and its packet id are one command: both happen, or neither.
+            commands += session.received(p.packet_id)
+            self._submit(_atomic(commands), codec.ack(PUBREC, p.packet_id))
 
     def _on_ack(self, p: Ack) -> None:
         session = self.session
@@ -498,9 +469,9 @@ class MQTTConnection:
             commands: list[c.Command] = []
             if out is not None and out[1] == 2:
                 del self.outbound[packet_id]
-                # Acked in the queue and remembered as released, in one batch.
-                commands = [c.Settle(self.owner, [out[0]], "ack")]
-                commands += session.released_by_us(packet_id)
+                # Acked in the queue and remembered as released, as one command.
+                settle: list[c.Command] = [c.Settle(self.owner, [out[0]], "ack")]
+                commands = _atomic(settle + session.released_by_us(packet_id))
             self._submit(commands, codec.ack(PUBREL, packet_id))
         elif p.type == PUBREL:
             commands = []
@@ -522,7 +493,7 @@ class MQTTConnection:
                 check(self.user, self.vhost, "read", "queue", self.session.queue)
                 self._may_subscribe = True
             except AccessRefused as exc:
-                log.info("mqtt connection %d may not subscribe: %s", self.id, exc)
+                log.info("mqtt connection %s may not subscribe: %s", self.id, exc)
                 self._may_subscribe = False
         return self._may_subscribe
 
@@ -545,10 +516,17 @@ class MQTTConnection:
         self._start_consuming()
         patterns = dict.fromkeys(to_pattern(f) for f in added)
         self._submit([self._bind(pattern) for pattern in patterns] + session.save_subscriptions())
-        self._submit([], codec.suback(p.packet_id, codes))
-        # After the SUBACK: retained messages arrive as deliveries of the session queue.
-        marker = {RETAINED_COPY_HEADER: True}
-        self._submit([c.CopyRetained(self.vhost, list(patterns), session.queue, marker)])
+        suback = codec.suback(p.packet_id, codes)
+        copy = c.CopyRetained(
+            self.vhost, list(patterns), session.queue, {RETAINED_COPY_HEADER: True}
+        )
+
+        def subscribed() -> None:
+            # After the SUBACK: retained messages arrive as deliveries of the session queue.
+            self.write(suback)
+            self._submit([copy])
+
+        self.gateway.after(subscribed)
 
     def _on_unsubscribe(self, p: Unsubscribe) -> None:
         session = self.session
@@ -569,9 +547,6 @@ class MQTTConnection:
     def deliver(self, effect: Deliver) -> None:
         if self.state is not State.OPEN:
             return  # the consumer's release returns it to the queue
-        if self._early is not None:
-            self._early.append(effect)
-            return
         msg = effect.message
         item = (self.vhost, effect.queue, msg.seq)
         topic, granted = self._topic(msg.routing_key)
@@ -597,7 +572,7 @@ class MQTTConnection:
         if qos == 2:
             # Deliveries may leave before the message is on disk; a QoS 2 one may not: after
             # a crash its publisher would send it again, and the subscriber get it twice.
-            self.gateway.defer(lambda: self._write_publish(header, body))
+            self.gateway.after(lambda: self._write_publish(header, body))
         else:
             self._write_publish(header, body)
 
@@ -651,7 +626,7 @@ class MQTTConnection:
         """Pause deliveries while the client does not read what was sent."""
         self._writable = writable
         if self._consuming and self.state is State.OPEN:
-            self.gateway.submit(c.SetFlow(self.owner, writable))
+            self.gateway.submit(c.SetFlow(self.owner, writable), durable=False)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -659,7 +634,7 @@ class MQTTConnection:
         """End the connection; the transport closes once pending output is written."""
         if self.should_close:
             return
-        log.info("closing mqtt connection %d: %s", self.id, reason)
+        log.info("closing mqtt connection %s: %s", self.id, reason)
         self._detach(publish_will)
         self._finish()
 
@@ -672,46 +647,30 @@ class MQTTConnection:
     def keepalive_expired(self) -> None:
         self.close(f"no packet within 1.5 x keepalive ({self.keepalive} s)", publish_will=True)
 
-    def take_over(self) -> None:
-        """Another connection claimed this client id: close it, with its will (MQTT-3.1.2-8)."""
-        self.close("client id taken over by another connection", publish_will=True)
-
     def connection_lost(self) -> None:
         """The network connection ended; without a DISCONNECT first, the will goes out."""
         self._detach(publish_will=True)
         self.state = State.CLOSED
 
     def _detach(self, publish_will: bool) -> None:
+        """Let the client id go: the core requeues the deliveries in flight, publishes the
+        will if asked (MQTT-3.1.2-8) and ends a clean session. A connection whose client id
+        was taken over holds nothing any more, and the command changes nothing."""
         if self._detached:
             return
         self._detached = True
-        session = self.session
-        if session is None:
+        if self.session is None:
             return
         self._flush_settles()
-        if self.will is not None:
-            if publish_will:
-                self._publish_will(self.will)
-            self.gateway.submit(self._will_record(None))
-        submit = self.gateway.submit
-        if self._consuming:
-            submit(c.ReleaseOwner(self.owner))
-            if not session.persistent:
-                submit(c.DeleteQueue(self.vhost, session.queue, requester=self.id))
-        self.sessions.release((self.vhost, self.client_id), self)
-
-    def _publish_will(self, will: codec.Will) -> None:
-        log.info("mqtt connection %d: publishing the will to '%s'", self.id, will.topic)
-        for command in will_commands(self.vhost, will):
-            self.gateway.submit(command)
-
-    def _will_record(self, will: codec.Will | None) -> c.PutRecord:
-        """The durable copy of this connection's will (None removes it)."""
-        value = None if will is None else (will.topic, will.payload, will.qos, will.retain)
-        return c.PutRecord(self.vhost, WILL_GROUP, f"{self.client_id}#{self.id}", value)
+        self.gateway.submit(c.CloseSession(self.vhost, self.client_id, self.id, publish_will))
 
 
 _NO_HEADERS: dict[str, Any] = {}
+
+
+def _atomic(commands: list[c.Command]) -> list[c.Command]:
+    """Several commands as one that applies all of them or none (one stays as it is)."""
+    return commands if len(commands) < 2 else [c.Batch(commands)]
 
 
 def _message_qos(headers: dict[str, Any], persistent: bool) -> int:

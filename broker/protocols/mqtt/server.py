@@ -13,22 +13,21 @@ import logging
 import time
 from typing import Any
 
-from broker.core import commands as c
 from broker.core.model import ConsumerCancelled
-from broker.protocols.mqtt import codec
+from broker.gateway import Gateway
 from broker.protocols.mqtt.connection import (
     OVERFLOW_POLICIES,
-    WILL_GROUP,
     MQTTConnection,
     Settings,
     State,
-    will_commands,
 )
-from broker.protocols.mqtt.session import SessionRegistry
 from broker.protocols.mqtt.websocket import WebSocketServer
 from broker.protocols.transport import ClientProtocol, is_loopback
 
 log = logging.getLogger(__name__)
+
+#: states in which the keepalive is watched: CONNECT accepted, not closed yet
+_CONNECTED = (State.OPENING, State.OPEN)
 
 WS_PATH = "/mqtt"
 WS_SUBPROTOCOL = "mqtt"
@@ -39,14 +38,12 @@ class MQTTProtocol(ClientProtocol):
 
     def __init__(
         self,
-        node: Any,
-        sessions: SessionRegistry,
+        gateway: Gateway,
         settings: Settings,
         handshake_timeout: float,
         websocket: bool,
     ) -> None:
-        super().__init__(node)
-        self.sessions = sessions
+        super().__init__(gateway)
         self.settings = settings
         self.handshake_timeout = handshake_timeout
         self.ws = (
@@ -61,10 +58,10 @@ class MQTTProtocol(ClientProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        conn_id = self.node.connection_opened(self)
+        conn_id = self.gateway.connection_opened(self)
         loopback = is_loopback(peer)
         self.conn = MQTTConnection(
-            conn_id, self.node, self.sessions, self.settings, loopback, self.schedule_flush
+            conn_id, self.gateway, self.settings, loopback, self.schedule_flush
         )
         self._timer = self.loop.call_later(self.handshake_timeout, self._check_connected)
 
@@ -79,9 +76,9 @@ class MQTTProtocol(ClientProtocol):
                 return
         was_waiting = conn.state is State.AWAIT_CONNECT
         conn.receive_data(data)
-        if was_waiting and conn.state is State.OPEN and conn.keepalive:
+        if was_waiting and conn.state in _CONNECTED and conn.keepalive:
             self._watch_keepalive()
-        if self.node.blocked_reason and conn.has_published:
+        if self.gateway.blocked_reason and conn.has_published:
             self.pause_reading()
 
     def cancel_timers(self) -> None:
@@ -102,7 +99,7 @@ class MQTTProtocol(ClientProtocol):
                 ws.close()
             data = head + payload + ws.data_to_send()
             if ws.should_close and not conn.should_close:
-                log.info("closing mqtt connection %d: %s", conn.id, ws.close_reason)
+                log.info("closing mqtt connection %s: %s", conn.id, ws.close_reason)
                 conn.connection_lost()
         if data:
             transport.write(data)
@@ -125,13 +122,13 @@ class MQTTProtocol(ClientProtocol):
     def _check_connected(self) -> None:
         conn = self.conn
         if conn is not None and conn.state is State.AWAIT_CONNECT and self.transport:
-            log.info("closing mqtt connection %d: no CONNECT within the timeout", conn.id)
+            log.info("closing mqtt connection %s: no CONNECT within the timeout", conn.id)
             conn.connection_lost()
             self.transport.close()
 
     def _watch_keepalive(self) -> None:
         conn = self.conn
-        if conn is None or conn.state is not State.OPEN:
+        if conn is None or conn.state not in _CONNECTED:
             return
         grace = 1.5 * conn.keepalive
         silent = time.monotonic() - self._last_received
@@ -141,23 +138,16 @@ class MQTTProtocol(ClientProtocol):
         self._timer = self.loop.call_later(grace - silent, self._watch_keepalive)
 
 
-async def start_listeners(node: Any) -> list[asyncio.AbstractServer]:
-    """MQTT on the plain port and MQTT over WebSocket, sharing one client-id registry."""
-    cfg = node.config
+async def start_listeners(gateway: Gateway, cfg: Any) -> list[asyncio.AbstractServer]:
+    """MQTT on the plain port and MQTT over WebSocket."""
     settings = settings_from_config(cfg)
-    sessions = SessionRegistry()
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
-    wills = publish_stored_wills(node)
-    if wills:
-        log.info("published %d will(s) of clients connected when the node went down", wills)
     for port, websocket in ((cfg.mqtt_port, False), (cfg.mqtt_ws_port, True)):
         if not port:  # 0 turns the listener off
             continue
         server = await loop.create_server(
-            functools.partial(
-                MQTTProtocol, node, sessions, settings, cfg.handshake_timeout, websocket
-            ),
+            functools.partial(MQTTProtocol, gateway, settings, cfg.handshake_timeout, websocket),
             cfg.host,
             port,
             reuse_address=True,
@@ -165,21 +155,6 @@ async def start_listeners(node: Any) -> list[asyncio.AbstractServer]:
         )
         servers.append(server)
     return servers
-
-
-def publish_stored_wills(node: Any) -> int:
-    """Clients still connected when the node died lost their connection: send their wills."""
-    published = 0
-    for vhost in list(node.state.vhosts):
-        stored = node.records(vhost, WILL_GROUP)
-        if not stored:
-            continue
-        for topic, payload, qos, retain in stored.values():
-            for command in will_commands(vhost, codec.Will(topic, payload, qos, retain)):
-                node.submit(command)
-            published += 1
-        node.submit(c.DropRecords(vhost, WILL_GROUP))
-    return published
 
 
 def settings_from_config(cfg: Any) -> Settings:

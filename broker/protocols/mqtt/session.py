@@ -1,4 +1,4 @@
-"""One MQTT session's state, the durable copy of it, and which connection holds each client id.
+"""One MQTT session's state and the durable copy of it.
 
 A session outlives its connections when the client asks for clean session 0. Its messages
 live in a core queue (`mqtt-subscription-<client id>`, bound to `amq.topic`); everything else
@@ -72,20 +72,3 @@ class Session:
         if not self.persistent:
             return []
         return [c.PutRecord(self.vhost, self.group, name, value)]
-
-
-class SessionRegistry:
-    """Which connection holds each (vhost, client id): a new CONNECT takes the id over."""
-
-    def __init__(self) -> None:
-        self._holders: dict[tuple[str, str], Any] = {}
-
-    def claim(self, key: tuple[str, str], holder: Any) -> Any | None:
-        """Register `holder`; returns the connection it replaces, if any."""
-        previous = self._holders.get(key)
-        self._holders[key] = holder
-        return previous
-
-    def release(self, key: tuple[str, str], holder: Any) -> None:
-        if self._holders.get(key) is holder:
-            del self._holders[key]

@@ -1,0 +1,117 @@
+"""The one interface between the protocol adapters and the node.
+
+Adapters submit core commands and get their replies once the commands are committed and
+applied; they read the committed state, never a speculative one; they never see the store,
+the commit path or the node itself. What is not core state but must work on whichever node
+leads (direct reply-to routing, the request-signing replay guard) goes through here as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from broker.core import commands as c
+from broker.core.errors import BrokerError
+from broker.core.model import ConsumerCancelled, Deliver, User
+from broker.core.state import StateMachine
+
+#: Called once a command is applied (and durable when it was submitted as such).
+Done = Callable[[Any, BrokerError | None], None]
+
+
+class ClientConnection(Protocol):
+    """What the node asks of a client connection, whatever its protocol."""
+
+    def deliver(self, effect: Deliver) -> None: ...
+
+    def consumer_cancelled(self, effect: ConsumerCancelled) -> None: ...
+
+    def deliver_reply(
+        self,
+        channel: int,
+        consumer_tag: str,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any],
+        body: bytes,
+    ) -> bool:
+        """A direct reply-to message for a reply consumer; False if its channel is gone."""
+
+    def set_blocked(self, reason: str | None) -> None: ...
+
+    def force_close(self, reason: str) -> None:
+        """Close the connection because the broker must (AMQP: 320 CONNECTION_FORCED)."""
+
+    def session(self) -> tuple[str | None, str | None]:
+        """(user name, vhost) once authenticated, for closing sessions of deleted ones."""
+
+    def abort(self) -> None: ...
+
+
+class Gateway(Protocol):
+    #: this node's id: the first part of every connection id and owner it hands out
+    node_id: int
+
+    # -- connections ---------------------------------------------------------------------
+
+    def connection_opened(self, conn: ClientConnection) -> c.ConnectionId:
+        """Register a connection; returns its id (owners are (*id, session number))."""
+
+    def connection_closed(self, connection: c.ConnectionId) -> None: ...
+
+    # -- commands and state --------------------------------------------------------------
+
+    def submit(self, command: c.Command, done: Done | None = None, durable: bool = True) -> None:
+        """Propose `command`; `done(reply, error)` runs once it is applied, and also on disk
+        unless `durable` is False (for replies that promise nothing, such as QoS 0)."""
+
+    def call(self, command: c.Command) -> asyncio.Future[Any]:
+        """Submit and get a future of the reply (raises the BrokerError)."""
+
+    def after(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once everything submitted before it is applied and on disk."""
+
+    @property
+    def committed(self) -> StateMachine:
+        """The committed state, to read only (change it with commands)."""
+
+    def now_ms(self) -> int:
+        """The node's clock, ms since the epoch (request timestamps, not core state)."""
+
+    # -- access --------------------------------------------------------------------------
+
+    def authenticate(self, username: str, password: str, loopback: bool) -> User:
+        """Check credentials; raises AccessRefused."""
+
+    def trusted_user(self, username: str, loopback: bool) -> User:
+        """A user admitted without a password (anonymous access); the loopback rule holds."""
+
+    def vhost_access(self, user: User, vhost: str) -> None:
+        """Raises NotAllowed (no such vhost) or AccessRefused (no permission)."""
+
+    def check_permission(self, user: User, vhost: str, kind: str, resource: str, name: str) -> None:
+        """Raises AccessRefused unless `user` has `kind` permission on the resource."""
+
+    def first_use(self, secret_id: str, timestamp: int, nonce: int) -> bool:
+        """True the first time a signed request's (key, Timestamp, Nonce) is seen."""
+
+    @property
+    def blocked_reason(self) -> str | None:
+        """Why publishers are blocked (memory or disk alarm), or None."""
+
+    def new_name(self, prefix: str) -> str:
+        """A unique broker-generated name (server-named queues, consumer tags, client ids)."""
+
+    # -- direct reply-to -----------------------------------------------------------------
+
+    def register_reply_to(self, connection: c.ConnectionId, channel: int, consumer_tag: str) -> str:
+        """Register a direct reply-to consumer; returns its routing key."""
+
+    def unregister_reply_to(self, key: str) -> None: ...
+
+    def deliver_reply(
+        self, routing_key: str, properties: dict[str, Any], body: bytes, exchange: str
+    ) -> bool:
+        """Deliver a direct reply-to message; False if the requester is gone."""

@@ -1,0 +1,241 @@
+"""The gateway as one node implements it: connections, effects, access checks, reply-to.
+
+It sits on a commit path (the driver in production, an in-memory one in unit tests) and
+routes what the committed commands produce back to the connections of this node: deliveries
+and cancellations to their owners, wake-ups to pull consumers, connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from broker.core import commands as c
+from broker.core.auth import check_password, permits
+from broker.core.errors import AccessRefused, NotAllowed
+from broker.core.model import (
+    CloseConnection,
+    ConsumerCancelled,
+    Deliver,
+    Effect,
+    MessagesAvailable,
+    Overflowed,
+    User,
+)
+from broker.core.state import StateMachine
+from broker.gateway import ClientConnection, Done
+from broker.protocols.http.auth import ReplayGuard
+
+log = logging.getLogger(__name__)
+
+REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
+
+
+class CommitPath(Protocol):
+    """What the gateway needs from a commit path."""
+
+    def submit(
+        self, command: c.Command, done: Done | None = None, durable: bool = True
+    ) -> None: ...
+
+    def call(self, command: c.Command) -> asyncio.Future[Any]: ...
+
+    def after(self, callback: Callable[[], None]) -> None: ...
+
+    @property
+    def state(self) -> StateMachine: ...
+
+    def now_ms(self) -> int: ...
+
+
+class LocalGateway:
+    def __init__(
+        self,
+        node_id: int,
+        loopback_users: tuple[str, ...] = (),
+        timestamp_skew: int = 300,
+        nonce_cache_size: int = 1_000_000,
+    ) -> None:
+        self.node_id = node_id
+        self.loopback_users = loopback_users
+        self.commit: CommitPath | None = None
+        #: every client connection of every protocol on this node
+        self.connections: dict[c.ConnectionId, ClientConnection] = {}
+        self._numbers = itertools.count(1)
+        #: called with (vhost, queue) when a queue gains visible messages (pull consumers)
+        self.queue_watchers: list[Callable[[str, str], None]] = []
+        self._reply_to: dict[str, tuple[c.ConnectionId, int, str]] = {}
+        self._nonces = ReplayGuard(timestamp_skew, nonce_cache_size)
+        self._blocked: str | None = None
+        #: counters shown by `broker status`, next to the commit path's
+        self.metrics: dict[str, int] = {"overflow_dropped": 0, "overflow_refused": 0}
+        #: when each queue's overflow was last logged, so a flood logs once a second
+        self._overflow_logged: dict[tuple[str, str], float] = {}
+
+    def attach(self, commit: CommitPath) -> None:
+        self.commit = commit
+
+    # -- connections ---------------------------------------------------------------------
+
+    def connection_opened(self, conn: ClientConnection) -> c.ConnectionId:
+        connection = (self.node_id, next(self._numbers))
+        self.connections[connection] = conn
+        return connection
+
+    def connection_closed(self, connection: c.ConnectionId) -> None:
+        self.connections.pop(connection, None)
+
+    def close_sessions(
+        self, reason: str, vhost: str | None = None, user: str | None = None
+    ) -> None:
+        """Force-close connections of a deleted vhost or user, as RabbitMQ does."""
+        for conn in list(self.connections.values()):
+            conn_user, conn_vhost = conn.session()
+            if (vhost is not None and conn_vhost == vhost) or (
+                user is not None and conn_user == user
+            ):
+                conn.force_close(reason)
+
+    def set_blocked(self, reason: str | None) -> None:
+        self._blocked = reason
+        for conn in list(self.connections.values()):
+            conn.set_blocked(reason)
+
+    @property
+    def blocked_reason(self) -> str | None:
+        return self._blocked
+
+    # -- effects -------------------------------------------------------------------------
+
+    def on_effects(self, effects: list[Effect]) -> None:
+        node = self.node_id
+        connections = self.connections
+        for effect in effects:
+            kind = type(effect)
+            if kind is Deliver:
+                owner = effect.owner  # type: ignore[union-attr]
+                if owner[0] == node:
+                    conn = connections.get((node, owner[1]))
+                    if conn is not None:
+                        conn.deliver(effect)  # type: ignore[arg-type]
+            elif kind is MessagesAvailable:
+                for watcher in self.queue_watchers:
+                    watcher(effect.vhost, effect.queue)  # type: ignore[union-attr]
+            elif kind is ConsumerCancelled:
+                owner = effect.owner  # type: ignore[union-attr]
+                conn = connections.get((owner[0], owner[1]))
+                if conn is not None:
+                    conn.consumer_cancelled(effect)  # type: ignore[arg-type]
+            elif kind is CloseConnection:
+                conn = connections.get(effect.connection)  # type: ignore[union-attr]
+                if conn is not None:
+                    conn.force_close(effect.reason)  # type: ignore[union-attr]
+            elif kind is Overflowed:
+                self._count_overflow(effect)  # type: ignore[arg-type]
+
+    def _count_overflow(self, effect: Overflowed) -> None:
+        dropped = effect.policy == "drop-head"
+        counter = "overflow_dropped" if dropped else "overflow_refused"
+        self.metrics[counter] += 1
+        key = (effect.vhost, effect.queue)
+        now = asyncio.get_running_loop().time()
+        if now - self._overflow_logged.get(key, -1.0) >= 1.0:
+            self._overflow_logged[key] = now
+            log.warning(
+                "queue '%s' in vhost '%s' is full: %s (%s so far: %d)",
+                effect.queue,
+                effect.vhost,
+                "dropped its oldest message" if dropped else "refused a message",
+                counter,
+                self.metrics[counter],
+            )
+
+    # -- commands and state --------------------------------------------------------------
+
+    def _commit(self) -> CommitPath:
+        assert self.commit is not None, "the gateway has no commit path yet"
+        return self.commit
+
+    def submit(self, command: c.Command, done: Done | None = None, durable: bool = True) -> None:
+        self._commit().submit(command, done, durable)
+
+    def call(self, command: c.Command) -> asyncio.Future[Any]:
+        return self._commit().call(command)
+
+    def after(self, callback: Callable[[], None]) -> None:
+        self._commit().after(callback)
+
+    @property
+    def committed(self) -> StateMachine:
+        return self._commit().state
+
+    def now_ms(self) -> int:
+        return self._commit().now_ms()
+
+    # -- access --------------------------------------------------------------------------
+
+    def authenticate(self, username: str, password: str, loopback: bool) -> User:
+        user = self.committed.users.get(username)
+        if user is None or not check_password(password, user.password_hash):
+            raise AccessRefused(f"invalid credentials for user '{username}'")
+        self._check_loopback(username, loopback)
+        return user
+
+    def trusted_user(self, username: str, loopback: bool) -> User:
+        user = self.committed.users.get(username)
+        if user is None:
+            raise AccessRefused(f"no user '{username}'")
+        self._check_loopback(username, loopback)
+        return user
+
+    def _check_loopback(self, username: str, loopback: bool) -> None:
+        if username in self.loopback_users and not loopback:
+            raise AccessRefused(f"user '{username}' can only connect via localhost")
+
+    def vhost_access(self, user: User, vhost: str) -> None:
+        state = self.committed
+        if vhost not in state.vhosts:
+            raise NotAllowed(f"vhost {vhost} not found")
+        if (user.name, vhost) not in state.permissions:
+            raise AccessRefused(f"access to vhost '{vhost}' refused for user '{user.name}'")
+
+    def check_permission(self, user: User, vhost: str, kind: str, resource: str, name: str) -> None:
+        permission = self.committed.permissions.get((user.name, vhost))
+        if not permits(permission, kind, name):
+            raise AccessRefused(
+                f"{kind} access to {resource} '{name}' in vhost '{vhost}' refused for user "
+                f"'{user.name}'"
+            )
+
+    def first_use(self, secret_id: str, timestamp: int, nonce: int) -> bool:
+        return self._nonces.first_use(secret_id, timestamp, nonce, self.now_ms() // 1000)
+
+    def new_name(self, prefix: str) -> str:
+        return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+    # -- direct reply-to -----------------------------------------------------------------
+
+    def register_reply_to(self, connection: c.ConnectionId, channel: int, consumer_tag: str) -> str:
+        key = self.new_name(f"{REPLY_TO_PREFIX}{self.node_id}.")
+        self._reply_to[key] = (connection, channel, consumer_tag)
+        return key
+
+    def unregister_reply_to(self, key: str) -> None:
+        self._reply_to.pop(key, None)
+
+    def deliver_reply(
+        self, routing_key: str, properties: dict[str, Any], body: bytes, exchange: str
+    ) -> bool:
+        target = self._reply_to.get(routing_key)
+        if target is None:
+            return False
+        connection, channel, tag = target
+        conn = self.connections.get(connection)
+        if conn is None:
+            return False
+        return conn.deliver_reply(channel, tag, exchange, routing_key, properties, body)

@@ -1,0 +1,74 @@
+"""Rebuilding the state machine from the store: the snapshot, then the log after it.
+
+Used at start-up, and when a command failed half-way through its application (the state is
+rebuilt without it). The entries skipped that way are stored (META_SKIPPED), so a failure that
+does not happen again at replay still leaves the entry out; an entry that fails half-way
+during the replay is skipped too and the replay starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from broker.core.commands import Meta
+from broker.core.state import StateMachine
+from broker.store.disk import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recovered:
+    state: StateMachine
+    #: the entries left out (stored as skipped, or failing again now)
+    skipped: set[int]
+    #: the index the snapshot is at, and the last entry replayed after it
+    snapshot_index: int
+    last_index: int
+    #: what the replayed entries changed since the snapshot
+    dirty: dict[tuple[str, Any], Any]
+    entries: int
+
+
+class _EntryFailed(Exception):
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+def recover(store: Store, skip: set[int] | None = None, upto: int | None = None) -> Recovered:
+    """The state as of the end of the log (or `upto`), leaving out the entries in `skip`."""
+    skipped = store.skipped() | set(skip or ())
+    while True:
+        try:
+            return _replay(store, skipped, upto)
+        except _EntryFailed as failed:
+            log.error("log entry %d fails half-way; it is left out", failed.index)
+            skipped.add(failed.index)
+
+
+def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
+    state = StateMachine()
+    for kind, key, value in store.snapshot_records():
+        state.restore(kind, key, value)
+    state.finish_restore()
+    snapshot_index = last = store.snapshot_index()
+    dirty: dict[tuple[str, Any], Any] = {}
+    entries = 0
+    for index, _term, time, command in store.log_entries(snapshot_index):
+        if upto is not None and index > upto:
+            break
+        last = index
+        if index in skip:
+            continue
+        try:
+            _, _, _, changes = state.apply(command, Meta(index, time))
+        except Exception as exc:
+            log.debug("replaying entry %d failed: %r", index, exc)
+            raise _EntryFailed(index) from exc
+        for kind, key, value in changes:
+            dirty[(kind, key)] = value
+        entries += 1
+    return Recovered(state, skip, snapshot_index, last, dirty, entries)
