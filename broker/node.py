@@ -56,7 +56,7 @@ class Node:
         cfg = self.config
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         os.makedirs(cfg.data_dir, exist_ok=True)
-        self.store = Store(os.path.join(cfg.data_dir, "leveldb"))
+        self.store = Store(cfg.data_dir)
         recovered = recover(self.store)
         log.info(
             "recovered the snapshot at index %d and replayed %d log entries after it",
@@ -153,7 +153,9 @@ class Node:
 
     def status(self) -> dict[str, int]:
         """Counters for `broker status`: connections, the commit path's, the gateway's."""
-        stats = dict(self.commit.stats) if self.commit is not None else {}
+        stats = {}
+        if self.commit is not None:
+            stats = {"commands": self.commit.committer.last_index, **self.commit.stats}
         return {"connections": len(self.gateway.connections), **stats, **self.gateway.metrics}
 
     # -- resource alarms -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from broker.core.queue import MessageQueue
 from broker.core.state import StateMachine
 from broker.store import schema
 from broker.store.disk import Store
-from broker.store.encoding import pack
+from broker.store.encoding import decode_entry, encode_entry, pack
 from broker.store.recovery import recover
 
 VH = "/"
@@ -30,6 +30,8 @@ class Core:
         self.changes: list[Any] = []
         self.untaken: list[Any] = []
         self.dirty: dict[tuple[str, Any], Any] = {}
+        #: the log: each entry's command by index
+        self.log: dict[int, c.Command] = {}
         if sm is None:
             self.sm = StateMachine()
             self.apply(c.DeclareVhost(VH))
@@ -44,11 +46,11 @@ class Core:
             assert at >= self.now, "time never goes backwards"
             self.now = at
         self.index += 1
+        self.log[self.index] = decode_entry(encode_entry(0, self.now, command))[2]
         reply, error, effects, changes = self.sm.apply(command, c.Meta(self.index, self.now))
         self.effects, self.changes = effects, changes
         self.untaken += changes
-        for kind, key, value in changes:
-            self.dirty[(kind, key)] = value
+        self.dirty.update(changes)
         if error is not None:
             raise error
         return reply
@@ -138,21 +140,18 @@ class Core:
 
 
 def snapshot(core: Core) -> dict[bytes, bytes]:
-    """The records a snapshot of `core` holds, as the store would have them."""
-    return {
-        key: value for key, value in schema.snapshot_ops(core.dirty, core.sm) if value is not None
-    }
+    """The records a snapshot of `core` writes (its messages' bodies stay in the log)."""
+    ops = schema.snapshot_ops(core.dirty, core.sm)
+    return {key: value for key, value in ops if value is not None}
 
 
 def reloaded(core: Core) -> Core:
     """A core restored from a snapshot of `core` (everything, transient state included)."""
     fresh = StateMachine()
     records = snapshot(core)
-    for raw_key in sorted(records):
-        fresh.restore(*schema.decode_record(raw_key, records[raw_key]))
-    fresh.finish_restore()
+    schema.restore(fresh, sorted(records.items()), core.log.get)
     out = Core(fresh, core.now)
-    out.index, out.dirty = core.index, dict(core.dirty)
+    out.index, out.dirty, out.log = core.index, dict(core.dirty), dict(core.log)
     return out
 
 
@@ -163,7 +162,10 @@ def restart(core: Core, path: str) -> Core:
     try:
         ops: list[tuple[bytes, bytes | None]] = list(snapshot(core).items())
         ops.append((schema.META_SNAPSHOT, pack(core.index)))
-        store.write(ops, sync=True)
+        store.write_state(ops)
+        entries = [encode_entry(0, core.now, core.log[i]) for i in range(1, core.index + 1)]
+        batch = (schema.batch_key(1, core.index), schema.encode_batch(1, entries))
+        store.write_log([batch], sync=True)
         recovered = recover(store)
     finally:
         store.close()

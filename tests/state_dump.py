@@ -32,6 +32,7 @@ def _message(m: Message) -> tuple[Any, ...]:
         m.persistent,
         m.priority,
         m.position,
+        m.source,
         m.exchange,
         m.routing_key,
         repr(m.properties),
@@ -55,7 +56,8 @@ def _queue(q: MessageQueue) -> dict[str, Any]:
         "cursors": (q.next_seq, q.next_position, q.round_robin, q.dispatch_pending),
         "messages": [_message(q.messages[s]) for s in sorted(q.messages)],
         "order": [m.seq for m in ready_order(q)],
-        "rewind_order": [s for s in q._retained if s in q.messages],
+        # Kept for rewind until acked_at + the window: equal ack times expire together.
+        "rewind_order": sorted((q.messages[s].acked_at, s) for s in q._retained if s in q.messages),
         "counts": (
             q.ready_count,
             q.ready_bytes,
@@ -88,6 +90,7 @@ def _queue(q: MessageQueue) -> dict[str, Any]:
 def dump(sm: StateMachine) -> dict[str, Any]:
     out: dict[str, Any] = {
         "counters": dict(sm.counters),
+        "entry_refs": sorted(sm.entry_refs.items()),
         "users": sorted(repr(u) for u in sm.users.values()),
         "permissions": sorted(repr(item) for item in sm.permissions.items()),
         "access_keys": sorted(repr(k) for k in sm.access_keys.values()),

@@ -445,8 +445,7 @@ class Runner:
         self.entries.append(encode_entry(0, self.now, command))
         meta = c.Meta(len(self.entries), self.now)
         reply, error, effects, changes = self.sm.apply(command, meta)
-        for kind, key, value in changes:
-            self.dirty[(kind, key)] = value
+        self.dirty.update(changes)
         self.outputs.append(output(reply, error, effects))
         return reply, effects, error
 

@@ -51,8 +51,8 @@ def test_deleting_a_vhost_forgets_its_retained_messages_and_records():
     core.apply(c.PutRecord(VH, ("g",), "n", 1))
     core.apply(c.DeleteVhost(VH))
     changes = core.changes
-    assert ("retained", (VH, "k"), None) in changes
-    assert ("record", (VH, ("g",), "n"), None) in changes
+    assert (("retained", (VH, "k")), None) in changes
+    assert (("record", (VH, ("g",), "n")), None) in changes
     assert core.sm.records == {}
 
 

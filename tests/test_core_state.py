@@ -351,43 +351,45 @@ def test_queue_delete_if_unused_and_if_empty(core: Core) -> None:
 
 
 def test_exclusive_queue_is_locked_to_its_connection(core: Core) -> None:
-    core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=7, requester=7))
-    core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=7, requester=7))  # same connection
+    core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=(1, 7), requester=(1, 7)))
+    core.apply(
+        c.DeclareQueue(VH, "ex", exclusive_owner=(1, 7), requester=(1, 7))
+    )  # same connection
     with pytest.raises(ResourceLocked):
-        core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=8, requester=8))
+        core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=(1, 8), requester=(1, 8)))
     with pytest.raises(ResourceLocked):
-        core.apply(c.DeclareQueue(VH, "ex", passive=True, requester=8))
+        core.apply(c.DeclareQueue(VH, "ex", passive=True, requester=(1, 8)))
     with pytest.raises(ResourceLocked):
-        core.apply(c.Consume(VH, "ex", (8, 1), "t", connection=8))
+        core.apply(c.Consume(VH, "ex", (1, 8, 1), "t", connection=(1, 8)))
     with pytest.raises(ResourceLocked):
-        core.apply(c.Get(VH, "ex", (8, 1), connection=8))
+        core.apply(c.Get(VH, "ex", (1, 8, 1), connection=(1, 8)))
     with pytest.raises(ResourceLocked):
-        core.apply(c.PurgeQueue(VH, "ex", requester=8))
+        core.apply(c.PurgeQueue(VH, "ex", requester=(1, 8)))
     with pytest.raises(ResourceLocked):
-        core.apply(c.DeleteQueue(VH, "ex", requester=8))
+        core.apply(c.DeleteQueue(VH, "ex", requester=(1, 8)))
     # anyone may publish to it
     core.publish("ex", b"m")
     assert core.q("ex").ready_count == 1
-    core.apply(c.Consume(VH, "ex", (7, 1), "t", connection=7))
+    core.apply(c.Consume(VH, "ex", (1, 7, 1), "t", connection=(1, 7)))
     assert len(core.deliveries()) == 1
 
 
 def test_exclusive_queue_goes_when_its_connection_closes(core: Core) -> None:
-    core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=7, requester=7))
-    core.apply(c.DeclareQueue(VH, "other", exclusive_owner=8, requester=8))
-    core.apply(c.Consume(VH, "ex", (7, 1), "t", connection=7))
-    core.apply(c.ConnectionClosed(7))
+    core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=(1, 7), requester=(1, 7)))
+    core.apply(c.DeclareQueue(VH, "other", exclusive_owner=(1, 8), requester=(1, 8)))
+    core.apply(c.Consume(VH, "ex", (1, 7, 1), "t", connection=(1, 7)))
+    core.apply(c.ConnectionClosed((1, 7)))
     assert "ex" not in core.sm.vhosts[VH].queues
     assert "other" in core.sm.vhosts[VH].queues
-    assert core.effects == [ConsumerCancelled((7, 1), "t")]
+    assert core.effects == [ConsumerCancelled((1, 7, 1), "t")]
     # the name is free again for another connection
-    core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=8, requester=8))
+    core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=(1, 8), requester=(1, 8)))
 
 
 def test_exclusive_declare_on_existing_shared_queue_is_inequivalent(core: Core) -> None:
     core.queue("shared")
     with pytest.raises(PreconditionFailed, match="exclusive"):
-        core.apply(c.DeclareQueue(VH, "shared", exclusive_owner=7, requester=7))
+        core.apply(c.DeclareQueue(VH, "shared", exclusive_owner=(1, 7), requester=(1, 7)))
 
 
 def test_exclusive_consumer(core: Core) -> None:

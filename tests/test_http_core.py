@@ -28,7 +28,7 @@ def test_set_queue_arguments_changes_settings_and_persists() -> None:
     q = core.q("q")
     assert q.settings.visibility_ms == 1000 and q.settings.max_length is None
     assert (q.created_at, q.modified_at) == (1000, 2000)
-    assert ("queue", (VH, "q"), q) in core.changes
+    assert (("queue", (VH, "q")), q) in core.changes
     restored = reloaded(core).q("q")
     assert restored.arguments == {"x-visibility-timeout": 1000}
     assert (restored.created_at, restored.modified_at) == (1000, 2000)

@@ -20,7 +20,7 @@ ConnectionId = tuple[int, int]
 Owner = tuple[int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Meta:
     """What the log says about an entry: its index and the time (ms) it was proposed at."""
 

@@ -36,6 +36,9 @@ class Message:
     state: int = READY
     #: order among never-delivered ready messages (see MessageQueue.next_position)
     position: int = 0
+    #: (log index, position in it) of the publish that carried this body, when it came
+    #: straight from a log entry: the stored message then refers to the entry, not a copy
+    source: tuple[int, int] | None = None
 
     @property
     def size(self) -> int:

@@ -2,9 +2,9 @@
 
 Pure and deterministic: it never reads the clock (the time comes with the log entry, in `meta`),
 never does I/O, never draws random numbers. What a command changes comes back as values:
-`changes` name every record of the state that the command touched ("message", key, object, or
-None once it is gone), so a snapshot can write exactly those; `effects` say what the node must
-do (deliver, cancel a consumer, wake long polls, close a connection).
+`changes` name every record of the state that the command touched ((kind, key) and the live
+object, or None once it is gone), so a snapshot can write exactly those; `effects` say what
+the node must do (deliver, cancel a consumer, wake long polls, close a connection).
 
 A command either succeeds or changes nothing: handlers check everything that can fail before
 they change anything, and a command that fails anyway after it started changing the state is
@@ -79,8 +79,8 @@ ROUTE_CACHE_SIZE = 4096
 #: Most deliveries to no-ack consumers of one queue in one go (they have no prefetch window).
 NO_ACK_BURST = 256
 
-#: A change: (record kind, key, the live object as it is now, or None once it is gone).
-Change = tuple[str, Any, Any]
+#: A change: ((record kind, key), the live object as it is now, or None once it is gone).
+Change = tuple[tuple[str, Any], Any]
 
 #: What applying one command gives: reply, error, effects, changes.
 Applied = tuple[Any, BrokerError | None, list[Effect], list[Change]]
@@ -148,6 +148,12 @@ class StateMachine:
         self.sessions: dict[tuple[str, str], SessionHolder] = {}
         #: counters that name things: recorded so a restored node names them alike
         self.counters = {"qid": 1, "delayed": 1, "consumer": 1, "binding": 1}
+        #: log index -> messages whose body is that entry's (Message.source); an entry with
+        #: none is dropped with the log behind a snapshot, one with some is kept
+        self.entry_refs: dict[int, int] = {}
+        #: the log index being applied, and the position in it (inside a Batch)
+        self.index = 0
+        self._position = 0
         self._timers: list[tuple[int, str, str]] = []
         self._changes: list[Change] = []
         self._effects: list[Effect] = []
@@ -165,7 +171,7 @@ class StateMachine:
             c.PurgeQueue: self._purge_queue,
             c.Bind: self._bind,
             c.Unbind: self._unbind,
-            c.Publish: self._publish,
+            c.Publish: self._publish_entry,
             c.Consume: self._consume,
             c.Cancel: self._cancel,
             c.Settle: self._settle,
@@ -198,6 +204,8 @@ class StateMachine:
     def apply(self, command: c.Command, meta: c.Meta) -> Applied:
         """Apply one log entry's command at the entry's time."""
         self.now = meta.time
+        self.index = meta.index
+        self._position = 0
         effects: list[Effect] = []
         changes: list[Change] = []
         self._effects = effects
@@ -258,20 +266,20 @@ class StateMachine:
     # -- recording changes ---------------------------------------------------------------
 
     def _record(self, kind: str, key: Any, value: Any) -> None:
-        self._changes.append((kind, key, value))
+        self._changes.append(((kind, key), value))
 
     def _touch(self, q: MessageQueue) -> None:
         """The queue's own fields changed (counters, round robin, last use, arguments)."""
-        self._changes.append(("queue", (q.vhost, q.name), q))
+        self._changes.append((("queue", (q.vhost, q.name)), q))
 
     def _touch_message(self, q: MessageQueue, msg: Message) -> None:
-        self._changes.append(("message", (q.qid, msg.seq), msg))
+        self._changes.append((("message", (q.qid, msg.seq)), msg))
 
     def _count(self, name: str) -> int:
         """Take the next number of a counter."""
         value = self.counters[name]
         self.counters[name] = value + 1
-        self._changes.append(("counter", name, value + 1))
+        self._changes.append((("counter", name), value + 1))
         return value
 
     # -- vhosts, users, permissions ------------------------------------------------------
@@ -714,7 +722,11 @@ class StateMachine:
             return delay
         return 0
 
-    def _publish(self, cmd: c.Publish) -> PublishResult:
+    def _publish_entry(self, cmd: c.Publish) -> PublishResult:
+        """A publish from the log: its messages keep their body in the entry."""
+        return self._publish(cmd, (self.index, self._position))
+
+    def _publish(self, cmd: c.Publish, source: tuple[int, int] | None) -> PublishResult:
         vh, ex, ttl = self._check_publish(cmd)
         delay = self._delay_of(ex, cmd)
         if delay:
@@ -727,7 +739,15 @@ class StateMachine:
         for qname in targets:
             q = vh.queues[qname]
             if not self._enqueue(
-                q, cmd.exchange, cmd.routing_key, props, cmd.body, persistent, ttl, cmd.delay_ms
+                q,
+                cmd.exchange,
+                cmd.routing_key,
+                props,
+                cmd.body,
+                persistent,
+                ttl,
+                cmd.delay_ms,
+                source,
             ):
                 result.rejected = True
         return result
@@ -742,6 +762,7 @@ class StateMachine:
         persistent: bool,
         message_ttl: int | None,
         delay_ms: int = 0,
+        source: tuple[int, int] | None = None,
     ) -> bool:
         """Add a message to a queue; False if the queue refused it (overflow reject)."""
         s = q.settings
@@ -756,6 +777,9 @@ class StateMachine:
         msg = self._new_message(
             q, exchange, routing_key, properties, body, persistent, message_ttl, delay_ms
         )
+        if source is not None:
+            msg.source = source
+            self.entry_refs[source[0]] = self.entry_refs.get(source[0], 0) + 1
         q.append(msg)
         self._touch_message(q, msg)
         if msg.expires_at is not None or msg.state == HIDDEN:
@@ -865,7 +889,11 @@ class StateMachine:
         room: dict[int, list[int]] = {}
         for sub in cmd.commands:
             self._check(sub, room if cmd.refuse_when_full else None)
-        return [self._handlers[type(sub)](sub) for sub in cmd.commands]
+        replies = []
+        for position, sub in enumerate(cmd.commands):
+            self._position = position
+            replies.append(self._handlers[type(sub)](sub))
+        return replies
 
     def _check(self, cmd: Any, room: dict[int, list[int]] | None) -> None:
         """Raise what `cmd` would raise, changing nothing; count the room it takes in `room`."""
@@ -1271,7 +1299,7 @@ class StateMachine:
             self._store_retained(
                 c.StoreRetained(vhost, will.exchange, will.routing_key, will.properties, body)
             )
-        self._publish(publish)
+        self._publish(publish, None)
 
     # -- pull consumption ----------------------------------------------------------------
 
@@ -1474,7 +1502,15 @@ class StateMachine:
 
     def _forget(self, q: MessageQueue, msg: Message) -> None:
         q.remove(msg)
-        self._changes.append(("message", (q.qid, msg.seq), None))
+        self._changes.append((("message", (q.qid, msg.seq)), None))
+        if msg.source is not None:
+            index = msg.source[0]
+            left = self.entry_refs[index] - 1
+            if left:
+                self.entry_refs[index] = left
+            else:
+                del self.entry_refs[index]
+                self._changes.append((("entry", index), None))
 
     # -- restoring a snapshot ------------------------------------------------------------
 
@@ -1510,6 +1546,9 @@ class StateMachine:
             qid, _ = key
             msg, holder = value
             q = self.queues_by_qid[qid]
+            if msg.source is not None:
+                index = msg.source[0]
+                self.entry_refs[index] = self.entry_refs.get(index, 0) + 1
             q.restore(msg, None if holder is None else self._restore_holder(q, *holder))
         elif kind == "delayed":
             self.delayed[value.id] = value

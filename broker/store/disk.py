@@ -1,20 +1,29 @@
-"""The node's LevelDB database: the log, the snapshot and the meta values (see schema).
+"""The node's two LevelDB databases, in its data dir (see schema for what is in them).
 
-Only the commit driver's writer thread writes here; reads happen at start-up and when the
-state has to be rebuilt, while no write is in flight.
+- `leveldb/`: the state, as of the last snapshot: its records and meta values;
+- `log/`: the log, in batches of entries.
+
+Two databases, so that writing a snapshot never makes an append to the log wait (LevelDB
+writes one batch at a time). Only the commit driver writes; reads happen at start-up and
+when the state has to be rebuilt.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import plyvel
 
+from broker.core.state import StateMachine
 from broker.store import schema
-from broker.store.encoding import decode_entry, pack, unpack
+from broker.store.encoding import pack, unpack
 
 Op = tuple[bytes, bytes | None]
+
+STATE_DIR = "leveldb"
+LOG_DIR = "log"
 
 _FORMAT1_HELP = (
     "the data dir {path} was written by broker 0.1 (store format 1), which this release "
@@ -25,70 +34,131 @@ _FORMAT1_HELP = (
 
 
 class Store:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.db = plyvel.DB(path, create_if_missing=True)
+    def __init__(self, data_dir: str) -> None:
+        self.path = data_dir
+        os.makedirs(data_dir, exist_ok=True)
+        self.state_db = _open(os.path.join(data_dir, STATE_DIR), data_dir, legacy=True)
         try:
-            self._check_format()
-        except schema.FormatError:
-            self.db.close()
+            self.log_db = _open(os.path.join(data_dir, LOG_DIR), data_dir, legacy=False)
+        except BaseException:
+            self.state_db.close()
             raise
 
-    def _check_format(self) -> None:
-        raw = self.db.get(schema.META_FORMAT)
-        if raw is None:
-            if next(self.db.iterator(include_value=False), None) is not None:
-                raise schema.FormatError(
-                    _FORMAT1_HELP.format(path=self.path, version=schema.FORMAT_VERSION)
-                )
-            self.db.put(schema.META_FORMAT, pack(schema.FORMAT_VERSION), sync=True)
-            return
-        version = unpack(raw)
-        if version != schema.FORMAT_VERSION:
-            raise schema.FormatError(
-                f"the data dir {self.path} has store format {version}; this release reads "
-                f"format {schema.FORMAT_VERSION} only"
-            )
-
-    # -- reading -------------------------------------------------------------------------
+    # -- the state -----------------------------------------------------------------------
 
     def snapshot_index(self) -> int:
-        raw = self.db.get(schema.META_SNAPSHOT)
+        raw = self.state_db.get(schema.META_SNAPSHOT)
         return 0 if raw is None else int(unpack(raw))
 
     def skipped(self) -> set[int]:
         """Log entries the state leaves out (they failed half-way when first applied)."""
-        raw = self.db.get(schema.META_SKIPPED)
+        raw = self.state_db.get(schema.META_SKIPPED)
         return set() if raw is None else set(unpack(raw))
 
-    def snapshot_records(self) -> Iterator[tuple[str, Any, Any]]:
-        """The snapshot's records, in restore order."""
-        with self.db.snapshot() as snap, snap.iterator() as items:
-            yield from schema.iter_records(items)
+    def load_snapshot(self, state: StateMachine) -> None:
+        """Restore the stored snapshot into `state`, message bodies read from the log."""
+        with (
+            self.state_db.snapshot() as snap,
+            self.log_db.snapshot() as log_snap,
+            snap.iterator() as items,
+        ):
+            batches = _BatchReader(log_snap)
+            schema.restore(state, items, batches.command)
+
+    def write_state(self, ops: list[Op]) -> None:
+        """One atomic, synced batch: a snapshot is on disk once this returns."""
+        _write(self.state_db, ops, sync=True)
+
+    # -- the log -------------------------------------------------------------------------
 
     def log_entries(self, after: int) -> Iterator[tuple[int, int, int, Any]]:
         """(index, term, time, command) of every entry after `after`, in order."""
-        start = schema.log_key(after + 1)
-        with self.db.iterator(start=start, stop=schema.LOG_END) as items:
-            for key, raw in items:
-                term, time, command = decode_entry(raw)
-                yield schema.log_index(key), term, time, command
+        start = schema.seek_key(after + 1)
+        with self.log_db.iterator(start=start, stop=schema.LOG_END) as items:
+            for _, raw in items:
+                first, entries = schema.decode_batch(raw)
+                for index, (term, time, command) in enumerate(entries, first):
+                    if index > after:
+                        yield index, term, time, command
+
+    def log_batches(self) -> list[tuple[int, int]]:
+        """(first, last) of every stored batch of the log, in order (keys only)."""
+        start, stop = schema.LOG_PREFIX, schema.LOG_END
+        with self.log_db.iterator(start=start, stop=stop, include_value=False) as keys:
+            return [schema.batch_range(key) for key in keys]
 
     def last_index(self) -> int:
-        with self.db.iterator(prefix=schema.LOG_PREFIX, reverse=True, include_value=False) as it:
+        prefix = schema.LOG_PREFIX
+        with self.log_db.iterator(prefix=prefix, reverse=True, include_value=False) as it:
             key = next(it, None)
-        return self.snapshot_index() if key is None else schema.log_index(key)
+        last = self.snapshot_index()
+        return last if key is None else max(last, schema.batch_range(key)[1])
 
-    # -- writing -------------------------------------------------------------------------
-
-    def write(self, ops: list[Op], sync: bool) -> None:
-        """One atomic batch; with `sync` it and everything written before are on disk."""
-        with self.db.write_batch(sync=sync) as batch:
-            for key, value in ops:
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
+    def write_log(self, ops: list[Op], sync: bool) -> None:
+        """One atomic batch; with `sync`, it and everything written before are on disk."""
+        _write(self.log_db, ops, sync)
 
     def close(self) -> None:
-        self.db.close()
+        self.log_db.close()
+        self.state_db.close()
+
+
+def _open(path: str, data_dir: str, legacy: bool) -> Any:
+    db = plyvel.DB(path, create_if_missing=True)
+    try:
+        _check_format(db, data_dir, legacy)
+    except schema.FormatError:
+        db.close()
+        raise
+    return db
+
+
+def _check_format(db: Any, data_dir: str, legacy: bool) -> None:
+    raw = db.get(schema.META_FORMAT)
+    if raw is None:
+        if next(db.iterator(include_value=False), None) is not None:
+            if legacy:
+                text = _FORMAT1_HELP.format(path=data_dir, version=schema.FORMAT_VERSION)
+            else:
+                text = f"the data dir {data_dir} holds a log this release does not know"
+            raise schema.FormatError(text)
+        db.put(schema.META_FORMAT, pack(schema.FORMAT_VERSION), sync=True)
+        return
+    version = unpack(raw)
+    if version != schema.FORMAT_VERSION:
+        raise schema.FormatError(
+            f"the data dir {data_dir} has store format {version}; this release reads "
+            f"format {schema.FORMAT_VERSION} only"
+        )
+
+
+def _write(db: Any, ops: list[Op], sync: bool) -> None:
+    with db.write_batch(sync=sync) as batch:
+        for key, value in ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+
+
+class _BatchReader:
+    """Commands of log entries by index, one batch decoded at a time (messages that refer to
+    the log mostly come in the order they were published)."""
+
+    def __init__(self, snap: Any) -> None:
+        self.snap = snap
+        self.first = self.last = 0
+        self.commands: list[Any] = []
+
+    def command(self, index: int) -> Any:
+        if not self.first <= index <= self.last:
+            with self.snap.iterator(start=schema.seek_key(index), stop=schema.LOG_END) as it:
+                found = next(it, None)
+            if found is None:
+                return None
+            self.first, entries = schema.decode_batch(found[1])
+            self.last = self.first + len(entries) - 1
+            self.commands = [command for _, _, command in entries]
+            if not self.first <= index <= self.last:
+                return None
+        return self.commands[index - self.first]

@@ -1,13 +1,15 @@
 """The committer's asyncio driver: the only code that touches both the disk and the loop.
 
-Commands submitted during one loop turn share a timestamp and go to the disk together (group
-commit). The batch is written without a sync at the end of the turn, on the loop: that costs
-about as much as copying it, and its entries are then applied and their effects (deliveries,
-wake-ups) go out at once. The sync, which is what takes time, runs on a writer thread (plyvel
-releases the GIL while LevelDB syncs), as do the large writes that carry a snapshot; the loop
-keeps serving meanwhile, and replies that promise durability go out when the sync is done.
-While the thread works, the loop writes nothing (LevelDB would make it wait), so the next batch
-gathers and goes in one write. The driver also proposes a Tick whenever a timer is due.
+Commands submitted during one loop turn share a timestamp and go to the log together (group
+commit). A small batch is written without a sync at the end of the turn, on the loop: that
+costs about as much as copying it, and its entries are then applied and their effects
+(deliveries, wake-ups) go out at once. The sync, which is what takes time, runs on the log's
+writer thread (plyvel releases the GIL while LevelDB syncs), and so does a busy turn's large
+batch with its sync: the entries are applied as soon as the write is done, while the disk
+syncs. Replies that promise durability go out when the sync is done. While that thread works,
+the loop does not write the log (LevelDB would make it wait), so the next batch gathers and
+goes in one write. Snapshots go to the other database on a thread of their own, so they never
+hold up the log. The driver also proposes a Tick whenever a timer is due.
 """
 
 from __future__ import annotations
@@ -19,20 +21,21 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.model import Effect
 from broker.core.state import StateMachine
-from broker.store.committer import Committer, Done, Write
+from broker.store.committer import Committer, Done, Snapshot, Write
 from broker.store.disk import Store
 from broker.store.recovery import Recovered, recover
 
 log = logging.getLogger(__name__)
 
-#: Writes with more operations than this (snapshots, mostly) go to the writer thread.
-INLINE_OPS = 2000
+#: Batches with more entries than this go to the log's thread, with their sync.
+INLINE_ENTRIES = 64
 
 
 class Clock:
@@ -64,16 +67,23 @@ class CommitDriver:
             snapshot_index=recovered.snapshot_index,
             dirty=recovered.dirty,
             skipped=recovered.skipped,
+            stored_seq=recovered.stored_seq,
+            batches=recovered.batches,
+            garbage=recovered.garbage,
         )
         self.clock = clock or Clock()
         self._on_effects = on_effects
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-writer")
+        self._state_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshots")
         #: the clock read once per loop turn: commands of one turn share a timestamp
         self._now: int | None = None
         self._flush_scheduled = False
-        #: a write (a sync, or a large one) is in progress on the writer thread
+        #: a log write (a sync, or a large one) is in progress on the log's thread
         self._busy = False
+        #: a snapshot is being written (and an event set when one is done)
+        self._snapshotting = False
+        self._snapshot_idle = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: int | None = None
         self._closed = False
@@ -150,37 +160,80 @@ class CommitDriver:
 
     def _pump(self) -> None:
         """Do the writes the committer asks for: small ones here, syncs on the thread."""
-        for _ in range(2):  # a write of new entries, then usually their sync
-            if self._busy or self._closed:
-                break
+        while not self._busy and not self._closed:
             write = self.committer.next_write()
             if write is None:
                 break
-            if write.sync or len(write.ops) > INLINE_OPS:
-                self._write_on_thread(write)
+            if write.sync or write.entries > INLINE_ENTRIES:
+                write.sync = write.sync or write.wants_sync
+                self._busy = True
+                self._log_thread.submit(self._log_job, write)
                 break
             try:
-                self.store.write(write.ops, sync=False)
+                self.store.write_log(write.ops, sync=False)
             except Exception as exc:
                 self.committer.write_failed(exc)
                 break
             self._written(write)
+            if write.cleanup:
+                # The log behind a snapshot goes a chunk per loop turn, when nothing waits.
+                self._schedule_flush()
+                break
+        self._snapshot()
         self._release()
         self._reschedule_timer()
 
-    def _write_on_thread(self, write: Write) -> None:
-        self._busy = True
-        fut = self._executor.submit(self.store.write, write.ops, write.sync)
-        done = functools.partial(self._thread_done, write)
+    def _log_job(self, write: Write) -> None:
+        """On the log's thread: the write, then its sync; the loop hears of each, so it can
+        apply the entries while the disk syncs."""
+        call = self._loop.call_soon_threadsafe
+        try:
+            if write.ops:
+                self.store.write_log(write.ops, sync=False)
+                call(self._log_written, write)
+            if write.sync:
+                self.store.write_log([], sync=True)
+        except Exception as exc:
+            call(self._log_failed, exc)
+            return
+        call(self._log_done, write)
+
+    def _log_written(self, write: Write) -> None:
+        self._written(replace(write, sync=False))
+        self._release()
+
+    def _log_done(self, write: Write) -> None:
+        self._busy = False
+        if not write.ops:
+            self._written(write)
+        elif write.sync:
+            self.committer.synced(write.last_index)
+        self._pump()
+
+    def _log_failed(self, exc: BaseException) -> None:
+        self._busy = False
+        self.committer.write_failed(exc)
+        self._pump()
+
+    def _snapshot(self) -> None:
+        if self._snapshotting or self._closed:
+            return
+        snapshot = self.committer.next_snapshot()
+        if snapshot is None:
+            return
+        self._snapshotting = True
+        fut = self._state_thread.submit(self.store.write_state, snapshot.ops)
+        done = functools.partial(self._snapshot_done, snapshot)
         fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(done, f))
 
-    def _thread_done(self, write: Write, fut: ThreadFuture[None]) -> None:
-        self._busy = False
+    def _snapshot_done(self, snapshot: Snapshot, fut: ThreadFuture[None]) -> None:
+        self._snapshotting = False
+        self._snapshot_idle.set()
         exc = fut.exception()
         if exc is not None:
             self.committer.write_failed(exc)
         else:
-            self._written(write)
+            self.committer.snapshot_written(snapshot)
         self._pump()
 
     def _written(self, write: Write) -> None:
@@ -202,7 +255,7 @@ class CommitDriver:
     def _rebuild(self, index: int) -> None:
         skip = self.committer.skipped | {index}
         recovered = recover(self.store, skip=skip, upto=index - 1)
-        self.committer.rebuilt(recovered.state, recovered.dirty)
+        self.committer.rebuilt(recovered.state, recovered.dirty, recovered.stored_seq)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -225,9 +278,16 @@ class CommitDriver:
 
     async def close(self) -> None:
         """Write everything, with a snapshot so the next start replays little, and stop."""
-        self.committer.snapshot_now()
         await self.drain()
+        self.committer.snapshot_now()
+        while True:
+            self._pump()
+            if not self._snapshotting:
+                break
+            self._snapshot_idle.clear()
+            await self._snapshot_idle.wait()
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        self._executor.shutdown(wait=True)
+        self._log_thread.shutdown(wait=True)
+        self._state_thread.shutdown(wait=True)

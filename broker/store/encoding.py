@@ -68,6 +68,14 @@ def pack(value: Any) -> bytes:
         raise
 
 
+def array_header(length: int) -> bytes:
+    """The msgpack head of an array of `length` items (to join items packed already)."""
+    return _header_packer.pack_array_header(length)
+
+
+_header_packer = msgpack.Packer()
+
+
 def unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False, ext_hook=_ext, strict_map_key=False)
 
@@ -206,8 +214,15 @@ def decode_command(wire: list[Any]) -> Any:
     return codec.cls(*values)
 
 
+_PUBLISH = COMMAND_CODES[c.Publish]
+
+
 def encode_entry(term: int, time: int, command: Any) -> bytes:
     """A log entry: the term it was proposed in, its time (ms) and its command."""
+    if type(command) is c.Publish:  # most entries: their fields, spelled out
+        p = command
+        fields = (p.vhost, p.exchange, p.routing_key, p.properties, p.body, p.mandatory)
+        return pack((term, time, (_PUBLISH, *fields, p.delay_ms)))
     return pack([term, time, command_to_wire(command)])
 
 

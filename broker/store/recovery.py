@@ -29,6 +29,12 @@ class Recovered:
     last_index: int
     #: what the replayed entries changed since the snapshot
     dirty: dict[tuple[str, Any], Any]
+    #: per queue, its next sequence number as the snapshot has it (see Committer.stored_seq)
+    stored_seq: dict[int, int]
+    #: the log's batches on disk, and those behind the snapshot that no message uses (left
+    #: by a crash), to delete
+    batches: list[tuple[int, int]]
+    garbage: list[tuple[int, int]]
     entries: int
 
 
@@ -51,9 +57,8 @@ def recover(store: Store, skip: set[int] | None = None, upto: int | None = None)
 
 def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
     state = StateMachine()
-    for kind, key, value in store.snapshot_records():
-        state.restore(kind, key, value)
-    state.finish_restore()
+    store.load_snapshot(state)
+    stored_seq = {qid: q.next_seq for qid, q in state.queues_by_qid.items()}
     snapshot_index = last = store.snapshot_index()
     dirty: dict[tuple[str, Any], Any] = {}
     entries = 0
@@ -68,7 +73,15 @@ def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
         except Exception as exc:
             log.debug("replaying entry %d failed: %r", index, exc)
             raise _EntryFailed(index) from exc
-        for kind, key, value in changes:
-            dirty[(kind, key)] = value
+        dirty.update(changes)
         entries += 1
-    return Recovered(state, skip, snapshot_index, last, dirty, entries)
+    refs = state.entry_refs
+    batches = store.log_batches()
+    garbage = [
+        (first, end)
+        for first, end in batches
+        if end <= snapshot_index and not any(i in refs for i in range(first, end + 1))
+    ]
+    return Recovered(
+        state, skip, snapshot_index, last, dirty, stored_seq, batches, garbage, entries
+    )

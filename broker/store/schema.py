@@ -3,19 +3,22 @@
 Three key spaces in one LevelDB:
 
 - `!name`: meta values (the format version, the index the snapshot is at, entries skipped).
-- `L` + index (8 bytes, big-endian): log entries (see encoding.encode_entry).
+- `L` + last index + first index (8 bytes each, big-endian): the log, one key per write of
+  consecutive entries (a batch). Seeking to `L` + an index finds the batch holding it.
 - one byte naming a record kind + its key: the snapshot, i.e. the state machine's whole state
   as of the snapshot index. The kind bytes sort in the order a restore needs (queues before
   their consumers, consumers before the messages they hold).
 
 Values are msgpack lists with a fixed field order per kind, except messages: a packed head of
-fixed-size fields, then names, properties, holder and the raw body.
+fixed-size fields, then the holder, then names, properties and the raw body, unless the body
+is that of a publish in the log (Message.source): the record then names the entry, which the
+snapshot keeps (one body on disk however many queues the publish reached).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from broker.core.commands import Will
@@ -33,7 +36,7 @@ from broker.core.model import (
 )
 from broker.core.queue import MessageQueue
 from broker.core.state import DelayedPublish, StateMachine
-from broker.store.encoding import pack, unpack
+from broker.store.encoding import array_header, decode_command, pack, unpack
 
 #: Bump when any layout here, or a command's code or fields, changes.
 FORMAT_VERSION = 2
@@ -64,14 +67,19 @@ KINDS = {
     "session": b"e",
 }
 _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
+_MESSAGE_PREFIX = KINDS["message"]
 _INDEX = struct.Struct(">Q")
 _PAIR = struct.Struct(">QQ")
 _OWNER = struct.Struct(">QQQ")
 _LENGTH = struct.Struct(">I")
+#: a batch is the msgpack array [first index, [entry, ...]]
+_BATCH_HEAD = b"\x92"
 #: fixed-size part of a message: enqueued_at, expires_at (-1: none), priority, delivery_count,
 #: returns, visible_at, handle, first_delivered_at, acked_at, state, persistent, position,
-#: and the lengths of exchange, routing key, properties and holder
-_MESSAGE_HEAD = struct.Struct(">qqBIIqIqqbBQHHII")
+#: the log index and position of its publish (0: none), and the length of its holder
+_MESSAGE_HEAD = struct.Struct(">qqBIIqIqqbBQQIH")
+#: lengths of exchange, routing key and properties (messages whose body is in the record)
+_MESSAGE_NAMES = struct.Struct(">HHI")
 
 
 class FormatError(Exception):
@@ -81,12 +89,30 @@ class FormatError(Exception):
 # -- keys ----------------------------------------------------------------------------------
 
 
-def log_key(index: int) -> bytes:
+def batch_key(first: int, last: int) -> bytes:
+    return LOG_PREFIX + _PAIR.pack(last, first)
+
+
+def batch_range(key: bytes) -> tuple[int, int]:
+    """(first, last) index of the batch stored under `key`."""
+    last, first = _PAIR.unpack(key[1:])
+    return first, last
+
+
+def seek_key(index: int) -> bytes:
+    """Where the batch holding `index`, or the first after it, starts in key order."""
     return LOG_PREFIX + _INDEX.pack(index)
 
 
-def log_index(key: bytes) -> int:
-    return int(_INDEX.unpack(key[1:])[0])
+def encode_batch(first: int, entries: list[bytes]) -> bytes:
+    """Entries (each encoded by encoding.encode_entry) from index `first` on, as one value."""
+    return b"".join((_BATCH_HEAD, pack(first), array_header(len(entries)), *entries))
+
+
+def decode_batch(raw: bytes) -> tuple[int, list[tuple[int, int, Any]]]:
+    """(first index, [(term, time, command)...]) of a stored batch."""
+    first, entries = unpack(raw)
+    return first, [(term, time, decode_command(wire)) for term, time, wire in entries]
 
 
 def _parts(*parts: str) -> bytes:
@@ -106,6 +132,10 @@ def _split(raw: bytes) -> list[str]:
         parts.append(raw[pos : pos + size].decode())
         pos += size
     return parts
+
+
+def message_key(qid: int, seq: int) -> bytes:
+    return _MESSAGE_PREFIX + _PAIR.pack(qid, seq)
 
 
 def record_key(kind: str, key: Any) -> bytes:
@@ -162,7 +192,7 @@ def record_value(kind: str, key: Any, value: Any, state: StateMachine) -> bytes:
     """The stored form of a live object (`state` supplies what a message's holder is)."""
     if kind == "message":
         q = state.queues_by_qid[key[0]]
-        return _encode_message(value, q.unacked.get(value.seq))
+        return message_value(value, q.unacked.get(value.seq))
     if kind == "queue":
         q = value
         return pack(
@@ -277,16 +307,15 @@ def _decode_value(kind: str, key: Any, raw: bytes) -> Any:
     return v
 
 
-def _encode_message(m: Message, holder: Any) -> bytes:
-    exchange = m.exchange.encode()
-    routing_key = m.routing_key.encode()
-    properties = pack(m.properties)
+def message_value(m: Message, holder: Any) -> bytes:
+    """A message's record; `holder` is (owner, consumer) while it is delivered, else None."""
     held = b""
     if holder is not None:
         owner, consumer = holder
         tag = None if consumer is None else consumer.tag
         shared = consumer is not None and consumer.shared is not None
         held = pack([owner, tag, shared])
+    index, position = m.source or (0, 0)
     head = _MESSAGE_HEAD.pack(
         m.enqueued_at,
         -1 if m.expires_at is None else m.expires_at,
@@ -300,15 +329,21 @@ def _encode_message(m: Message, holder: Any) -> bytes:
         m.state,
         m.persistent,
         m.position,
-        len(exchange),
-        len(routing_key),
-        len(properties),
+        index,
+        position,
         len(held),
     )
-    return b"".join((head, exchange, routing_key, properties, held, m.body))
+    if m.source is not None:
+        return head + held
+    exchange = m.exchange.encode()
+    routing_key = m.routing_key.encode()
+    properties = pack(m.properties)
+    names = _MESSAGE_NAMES.pack(len(exchange), len(routing_key), len(properties))
+    return b"".join((head, held, names, exchange, routing_key, properties, m.body))
 
 
 def _decode_message(seq: int, raw: bytes) -> tuple[Message, Any]:
+    """The message (with an empty body while it refers to a log entry) and its holder."""
     (
         enqueued_at,
         expires_at,
@@ -322,18 +357,11 @@ def _decode_message(seq: int, raw: bytes) -> tuple[Message, Any]:
         state,
         persistent,
         position,
-        n_exchange,
-        n_routing_key,
-        n_properties,
+        index,
+        in_entry,
         n_holder,
     ) = _MESSAGE_HEAD.unpack_from(raw, 0)
     pos = _MESSAGE_HEAD.size
-    exchange = raw[pos : pos + n_exchange].decode()
-    pos += n_exchange
-    routing_key = raw[pos : pos + n_routing_key].decode()
-    pos += n_routing_key
-    properties = unpack(raw[pos : pos + n_properties])
-    pos += n_properties
     holder = None
     if n_holder:
         owner, tag, shared = unpack(raw[pos : pos + n_holder])
@@ -341,10 +369,10 @@ def _decode_message(seq: int, raw: bytes) -> tuple[Message, Any]:
     pos += n_holder
     msg = Message(
         seq=seq,
-        exchange=exchange,
-        routing_key=routing_key,
-        properties=properties,
-        body=raw[pos:],
+        exchange="",
+        routing_key="",
+        properties={},
+        body=b"",
         persistent=bool(persistent),
         enqueued_at=enqueued_at,
         expires_at=None if expires_at == -1 else expires_at,
@@ -357,7 +385,19 @@ def _decode_message(seq: int, raw: bytes) -> tuple[Message, Any]:
         acked_at=acked_at,
         state=state,
         position=position,
+        source=(index, in_entry) if index else None,
     )
+    if index:
+        return msg, holder
+    n_exchange, n_routing_key, n_properties = _MESSAGE_NAMES.unpack_from(raw, pos)
+    pos += _MESSAGE_NAMES.size
+    msg.exchange = raw[pos : pos + n_exchange].decode()
+    pos += n_exchange
+    msg.routing_key = raw[pos : pos + n_routing_key].decode()
+    pos += n_routing_key
+    msg.properties = unpack(raw[pos : pos + n_properties])
+    pos += n_properties
+    msg.body = raw[pos:]
     return msg, holder
 
 
@@ -367,13 +407,18 @@ def _decode_message(seq: int, raw: bytes) -> tuple[Message, Any]:
 def snapshot_ops(
     dirty: dict[tuple[str, Any], Any], state: StateMachine
 ) -> list[tuple[bytes, bytes | None]]:
-    """The writes that bring a stored snapshot up to `state`, given what changed since."""
+    """The writes that bring a stored snapshot up to `state`, given what changed since.
+
+    ("entry", index) changes (a log entry no message uses any more) are not records: what
+    they free is the committer's to delete, with the log.
+    """
     return [
         (
             record_key(kind, key),
             None if value is None else record_value(kind, key, value, state),
         )
         for (kind, key), value in dirty.items()
+        if kind != "entry"
     ]
 
 
@@ -387,8 +432,28 @@ def is_record(raw_key: bytes) -> bool:
     return raw_key[:1] in _BY_PREFIX
 
 
-def iter_records(items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[str, Any, Any]]:
-    """Decode the snapshot records among `items` (a database iterator), in restore order."""
+def restore(
+    state: StateMachine, items: Iterable[tuple[bytes, bytes]], entry: Callable[[int], Any]
+) -> None:
+    """Load a snapshot into `state`: the records among `items` (in key order), with the bodies
+    of messages that refer to log entries taken from `entry(index)` (the command)."""
     for raw_key, raw_value in items:
-        if is_record(raw_key):
-            yield decode_record(raw_key, raw_value)
+        if not is_record(raw_key):
+            continue
+        kind, key, value = decode_record(raw_key, raw_value)
+        if kind == "message" and value[0].source is not None:
+            _fill_from_entry(value[0], entry)
+        state.restore(kind, key, value)
+    state.finish_restore()
+
+
+def _fill_from_entry(msg: Message, entry: Callable[[int], Any]) -> None:
+    assert msg.source is not None
+    index, position = msg.source
+    command = entry(index)
+    if command is None:
+        raise FormatError(f"message {msg.seq} refers to log entry {index}, which is missing")
+    if type(command).__name__ == "Batch":
+        command = command.commands[position]
+    msg.exchange, msg.routing_key = command.exchange, command.routing_key
+    msg.properties, msg.body = command.properties, command.body

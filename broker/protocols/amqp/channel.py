@@ -174,7 +174,14 @@ class Channel:
                 return
             if mid == codec.ACK_ID and not self.tx:
                 tag, multiple = codec.decode_ack(payload)
-                self._run(lambda: self._collect_ack(tag, multiple), None)
+                # The hottest client method: one ack, collected without the generic path.
+                item = None if multiple else self.unacked.pop(tag, None)
+                if item is None:
+                    self._run(lambda: self._collect_ack(tag, multiple), None)
+                    return
+                if not self._acks:
+                    self.conn.acks_pending.add(self)
+                self._acks.append(item)
                 return
             self.flush_acks()
             method = codec.decode_method(payload)
@@ -371,23 +378,23 @@ class Channel:
         tag = self.next_tag
         info = self.consumers.get(effect.tag)
         msg = effect.message
+        conn = self.conn
         if info is None or not info.no_ack:
-            self.unacked[tag] = (self.vhost, effect.queue, msg.seq)
+            self.unacked[tag] = (conn.vhost, effect.queue, msg.seq)
         properties = msg.properties
         if effect.delivery_count:
             headers = dict(properties.get("headers") or {})
             headers["x-delivery-count"] = effect.delivery_count
             properties = dict(properties, headers=headers)
-        parts = codec.content_parts(
-            self.number, codec.properties_bytes(properties), msg.body, self.conn.frame_max
+        before, after = codec.deliver_frame_parts(
+            self.number, effect.tag, msg.exchange, msg.routing_key
         )
-        parts[0] = (
-            codec.deliver_frame(
-                self.number, effect.tag, tag, effect.redelivered, msg.exchange, msg.routing_key
+        conn.write_parts([before, codec.delivery_tag(tag, effect.redelivered), after])
+        conn.write_parts(
+            codec.content_parts(
+                self.number, codec.properties_bytes(properties), msg.body, conn.frame_max
             )
-            + parts[0]
         )
-        self.conn.write_parts(parts)
 
     def deliver_reply(
         self,
