@@ -11,7 +11,7 @@ from broker.core.queue import MessageQueue
 from broker.core.state import StateMachine
 from broker.store import schema
 from broker.store.disk import Store
-from broker.store.encoding import decode_entry, encode_entry, pack
+from broker.store.encoding import decode_entry, encode_entry, entry_wire, pack
 from broker.store.recovery import recover
 
 VH = "/"
@@ -163,7 +163,7 @@ def restart(core: Core, path: str) -> Core:
         ops: list[tuple[bytes, bytes | None]] = list(snapshot(core).items())
         ops.append((schema.META_SNAPSHOT, pack(core.index)))
         store.write_state(ops)
-        entries = [encode_entry(0, core.now, core.log[i]) for i in range(1, core.index + 1)]
+        entries = [entry_wire(0, core.now, core.log[i]) for i in range(1, core.index + 1)]
         batch = (schema.batch_key(1, core.index), schema.encode_batch(1, entries))
         store.write_log([batch], sync=True)
         recovered = recover(store)

@@ -37,7 +37,7 @@ from broker.core.errors import BrokerError, InternalError, StoreFailed
 from broker.core.model import Effect
 from broker.core.state import StateMachine
 from broker.store import schema
-from broker.store.encoding import encode_entry, pack
+from broker.store.encoding import entry_wire, pack
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ class _Entry:
     index: int
     time: int
     command: Any
-    payload: bytes
     done: Done | None
     durable: bool
     applied: bool = False
@@ -154,14 +153,7 @@ class Committer:
                 self._releases.append((done, None, self._failure(), []))
             return
         self.last_index += 1
-        entry = _Entry(
-            self.last_index,
-            time,
-            command,
-            encode_entry(self.term, time, command),
-            done,
-            durable,
-        )
+        entry = _Entry(self.last_index, time, command, done, durable)
         self._unwritten.append(entry)
         if done is not None:
             self._replies.append(entry)
@@ -171,7 +163,7 @@ class Committer:
         if self.failed is not None:
             self._releases.append((done, None, self._failure(), []))
             return
-        self._replies.append(_Entry(self.last_index, 0, None, b"", done, True, applied=True))
+        self._replies.append(_Entry(self.last_index, 0, None, done, True, applied=True))
         self._release_replies()
 
     # -- the log -------------------------------------------------------------------------
@@ -201,9 +193,10 @@ class Committer:
         first, last = entries[0].index, entries[-1].index
         self._lasts.append(last)
         self._firsts[last] = first
-        payloads = [e.payload for e in entries]
-        self._log_bytes += sum(len(p) for p in payloads)
-        return schema.batch_key(first, last), schema.encode_batch(first, payloads)
+        term = self.term
+        value = schema.encode_batch(first, [entry_wire(term, e.time, e.command) for e in entries])
+        self._log_bytes += len(value)
+        return schema.batch_key(first, last), value
 
     def _collect_garbage(self, ops: list[Op]) -> None:
         garbage = self.garbage

@@ -104,7 +104,7 @@ class Store:
 
 
 def _open(path: str, data_dir: str, legacy: bool) -> Any:
-    db = plyvel.DB(path, create_if_missing=True)
+    db = plyvel.DB(path, create_if_missing=True, write_buffer_size=64 << 20)
     try:
         _check_format(db, data_dir, legacy)
     except schema.FormatError:

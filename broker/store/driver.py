@@ -34,7 +34,10 @@ from broker.store.recovery import Recovered, recover
 
 log = logging.getLogger(__name__)
 
-#: Batches with more entries than this go to the log's thread, with their sync.
+#: Rounds of writing, applying and releasing in one loop turn.
+PUMP_ROUNDS = 8
+#: Batches with more entries than this that must be synced go to the log's thread with
+#: their sync; the others are written here.
 INLINE_ENTRIES = 64
 
 
@@ -159,13 +162,20 @@ class CommitDriver:
         self._pump()
 
     def _pump(self) -> None:
-        """Do the writes the committer asks for: small ones here, syncs on the thread."""
-        while not self._busy and not self._closed:
+        """Do the writes the committer asks for: small ones here, syncs on the thread.
+
+        What a write releases goes out at once, and may be followed by more commands in the
+        same turn (a QoS 0 subscriber's settlements, say, which make room for the next
+        deliveries); a few rounds per turn, so the network is read in between.
+        """
+        for _ in range(PUMP_ROUNDS):
+            if self._busy or self._closed:
+                break
             write = self.committer.next_write()
             if write is None:
                 break
-            if write.sync or write.entries > INLINE_ENTRIES:
-                write.sync = write.sync or write.wants_sync
+            if write.sync or (write.wants_sync and write.entries > INLINE_ENTRIES):
+                write.sync = True
                 self._busy = True
                 self._log_thread.submit(self._log_job, write)
                 break
@@ -175,10 +185,13 @@ class CommitDriver:
                 self.committer.write_failed(exc)
                 break
             self._written(write)
+            self._release()
             if write.cleanup:
                 # The log behind a snapshot goes a chunk per loop turn, when nothing waits.
                 self._schedule_flush()
                 break
+        else:
+            self._schedule_flush()  # more next turn
         self._snapshot()
         self._release()
         self._reschedule_timer()

@@ -68,14 +68,6 @@ def pack(value: Any) -> bytes:
         raise
 
 
-def array_header(length: int) -> bytes:
-    """The msgpack head of an array of `length` items (to join items packed already)."""
-    return _header_packer.pack_array_header(length)
-
-
-_header_packer = msgpack.Packer()
-
-
 def unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False, ext_hook=_ext, strict_map_key=False)
 
@@ -217,13 +209,18 @@ def decode_command(wire: list[Any]) -> Any:
 _PUBLISH = COMMAND_CODES[c.Publish]
 
 
-def encode_entry(term: int, time: int, command: Any) -> bytes:
-    """A log entry: the term it was proposed in, its time (ms) and its command."""
+def entry_wire(term: int, time: int, command: Any) -> Any:
+    """A log entry before packing: the term it was proposed in, its time (ms), its command."""
     if type(command) is c.Publish:  # most entries: their fields, spelled out
         p = command
         fields = (p.vhost, p.exchange, p.routing_key, p.properties, p.body, p.mandatory)
-        return pack((term, time, (_PUBLISH, *fields, p.delay_ms)))
-    return pack([term, time, command_to_wire(command)])
+        return (term, time, (_PUBLISH, *fields, p.delay_ms))
+    return (term, time, command_to_wire(command))
+
+
+def encode_entry(term: int, time: int, command: Any) -> bytes:
+    """One log entry on its own (a batch packs its entries' wire forms at once)."""
+    return pack(entry_wire(term, time, command))
 
 
 def decode_entry(raw: bytes) -> tuple[int, int, Any]:

@@ -36,7 +36,7 @@ from broker.core.model import (
 )
 from broker.core.queue import MessageQueue
 from broker.core.state import DelayedPublish, StateMachine
-from broker.store.encoding import array_header, decode_command, pack, unpack
+from broker.store.encoding import decode_command, pack, unpack
 
 #: Bump when any layout here, or a command's code or fields, changes.
 FORMAT_VERSION = 2
@@ -72,8 +72,6 @@ _INDEX = struct.Struct(">Q")
 _PAIR = struct.Struct(">QQ")
 _OWNER = struct.Struct(">QQQ")
 _LENGTH = struct.Struct(">I")
-#: a batch is the msgpack array [first index, [entry, ...]]
-_BATCH_HEAD = b"\x92"
 #: fixed-size part of a message: enqueued_at, expires_at (-1: none), priority, delivery_count,
 #: returns, visible_at, handle, first_delivered_at, acked_at, state, persistent, position,
 #: the log index and position of its publish (0: none), and the length of its holder
@@ -104,9 +102,10 @@ def seek_key(index: int) -> bytes:
     return LOG_PREFIX + _INDEX.pack(index)
 
 
-def encode_batch(first: int, entries: list[bytes]) -> bytes:
-    """Entries (each encoded by encoding.encode_entry) from index `first` on, as one value."""
-    return b"".join((_BATCH_HEAD, pack(first), array_header(len(entries)), *entries))
+def encode_batch(first: int, entries: list[Any]) -> bytes:
+    """Entries (in their wire form, see encoding.entry_wire) from index `first` on, as one
+    value: [first index, [entry, ...]]."""
+    return pack((first, entries))
 
 
 def decode_batch(raw: bytes) -> tuple[int, list[tuple[int, int, Any]]]:

@@ -14,7 +14,7 @@ from pamqp import commands as spec
 from pamqp.base import Frame
 
 from broker.core import commands as c
-from broker.core.errors import BrokerError
+from broker.core.errors import BrokerError, StoreFailed
 from broker.core.model import Deliver, GetResult, PublishResult, QueueInfo
 from broker.protocols.amqp import codec
 from broker.protocols.amqp.errors import AMQPError, ConnectionError_, reply_text
@@ -305,6 +305,9 @@ class Channel:
             if self.closing:
                 return
             if error is not None:
+                if seq and isinstance(error, StoreFailed):
+                    self._confirm(seq, False)  # not on disk: a nack, as RabbitMQ sends one
+                    return
                 self.conn.core_error(self.number, error, _PUBLISH)
                 return
             assert result is not None

@@ -16,6 +16,7 @@ from broker.core.errors import (
     ReceiptHandleInvalid,
     ResourceLimit,
     ResourceLocked,
+    StoreFailed,
 )
 
 INVALID = 4000
@@ -96,4 +97,6 @@ def from_core(exc: BrokerError) -> CmqError:
         return CmqError(INVALID, str(exc), 10110)
     if isinstance(exc, InternalError):
         return CmqError(INTERNAL, "internal server error")
+    if isinstance(exc, StoreFailed):
+        return CmqError(INTERNAL, "the node cannot store anything: its disk failed")
     return CmqError(INVALID, str(exc), 10110)

@@ -432,7 +432,7 @@ class MQTTConnection:
         if not p.retain and qos < 2:
             # The common case, without a list: one command, and at QoS 1 its PUBACK.
             if qos == 0:
-                self.gateway.submit(publish, self._check_done, durable=False)
+                self.gateway.submit(publish, durable=False)  # amq.topic cannot refuse it
             else:
                 self._replies.append(codec.ack(PUBACK, p.packet_id))
                 self.gateway.submit(publish, self._reply_done)

@@ -1,0 +1,215 @@
+"""The sans-IO committer, driven by hand: what it asks to write, what it releases, and when."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.core import commands as c
+from broker.core.errors import BrokerError, NotFound, StoreFailed
+from broker.core.model import Deliver
+from broker.core.state import StateMachine
+from broker.store import schema
+from broker.store.committer import Committer, Write
+from broker.store.disk import Store
+from broker.store.recovery import recover
+from tests.state_dump import dump
+
+VH = "/"
+OWNER = (1, 1, 1)
+
+
+class Replies:
+    """Collects what the committer releases, in order."""
+
+    def __init__(self, committer: Committer) -> None:
+        self.committer = committer
+        self.out: list[Any] = []
+
+    def done(self, name: str) -> Any:
+        def record(reply: Any, error: BrokerError | None) -> None:
+            self.out.append((name, type(error).__name__ if error else "ok"))
+
+        return record
+
+    def take(self) -> list[Any]:
+        for done, reply, error, effects in self.committer.take_releases():
+            if effects:
+                self.out.extend(("deliver", e.message.body) for e in effects if type(e) is Deliver)
+            if done is not None:
+                done(reply, error)
+        out, self.out = self.out, []
+        return out
+
+
+def ready_committer() -> tuple[Committer, Replies]:
+    committer = Committer(StateMachine())
+    committer.propose(c.DeclareVhost(VH), 1, None)
+    committer.propose(c.DeclareQueue(VH, "q"), 1, None)
+    write = committer.next_write()
+    assert write is not None
+    committer.written(write)
+    committer.synced(write.last_index)
+    replies = Replies(committer)
+    replies.take()
+    return committer, replies
+
+
+def publish(body: bytes) -> c.Publish:
+    return c.Publish(VH, "", "q", {"delivery_mode": 2}, body)
+
+
+def test_nothing_is_applied_before_it_is_written() -> None:
+    committer, replies = ready_committer()
+    committer.propose(publish(b"a"), 5, replies.done("a"))
+    assert committer.state.queue(VH, "q").ready_count == 0
+    write = committer.next_write()
+    assert write is not None and write.entries == 1 and write.wants_sync
+    assert replies.take() == []
+    committer.written(write)
+    assert committer.state.queue(VH, "q").ready_count == 1
+    assert replies.take() == []  # applied, but its reply promises durability: not yet
+    sync = committer.next_write()
+    assert sync is not None and sync.sync and sync.ops == []
+    committer.written(sync)
+    assert replies.take() == [("a", "ok")]
+
+
+def test_proposals_during_a_write_go_together_in_the_next_one() -> None:
+    committer, replies = ready_committer()
+    committer.propose(publish(b"1"), 5, replies.done("1"))
+    first = committer.next_write()
+    assert first is not None
+    for name in "234":
+        committer.propose(publish(name.encode()), 6, replies.done(name))
+    assert committer.next_write() is None  # one write at a time
+    committer.written(first)
+    second = committer.next_write()
+    assert second is not None and second.entries == 3 and len(second.ops) == 1
+    first_index, last_index = schema.batch_range(second.ops[0][0])
+    assert (first_index, last_index) == (first.last_index + 1, first.last_index + 3)
+
+
+def test_replies_leave_in_log_order_and_effects_at_once() -> None:
+    committer, replies = ready_committer()
+    committer.propose(
+        c.Consume(VH, "q", OWNER, "t", prefetch=10), 5, replies.done("consume"), False
+    )
+    committer.propose(publish(b"m"), 5, replies.done("publish"))
+    committer.propose(c.Get(VH, "nope", OWNER), 5, replies.done("get"), False)
+    write = committer.next_write()
+    assert write is not None
+    committer.written(write)
+    # The delivery goes out when applied; the publish's reply waits for the sync, and the
+    # get's (which promises nothing) waits behind it: replies keep the log's order.
+    assert replies.take() == [("deliver", b"m"), ("consume", "ok")]
+    sync = committer.next_write()
+    assert sync is not None
+    committer.written(sync)
+    assert replies.take() == [("publish", "ok"), ("get", "NotFound")]
+
+
+def test_a_barrier_waits_for_everything_before_it() -> None:
+    committer, replies = ready_committer()
+    committer.barrier(replies.done("idle"))
+    assert replies.take() == [("idle", "ok")]  # nothing pending: at once
+    committer.propose(publish(b"m"), 5, None, False)
+    committer.barrier(replies.done("after"))
+    write = committer.next_write()
+    assert write is not None and write.wants_sync  # the barrier waits for it
+    committer.written(write)
+    assert replies.take() == []
+    sync = committer.next_write()
+    assert sync is not None and sync.sync
+    committer.written(sync)
+    assert replies.take() == [("after", "ok")]
+
+
+def test_a_failed_write_acknowledges_nothing_more(caplog: pytest.LogCaptureFixture) -> None:
+    committer, replies = ready_committer()
+    committer.propose(publish(b"written"), 5, replies.done("written"))
+    write = committer.next_write()
+    assert write is not None
+    committer.written(write)
+    committer.propose(publish(b"lost"), 6, replies.done("lost"))
+    assert committer.next_write() is not None
+    with caplog.at_level(logging.CRITICAL):
+        committer.write_failed(OSError("disk on fire"))
+    assert "acknowledges nothing" in caplog.text
+    # Applied but never synced, or never written: neither is confirmed.
+    assert replies.take() == [("written", "StoreFailed"), ("lost", "StoreFailed")]
+    committer.propose(publish(b"later"), 7, replies.done("later"))
+    committer.barrier(replies.done("barrier"))
+    assert replies.take() == [("later", "StoreFailed"), ("barrier", "StoreFailed")]
+    assert committer.next_write() is None and committer.next_snapshot() is None
+    assert isinstance(committer._failure(), StoreFailed)
+
+
+def test_a_failing_command_gets_its_error_and_changes_nothing() -> None:
+    committer, replies = ready_committer()
+    before, dirty = dump(committer.state), dict(committer.dirty)
+    committer.propose(c.Bind(VH, "amq.direct", "nope", True, "k"), 5, replies.done("bind"))
+    write = committer.next_write()
+    assert write is not None
+    committer.written(write)
+    committer.written(Write([], write.last_index, sync=True))
+    assert replies.take() == [("bind", "NotFound")]
+    assert dump(committer.state) == before
+    assert committer.dirty == dirty
+
+
+def test_snapshots_are_taken_when_due_and_free_the_log_behind_them(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    try:
+        committer = Committer(StateMachine(), snapshot_records=3)
+
+        def drive() -> None:
+            while (write := committer.next_write()) is not None:
+                store.write_log(write.ops, write.sync)
+                committer.written(write)
+            if (snapshot := committer.next_snapshot()) is not None:
+                store.write_state(snapshot.ops)
+                committer.snapshot_written(snapshot)
+                drive()
+
+        for command in (c.DeclareVhost(VH), c.DeclareQueue(VH, "q"), publish(b"kept")):
+            committer.propose(command, 1, None)
+            drive()
+        consumer = c.Consume(VH, "q", OWNER, "t", no_ack=True)
+        for body in (b"gone", b"also gone"):
+            committer.propose(publish(body), 2, None)
+            drive()
+        committer.propose(consumer, 3, None)
+        committer.snapshot_now()
+        drive()
+        assert committer.stats["snapshots"] >= 2
+        assert committer.snapshot_index == committer.applied_index == 6
+        # Every body was delivered and forgotten: no batch of the log is needed any more.
+        assert store.log_batches() == []
+        recovered = recover(store)
+        assert dump(recovered.state) == dump(committer.state)
+    finally:
+        store.close()
+
+
+def test_recovery_replays_the_log_after_the_snapshot(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    try:
+        committer = Committer(StateMachine())
+        for command in (c.DeclareVhost(VH), c.DeclareQueue(VH, "q"), publish(b"a")):
+            committer.propose(command, 1, None)
+        write = committer.next_write()
+        assert write is not None
+        store.write_log(write.ops, sync=True)
+        committer.written(write)
+        recovered = recover(store)
+        assert recovered.snapshot_index == 0 and recovered.last_index == 3
+        assert recovered.entries == 3
+        assert dump(recovered.state) == dump(committer.state)
+        with pytest.raises(NotFound):
+            recovered.state.queue(VH, "other")
+    finally:
+        store.close()

@@ -1,0 +1,128 @@
+"""What the core does about nodes, sessions and compound commands: owners qualified by the node
+that holds them, released together; a client id held by one connection at a time, its will
+published when it goes without a goodbye; a Batch applies all of its commands or none."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.core import commands as c
+from broker.core.errors import InvalidArgument, NotFound, ResourceLimit
+from broker.core.model import CloseConnection
+from broker.core.state import PartialFailure, StateMachine
+from tests.core_helpers import VH, Core
+from tests.state_dump import dump
+
+A = (1, 10, 1)  # node 1, connection 10, channel 1
+B = (2, 20, 1)  # node 2, connection 20, channel 1
+WILL = c.Will("amq.topic", "status.gone", {"delivery_mode": 2}, b"offline", retain=True)
+
+
+def session(client_id: str, connection: tuple[int, int], clean: bool, will: c.Will | None = None):
+    return c.OpenSession(
+        VH,
+        client_id,
+        connection,
+        (*connection, 0),
+        clean,
+        f"session-{client_id}",
+        ("mqtt", client_id),
+        will,
+    )
+
+
+def test_release_node_releases_only_what_that_node_held() -> None:
+    core = Core()
+    core.queue("q")
+    for body in "abcd":
+        core.publish("q", body, delivery_mode=2)
+    core.apply(c.Consume(VH, "q", A, "a", prefetch=2))
+    core.apply(c.Consume(VH, "q", B, "b", prefetch=2))
+    core.apply(c.DeclareQueue(VH, "mine", exclusive_owner=(2, 20), requester=(2, 20)))
+    q = core.q("q")
+    assert len(q.unacked) == 4
+    core.apply(c.ReleaseNode(2))
+    assert [consumer.owner for consumer in q.consumers] == [A]
+    assert {holder[0] for holder in q.unacked.values()} == {A}
+    assert "mine" not in core.sm.vhosts[VH].queues
+    # Node 2's two deliveries came back, marked as returned once, and wait for A's room.
+    assert q.ready_count == 2 and all(m.returns == 1 for m in q.messages.values() if m.seq > 2)
+
+
+def test_a_session_taken_over_is_closed_with_its_will() -> None:
+    core = Core()
+    core.queue("watch")
+    core.bind("amq.topic", "watch", "status.#")
+    records = core.apply(session("dev", (1, 10), clean=False, will=WILL))
+    assert records == {}
+    core.apply(c.PutRecord(VH, ("mqtt", "dev"), "session", {"subscriptions": {}}))
+    records = core.apply(session("dev", (2, 20), clean=False))
+    assert records == {"session": {"subscriptions": {}}}
+    assert CloseConnection((1, 10), "client id taken over by another connection") in core.effects
+    assert core.drain("watch") == [b"offline"]
+    assert core.sm.vhosts[VH].retained["status.gone"].body == b"offline"
+    assert core.sm.sessions[(VH, "dev")].connection == (2, 20)
+    # The first connection's own goodbye comes later and changes nothing.
+    before = dump(core.sm)
+    core.apply(c.CloseSession(VH, "dev", (1, 10), publish_will=True))
+    assert dump(core.sm) == before
+
+
+def test_a_clean_session_ends_with_its_queue_and_records() -> None:
+    core = Core()
+    core.apply(session("c", (1, 1), clean=True))
+    core.queue("session-c")
+    core.apply(c.PutRecord(VH, ("mqtt", "c"), "in:1", True))
+    core.apply(c.CloseSession(VH, "c", (1, 1), publish_will=False))
+    assert "session-c" not in core.sm.vhosts[VH].queues
+    assert core.sm.records_of(VH, ("mqtt", "c")) == {}
+    assert (VH, "c") not in core.sm.sessions
+
+
+def test_a_node_gone_publishes_the_wills_of_its_sessions() -> None:
+    core = Core()
+    core.queue("watch")
+    core.bind("amq.topic", "watch", "status.#")
+    core.apply(session("on-2", (2, 5), clean=False, will=WILL))
+    core.apply(session("on-1", (1, 5), clean=False, will=WILL))
+    core.apply(c.ReleaseNode(2))
+    assert core.drain("watch") == [b"offline"]
+    assert set(core.sm.sessions) == {(VH, "on-1")}
+
+
+def test_a_batch_applies_all_or_nothing() -> None:
+    core = Core()
+    core.queue("q")
+    good = c.Publish(VH, "", "q", {}, b"1")
+    with pytest.raises(NotFound):
+        core.apply(c.Batch([good, c.Publish(VH, "missing", "k", {}, b"2")]))
+    assert core.q("q").ready_count == 0
+    with pytest.raises(InvalidArgument):
+        core.apply(c.Batch([good, c.DeclareQueue(VH, "other")]))
+    replies = core.apply(c.Batch([good, c.PutRecord(VH, ("g",), "n", 1)]))
+    assert replies[0].routed and core.q("q").ready_count == 1
+
+
+def test_a_batch_that_would_not_fit_is_refused_whole() -> None:
+    core = Core()
+    core.queue("q", **{"x-max-length": 3, "x-overflow": "reject-publish"})
+    core.publish("q", "old")
+    batch = [c.Publish(VH, "", "q", {}, b"%d" % i) for i in range(3)]
+    with pytest.raises(ResourceLimit):
+        core.apply(c.Batch(batch, refuse_when_full=True))
+    assert core.q("q").ready_count == 1
+    core.apply(c.Batch(batch[:2], refuse_when_full=True))
+    assert core.q("q").ready_count == 3
+
+
+def test_a_command_failing_after_it_changed_the_state_is_reported_as_such() -> None:
+    sm = StateMachine()
+    sm.apply(c.DeclareVhost(VH), c.Meta(1, 0))
+
+    def broken(cmd: c.DeclareQueue) -> None:
+        sm._record("queue", (VH, cmd.name), None)
+        raise NotFound("found nothing after all")
+
+    sm._handlers[c.DeclareQueue] = broken
+    with pytest.raises(PartialFailure):
+        sm.apply(c.DeclareQueue(VH, "q"), c.Meta(2, 0))
