@@ -80,6 +80,7 @@ def _queue(q: MessageQueue) -> dict[str, Any]:
                 x.priority,
                 x.in_flight,
                 x.active,
+                x.settle_transient,
                 None if x.shared is None else (x.shared.limit, x.shared.in_flight),
             )
             for x in q.consumers

@@ -111,7 +111,7 @@ def operation(draw: st.DrawFn) -> tuple[Any, ...]:
     if kind == "publish":
         return (kind, draw(st.integers(0, len(TARGETS) - 1)), draw(st.booleans()))
     if kind == "consume":
-        return (kind, draw(st.integers(1, 3)))
+        return (kind, draw(st.integers(1, 3)), draw(st.booleans()))
     if kind == "release":
         return (kind, draw(st.sampled_from([CONSUMER, GETTER])))
     if kind == "get":
@@ -180,6 +180,8 @@ class MQueue:
     next_seq: int = 1
     prefetch: int | None = None  # a push consumer is attached when set
     in_flight: int = 0
+    #: the consumer settles non-persistent messages as they leave
+    settle_transient: bool = False
 
     def ready(self) -> list[MMsg]:
         back = sorted(
@@ -275,12 +277,15 @@ class Model:
             if _expired(m, self.now):
                 self.dead_letter(qi, m)
                 continue
+            self.delivered.append(m.body)
+            if q.settle_transient and not m.persistent:
+                q.remove(m)
+                continue
             m.state = UNACKED
             m.delivery_count += 1
             m.owner = CONSUMER
             m.via_consumer = True
             q.in_flight += 1
-            self.delivered.append(m.body)
 
     def settle_one(self, qi: int, m: MMsg, outcome: str) -> None:
         q = self.qs[qi]
@@ -324,10 +329,11 @@ class Model:
             self.enqueue(qi, body, persistent)
         return bool(reached)
 
-    def consume(self, prefetch: int) -> None:
+    def consume(self, prefetch: int, settle_transient: bool) -> None:
         q = self.qs[0]
         q.prefetch = prefetch
         q.in_flight = 0
+        q.settle_transient = settle_transient
         self.dispatch(0)
 
     def release(self, owner: c.Owner, queues: list[int]) -> None:
@@ -476,9 +482,10 @@ class Runner:
             if m.qs[0].prefetch is not None:
                 return
             self.owner_queues[CONSUMER].add(0)
-            _, effects, error = self.apply(c.Consume(VH, "q0", CONSUMER, TAG, prefetch=op[1]))
+            consume = c.Consume(VH, "q0", CONSUMER, TAG, prefetch=op[1], settle_transient=op[2])
+            _, effects, error = self.apply(consume)
             assert error is None
-            m.consume(op[1])
+            m.consume(op[1], op[2])
         elif kind == "release":
             owner = op[1]
             _, effects, error = self.apply(c.ReleaseOwner(owner))
@@ -654,7 +661,7 @@ def test_model_runner_smoke() -> None:
         ("publish", 2, True),
         ("publish", 4, False),
         ("receive", 0, 2, 10),
-        ("consume", 1),
+        ("consume", 1, False),
         ("settle", 0, "requeue"),
         ("tick", 10),
         ("delete", 0, 0, False),

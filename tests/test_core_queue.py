@@ -8,7 +8,7 @@ import pytest
 from broker.core import commands as c
 from broker.core.errors import InvalidArgument, PreconditionFailed, ReceiptHandleInvalid
 from broker.core.model import HIDDEN, RETAINED, MessagesAvailable
-from tests.core_helpers import VH, Core, ready_bodies, x_death
+from tests.core_helpers import OWNER, VH, Core, ready_bodies, x_death
 
 A: c.Owner = (1, 1, 1)
 B: c.Owner = (1, 2, 1)
@@ -113,6 +113,19 @@ def test_no_ack_consumer_forgets_messages(core: Core) -> None:
     got = core.consume("q", no_ack=True, prefetch=1)  # prefetch does not apply to no-ack
     assert [d.message.body for d in got] == [b"1", b"2"]
     assert core.q("q").messages == {}
+
+
+def test_settle_transient_consumer_forgets_only_non_persistent_messages(core: Core) -> None:
+    core.queue("q")
+    core.publish("q", "gone", delivery_mode=1)
+    core.publish("q", "kept", delivery_mode=2)
+    core.publish("q", "waits", delivery_mode=1)
+    got = core.consume("q", prefetch=1, settle_transient=True)
+    # The transient message needs no prefetch slot; the persistent one holds the only one.
+    assert [d.message.body for d in got] == [b"gone", b"kept"]
+    assert len(core.q("q").messages) == 2
+    core.apply(c.ReleaseOwner(OWNER))
+    assert ready_bodies(core.q("q")) == [b"kept", b"waits"]
 
 
 def test_round_robin_between_equal_consumers(core: Core) -> None:

@@ -78,6 +78,7 @@ FORMAT_2 = {
             "connection",
             "shared_prefetch",
             "active",
+            "settle_transient",
         ),
     ),
     15: ("Cancel", ("owner", "tag")),

@@ -163,6 +163,9 @@ class Consume:
     shared_prefetch: int = 0
     #: False when the owner has paused deliveries (flow) before consuming
     active: bool = True
+    #: deliveries of non-persistent messages are settled as they leave, as a no-ack
+    #: consumer's are (at most once for what was never durable: MQTT QoS 0)
+    settle_transient: bool = False
 
 
 @dataclass(slots=True)

@@ -114,6 +114,8 @@ class Consumer:
     shared: SharedLimit | None = None
     #: consume order across the node's state: a queue serves its consumers in this order
     seq: int = 0
+    #: see commands.Consume.settle_transient
+    settle_transient: bool = False
 
     def has_capacity(self) -> bool:
         if not self.active or (self.prefetch and self.in_flight >= self.prefetch):

@@ -992,6 +992,7 @@ class StateMachine:
             cmd.priority,
             active=cmd.active,
             seq=self._count("consumer"),
+            settle_transient=cmd.settle_transient,
         )
         if cmd.shared_prefetch:
             shared = self.shared_limits.setdefault(cmd.owner, SharedLimit(cmd.shared_prefetch))
@@ -1066,7 +1067,7 @@ class StateMachine:
             consumer = self._next_consumer(q)
             if consumer is None:
                 break
-            if consumer.no_ack:
+            if consumer.no_ack or consumer.settle_transient:
                 burst -= 1
                 if burst < 0:
                     # Nothing else bounds a no-ack consumer: continue on the next Tick, so the
@@ -1093,7 +1094,7 @@ class StateMachine:
         self._effects.append(
             Deliver(consumer.owner, consumer.tag, q.name, msg, redelivered, msg.returns)
         )
-        if consumer.no_ack:
+        if consumer.no_ack or (consumer.settle_transient and not msg.persistent):
             self._forget(q, msg)
         else:
             self._touch_message(q, msg)

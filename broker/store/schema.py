@@ -215,7 +215,7 @@ def record_value(kind: str, key: Any, value: Any, state: StateMachine) -> bytes:
     if kind == "consumer":
         x = value
         fields = [x.seq, x.vhost, x.queue, x.no_ack, x.exclusive, x.prefetch, x.priority, x.active]
-        return pack([*fields, x.shared is not None])
+        return pack([*fields, x.shared is not None, x.settle_transient])
     if kind == "shared":
         return pack(value.limit)
     if kind == "exchange":
@@ -271,11 +271,12 @@ def _decode_value(kind: str, key: Any, raw: bytes) -> Any:
         ) = rest
         return q
     if kind == "consumer":
-        seq, vhost, queue, no_ack, exclusive, prefetch, priority, active, shared = v
+        seq, vhost, queue, no_ack, exclusive, prefetch, priority, active, shared, transient = v
         owner, tag = key
         consumer = Consumer(
             queue, vhost, owner, tag, no_ack, exclusive, prefetch, priority, active=active, seq=seq
         )
+        consumer.settle_transient = transient
         return consumer, shared
     if kind == "shared":
         return SharedLimit(v)

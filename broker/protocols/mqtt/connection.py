@@ -396,6 +396,7 @@ class MQTTConnection:
             CONSUMER_TAG,
             prefetch=self.settings.max_inflight,
             connection=self.id,
+            settle_transient=True,
         )
         self.gateway.submit(consume, self._check_done)
 
@@ -553,12 +554,17 @@ class MQTTConnection:
         if granted < 0:
             # Matched the AMQP pattern but no MQTT filter (a `$` topic, a literal `*`, or an
             # unsubscribed filter): not for this client.
-            self._settle_later(item)
+            if msg.persistent:
+                self._settle_later(item)
             return
         headers = msg.properties.get("headers") or _NO_HEADERS
-        qos = min(granted, _message_qos(headers, msg.persistent))
         retain = bool(headers.get(RETAINED_COPY_HEADER))
         body = msg.body
+        if not msg.persistent:
+            # The core settled it as it left (settle_transient): at most once, so QoS 0.
+            self._write_publish(codec.publish_header(topic, len(body), 0, retain, False, 0), body)
+            return
+        qos = min(granted, _message_qos(headers, msg.persistent))
         if qos == 0:
             self._write_publish(codec.publish_header(topic, len(body), 0, retain, False, 0), body)
             self._settle_qos0(item)
