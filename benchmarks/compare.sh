@@ -61,7 +61,7 @@ for side in runs:
             runs[side].extend(json.loads(text.splitlines()[-1])["runs"])
 
 
-def med(side, mode, key, sub=None):
+def values(side, mode, key, sub=None):
     vals = []
     for r in runs[side]:
         if r["mode"] != mode or r["errors"]:
@@ -71,7 +71,17 @@ def med(side, mode, key, sub=None):
             v = v.get(sub) if v else None
         if v is not None:
             vals.append(v)
+    return vals
+
+
+def med(side, mode, key, sub=None):
+    vals = values(side, mode, key, sub)
     return statistics.median(vals) if vals else None
+
+
+def spread(side, mode):
+    vals = values(side, mode, "msg_per_s")
+    return f"{min(vals) / 1000:.0f}-{max(vals) / 1000:.0f}k" if vals else "-"
 
 
 def failures(side, mode):
@@ -84,8 +94,8 @@ def fmt(v, spec):
 
 la, lb = labels["a"], labels["b"]
 print()
-print(f"median of {rounds} round(s); msg/s higher is better, latency in ms")
-head = f"{'mode':<8} {la + ' msg/s':>16} {lb + ' msg/s':>16} {'ratio':>6}   {'confirm p50/p99 ' + la:>26} {'confirm p50/p99 ' + lb:>26}"
+print(f"median of {rounds} round(s) (spread: lowest-highest); msg/s higher is better, latency in ms")
+head = f"{'mode':<8} {la + ' msg/s':>16} {lb + ' msg/s':>16} {'ratio':>6} {'spread ' + la:>16} {'spread ' + lb:>16}   {'confirm p50/p99 ' + la:>26} {'confirm p50/p99 ' + lb:>26}"
 print(head)
 print("-" * len(head))
 for mode in ("produce", "consume", "both"):
@@ -97,7 +107,8 @@ for mode in ("produce", "consume", "both"):
     }
     fa, fb = failures("a", mode), failures("b", mode)
     note = f"  FAILED runs: {la} {fa}, {lb} {fb}" if fa or fb else ""
-    print(f"{mode:<8} {fmt(a, '.0f'):>16} {fmt(b, '.0f'):>16} {ratio:>6}   {lat['a']:>26} {lat['b']:>26}{note}")
+    spreads = f"{spread('a', mode):>16} {spread('b', mode):>16}"
+    print(f"{mode:<8} {fmt(a, '.0f'):>16} {fmt(b, '.0f'):>16} {ratio:>6} {spreads}   {lat['a']:>26} {lat['b']:>26}{note}")
 for s in ("a", "b"):
     for r in runs[s]:
         for e in r["errors"]:

@@ -90,8 +90,11 @@ def serve(config_path: str | None, **flags: Any) -> None:
 
     _raise_open_file_limit()
     # Every message allocates a few objects and few of them form cycles: collect young objects
-    # far less often than CPython's default (700), which otherwise rescans deep queues.
-    gc.set_threshold(50_000, 20, 100)
+    # far less often than CPython's default (700), which otherwise rescans deep queues. A
+    # collection costs what is still alive, so the rarer, the more of a command's short-lived
+    # objects (entries, changes, deliveries) are gone before it: 200 000 measured 1 us/message
+    # cheaper than 50 000 on an MQTT QoS 0 stream.
+    gc.set_threshold(200_000, 20, 100)
 
     async def run() -> None:
         node = Node(config)

@@ -73,6 +73,9 @@ class Gateway(Protocol):
     def after(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything submitted before it is applied and on disk."""
 
+    def read_done(self) -> None:
+        """A connection has handled what it read (the node may write and apply now)."""
+
     @property
     def committed(self) -> StateMachine:
         """The committed state, to read only (change it with commands)."""

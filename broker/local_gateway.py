@@ -47,6 +47,8 @@ class CommitPath(Protocol):
 
     def after(self, callback: Callable[[], None]) -> None: ...
 
+    def read_done(self) -> None: ...
+
     @property
     def state(self) -> StateMachine: ...
 
@@ -171,6 +173,9 @@ class LocalGateway:
 
     def after(self, callback: Callable[[], None]) -> None:
         self._commit().after(callback)
+
+    def read_done(self) -> None:
+        self._commit().read_done()
 
     @property
     def committed(self) -> StateMachine:

@@ -54,6 +54,9 @@ class MemoryCommitPath:
         self.committer.propose(command, self.now_ms(), done, durable)
         self._wake()
 
+    def read_done(self) -> None:
+        """Commands are applied as the loop runs here: nothing to hurry."""
+
     def after(self, callback: Callable[[], None]) -> None:
         self.committer.barrier(lambda reply, error: callback() if error is None else None)
         self._wake()

@@ -39,6 +39,8 @@ class Message:
     #: (log index, position in it) of the publish that carried this body, when it came
     #: straight from a log entry: the stored message then refers to the entry, not a copy
     source: tuple[int, int] | None = None
+    #: the store has heard of it (a change named it): only then does forgetting it need one
+    recorded: bool = False
 
     @property
     def size(self) -> int:

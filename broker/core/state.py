@@ -273,6 +273,7 @@ class StateMachine:
         self._changes.append((("queue", (q.vhost, q.name)), q))
 
     def _touch_message(self, q: MessageQueue, msg: Message) -> None:
+        msg.recorded = True
         self._changes.append((("message", (q.qid, msg.seq)), msg))
 
     def _count(self, name: str) -> int:
@@ -781,12 +782,15 @@ class StateMachine:
             msg.source = source
             self.entry_refs[source[0]] = self.entry_refs.get(source[0], 0) + 1
         q.append(msg)
-        self._touch_message(q, msg)
         if msg.expires_at is not None or msg.state == HIDDEN:
             self._schedule(q)
         if s.max_length is not None or s.max_length_bytes is not None:
             self._drop_over_limit(q)
         self._dispatch(q)
+        if not msg.recorded and msg.seq in q.messages:
+            # Recorded only now that it stays: one delivered and settled at once (no-ack,
+            # QoS 0) or dropped never reaches the store at all.
+            self._touch_message(q, msg)
         if msg.expires_at is not None:
             self._expire_heads(q)  # a TTL of 0 expires now unless it could be delivered
         if q.ready_count and not q.consumers:
@@ -1503,7 +1507,8 @@ class StateMachine:
 
     def _forget(self, q: MessageQueue, msg: Message) -> None:
         q.remove(msg)
-        self._changes.append((("message", (q.qid, msg.seq)), None))
+        if msg.recorded:
+            self._changes.append((("message", (q.qid, msg.seq)), None))
         if msg.source is not None:
             index = msg.source[0]
             left = self.entry_refs[index] - 1
@@ -1511,7 +1516,10 @@ class StateMachine:
                 self.entry_refs[index] = left
             else:
                 del self.entry_refs[index]
-                self._changes.append((("entry", index), None))
+                if index != self.index:
+                    # (The entry being applied is past any snapshot: the next one looks at
+                    # its batch anyway.)
+                    self._changes.append((("entry", index), None))
 
     # -- restoring a snapshot ------------------------------------------------------------
 

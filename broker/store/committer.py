@@ -158,6 +158,11 @@ class Committer:
         if done is not None:
             self._replies.append(entry)
 
+    @property
+    def backlog(self) -> int:
+        """Entries proposed and not yet handed to a write."""
+        return len(self._unwritten)
+
     def barrier(self, done: Done) -> None:
         """`done` runs once everything proposed so far is applied and synced."""
         if self.failed is not None:
@@ -404,7 +409,7 @@ class Committer:
         useless = []
         for last in sorted(candidates):
             first = firsts[last]
-            if any(i in refs for i in range(first, last + 1)):
+            if not refs.keys().isdisjoint(range(first, last + 1)):
                 continue
             del lasts[bisect.bisect_left(lasts, last)]
             del firsts[last]

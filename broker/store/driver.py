@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Rounds of writing, applying and releasing in one loop turn.
 PUMP_ROUNDS = 8
+#: Entries waiting for the log beyond which a connection's read is followed by a write.
+PUMP_BACKLOG = 256
 #: Batches with more entries than this that must be synced go to the log's thread with
 #: their sync; the others are written here.
 INLINE_ENTRIES = 64
@@ -112,6 +114,14 @@ class CommitDriver:
         self.committer.propose(command, now, done, durable)
         self._schedule_flush()
 
+    def read_done(self) -> None:
+        """A connection has handled one read. The loop may hand a fast publisher's socket
+        many reads in one turn (libuv reads until the socket is empty, up to 32 times):
+        past a batch's worth, write and apply now, so its messages are delivered while
+        still in the cache and no turn gathers thousands of entries."""
+        if self.committer.backlog >= PUMP_BACKLOG:
+            self._pump()
+
     def after(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything submitted before it is applied and on disk."""
 
@@ -174,8 +184,8 @@ class CommitDriver:
             write = self.committer.next_write()
             if write is None:
                 break
-            if write.sync or (write.wants_sync and write.entries > INLINE_ENTRIES):
-                write.sync = True
+            if write.sync or write.entries > INLINE_ENTRIES:
+                write.sync = write.sync or write.wants_sync
                 self._busy = True
                 self._log_thread.submit(self._log_job, write)
                 break

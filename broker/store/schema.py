@@ -386,6 +386,7 @@ def _decode_message(seq: int, raw: bytes) -> tuple[Message, Any]:
         state=state,
         position=position,
         source=(index, in_entry) if index else None,
+        recorded=True,
     )
     if index:
         return msg, holder

@@ -46,6 +46,7 @@ class AMQPProtocol(ClientProtocol):
         self._last_received = time.monotonic()
         was_open = self.conn.state is State.OPEN
         self.conn.receive_data(data)
+        self.gateway.read_done()
         if not was_open and self.conn.state is State.OPEN:
             self._start_heartbeats()
         if self.gateway.blocked_reason and self.conn.has_published:

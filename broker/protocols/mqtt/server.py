@@ -76,6 +76,7 @@ class MQTTProtocol(ClientProtocol):
                 return
         was_waiting = conn.state is State.AWAIT_CONNECT
         conn.receive_data(data)
+        self.gateway.read_done()
         if was_waiting and conn.state in _CONNECTED and conn.keepalive:
             self._watch_keepalive()
         if self.gateway.blocked_reason and conn.has_published:
