@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 import signal
 import socket
 import subprocess
@@ -47,10 +48,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_own)
 
 
+#: Listening ports for test brokers come from below Linux's ephemeral range (32768-60999):
+#: a port the kernel picked with bind(0) may be handed to a client's outgoing connection
+#: before the broker binds it.
+_PORTS = range(20000, 32000)
+_random = random.Random()  # its own: tests that seed the global one do not repeat ports
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = _random.choice(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def port_open(host: str, port: int) -> bool:
