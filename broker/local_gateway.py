@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
 
+#: Connection numbers of one run of a node: its incarnation (ms since the epoch at start)
+#: above these bits.
+CONNECTION_BITS = 20
+
 class CommitPath(Protocol):
     """What the gateway needs from a commit path."""
 
@@ -62,13 +66,17 @@ class LocalGateway:
         loopback_users: tuple[str, ...] = (),
         timestamp_skew: int = 300,
         nonce_cache_size: int = 1_000_000,
+        incarnation: int = 0,
     ) -> None:
         self.node_id = node_id
+        #: this run's connections are numbered from here up: ReleaseNode(node, before=this)
+        #: releases what earlier runs held and nothing of this one
+        self.first_connection = incarnation << CONNECTION_BITS
         self.loopback_users = loopback_users
         self.commit: CommitPath | None = None
         #: every client connection of every protocol on this node
         self.connections: dict[c.ConnectionId, ClientConnection] = {}
-        self._numbers = itertools.count(1)
+        self._numbers = itertools.count(self.first_connection + 1)
         #: called with (vhost, queue) when a queue gains visible messages (pull consumers)
         self.queue_watchers: list[Callable[[str, str], None]] = []
         self._reply_to: dict[str, tuple[c.ConnectionId, int, str]] = {}

@@ -17,7 +17,8 @@ from broker.core.auth import hash_password
 from broker.core.errors import BrokerError
 from broker.core.state import StateMachine
 from broker.local_gateway import LocalGateway
-from broker.store.committer import Committer, Done
+from broker.store.applier import Done
+from broker.store.committer import Committer
 
 NODE = 1
 

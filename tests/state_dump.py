@@ -97,6 +97,10 @@ def dump(sm: StateMachine) -> dict[str, Any]:
         "access_keys": sorted(repr(k) for k in sm.access_keys.values()),
         "records": sorted(repr(item) for item in sm.records.items()),
         "sessions": sorted(repr(item) for item in sm.sessions.items()),
+        "proposers": sorted(
+            (node, p.session, p.floor, sorted(p.seen)) for node, p in sm.proposers.items()
+        ),
+        "members": sorted(sm.members.items()),
         "delayed": sorted(repr(d) for d in sm.delayed.values()),
         "consumer_order": [key for key in sm.consumers],
         "shared": sorted((o, s.limit, s.in_flight) for o, s in sm.shared_limits.items()),

@@ -10,7 +10,7 @@ from broker.core import commands as c
 from broker.core.errors import InvalidArgument, NotFound, ResourceLimit
 from broker.core.model import CloseConnection
 from broker.core.state import PartialFailure, StateMachine
-from tests.core_helpers import VH, Core
+from tests.core_helpers import VH, Core, reloaded
 from tests.state_dump import dump
 
 A = (1, 10, 1)  # node 1, connection 10, channel 1
@@ -126,3 +126,69 @@ def test_a_command_failing_after_it_changed_the_state_is_reported_as_such() -> N
     sm._handlers[c.DeclareQueue] = broken
     with pytest.raises(PartialFailure):
         sm.apply(c.DeclareQueue(VH, "q"), c.Meta(2, 0))
+
+
+def test_release_node_spares_connections_of_its_later_run() -> None:
+    core = Core()
+    core.queue("q")
+    core.publish("q", "x", delivery_mode=2)
+    core.publish("q", "y", delivery_mode=2)
+    old, new = (2, 5, 1), (2, 1 << 40, 1)
+    core.apply(c.Consume(VH, "q", old, "old", prefetch=1))
+    core.apply(c.Consume(VH, "q", new, "new", prefetch=1))
+    core.apply(c.ReleaseNode(2, before=1 << 40))
+    assert [consumer.owner for consumer in core.q("q").consumers] == [new]
+    assert core.effects.count(CloseConnection((2, 5), "its node left the cluster")) == 1
+    assert all(e.connection != (2, 1 << 40) for e in core.effects if type(e) is CloseConnection)
+
+
+def keyed(core: Core, command: c.Command, key: tuple[int, int, int], floor: int = 0) -> tuple:
+    core.index += 1
+    meta = c.Meta(core.index, core.now, key, floor)
+    reply, error, effects, changes = core.sm.apply(command, meta)
+    core.dirty.update(changes)
+    return reply, error
+
+
+def test_a_proposal_sent_again_is_applied_once() -> None:
+    core = Core()
+    core.queue("q")
+    publish = c.Publish(VH, "", "q", {"delivery_mode": 2}, b"m")
+    assert keyed(core, publish, (3, 100, 1))[0].routed
+    assert keyed(core, publish, (3, 100, 1)) == (None, None)  # the copy after a failover
+    assert keyed(core, publish, (3, 100, 2))[0].routed
+    assert core.q("q").ready_count == 2
+    # Another run of node 3 numbers from 1 again: its proposals are new ones.
+    assert keyed(core, publish, (3, 200, 1))[0].routed
+    # An earlier run's late copy cannot be told apart from a new one: it is applied.
+    assert keyed(core, publish, (3, 100, 2))[0].routed
+    assert core.q("q").ready_count == 4
+
+
+def test_the_floor_forgets_proposals_their_node_no_longer_waits_for() -> None:
+    core = Core()
+    core.queue("q")
+    publish = c.Publish(VH, "", "q", {}, b"m")
+    for number in (1, 2, 3, 5):
+        keyed(core, publish, (3, 1, number))
+    keyed(core, publish, (3, 1, 6), floor=4)
+    p = core.sm.proposers[3]
+    assert (p.floor, p.seen) == (4, {5, 6})
+    assert keyed(core, publish, (3, 1, 2)) == (None, None)  # below the floor: done long ago
+
+
+def test_a_failing_keyed_command_still_counts_as_applied() -> None:
+    core = Core()
+    bad = c.Publish(VH, "no-such-exchange", "k", {}, b"m")
+    reply, error = keyed(core, bad, (3, 1, 1))
+    assert reply is None and isinstance(error, NotFound)
+    assert core.sm.proposers[3].seen == {1}
+
+
+def test_members_and_proposers_survive_a_snapshot() -> None:
+    core = Core()
+    core.apply(c.SetMembers(((1, "a:1"), (2, "b:2"), (3, "c:3"))))
+    core.apply(c.SetMembers(((1, "a:1"), (3, "c:30"))))
+    keyed(core, c.DeclareQueue(VH, "q"), (2, 7, 1))
+    assert core.sm.members == {1: "a:1", 3: "c:30"}
+    assert dump(reloaded(core).sm) == dump(core.sm)

@@ -87,7 +87,7 @@ FORMAT_2 = {
     18: ("Recover", ("owner",)),
     19: ("ReleaseOwner", ("owner",)),
     20: ("ConnectionClosed", ("connection",)),
-    21: ("ReleaseNode", ("node",)),
+    21: ("ReleaseNode", ("node", "before")),
     22: ("DropTransient", ()),
     23: (
         "OpenSession",
@@ -108,6 +108,7 @@ FORMAT_2 = {
     36: ("SetQueueArguments", ("vhost", "name", "arguments")),
     37: ("AddAccessKey", ("secret_id", "secret_key", "vhost")),
     38: ("DeleteAccessKey", ("secret_id",)),
+    39: ("SetMembers", ("members",)),
 }
 
 

@@ -22,10 +22,17 @@ Owner = tuple[int, int, int]
 
 @dataclass(slots=True)
 class Meta:
-    """What the log says about an entry: its index and the time (ms) it was proposed at."""
+    """What the log says about an entry: its index and the time (ms) it was proposed at.
+
+    In a cluster a proposal also carries who made it, `key` = (node, its incarnation, number),
+    so a proposal sent again after a failover is applied once (see StateMachine.proposers),
+    and `floor`, the proposer's lowest number still waiting for a reply.
+    """
 
     index: int
     time: int
+    key: tuple[int, int, int] | None = None
+    floor: int = 0
 
 
 @dataclass(slots=True)
@@ -220,10 +227,14 @@ class ReleaseNode:
 
     Its owners' consumers are cancelled and their deliveries requeued, its connections'
     exclusive queues deleted, and its sessions closed with their wills published, as RabbitMQ
-    handles a consumer process that went down.
+    handles a consumer process that went down. Connections still open on that node are told
+    to close (CloseConnection): a node cut off from its cluster loses what it held.
     """
 
     node: int
+    #: only connections numbered below this (0: all): a node numbers the connections of each
+    #: run from a higher base, so releasing its previous runs spares its current one
+    before: int = 0
 
 
 @dataclass(slots=True)
@@ -406,6 +417,14 @@ class AddAccessKey:
 @dataclass(slots=True)
 class DeleteAccessKey:
     secret_id: str
+
+
+@dataclass(slots=True)
+class SetMembers:
+    """The nodes of a cluster and their cluster addresses ("host:port"), as its Raft
+    configuration entry says: kept in the state so a snapshot carries them."""
+
+    members: tuple[tuple[int, str], ...]
 
 
 @dataclass(slots=True)

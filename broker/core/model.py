@@ -182,6 +182,16 @@ class SessionHolder:
     will: Will | None = None
 
 
+@dataclass(slots=True)
+class Proposer:
+    """The proposals of one node's run (its incarnation, `session`) applied so far: those
+    numbered below `floor` and those in `seen` (see commands.Meta)."""
+
+    session: int
+    floor: int = 0
+    seen: set[int] = field(default_factory=set)
+
+
 # Effects: what the node must do once the command is durable.
 
 

@@ -52,6 +52,7 @@ from broker.core.model import (
     MessagesAvailable,
     Overflowed,
     Permission,
+    Proposer,
     PublishResult,
     QueueInfo,
     Received,
@@ -148,6 +149,10 @@ class StateMachine:
         self.sessions: dict[tuple[str, str], SessionHolder] = {}
         #: counters that name things: recorded so a restored node names them alike
         self.counters = {"qid": 1, "delayed": 1, "consumer": 1, "binding": 1}
+        #: node id -> the proposals of its current run already applied (commands.Meta.key)
+        self.proposers: dict[int, Proposer] = {}
+        #: node id -> cluster address, as the last SetMembers says
+        self.members: dict[int, str] = {}
         #: log index -> messages whose body is that entry's (Message.source); an entry with
         #: none is dropped with the log behind a snapshot, one with some is kept
         self.entry_refs: dict[int, int] = {}
@@ -197,6 +202,7 @@ class StateMachine:
             c.SetQueueArguments: self._set_queue_arguments,
             c.AddAccessKey: self._add_access_key,
             c.DeleteAccessKey: self._delete_access_key,
+            c.SetMembers: self._set_members,
         }
 
     # -- entry point ---------------------------------------------------------------------
@@ -210,13 +216,38 @@ class StateMachine:
         changes: list[Change] = []
         self._effects = effects
         self._changes = changes
+        key = meta.key
+        if key is not None and self._applied_before(key):
+            return None, None, effects, changes  # sent again after a failover: once is enough
+        error = None
         try:
             reply = self._handlers[type(command)](command)
         except BrokerError as exc:
             if changes or effects:
                 raise PartialFailure(f"{type(command).__name__} failed half-way: {exc}") from exc
-            return None, exc, effects, changes
-        return reply, None, effects, changes
+            reply, error = None, exc
+        if key is not None:
+            self._note_proposal(key, meta.floor)
+        return reply, error, effects, changes
+
+    def _applied_before(self, key: tuple[int, int, int]) -> bool:
+        node, session, number = key
+        p = self.proposers.get(node)
+        return p is not None and p.session == session and (number < p.floor or number in p.seen)
+
+    def _note_proposal(self, key: tuple[int, int, int], floor: int) -> None:
+        node, session, number = key
+        p = self.proposers.get(node)
+        if p is None or session > p.session:
+            p = self.proposers[node] = Proposer(session)
+        elif session < p.session:
+            return  # an earlier run's: it can no longer send anything again
+        if floor > p.floor:
+            p.seen.difference_update(range(p.floor, floor))
+            p.floor = floor
+        if number >= p.floor:
+            p.seen.add(number)
+        self._record("proposer", node, p)
 
     def next_due(self) -> int | None:
         """When the next Tick is needed, or None when no timer is pending."""
@@ -1227,13 +1258,33 @@ class StateMachine:
     # -- nodes, restarts and sessions ----------------------------------------------------
 
     def _release_node(self, cmd: c.ReleaseNode) -> None:
-        for key in sorted(k for k, s in self.sessions.items() if s.connection[0] == cmd.node):
+        node, before = cmd.node, cmd.before or (1 << 64)
+
+        def released(connection: tuple[int, ...]) -> bool:
+            return connection[0] == node and connection[1] < before
+
+        connections: set[c.ConnectionId] = set()
+        for key in sorted(k for k, s in self.sessions.items() if released(s.connection)):
+            connections.add(self.sessions[key].connection)
             self._end_session(key, publish_will=True)
         owners = {o for o, _ in self.consumers} | set(self.owner_queues) | set(self.shared_limits)
-        for owner in sorted(o for o in owners if o[0] == cmd.node):
+        for owner in sorted(o for o in owners if released(o)):
+            connections.add((owner[0], owner[1]))
             self._release_owner(owner)
-        for connection in sorted(k for k in self.exclusive_queues if k[0] == cmd.node):
+        for connection in sorted(k for k in self.exclusive_queues if released(k)):
+            connections.add(connection)
             self._connection_closed(c.ConnectionClosed(connection))
+        for connection in sorted(connections):
+            self._effects.append(CloseConnection(connection, "its node left the cluster"))
+
+    def _set_members(self, cmd: c.SetMembers) -> None:
+        for node in [n for n in self.members if n not in dict(cmd.members)]:
+            del self.members[node]
+            self._record("member", node, None)
+        for node, address in cmd.members:
+            if self.members.get(node) != address:
+                self.members[node] = address
+                self._record("member", node, address)
 
     def _drop_transient(self, cmd: c.DropTransient) -> None:
         """Applied after ReleaseNode: no delivery is in flight any more."""
@@ -1571,6 +1622,10 @@ class StateMachine:
             self.access_keys[key] = value
         elif kind == "session":
             self.sessions[key] = value
+        elif kind == "proposer":
+            self.proposers[key] = value
+        elif kind == "member":
+            self.members[key] = value
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 

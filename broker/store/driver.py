@@ -28,7 +28,8 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.model import Effect
 from broker.core.state import StateMachine
-from broker.store.committer import Committer, Done, Snapshot, Write
+from broker.store.applier import Done, Snapshot
+from broker.store.committer import Committer, Write
 from broker.store.disk import Store
 from broker.store.recovery import Recovered, recover
 

@@ -114,6 +114,7 @@ COMMAND_CODES: dict[type, int] = {
     c.SetQueueArguments: 36,
     c.AddAccessKey: 37,
     c.DeleteAccessKey: 38,
+    c.SetMembers: 39,
 }
 
 

@@ -29,6 +29,7 @@ from broker.core.model import (
     Exchange,
     Message,
     Permission,
+    Proposer,
     RetainedMessage,
     SessionHolder,
     SharedLimit,
@@ -65,6 +66,8 @@ KINDS = {
     "record": b"c",
     "access_key": b"d",
     "session": b"e",
+    "proposer": b"f",
+    "member": b"g",
 }
 _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
 _MESSAGE_PREFIX = KINDS["message"]
@@ -139,6 +142,8 @@ def message_key(qid: int, seq: int) -> bytes:
 
 def record_key(kind: str, key: Any) -> bytes:
     prefix = KINDS[kind]
+    if kind in ("proposer", "member"):
+        return prefix + _INDEX.pack(key)
     if kind in ("message", "delayed"):
         return prefix + _PAIR.pack(*key)
     if kind == "shared":
@@ -160,6 +165,8 @@ def record_key(kind: str, key: Any) -> bytes:
 
 
 def _decode_key(kind: str, raw: bytes) -> Any:
+    if kind in ("proposer", "member"):
+        return _INDEX.unpack(raw)[0]
     if kind in ("message", "delayed"):
         return _PAIR.unpack(raw)
     if kind == "shared":
@@ -238,7 +245,9 @@ def record_value(kind: str, key: Any, value: Any, state: StateMachine) -> bytes:
             w = s.will
             will = [w.exchange, w.routing_key, w.properties, w.body, w.retain]
         return pack([s.connection, s.owner, s.clean, s.queue, s.group, will])
-    # counter, vhost, binding (its number), record (an adapter's plain value)
+    if kind == "proposer":
+        return pack([value.session, value.floor, sorted(value.seen)])
+    # counter, vhost, binding (its number), record (an adapter's plain value), member
     return pack(value)
 
 
@@ -304,6 +313,9 @@ def _decode_value(kind: str, key: Any, raw: bytes) -> Any:
             tuple(group),
             None if will is None else Will(*will),
         )
+    if kind == "proposer":
+        session, floor, seen = v
+        return Proposer(session, floor, set(seen))
     return v
 
 
