@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import sys
 from typing import Any
@@ -76,6 +77,13 @@ def main() -> None:
 @click.option(
     "--http-timestamp-skew", type=int, help="Accepted CMQ request Timestamp skew, s. [300]"
 )
+@click.option("--node-id", type=int, help="This node's id in its cluster. [1]")
+@click.option(
+    "--cluster",
+    help="Every member of a cluster as id=host:port,... (this node's included). [none]",
+)
+@click.option("--cluster-port", type=int, help="Port for the other members. [own entry's]")
+@click.option("--cluster-secret", help="Shared by the members; others are refused. [none]")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]"
 )
@@ -288,3 +296,55 @@ def keys_list(data_dir: str) -> None:
 def keys_delete(secret_id: str, data_dir: str) -> None:
     _admin(data_dir, "keys.delete", secret_id=secret_id)
     click.echo(f"key '{secret_id}' deleted")
+
+
+@main.group()
+def cluster() -> None:
+    """Inspect and change the cluster a running node is in."""
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@data_dir_option
+def cluster_status(as_json: bool, data_dir: str) -> None:
+    """Leader, term, commit and applied index, and each member's match index."""
+    info = _admin(data_dir, "cluster.status")
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for key in ("node_id", "role", "leader_id", "term", "commit_index", "applied_index"):
+        click.echo(f"{key}\t{info[key]}")
+    for member in info["members"]:
+        match = member["match_index"]
+        lag = "-" if match is None else info["commit_index"] - match
+        click.echo(f"member {member['node_id']}\t{member['address']}\tmatch {match}\tlag {lag}")
+
+
+@cluster.command("add")
+@click.argument("member", metavar="ID=HOST:PORT")
+@data_dir_option
+def cluster_add(member: str, data_dir: str) -> None:
+    """Add a member (start it first, with the new member list in --cluster)."""
+    node, sep, address = member.partition("=")
+    if not sep or not node.isdigit():
+        raise click.BadParameter("expected ID=HOST:PORT", param_hint="MEMBER")
+    _admin(data_dir, "cluster.add", node=int(node), address=address)
+    click.echo(f"node {node} added")
+
+
+@cluster.command("remove")
+@click.argument("node", type=int)
+@data_dir_option
+def cluster_remove(node: int, data_dir: str) -> None:
+    """Remove a member."""
+    _admin(data_dir, "cluster.remove", node=node)
+    click.echo(f"node {node} removed")
+
+
+@cluster.command("transfer")
+@click.argument("node", type=int)
+@data_dir_option
+def cluster_transfer(node: int, data_dir: str) -> None:
+    """Hand leadership to another member."""
+    _admin(data_dir, "cluster.transfer", node=node)
+    click.echo(f"leadership handed to node {node}")

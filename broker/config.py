@@ -67,6 +67,36 @@ class Config:
     #: an HTTP push not answered within this many seconds failed
     http_push_timeout: float = 15.0
 
+    #: a cluster: every member as "id=host:port" (this node's included), comma-separated;
+    #: empty for a single node
+    cluster: str = ""
+    #: the port this node listens on for the others (default: its own entry's port)
+    cluster_port: int = 0
+    #: shared by the members; links from nodes without it are refused
+    cluster_secret: str | None = None
+    #: TLS between members when these are set (PEM files; the CA verifies the peers)
+    cluster_tls_cert: str | None = None
+    cluster_tls_key: str | None = None
+    cluster_tls_ca: str | None = None
+    #: Raft's clock: a heartbeat per tick, an election after 10-20 ticks without one
+    cluster_tick_ms: int = 100
+    cluster_election_ticks: int = 10
+    #: a member silent this long has what its clients held released by the leader
+    cluster_node_down_ms: int = 5000
+
+    def cluster_members(self) -> dict[int, tuple[str, int]]:
+        """The members named by `cluster`, {} for a single node."""
+        members: dict[int, tuple[str, int]] = {}
+        for item in filter(None, (part.strip() for part in self.cluster.split(","))):
+            node, sep, address = item.partition("=")
+            host, colon, port = address.rpartition(":")
+            if not sep or not colon or not node.strip().isdigit() or not port.isdigit():
+                raise ValueError(f"cluster member {item!r} is not id=host:port")
+            members[int(node)] = (host, int(port))
+        if members and self.node_id not in members:
+            raise ValueError(f"this node's id {self.node_id} is not among the cluster members")
+        return members
+
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:
         values: dict[str, Any] = {}

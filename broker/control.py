@@ -61,6 +61,10 @@ class ControlServer:
             "keys.create": self._keys_create,
             "keys.list": self._keys_list,
             "keys.delete": self._keys_delete,
+            "cluster.status": self._cluster_status,
+            "cluster.add": self._cluster_add,
+            "cluster.remove": self._cluster_remove,
+            "cluster.transfer": self._cluster_transfer,
         }
 
     async def start(self) -> None:
@@ -166,6 +170,18 @@ class ControlServer:
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         return self.node.status()
+
+    async def _cluster_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.node.cluster().status()
+
+    async def _cluster_add(self, args: dict[str, Any]) -> None:
+        await self.node.cluster().change_members(int(args["node"]), str(args["address"]))
+
+    async def _cluster_remove(self, args: dict[str, Any]) -> None:
+        await self.node.cluster().change_members(int(args["node"]), None)
+
+    async def _cluster_transfer(self, args: dict[str, Any]) -> None:
+        await self.node.cluster().transfer_leadership(int(args["node"]))
 
 
 def _random_text(length: int) -> str:

@@ -40,6 +40,7 @@ REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 #: above these bits.
 CONNECTION_BITS = 20
 
+
 class CommitPath(Protocol):
     """What the gateway needs from a commit path."""
 
@@ -80,6 +81,8 @@ class LocalGateway:
         #: called with (vhost, queue) when a queue gains visible messages (pull consumers)
         self.queue_watchers: list[Callable[[str, str], None]] = []
         self._reply_to: dict[str, tuple[c.ConnectionId, int, str]] = {}
+        #: in a cluster: hands a direct reply-to answer to the node its requester is on
+        self.relay_reply: Callable[[int, str, dict[str, Any], bytes, str], bool] | None = None
         self._nonces = ReplayGuard(timestamp_skew, nonce_cache_size)
         self._blocked: str | None = None
         #: counters shown by `broker status`, next to the commit path's
@@ -112,6 +115,10 @@ class LocalGateway:
                 user is not None and conn_user == user
             ):
                 conn.force_close(reason)
+
+    def close_all(self, reason: str) -> None:
+        for conn in list(self.connections.values()):
+            conn.force_close(reason)
 
     def set_blocked(self, reason: str | None) -> None:
         self._blocked = reason
@@ -248,9 +255,18 @@ class LocalGateway:
     ) -> bool:
         target = self._reply_to.get(routing_key)
         if target is None:
+            node = _reply_to_node(routing_key)
+            if node is not None and node != self.node_id and self.relay_reply is not None:
+                return self.relay_reply(node, routing_key, properties, body, exchange)
             return False
         connection, channel, tag = target
         conn = self.connections.get(connection)
         if conn is None:
             return False
         return conn.deliver_reply(channel, tag, exchange, routing_key, properties, body)
+
+
+def _reply_to_node(routing_key: str) -> int | None:
+    """The node a direct reply-to key was handed out by (see register_reply_to)."""
+    node, _, _ = routing_key[len(REPLY_TO_PREFIX) :].partition(".")
+    return int(node) if routing_key.startswith(REPLY_TO_PREFIX) and node.isdigit() else None

@@ -2,7 +2,9 @@
 
 Start-up recovers the state from the store (snapshot, then the log after it), releases what
 the connections of the previous run held and drops what was not durable (both as commands,
-so the log says so), and only then opens the listeners.
+so the log says so), and only then opens the listeners. In a cluster the commit path is
+Raft's (replication/cluster.py): the node joins the others first, and opens its listeners once
+its release is committed; what is not durable lives on while the cluster does.
 """
 
 from __future__ import annotations
@@ -12,17 +14,23 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
+import time
+from typing import Any
 
 from broker.config import Config
 from broker.control import ControlServer
 from broker.core import commands as c
 from broker.core.auth import hash_password
-from broker.local_gateway import LocalGateway
+from broker.core.errors import InvalidArgument
+from broker.local_gateway import CONNECTION_BITS, LocalGateway
 from broker.protocols.amqp.connection import Settings
 from broker.protocols.amqp.server import AMQPProtocol
 from broker.protocols.http.server import HttpApi
 from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
+from broker.replication.cluster import ClusterCommit, ClusterSettings
+from broker.replication.wire import ReplyTo
 from broker.store.disk import Store
 from broker.store.driver import CommitDriver
 from broker.store.recovery import recover
@@ -41,9 +49,10 @@ class Node:
             tuple(config.loopback_users),
             config.http_timestamp_skew,
             config.http_nonce_cache_size,
+            incarnation=int(time.time() * 1000),
         )
         self.store: Store | None = None
-        self.commit: CommitDriver | None = None
+        self.commit: CommitDriver | ClusterCommit | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.control: ControlServer | None = None
         self.http: HttpApi | None = None
@@ -57,22 +66,28 @@ class Node:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         os.makedirs(cfg.data_dir, exist_ok=True)
         self.store = Store(cfg.data_dir)
-        recovered = recover(self.store)
-        log.info(
-            "recovered the snapshot at index %d and replayed %d log entries after it",
-            recovered.snapshot_index,
-            recovered.entries,
-        )
-        self.commit = CommitDriver(self.store, recovered, self.gateway.on_effects)
-        self.gateway.attach(self.commit)
-        # What the previous run's connections held is released, and what was not durable
-        # dropped, before any client can connect.
-        self.commit.submit(c.ReleaseNode(cfg.node_id))
-        self.commit.submit(c.DropTransient())
+        members = cfg.cluster_members()
+        if members:
+            await self._join_cluster(members)
+        else:
+            recovered = recover(self.store)
+            log.info(
+                "recovered the snapshot at index %d and replayed %d log entries after it",
+                recovered.snapshot_index,
+                recovered.entries,
+            )
+            self.commit = CommitDriver(self.store, recovered, self.gateway.on_effects)
+            self.gateway.attach(self.commit)
+            # What the previous run's connections held is released, and what was not durable
+            # dropped, before any client can connect.
+            self.commit.submit(c.ReleaseNode(cfg.node_id, before=self.gateway.first_connection))
+            self.commit.submit(c.DropTransient())
         await self._ensure_defaults()
         # MQTT first: the AMQP port opening is what scripts and tests take as "ready".
         self.servers.extend(await start_mqtt_listeners(self.gateway, cfg))
         self.http = HttpApi(self.gateway, cfg)
+        if isinstance(self.commit, ClusterCommit):
+            self.http.service.pushers.active = self.commit.raft.role == "leader"
         self.gateway.queue_watchers.append(self.http.queue_gained_messages)
         await self.http.start()
         settings = Settings(cfg.channel_max, cfg.frame_max, cfg.heartbeat)
@@ -100,6 +115,55 @@ class Node:
             f" and https on {cfg.https_port}" if cfg.tls_cert and cfg.tls_key else "",
             cfg.data_dir,
         )
+
+    async def _join_cluster(self, members: dict[int, tuple[str, int]]) -> None:
+        cfg = self.config
+        assert self.store is not None
+        own_host, own_port = members[cfg.node_id]
+        settings = ClusterSettings(
+            cfg.node_id,
+            members,
+            (cfg.host, cfg.cluster_port or own_port),
+            secret=cfg.cluster_secret.encode() if cfg.cluster_secret else None,
+            tick_ms=cfg.cluster_tick_ms,
+            election_ticks=cfg.cluster_election_ticks,
+            node_down_ms=cfg.cluster_node_down_ms,
+            **_cluster_tls(cfg),
+        )
+        gateway = self.gateway
+        commit = ClusterCommit(
+            self.store,
+            settings,
+            gateway.first_connection >> CONNECTION_BITS,
+            gateway.on_effects,
+            self._leadership_changed,
+        )
+        commit.on_reply_to = lambda m: bool(
+            gateway.deliver_reply(m.routing_key, m.properties, m.body, m.exchange)
+        )
+        commit.on_lost = gateway.close_all
+        gateway.relay_reply = lambda node, key, props, body, exchange: commit.send_reply_to(
+            node, ReplyTo(key, props, body, exchange)
+        )
+        self.commit = commit
+        gateway.attach(commit)
+        await commit.start()
+        log.info(
+            "node %d joining its cluster %s; waiting for a leader",
+            cfg.node_id,
+            ", ".join(f"{n}={h}:{p}" for n, (h, p) in sorted(members.items())),
+        )
+        # What this node's previous runs held is released before any client connects here.
+        await commit.call(c.ReleaseNode(cfg.node_id, before=gateway.first_connection))
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if self.http is not None:
+            self.http.service.pushers.set_active(leading)
+
+    def cluster(self) -> ClusterCommit:
+        if not isinstance(self.commit, ClusterCommit):
+            raise InvalidArgument("this node is not in a cluster")
+        return self.commit
 
     async def _ensure_defaults(self) -> None:
         assert self.commit is not None
@@ -154,8 +218,10 @@ class Node:
     def status(self) -> dict[str, int]:
         """Counters for `broker status`: connections, the commit path's, the gateway's."""
         stats = {}
-        if self.commit is not None:
+        if isinstance(self.commit, CommitDriver):
             stats = {"commands": self.commit.committer.last_index, **self.commit.stats}
+        elif self.commit is not None:
+            stats = {"commands": self.commit.applier.applied_index, **self.commit.stats}
         return {"connections": len(self.gateway.connections), **stats, **self.gateway.metrics}
 
     # -- resource alarms -----------------------------------------------------------------
@@ -201,3 +267,17 @@ def _total_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (OSError, ValueError):
         return 1 << 34
+
+
+def _cluster_tls(cfg: Config) -> dict[str, Any]:
+    """TLS contexts for the links between members, when certificates are configured: each
+    side presents its certificate and verifies the other's against the CA."""
+    if not (cfg.cluster_tls_cert and cfg.cluster_tls_key and cfg.cluster_tls_ca):
+        return {}
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cfg.cluster_tls_ca)
+    server.load_cert_chain(cfg.cluster_tls_cert, cfg.cluster_tls_key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.cluster_tls_ca)
+    client.load_cert_chain(cfg.cluster_tls_cert, cfg.cluster_tls_key)
+    client.check_hostname = False
+    return {"ssl_server": server, "ssl_client": client}

@@ -186,6 +186,11 @@ class BrokerProcess(_BrokerBase):
         ]
 
     def start(self, timeout: float = START_TIMEOUT):
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self):
+        """Start the process without waiting for it (a cluster's members start together)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop/kill9)
@@ -196,6 +201,9 @@ class BrokerProcess(_BrokerBase):
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+    def wait_ready(self, timeout: float = START_TIMEOUT):
+        """Wait until the AMQP port opens (the node's last step of start-up)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -62,3 +62,9 @@ class StoreFailed(BrokerError):
     """The node's disk refused a write: nothing is acknowledged any more."""
 
     session_level = True
+
+
+
+class ClusterUnavailable(StoreFailed):
+    """The node cannot reach a majority of its cluster: nothing is acknowledged until it
+    can (the command may still take effect, as one in flight when a leader goes may)."""

@@ -44,11 +44,14 @@ GARBAGE_PER_WRITE = 256
 
 
 class Applicable(Protocol):
-    """A committed entry: where it is in the log, when it was proposed, what it says."""
+    """A committed entry: where it is in the log, when it was proposed, what it says, and
+    who proposed it (commands.Meta)."""
 
     index: int
     time: int
     command: Any
+    key: tuple[int, int, int] | None
+    floor: int
 
 
 @dataclass(slots=True)
@@ -140,7 +143,7 @@ class Applier:
         for pos, entry in enumerate(entries):
             try:
                 reply, error, effects, changes = state.apply(
-                    entry.command, Meta(entry.index, entry.time)
+                    entry.command, Meta(entry.index, entry.time, entry.key, entry.floor)
                 )
             except Exception:
                 log.exception(

@@ -61,6 +61,9 @@ class _Entry:
     applied: bool = False
     reply: Any = None
     error: BrokerError | None = None
+    #: a single node's proposals need no key (see commands.Meta)
+    key: None = None
+    floor: int = 0
 
 
 @dataclass

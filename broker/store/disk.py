@@ -10,7 +10,9 @@ when the state has to be rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,12 +20,15 @@ import plyvel
 
 from broker.core.state import StateMachine
 from broker.store import schema
-from broker.store.encoding import pack, unpack
+from broker.store.encoding import StoredEntry, pack, unpack
 
 Op = tuple[bytes, bytes | None]
 
 STATE_DIR = "leveldb"
 LOG_DIR = "log"
+#: where a snapshot received from a cluster's leader is put together before it replaces both
+INCOMING_DIR = "incoming"
+READY_MARKER = "complete"
 
 _FORMAT1_HELP = (
     "the data dir {path} was written by broker 0.1 (store format 1), which this release "
@@ -37,6 +42,7 @@ class Store:
     def __init__(self, data_dir: str) -> None:
         self.path = data_dir
         os.makedirs(data_dir, exist_ok=True)
+        _finish_install(data_dir)
         self.state_db = _open(os.path.join(data_dir, STATE_DIR), data_dir, legacy=True)
         try:
             self.log_db = _open(os.path.join(data_dir, LOG_DIR), data_dir, legacy=False)
@@ -71,15 +77,15 @@ class Store:
 
     # -- the log -------------------------------------------------------------------------
 
-    def log_entries(self, after: int) -> Iterator[tuple[int, int, int, Any]]:
-        """(index, term, time, command) of every entry after `after`, in order."""
+    def log_entries(self, after: int) -> Iterator[tuple[int, StoredEntry]]:
+        """(index, (term, time, command, key, floor)) of every entry after `after`, in order."""
         start = schema.seek_key(after + 1)
         with self.log_db.iterator(start=start, stop=schema.LOG_END) as items:
             for _, raw in items:
                 first, entries = schema.decode_batch(raw)
-                for index, (term, time, command) in enumerate(entries, first):
+                for index, entry in enumerate(entries, first):
                     if index > after:
-                        yield index, term, time, command
+                        yield index, entry
 
     def log_batches(self) -> list[tuple[int, int]]:
         """(first, last) of every stored batch of the log, in order (keys only)."""
@@ -98,9 +104,65 @@ class Store:
         """One atomic batch; with `sync`, it and everything written before are on disk."""
         _write(self.log_db, ops, sync)
 
+    # -- in a cluster --------------------------------------------------------------------
+
+    def raft_state(self) -> Any:
+        """Raft's (term, vote, commit) as last written, or None."""
+        raw = self.log_db.get(schema.META_RAFT)
+        return None if raw is None else unpack(raw)
+
+    def raft_snapshot(self) -> Any:
+        """(index, term, voters) of the snapshot the state is at, or None."""
+        raw = self.state_db.get(schema.META_RAFT_SNAPSHOT)
+        return None if raw is None else unpack(raw)
+
+    @contextlib.contextmanager
+    def views(self) -> Iterator[tuple[Any, Any]]:
+        """Read-only views of both databases, as they are now (for sending a snapshot)."""
+        with self.state_db.snapshot() as state, self.log_db.snapshot() as log:
+            yield state, log
+
+    def install(self) -> None:
+        """Replace both databases by those put together in INCOMING_DIR (a snapshot from the
+        leader, complete and closed). A crash half-way is finished at the next start."""
+        self.close()
+        _write_marker(os.path.join(self.path, INCOMING_DIR, READY_MARKER))
+        self.__init__(self.path)  # type: ignore[misc]
+
     def close(self) -> None:
         self.log_db.close()
         self.state_db.close()
+
+
+def _finish_install(data_dir: str) -> None:
+    """Move a complete incoming snapshot in (idempotent); drop an incomplete one."""
+    incoming = os.path.join(data_dir, INCOMING_DIR)
+    if not os.path.isdir(incoming):
+        return
+    if not os.path.exists(os.path.join(incoming, READY_MARKER)):
+        shutil.rmtree(incoming)
+        return
+    replaced = os.path.join(data_dir, "replaced")
+    os.makedirs(replaced, exist_ok=True)
+    for name in (STATE_DIR, LOG_DIR):
+        if os.path.isdir(os.path.join(incoming, name)):
+            current = os.path.join(data_dir, name)
+            if os.path.isdir(current):
+                shutil.rmtree(os.path.join(replaced, name), ignore_errors=True)
+                os.rename(current, os.path.join(replaced, name))
+            os.rename(os.path.join(incoming, name), current)
+    shutil.rmtree(incoming)
+    shutil.rmtree(replaced)
+
+
+def _write_marker(path: str) -> None:
+    with open(path, "wb") as f:
+        os.fsync(f.fileno())
+    fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open(path: str, data_dir: str, legacy: bool) -> Any:
@@ -158,7 +220,7 @@ class _BatchReader:
                 return None
             self.first, entries = schema.decode_batch(found[1])
             self.last = self.first + len(entries) - 1
-            self.commands = [command for _, _, command in entries]
+            self.commands = [entry[2] for entry in entries]
             if not self.first <= index <= self.last:
                 return None
         return self.commands[index - self.first]

@@ -211,12 +211,32 @@ _PUBLISH = COMMAND_CODES[c.Publish]
 
 
 def entry_wire(term: int, time: int, command: Any) -> Any:
-    """A log entry before packing: the term it was proposed in, its time (ms), its command."""
+    """A log entry before packing: the term it was proposed in, its time (ms), its command
+    (None: a new Raft leader's no-op)."""
     if type(command) is c.Publish:  # most entries: their fields, spelled out
         p = command
         fields = (p.vhost, p.exchange, p.routing_key, p.properties, p.body, p.mandatory)
         return (term, time, (_PUBLISH, *fields, p.delay_ms))
-    return (term, time, command_to_wire(command))
+    return (term, time, None if command is None else command_to_wire(command))
+
+
+def keyed_entry_wire(
+    term: int, time: int, command: Any, key: tuple[int, int, int], floor: int
+) -> Any:
+    """An entry proposed in a cluster: also who proposed it (commands.Meta.key) and the
+    proposer's floor."""
+    return (*entry_wire(term, time, command), *key, floor)
+
+
+#: A stored entry: term, time, command (None: a no-op), proposal key or None, floor.
+StoredEntry = tuple[int, int, Any, tuple[int, int, int] | None, int]
+
+
+def decode_entry_wire(wire: list[Any]) -> StoredEntry:
+    command = None if wire[2] is None else decode_command(wire[2])
+    if len(wire) > 3:
+        return wire[0], wire[1], command, (wire[3], wire[4], wire[5]), wire[6]
+    return wire[0], wire[1], command, None, 0
 
 
 def encode_entry(term: int, time: int, command: Any) -> bytes:

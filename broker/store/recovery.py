@@ -62,14 +62,14 @@ def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
     snapshot_index = last = store.snapshot_index()
     dirty: dict[tuple[str, Any], Any] = {}
     entries = 0
-    for index, _term, time, command in store.log_entries(snapshot_index):
+    for index, (_term, time, command, key, floor) in store.log_entries(snapshot_index):
         if upto is not None and index > upto:
             break
         last = index
-        if index in skip:
+        if index in skip or command is None:
             continue
         try:
-            _, _, _, changes = state.apply(command, Meta(index, time))
+            _, _, _, changes = state.apply(command, Meta(index, time, key, floor))
         except Exception as exc:
             log.debug("replaying entry %d failed: %r", index, exc)
             raise _EntryFailed(index) from exc

@@ -37,7 +37,7 @@ from broker.core.model import (
 )
 from broker.core.queue import MessageQueue
 from broker.core.state import DelayedPublish, StateMachine
-from broker.store.encoding import decode_command, pack, unpack
+from broker.store.encoding import StoredEntry, decode_entry_wire, pack, unpack
 
 #: Bump when any layout here, or a command's code or fields, changes.
 FORMAT_VERSION = 2
@@ -46,6 +46,10 @@ META_FORMAT = b"!format"
 META_SNAPSHOT = b"!snapshot"
 #: log entries left out of the state because applying them failed half-way (see committer)
 META_SKIPPED = b"!skipped"
+#: in a cluster, in the log: Raft's term, vote and commit index
+META_RAFT = b"!raft"
+#: in a cluster, in the state: the snapshot's (index, term, voters), written with it
+META_RAFT_SNAPSHOT = b"!raft-snapshot"
 LOG_PREFIX = b"L"
 #: the first key past the log (iteration stops before it)
 LOG_END = b"M"
@@ -111,10 +115,10 @@ def encode_batch(first: int, entries: list[Any]) -> bytes:
     return pack((first, entries))
 
 
-def decode_batch(raw: bytes) -> tuple[int, list[tuple[int, int, Any]]]:
-    """(first index, [(term, time, command)...]) of a stored batch."""
+def decode_batch(raw: bytes) -> tuple[int, list[StoredEntry]]:
+    """(first index, [(term, time, command, key, floor)...]) of a stored batch."""
     first, entries = unpack(raw)
-    return first, [(term, time, decode_command(wire)) for term, time, wire in entries]
+    return first, [decode_entry_wire(wire) for wire in entries]
 
 
 def _parts(*parts: str) -> bytes:

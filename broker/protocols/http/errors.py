@@ -11,6 +11,7 @@ from typing import Any
 from broker.core.errors import (
     AccessRefused,
     BrokerError,
+    ClusterUnavailable,
     InternalError,
     NotFound,
     ReceiptHandleInvalid,
@@ -97,6 +98,8 @@ def from_core(exc: BrokerError) -> CmqError:
         return CmqError(INVALID, str(exc), 10110)
     if isinstance(exc, InternalError):
         return CmqError(INTERNAL, "internal server error")
+    if isinstance(exc, ClusterUnavailable):
+        return CmqError(INTERNAL, "the node cannot reach a majority of its cluster")
     if isinstance(exc, StoreFailed):
         return CmqError(INTERNAL, "the node cannot store anything: its disk failed")
     return CmqError(INVALID, str(exc), 10110)

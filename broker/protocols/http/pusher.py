@@ -40,9 +40,22 @@ class PushManager:
         self._tasks: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
+        #: pushers run on one node only: a cluster's leader (see set_active)
+        self.active = True
+
+    def set_active(self, active: bool) -> None:
+        """Run the pushers here (this node leads its cluster), or stop them."""
+        self.active = active
+        if active:
+            self.start_all()
+        else:
+            for task in self._tasks.values():
+                task.cancel()
 
     def start_all(self) -> None:
         """Start the loops of every stored HTTP subscription (at node start)."""
+        if not self.active:
+            return
         for (vhost, group), subs in list(self.svc.state.records.items()):
             if group[:-1] != SUBSCRIPTIONS:
                 continue
@@ -52,7 +65,7 @@ class PushManager:
 
     def start(self, vhost: str, topic: str, subscription: str) -> None:
         key = (vhost, topic, subscription)
-        if key not in self._tasks:
+        if self.active and key not in self._tasks:
             task = asyncio.get_running_loop().create_task(self._run(*key))
             self._tasks[key] = task
             task.add_done_callback(lambda _: self._forget(key, task))

@@ -52,6 +52,11 @@ class Pushers(Protocol):
 
     def stop(self, vhost: str, topic: str, subscription: str) -> None: ...
 
+    #: whether they run on this node (a cluster runs them on its leader only)
+    active: bool
+
+    def set_active(self, active: bool) -> None: ...
+
     def start_all(self) -> None:
         """Start the loops of every stored HTTP subscription (at node start)."""
 

@@ -1,0 +1,807 @@
+"""A node of a cluster: Raft under the commit path, with the same face as the single node's
+commit driver (store/driver.py), so the gateway and the adapters do not know which they use.
+
+    submit ─► leader: raft.propose        ─► Ready: entries + term/vote in one synced write
+           └► follower: Forward to leader     messages to the others (a leader's at once)
+    committed (a majority has it on disk) ─► Applier.apply ─► replies, effects on this node
+
+Every node applies every committed entry, so every node's state answers reads, and every
+node carries out the effects for its own clients (deliveries to consumers connected to it,
+long-poll wake-ups); only the leader proposes Ticks for due timers, runs HTTP pushers and
+releases what a node that went away held. A proposal carries a key (this node, its
+incarnation, a number): a reply is released when this node applies the entry with its key,
+and a command sent again after a failover is applied once (StateMachine.proposers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.core import commands as c
+from broker.core.errors import BrokerError, ClusterUnavailable, InvalidArgument
+from broker.core.model import Effect
+from broker.core.state import StateMachine
+from broker.local_gateway import CONNECTION_BITS
+from broker.replication import wire
+from broker.replication.log_store import Proposal, RaftLog, entry_size
+from broker.replication.raft import (
+    Entry,
+    InstallSnapshot,
+    Message,
+    NotLeader,
+    ProposalRefused,
+    Raft,
+    Ready,
+    SnapshotMeta,
+)
+from broker.replication.snapshot_transfer import SnapshotReceiver, send_snapshot
+from broker.replication.transport import PeerLinks
+from broker.store import schema
+from broker.store.applier import Applier, Done, Snapshot
+from broker.store.disk import Store
+from broker.store.driver import Clock
+from broker.store.encoding import pack
+from broker.store.recovery import Recovered, recover
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterSettings:
+    node_id: int
+    #: every member's cluster address, this node's included
+    members: dict[int, tuple[str, int]]
+    listen: tuple[str, int]
+    secret: bytes | None = None
+    tick_ms: int = 100
+    election_ticks: int = 10
+    #: a node not heard from for this long is released (what its clients held goes back)
+    node_down_ms: int = 5000
+    #: without a leader for this long, this node's clients are disconnected
+    no_leader_ms: int = 10000
+    #: a forwarded command not applied within this long is sent again (once per leader)
+    resend_ms: int = 3000
+    ssl_server: Any = None
+    ssl_client: Any = None
+
+
+@dataclass(slots=True)
+class _Committed:
+    """A committed entry as the applier takes it."""
+
+    index: int
+    time: int
+    command: Any
+    key: tuple[int, int, int] | None
+    floor: int
+    term: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A command of this node's clients waiting to be applied."""
+
+    command: Any
+    done: Done | None
+    #: when it was last proposed or forwarded, 0: not yet
+    sent_at: float = 0.0
+
+
+@dataclass
+class ClusterApplier(Applier):
+    """The applier, releasing replies by proposal key and writing Raft's snapshot meta."""
+
+    node_id: int = 0
+    incarnation: int = 0
+    voters: tuple[int, ...] = ()
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    applied_term: int = 0
+
+    def _applied(self, entry: _Committed, reply: Any, error: BrokerError | None) -> None:
+        self.applied_term = entry.term
+        key = entry.key
+        if key is not None and key[0] == self.node_id and key[1] == self.incarnation:
+            waiting = self.pending.pop(key[2], None)
+            if waiting is not None and waiting.done is not None:
+                self._releases.append((waiting.done, reply, error, []))
+
+    def snapshot_meta(self, term_of: Callable[[int], int]) -> SnapshotMeta:
+        index = self.applied_index
+        voters = tuple(sorted(self.state.members)) or self.voters
+        return SnapshotMeta(index, term_of(index) if index else 0, voters)
+
+
+class ClusterCommit:
+    """The commit path of a cluster node (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: ClusterSettings,
+        incarnation: int,
+        on_effects: Callable[[list[Effect]], None],
+        on_leadership: Callable[[bool], None],
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = s = settings
+        self.node_id = s.node_id
+        self.incarnation = incarnation
+        self.clock = clock or Clock()
+        self._on_effects = on_effects
+        self._on_leadership = on_leadership
+        self._loop = asyncio.get_running_loop()
+        self.voters = tuple(sorted(s.members))
+        self.log = RaftLog(store, self.voters)
+        self.raft = Raft(
+            s.node_id,
+            self.log,
+            random.Random(),
+            election_ticks=s.election_ticks,
+            heartbeat_ticks=1,
+        )
+        self.applier = self._recover()
+        self._addresses = {n: f"{h}:{p}" for n, (h, p) in s.members.items()}
+        self._addresses.update(self.applier.state.members)
+        self.links = PeerLinks(
+            s.node_id,
+            s.listen,
+            self._peers(),
+            self._on_message,
+            secret=s.secret,
+            ssl_server=s.ssl_server,
+            ssl_client=s.ssl_client,
+            on_peer=self._on_peer,
+        )
+        self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-log")
+        self._state_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshots")
+        self._receiver = SnapshotReceiver(store.path)
+        self._numbers = 0
+        self._unsent: list[int] = []
+        self._barriers: list[tuple[int, Callable[[], None]]] = []
+        self._flush_scheduled = False
+        self._persisting = False
+        self._snapshotting = False
+        self._installing = False
+        self._closed = False
+        self._leader = 0
+        self._is_leader = False
+        self._no_leader_since: float | None = time.monotonic()
+        #: when each peer was last heard from, and which run of it that was
+        self._heard: dict[int, float] = {}
+        self._incarnations: dict[int, int] = {}
+        self._released: set[tuple[int, int]] = set()
+        self._transfers: dict[int, asyncio.Task[None]] = {}
+        self._transfer_ids = 0
+        self._ticker: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: int | None = None
+        self.stats = {"writes": 0, "syncs": 0, "snapshots": 0}
+        #: set by the node: a direct reply-to answer for a client connected here
+        self.on_reply_to: Callable[[wire.ReplyTo], object] = lambda msg: None
+        #: set by the node: close this node's client connections (it lost its cluster's
+        #: majority, or its state was replaced by a snapshot)
+        self.on_lost: Callable[[str], None] = lambda reason: None
+
+    def _recover(self) -> ClusterApplier:
+        recovered = recover(self.store, upto=self.log.hard.commit)
+        return self._applier_from(recovered)
+
+    def _applier_from(self, recovered: Recovered) -> ClusterApplier:
+        applier = ClusterApplier(
+            recovered.state,
+            last_index=recovered.last_index,
+            snapshot_index=recovered.snapshot_index,
+            dirty=recovered.dirty,
+            skipped=recovered.skipped,
+            stored_seq=recovered.stored_seq,
+            batches=recovered.batches,
+            garbage=recovered.garbage,
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            voters=self.voters,
+        )
+        if recovered.last_index:
+            applier.applied_term = self.log.term(recovered.last_index)
+        return applier
+
+    # -- what the gateway calls ----------------------------------------------------------
+
+    @property
+    def state(self) -> StateMachine:
+        return self.applier.state
+
+    def now_ms(self) -> int:
+        return self.clock.now()
+
+    async def start(self) -> None:
+        await self.links.start()
+        self._ticker = self._loop.call_later(self.settings.tick_ms / 1000, self._tick)
+
+    def submit(self, command: c.Command, done: Done | None = None, durable: bool = True) -> None:
+        self._numbers += 1
+        self.applier.pending[self._numbers] = _Pending(command, done)
+        self._unsent.append(self._numbers)
+        self._schedule_flush()
+
+    def read_done(self) -> None:
+        """Nothing to hurry: proposals go out at the end of the loop turn."""
+
+    def after(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once everything submitted before it is applied (committed)."""
+        self._barriers.append((self._numbers, callback))
+        self._schedule_flush()
+
+    def call(self, command: c.Command) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self._loop.create_future()
+
+        def done(reply: Any, error: BrokerError | None) -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(reply)
+
+        self.submit(command, done)
+        return fut
+
+    async def drain(self) -> None:
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self.after(lambda: None if fut.done() else fut.set_result(None))
+        await fut
+
+    def _release_barriers(self) -> None:
+        pending = self.applier.pending
+        oldest = next(iter(pending), None)
+        while self._barriers and (oldest is None or self._barriers[0][0] < oldest):
+            _, callback = self._barriers.pop(0)
+            callback()
+
+    # -- sending proposals ---------------------------------------------------------------
+
+    def _send_unsent(self) -> None:
+        if not self._unsent:
+            return
+        pending = self.applier.pending
+        numbers = [n for n in self._unsent if n in pending]
+        floor = next(iter(pending), self._numbers + 1)
+        now = time.monotonic()
+        if self.raft.role == "leader":
+            stamp = self.clock.now()
+            kept = []
+            for n in numbers:
+                command = pending[n].command
+                proposal = Proposal(stamp, command, (self.node_id, self.incarnation, n), floor)
+                try:
+                    self.raft.propose(proposal, entry_size(command))
+                except (NotLeader, ProposalRefused):
+                    kept.append(n)
+                    continue
+                pending[n].sent_at = now
+            self._unsent = kept
+            return
+        leader = self.raft.leader
+        if leader == 0 or not self.links.connected(leader):
+            self._unsent = numbers
+            return
+        items = tuple((self.incarnation, n, floor, pending[n].command) for n in numbers)
+        if self.links.send(leader, wire.encode(wire.Forward(items))):
+            for n in numbers:
+                pending[n].sent_at = now
+            self._unsent = []
+        else:
+            self._unsent = numbers
+
+    def _propose_forwarded(self, origin: int, msg: wire.Forward) -> None:
+        if self.raft.role != "leader":
+            numbers = tuple(n for _, n, _, _ in msg.items)
+            self.links.send(origin, wire.encode(wire.NotLeading(self.raft.leader, numbers)))
+            return
+        stamp = self.clock.now()
+        for incarnation, number, floor, command in msg.items:
+            proposal = Proposal(stamp, command, (origin, incarnation, number), floor)
+            try:
+                self.raft.propose(proposal, entry_size(command))
+            except (NotLeader, ProposalRefused):
+                return  # the origin sends it again
+
+    def _resend_stale(self) -> None:
+        """Forwarded commands not applied for a while go again (a leader may have lost them
+        with its term; the dedup key keeps the copies from being applied twice)."""
+        limit = time.monotonic() - self.settings.resend_ms / 1000
+        stale = [n for n, p in self.applier.pending.items() if 0 < p.sent_at < limit]
+        if stale:
+            for n in stale:
+                self.applier.pending[n].sent_at = 0.0
+            self._unsent = sorted(set(self._unsent) | set(stale))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._send_unsent()
+        self._pump()
+        self._snapshot()
+        self._release()
+        self._watch_leader()
+
+    def _tick(self) -> None:
+        if self._closed:
+            return
+        self._ticker = self._loop.call_later(self.settings.tick_ms / 1000, self._tick)
+        self.raft.tick()
+        self._resend_stale()
+        self._check_nodes()
+        self._schedule_flush()
+
+    def _pump(self) -> None:
+        if self._persisting or self._installing or not self.raft.has_ready():
+            return
+        rd = self.raft.ready()
+        if rd.role == "leader":
+            self._send(rd.messages)
+        if rd.snapshot is not None:
+            self._install(rd)
+            return
+        ops = self.log.append_ops(rd.entries, rd.hard_state)
+        self._note_config(rd.entries)
+        if ops or self.applier.garbage:
+            self.applier._collect_garbage(ops)
+            self._persisting = True
+            fut = self._log_thread.submit(self.store.write_log, ops, True)
+            done = functools.partial(self._persisted, rd)
+            fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(done, f))
+        else:
+            self._persisted(rd, None)
+
+    def _persisted(self, rd: Ready, fut: ThreadFuture[None] | None) -> None:
+        self._persisting = False
+        if fut is not None:
+            exc = fut.exception()
+            if exc is not None:
+                self._store_failed(exc)
+                return
+            self.stats["writes"] += 1
+            self.stats["syncs"] += 1
+        if rd.entries:
+            first, last = rd.entries[0].index, rd.entries[-1].index
+            if first <= self.log.last_index():
+                self.applier.drop_batches_from(first)
+            self.applier.add_batch(first, last, sum(e.size for e in rd.entries))
+        self.log.appended(rd.entries, rd.hard_state)
+        if rd.role != "leader":
+            self._send(rd.messages)
+        self._apply(rd.committed)
+        self.raft.advance(rd)
+        self._schedule_flush()
+
+    def _apply(self, entries: list[Entry]) -> None:
+        applier = self.applier
+        todo = []
+        for e in entries:
+            if e.index <= applier.applied_index:
+                continue  # replayed from the log at start
+            p = e.data
+            if p is None:  # a new leader's no-op
+                applier.applied_index, applier.applied_term = e.index, e.term
+                continue
+            todo.append(_Committed(e.index, p.time, p.command, p.key, p.floor, e.term))
+        if todo:
+            applier._apply(todo)
+            while applier.rebuild_needed is not None:
+                self._rebuild(applier.rebuild_needed)
+
+    def _rebuild(self, index: int) -> None:
+        skip = self.applier.skipped | {index}
+        recovered = recover(self.store, skip=skip, upto=index - 1)
+        self.applier.rebuilt(recovered.state, recovered.dirty, recovered.stored_seq)
+
+    def _release(self) -> None:
+        on_effects = self._on_effects
+        for done, reply, error, effects in self.applier.take_releases():
+            if effects:
+                on_effects(effects)
+            if done is not None:
+                try:
+                    done(reply, error)
+                except Exception:
+                    log.exception("reply callback failed")
+        self._release_barriers()
+        self._reschedule_timer()
+
+    def _store_failed(self, exc: BaseException) -> None:
+        log.critical("raft log write failed: %r; this node stops", exc)
+        self._fail_pending(ClusterUnavailable(f"the node's store failed ({exc!r})"))
+        self._closed = True
+
+    # -- messages ------------------------------------------------------------------------
+
+    def _send(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if type(msg) is InstallSnapshot:
+                self._start_transfer(msg)
+                continue
+            self.links.send(msg.dst, wire.encode(msg))
+
+    def _on_message(self, sender: int, raw: Any) -> None:
+        try:
+            msg = wire.decode(raw)
+        except wire.WireError as exc:
+            log.warning("dropped a message from node %d: %s", sender, exc)
+            return
+        self._heard[sender] = time.monotonic()
+        kind = type(msg)
+        if kind is wire.Forward:
+            self._propose_forwarded(sender, msg)  # type: ignore[arg-type]
+        elif kind is wire.NotLeading:
+            self._unsent = sorted(set(self._unsent) | set(msg.numbers))  # type: ignore[union-attr]
+        elif kind is wire.Hello:
+            self._incarnations[sender] = msg.incarnation  # type: ignore[union-attr]
+        elif kind is wire.SnapshotBegin:
+            self._receiver.begin(msg)  # type: ignore[arg-type]
+        elif kind is wire.SnapshotChunk:
+            self._receiver.chunk(msg)  # type: ignore[arg-type]
+        elif kind is wire.SnapshotEnd:
+            h = self.log.hard
+            self._receiver.end(msg, (h.term, h.vote, h.commit))  # type: ignore[arg-type]
+        elif kind is wire.ReplyTo:
+            self.on_reply_to(msg)  # type: ignore[arg-type]
+        elif kind is InstallSnapshot:
+            if self._receiver.complete == msg.meta:  # type: ignore[union-attr]
+                self.raft.step(msg)  # type: ignore[arg-type]
+        else:
+            self.raft.step(msg)  # type: ignore[arg-type]
+        self._schedule_flush()
+
+
+    def send_reply_to(self, node: int, msg: wire.ReplyTo) -> bool:
+        return self.links.send(node, wire.encode(msg))
+
+    def _on_peer(self, peer: int, up: bool) -> None:
+        if up:
+            self.links.send(peer, wire.encode(wire.Hello(self.incarnation)))
+            self._heard[peer] = time.monotonic()
+        else:
+            self.raft.report_unreachable(peer)
+        self._schedule_flush()
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def _snapshot(self) -> None:
+        if self._snapshotting or self._installing or self._closed:
+            return
+        snapshot = self.applier.next_snapshot()
+        if snapshot is None:
+            return
+        meta = self.applier.snapshot_meta(self.log.term)
+        snapshot.ops.append((schema.META_RAFT_SNAPSHOT, pack(_meta_wire(meta))))
+        self._snapshotting = True
+        fut = self._state_thread.submit(self.store.write_state, snapshot.ops)
+        done = functools.partial(self._snapshot_done, snapshot, meta)
+        fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(done, f))
+
+    def _snapshot_done(
+        self, snapshot: Snapshot, meta: SnapshotMeta, fut: ThreadFuture[None]
+    ) -> None:
+        self._snapshotting = False
+        exc = fut.exception()
+        if exc is not None:
+            self._store_failed(exc)
+            return
+        self.stats["snapshots"] += 1
+        self.applier.snapshot_written(snapshot)
+        self.log.compacted(meta)
+        self._schedule_flush()
+
+    def _start_transfer(self, msg: InstallSnapshot) -> None:
+        peer = msg.dst
+        if peer in self._transfers:
+            return
+        self._transfer_ids += 1
+        task = self._loop.create_task(self._transfer(msg, self._transfer_ids))
+        self._transfers[peer] = task
+
+    async def _transfer(self, msg: InstallSnapshot, transfer: int) -> None:
+        peer = msg.dst
+        ok = False
+        try:
+            log.info("sending a snapshot to node %d", peer)
+            meta = await send_snapshot(
+                self.store, transfer, lambda m: self.links.send(peer, wire.encode(m))
+            )
+            install = InstallSnapshot(msg.src, peer, msg.term, meta)
+            ok = self.links.send(peer, wire.encode(install))
+        except (ConnectionError, RuntimeError) as exc:
+            log.warning("sending a snapshot to node %d failed: %s", peer, exc)
+        finally:
+            self._transfers.pop(peer, None)
+            if not self._closed:
+                self.raft.report_snapshot(peer, ok)
+                self._schedule_flush()
+
+    def _install(self, rd: Ready) -> None:
+        """Replace this node's databases by the leader's snapshot and start again from it."""
+        assert rd.snapshot is not None
+        self._installing = True
+        self._loop.create_task(self._install_when_idle(rd))
+
+    async def _install_when_idle(self, rd: Ready) -> None:
+        while self._snapshotting:
+            await asyncio.sleep(0.005)
+        self.store.install()
+        self._receiver.complete = None
+        self.log.reload()
+        hard = rd.hard_state or self.log.hard
+        ops = self.log.append_ops(rd.entries, hard)
+        self.store.write_log(ops, sync=True)
+        self.log.appended(rd.entries, hard)
+        waiting = self.applier.pending
+        self.applier = self._recover()
+        self.applier.pending = waiting
+        self._fail_applied(waiting)
+        assert rd.snapshot is not None
+        log.info("installed the leader's snapshot at index %d", rd.snapshot.index)
+        self._installing = False
+        self._send(rd.messages)
+        self._apply(rd.committed)
+        self.raft.advance(rd)
+        # This node's clients saw a state that jumped: they start again from the new one.
+        self.on_lost("broker forced connection closure with reason 'node resynchronized'")
+        self._schedule_flush()
+
+    def _fail_applied(self, waiting: dict[int, _Pending]) -> None:
+        """Commands of this node that the snapshot holds were applied where this node could
+        not see their replies: they fail, and their clients are told so."""
+        proposer = self.applier.state.proposers.get(self.node_id)
+        if proposer is None or proposer.session != self.incarnation:
+            return
+        error = ClusterUnavailable("this node was resynchronized: the command's outcome is lost")
+        for number in [n for n in waiting if n < proposer.floor or n in proposer.seen]:
+            done = waiting.pop(number).done
+            if done is not None:
+                self.applier._releases.append((done, None, error, []))
+
+    # -- leadership and membership -------------------------------------------------------
+
+    def _watch_leader(self) -> None:
+        leader = self.raft.leader
+        if leader != self._leader:
+            self._leader = leader
+            log.info(
+                "node %d: the leader is now %s (term %d)",
+                self.node_id,
+                leader or "unknown",
+                self.raft.term,
+            )
+            if leader:
+                # Whatever went to the previous leader may be lost with its term: again.
+                pending = self.applier.pending
+                for p in pending.values():
+                    p.sent_at = 0.0
+                self._unsent = list(pending)
+                self._schedule_flush()
+        is_leader = self.raft.role == "leader"
+        if is_leader != self._is_leader:
+            self._is_leader = is_leader
+            self._timer_due = None
+            self._on_leadership(is_leader)
+            self._reschedule_timer()
+        if leader:
+            self._no_leader_since = None
+        elif self._no_leader_since is None:
+            self._no_leader_since = time.monotonic()
+        elif time.monotonic() - self._no_leader_since > self.settings.no_leader_ms / 1000:
+            self._no_leader_since = time.monotonic()
+            log.warning(
+                "node %d has had no leader for %d ms: its clients are disconnected",
+                self.node_id,
+                self.settings.no_leader_ms,
+            )
+            self._fail_pending(
+                ClusterUnavailable("the node cannot reach a majority of its cluster")
+            )
+            self.on_lost(
+                "broker forced connection closure with reason 'node lost its cluster majority'"
+            )
+
+    def _fail_pending(self, error: BrokerError) -> None:
+        pending = self.applier.pending
+        for number in list(pending):
+            done = pending.pop(number).done
+            if done is not None:
+                self.applier._releases.append((done, None, error, []))
+        self._unsent = []
+        self._release()
+
+    def _check_nodes(self) -> None:
+        """The leader releases what a node that went silent held (its consumers' messages
+        go back to their queues, its MQTT sessions end with their wills)."""
+        if self.raft.role != "leader":
+            return
+        now = time.monotonic()
+        limit = self.settings.node_down_ms / 1000
+        for peer in self.raft.voters:
+            if peer == self.node_id:
+                continue
+            heard = self._heard.setdefault(peer, now)
+            incarnation = self._incarnations.get(peer)
+            if incarnation is None or now - heard < limit:
+                continue
+            if (peer, incarnation) in self._released:
+                continue
+            self._released.add((peer, incarnation))
+            log.warning("node %d is silent: releasing what its clients held", peer)
+            self.submit(c.ReleaseNode(peer, before=(incarnation + 1) << CONNECTION_BITS))
+
+    def _note_config(self, entries: list[Entry]) -> None:
+        changed = False
+        for e in entries:
+            if e.config is not None and e.data is not None:
+                self._addresses = dict(e.data.command.members)
+                changed = True
+        if changed:
+            self.links.set_peers(self._peers())
+
+    def _peers(self) -> dict[int, tuple[str, int]]:
+        peers = {}
+        for node, address in self._addresses.items():
+            if node != self.node_id:
+                host, _, port = address.rpartition(":")
+                peers[node] = (host, int(port))
+        return peers
+
+    async def change_members(self, node: int, address: str | None) -> None:
+        """Add `node` at `address`, or remove it (None): a single-server change, committed
+        when this returns. Runs on the leader."""
+        self._check_leading()
+        members = dict(self._addresses)
+        if address is None:
+            members.pop(node, None)
+        else:
+            members[node] = address
+        command = c.SetMembers(tuple(sorted(members.items())))
+        self._numbers += 1
+        number = self._numbers
+        floor = next(iter(self.applier.pending), number)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self.applier.pending[number] = _Pending(command, lambda r, e: _settle(fut, r, e), 1.0)
+        proposal = Proposal(
+            self.clock.now(), command, (self.node_id, self.incarnation, number), floor
+        )
+        try:
+            self.raft.propose_config(tuple(sorted(members)), proposal, entry_size(command))
+        except (NotLeader, ProposalRefused) as exc:
+            self.applier.pending.pop(number, None)
+            raise InvalidArgument(f"the membership cannot change now: {exc}") from exc
+        self._schedule_flush()
+        await fut
+
+    async def transfer_leadership(self, target: int) -> None:
+        """Hand leadership to `target`; returns once it leads (or after 5 s)."""
+        self._check_leading()
+        try:
+            self.raft.transfer_leadership(target)
+        except (NotLeader, ProposalRefused) as exc:
+            raise InvalidArgument(str(exc)) from exc
+        self._schedule_flush()
+        deadline = self._loop.time() + 5.0
+        while self.raft.leader != target and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.raft.leader != target:
+            raise InvalidArgument(f"node {target} did not take over within 5 s")
+
+    def _check_leading(self) -> None:
+        if self.raft.role != "leader":
+            leader = self.raft.leader
+            where = f"node {leader} leads" if leader else "no node leads right now"
+            raise InvalidArgument(f"run this on the leader: {where}")
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft
+        progress = raft.progress if raft.role == "leader" else {}
+        members = []
+        for node in sorted(set(raft.voters) | set(self._addresses)):
+            p = progress.get(node)
+            match = raft.last_index if node == self.node_id else (p.match if p else None)
+            members.append(
+                {"node_id": node, "address": self._addresses.get(node), "match_index": match}
+            )
+        return {
+            "node_id": self.node_id,
+            "leader_id": raft.leader,
+            "role": raft.role,
+            "term": raft.term,
+            "commit_index": raft.commit_index,
+            "applied_index": self.applier.applied_index,
+            "members": members,
+        }
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _reschedule_timer(self) -> None:
+        if not self._is_leader:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        due = self.state.next_due()
+        if due is None or (self._timer_due is not None and self._timer_due <= due):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        delay = max(0.0, (due - self.clock.now()) / 1000)
+        self._timer = self._loop.call_later(delay, self._fire_timer)
+
+    def _fire_timer(self) -> None:
+        self._timer = None
+        self._timer_due = None
+        if self._is_leader:
+            self.submit(c.Tick(), durable=False)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Hand leadership over if this node leads, let what is pending finish, and stop."""
+        if self.raft.role == "leader":
+            await self._hand_over()
+        try:
+            await asyncio.wait_for(self.drain(), timeout=2.0)
+        except TimeoutError:
+            log.warning("stopping with commands not yet committed")
+        self._closed = True
+        for task in list(self._transfers.values()):
+            task.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.links.close()
+        while self._persisting or self._snapshotting:
+            await asyncio.sleep(0.005)
+        self._log_thread.shutdown(wait=True)
+        self._state_thread.shutdown(wait=True)
+        self._receiver.abort()
+
+    async def _hand_over(self) -> None:
+        progress = self.raft.progress
+        others = [n for n in self.raft.voters if n != self.node_id and n in progress]
+        if not others:
+            return
+        target = max(others, key=lambda n: progress[n].match)
+        try:
+            self.raft.transfer_leadership(target)
+        except (NotLeader, ProposalRefused):
+            return
+        self._schedule_flush()
+        deadline = self._loop.time() + 1.0
+        while self.raft.role == "leader" and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+
+def _meta_wire(meta: SnapshotMeta) -> list[Any]:
+    return [meta.index, meta.term, list(meta.config)]
+
+
+def _settle(fut: asyncio.Future[Any], reply: Any, error: BrokerError | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(reply)
