@@ -83,6 +83,8 @@ class Config:
     cluster_election_ticks: int = 10
     #: a member silent this long has what its clients held released by the leader
     cluster_node_down_ms: int = 5000
+    #: log entries kept behind a snapshot, for members a little behind
+    cluster_log_retain: int = 20000
 
     def cluster_members(self) -> dict[int, tuple[str, int]]:
         """The members named by `cluster`, {} for a single node."""

@@ -23,7 +23,7 @@ from broker.config import Config
 from broker.control import ControlServer
 from broker.core import commands as c
 from broker.core.auth import hash_password
-from broker.core.errors import InvalidArgument
+from broker.core.errors import ClusterUnavailable, InvalidArgument
 from broker.local_gateway import CONNECTION_BITS, LocalGateway
 from broker.protocols.amqp.connection import Settings
 from broker.protocols.amqp.server import AMQPProtocol
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: How long the loop may hold the GIL while the writer thread waits to hand back a write.
 GIL_SWITCH_INTERVAL = 0.0005
+#: How often a cluster's leader looks for HTTP subscriptions without a pusher, s.
+PUSHERS_CHECK = 0.5
 
 
 class Node:
@@ -57,6 +59,7 @@ class Node:
         self.control: ControlServer | None = None
         self.http: HttpApi | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._pushers: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -128,6 +131,7 @@ class Node:
             tick_ms=cfg.cluster_tick_ms,
             election_ticks=cfg.cluster_election_ticks,
             node_down_ms=cfg.cluster_node_down_ms,
+            retain_entries=cfg.cluster_log_retain,
             **_cluster_tls(cfg),
         )
         gateway = self.gateway
@@ -154,11 +158,29 @@ class Node:
             ", ".join(f"{n}={h}:{p}" for n, (h, p) in sorted(members.items())),
         )
         # What this node's previous runs held is released before any client connects here.
-        await commit.call(c.ReleaseNode(cfg.node_id, before=gateway.first_connection))
+        release = c.ReleaseNode(cfg.node_id, before=gateway.first_connection)
+        while True:
+            try:
+                await commit.call(release)
+                break
+            except ClusterUnavailable:
+                log.warning("node %d still has no majority of its cluster: waiting", cfg.node_id)
 
     def _leadership_changed(self, leading: bool) -> None:
+        if self._pushers is not None:
+            self._pushers.cancel()
+            self._pushers = None
         if self.http is not None:
             self.http.service.pushers.set_active(leading)
+        if leading:
+            self._pushers = asyncio.create_task(self._keep_pushers())
+
+    async def _keep_pushers(self) -> None:
+        """On the leader: start the pushers of HTTP subscriptions made through other nodes."""
+        while True:
+            await asyncio.sleep(PUSHERS_CHECK)
+            if self.http is not None:
+                self.http.service.pushers.start_all()
 
     def cluster(self) -> ClusterCommit:
         if not isinstance(self.commit, ClusterCommit):
@@ -191,6 +213,8 @@ class Node:
         log.info("shutting down")
         if self._monitor is not None:
             self._monitor.cancel()
+        if self._pushers is not None:
+            self._pushers.cancel()
         for server in self.servers:
             server.close()
         if self.control is not None:

@@ -64,7 +64,6 @@ class StoreFailed(BrokerError):
     session_level = True
 
 
-
 class ClusterUnavailable(StoreFailed):
     """The node cannot reach a majority of its cluster: nothing is acknowledged until it
     can (the command may still take effect, as one in flight when a leader goes may)."""

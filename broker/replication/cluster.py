@@ -32,8 +32,9 @@ from broker.core.model import Effect
 from broker.core.state import StateMachine
 from broker.local_gateway import CONNECTION_BITS
 from broker.replication import wire
-from broker.replication.log_store import Proposal, RaftLog, entry_size
+from broker.replication.log_store import Proposal, RaftLog, entry_size, to_wire
 from broker.replication.raft import (
+    AppendEntries,
     Entry,
     InstallSnapshot,
     Message,
@@ -43,7 +44,7 @@ from broker.replication.raft import (
     Ready,
     SnapshotMeta,
 )
-from broker.replication.snapshot_transfer import SnapshotReceiver, send_snapshot
+from broker.replication.snapshot_transfer import NoSnapshotYet, SnapshotReceiver, send_snapshot
 from broker.replication.transport import PeerLinks
 from broker.store import schema
 from broker.store.applier import Applier, Done, Snapshot
@@ -70,6 +71,9 @@ class ClusterSettings:
     no_leader_ms: int = 10000
     #: a forwarded command not applied within this long is sent again (once per leader)
     resend_ms: int = 3000
+    #: entries kept in the log behind the last snapshot, for followers a little behind
+    #: (without them, a follower that missed a second of traffic would need a snapshot)
+    retain_entries: int = 20000
     ssl_server: Any = None
     ssl_client: Any = None
 
@@ -105,6 +109,7 @@ class ClusterApplier(Applier):
     voters: tuple[int, ...] = ()
     pending: dict[int, _Pending] = field(default_factory=dict)
     applied_term: int = 0
+    held_garbage: list[tuple[int, int]] = field(default_factory=list)
 
     def _applied(self, entry: _Committed, reply: Any, error: BrokerError | None) -> None:
         self.applied_term = entry.term
@@ -113,6 +118,20 @@ class ClusterApplier(Applier):
             waiting = self.pending.pop(key[2], None)
             if waiting is not None and waiting.done is not None:
                 self._releases.append((waiting.done, reply, error, []))
+
+    def snapshot_written(self, snapshot: Snapshot) -> None:
+        """The snapshot is on disk; the log batches it made useless wait for the log to be
+        cut behind them (ClusterCommit._compact): followers may still need those entries."""
+        self._snapshotting = False
+        self.snapshot_index = snapshot.index
+        self.held_garbage.extend(snapshot.garbage)
+
+    def release_garbage(self, upto: int) -> None:
+        """The log starts after `upto` now: batches up to it may go."""
+        keep: list[tuple[int, int]] = []
+        for batch in self.held_garbage:
+            (self.garbage if batch[1] <= upto else keep).append(batch)
+        self.held_garbage = keep
 
     def snapshot_meta(self, term_of: Callable[[int], int]) -> SnapshotMeta:
         index = self.applied_index
@@ -165,8 +184,12 @@ class ClusterCommit:
         self._log_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-log")
         self._state_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshots")
         self._receiver = SnapshotReceiver(store.path)
+        #: entries as leaders packed them, by (first, last) index: stored as they came
+        self._received: dict[tuple[int, int], bytes] = {}
         self._numbers = 0
         self._unsent: list[int] = []
+        #: per origin node, the number of a forwarded command refused: later ones wait for it
+        self._gaps: dict[int, int] = {}
         self._barriers: list[tuple[int, Callable[[], None]]] = []
         self._flush_scheduled = False
         self._persisting = False
@@ -181,6 +204,8 @@ class ClusterCommit:
         self._incarnations: dict[int, int] = {}
         self._released: set[tuple[int, int]] = set()
         self._transfers: dict[int, asyncio.Task[None]] = {}
+        #: the last snapshot on disk: the log is cut behind it (less what is retained)
+        self._durable_snapshot: SnapshotMeta | None = None
         self._transfer_ids = 0
         self._ticker: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -278,17 +303,17 @@ class ClusterCommit:
         now = time.monotonic()
         if self.raft.role == "leader":
             stamp = self.clock.now()
-            kept = []
-            for n in numbers:
+            for pos, n in enumerate(numbers):
                 command = pending[n].command
                 proposal = Proposal(stamp, command, (self.node_id, self.incarnation, n), floor)
                 try:
                     self.raft.propose(proposal, entry_size(command))
                 except (NotLeader, ProposalRefused):
-                    kept.append(n)
-                    continue
+                    # The rest waits too: a client's commands are applied in their order.
+                    self._unsent = numbers[pos:]
+                    return
                 pending[n].sent_at = now
-            self._unsent = kept
+            self._unsent = []
             return
         leader = self.raft.leader
         if leader == 0 or not self.links.connected(leader):
@@ -303,27 +328,41 @@ class ClusterCommit:
             self._unsent = numbers
 
     def _propose_forwarded(self, origin: int, msg: wire.Forward) -> None:
-        if self.raft.role != "leader":
-            numbers = tuple(n for _, n, _, _ in msg.items)
-            self.links.send(origin, wire.encode(wire.NotLeading(self.raft.leader, numbers)))
-            return
+        """Propose what `origin` forwarded, in its order. What cannot be proposed now goes
+        back (NotLeading), and so does whatever comes after it until the origin sends it
+        again: a client's commands are applied in their order."""
         stamp = self.clock.now()
-        for incarnation, number, floor, command in msg.items:
+        gap = self._gaps.get(origin)
+        for pos, (incarnation, number, floor, command) in enumerate(msg.items):
+            if gap is not None and number != gap:
+                refused = pos
+                break
+            gap = None
             proposal = Proposal(stamp, command, (origin, incarnation, number), floor)
             try:
                 self.raft.propose(proposal, entry_size(command))
-            except (NotLeader, ProposalRefused):
-                return  # the origin sends it again
+            except NotLeader:
+                refused = pos
+                break
+            except ProposalRefused:  # a leadership transfer, say: this leader may go on
+                refused = pos
+                gap = number
+                break
+        else:
+            self._gaps.pop(origin, None)
+            return
+        if gap is not None:
+            self._gaps[origin] = gap
+        numbers = tuple(n for _, n, _, _ in msg.items[refused:])
+        self.links.send(origin, wire.encode(wire.NotLeading(self.raft.leader, numbers)))
 
     def _resend_stale(self) -> None:
-        """Forwarded commands not applied for a while go again (a leader may have lost them
-        with its term; the dedup key keeps the copies from being applied twice)."""
+        """Commands not applied for a while go again, with everything after them (a leader
+        may have lost them with its term; the dedup key keeps copies from being applied
+        twice, and sending all in order keeps a client's commands in their order)."""
         limit = time.monotonic() - self.settings.resend_ms / 1000
-        stale = [n for n, p in self.applier.pending.items() if 0 < p.sent_at < limit]
-        if stale:
-            for n in stale:
-                self.applier.pending[n].sent_at = 0.0
-            self._unsent = sorted(set(self._unsent) | set(stale))
+        if any(0 < p.sent_at < limit for p in self.applier.pending.values()):
+            self._resend_all()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -335,8 +374,10 @@ class ClusterCommit:
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._send_unsent()
+        self._apply_known_commits()
         self._pump()
         self._snapshot()
+        self._compact()
         self._release()
         self._watch_leader()
 
@@ -353,30 +394,52 @@ class ClusterCommit:
         if self._persisting or self._installing or not self.raft.has_ready():
             return
         rd = self.raft.ready()
-        if rd.role == "leader":
-            self._send(rd.messages)
         if rd.snapshot is not None:
             self._install(rd)
             return
-        ops = self.log.append_ops(rd.entries, rd.hard_state)
+        packed = self._packed(rd)
+        if rd.role == "leader":
+            self._send(rd.messages, packed)
+        # Committed entries were persisted by earlier Readys: they need not wait for this one.
+        self._apply(rd.committed)
+        ops = self.log.append_ops(rd.entries, rd.hard_state, packed and packed[2])
         self._note_config(rd.entries)
-        if ops or self.applier.garbage:
-            self.applier._collect_garbage(ops)
+        self.applier._collect_garbage(ops)
+        if rd.must_sync:
             self._persisting = True
             fut = self._log_thread.submit(self.store.write_log, ops, True)
             done = functools.partial(self._persisted, rd)
             fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(done, f))
-        else:
-            self._persisted(rd, None)
+            return
+        if ops:  # the commit index alone, or garbage: no sync, Raft learns it again
+            try:
+                self.store.write_log(ops, sync=False)
+            except Exception as exc:
+                self._store_failed(exc)
+                return
+        self._persisted(rd, None)
+
+    def _packed(self, rd: Ready) -> tuple[int, int, bytes] | None:
+        """The Ready's entries as one stored batch: the leader packs them once for its log
+        and its followers; a follower stores them as the leader sent them, if it can."""
+        if not rd.entries:
+            return None
+        first, last = rd.entries[0].index, rd.entries[-1].index
+        if rd.role == "leader":
+            value = schema.encode_batch(first, [to_wire(e) for e in rd.entries])
+            return first, last, value
+        received = self._received.pop((first, last), None)
+        self._received.clear()
+        return None if received is None else (first, last, received)
 
     def _persisted(self, rd: Ready, fut: ThreadFuture[None] | None) -> None:
         self._persisting = False
+        self.stats["writes"] += 1
         if fut is not None:
             exc = fut.exception()
             if exc is not None:
                 self._store_failed(exc)
                 return
-            self.stats["writes"] += 1
             self.stats["syncs"] += 1
         if rd.entries:
             first, last = rd.entries[0].index, rd.entries[-1].index
@@ -386,9 +449,23 @@ class ClusterCommit:
         self.log.appended(rd.entries, rd.hard_state)
         if rd.role != "leader":
             self._send(rd.messages)
-        self._apply(rd.committed)
         self.raft.advance(rd)
         self._schedule_flush()
+
+    def _apply_known_commits(self) -> None:
+        """Apply what Raft knows to be committed and this node has on disk, without waiting
+        for the next Ready (which waits for the write in progress): replies leave a write
+        earlier. Ready.committed brings these entries again; they are skipped then."""
+        if self._installing:
+            return
+        upto = min(self.raft.commit_index, self.raft.persisted_index)
+        applied = self.applier.applied_index
+        while applied < upto:
+            batch = self.log.entries(applied + 1, upto + 1, 1 << 24)
+            self._apply(batch)
+            if self.applier.applied_index == applied:
+                return  # a rebuild stopped it: Ready.committed carries on
+            applied = self.applier.applied_index
 
     def _apply(self, entries: list[Entry]) -> None:
         applier = self.applier
@@ -431,12 +508,18 @@ class ClusterCommit:
 
     # -- messages ------------------------------------------------------------------------
 
-    def _send(self, messages: list[Message]) -> None:
+    def _send(self, messages: list[Message], packed: tuple[int, int, bytes] | None = None) -> None:
         for msg in messages:
-            if type(msg) is InstallSnapshot:
-                self._start_transfer(msg)
+            kind = type(msg)
+            if kind is InstallSnapshot:
+                self._start_transfer(msg)  # type: ignore[arg-type]
                 continue
-            self.links.send(msg.dst, wire.encode(msg))
+            blob = None
+            if packed is not None and kind is AppendEntries:
+                entries = msg.entries  # type: ignore[union-attr]
+                if entries and (entries[0].index, entries[-1].index) == packed[:2]:
+                    blob = packed[2]
+            self.links.send(msg.dst, wire.encode(msg, blob))
 
     def _on_message(self, sender: int, raw: Any) -> None:
         try:
@@ -444,6 +527,12 @@ class ClusterCommit:
         except wire.WireError as exc:
             log.warning("dropped a message from node %d: %s", sender, exc)
             return
+        packed = wire.packed_entries(raw)
+        if packed is not None and msg.entries:  # type: ignore[union-attr]
+            entries = msg.entries  # type: ignore[union-attr]
+            if len(self._received) > 64:
+                self._received.clear()
+            self._received[(entries[0].index, entries[-1].index)] = packed
         self._heard[sender] = time.monotonic()
         kind = type(msg)
         if kind is wire.Forward:
@@ -468,7 +557,6 @@ class ClusterCommit:
             self.raft.step(msg)  # type: ignore[arg-type]
         self._schedule_flush()
 
-
     def send_reply_to(self, node: int, msg: wire.ReplyTo) -> bool:
         return self.links.send(node, wire.encode(msg))
 
@@ -478,7 +566,16 @@ class ClusterCommit:
             self._heard[peer] = time.monotonic()
         else:
             self.raft.report_unreachable(peer)
+            if peer == self.raft.leader:
+                # What the broken link held may be lost: send it all again, in order.
+                self._resend_all()
         self._schedule_flush()
+
+    def _resend_all(self) -> None:
+        pending = self.applier.pending
+        for p in pending.values():
+            p.sent_at = 0.0
+        self._unsent = list(pending)
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -505,8 +602,23 @@ class ClusterCommit:
             return
         self.stats["snapshots"] += 1
         self.applier.snapshot_written(snapshot)
-        self.log.compacted(meta)
+        self._durable_snapshot = meta
+        self._compact()
         self._schedule_flush()
+
+    def _compact(self) -> None:
+        """Cut the log behind the last snapshot, keeping `retain_entries` for followers a little
+        behind; never past what Raft has applied (it reads what it applies from the log), and
+        not while a snapshot is on its way to a follower (it continues from the log after
+        that snapshot, which would otherwise be cut: a snapshot storm)."""
+        meta = self._durable_snapshot
+        if meta is None or self._transfers or self._installing:
+            return
+        upto = min(meta.index, self.raft.applied_index) - self.settings.retain_entries
+        if upto <= self.log.snapshot().index:
+            return
+        self.log.compacted(SnapshotMeta(upto, self.log.term(upto), self.raft.voters))
+        self.applier.release_garbage(upto)
 
     def _start_transfer(self, msg: InstallSnapshot) -> None:
         peer = msg.dst
@@ -526,6 +638,8 @@ class ClusterCommit:
             )
             install = InstallSnapshot(msg.src, peer, msg.term, meta)
             ok = self.links.send(peer, wire.encode(install))
+        except NoSnapshotYet:
+            self.applier.snapshot_now()
         except (ConnectionError, RuntimeError) as exc:
             log.warning("sending a snapshot to node %d failed: %s", peer, exc)
         finally:
@@ -590,14 +704,12 @@ class ClusterCommit:
             )
             if leader:
                 # Whatever went to the previous leader may be lost with its term: again.
-                pending = self.applier.pending
-                for p in pending.values():
-                    p.sent_at = 0.0
-                self._unsent = list(pending)
+                self._resend_all()
                 self._schedule_flush()
         is_leader = self.raft.role == "leader"
         if is_leader != self._is_leader:
             self._is_leader = is_leader
+            self._gaps.clear()
             self._timer_due = None
             self._on_leadership(is_leader)
             self._reschedule_timer()

@@ -141,16 +141,19 @@ class RaftLog:
 
     # -- writes --------------------------------------------------------------------------
 
-    def append_ops(self, entries: list[Entry], hard: HardState | None) -> list[Op]:
+    def append_ops(
+        self, entries: list[Entry], hard: HardState | None, packed: bytes | None = None
+    ) -> list[Op]:
         """The ops of one synced write: `entries` (replacing any stored from the first one's
-        index on) and the hard state."""
+        index on) and the hard state. `packed`: the entries already encoded as a batch (as
+        the leader sent them), stored as they are."""
         ops: list[Op] = []
         if entries:
             first = entries[0].index
             if first <= self.last_index():
                 ops.extend(self._truncate_ops(first))
             last = entries[-1].index
-            value = schema.encode_batch(first, [to_wire(e) for e in entries])
+            value = packed or schema.encode_batch(first, [to_wire(e) for e in entries])
             ops.append((schema.batch_key(first, last), value))
         if hard is not None:
             ops.append((schema.META_RAFT, pack([hard.term, hard.vote, hard.commit])))

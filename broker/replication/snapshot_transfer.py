@@ -34,23 +34,41 @@ STALL_SECONDS = 10.0
 Send = Callable[[Any], bool]
 
 
+class NoSnapshotYet(Exception):
+    """The leader has written no snapshot yet: take one, then send it."""
+
+
 async def send_snapshot(store: Store, transfer: int, send: Send) -> SnapshotMeta:
     """Send the databases as they are now; returns the meta of the snapshot sent."""
     with store.views() as (state_view, log_view):
         raw = state_view.get(schema.META_RAFT_SNAPSHOT)
         if raw is None:
-            raise RuntimeError("no snapshot to send yet")
+            raise NoSnapshotYet
         index, term, voters = unpack(raw)
         meta = SnapshotMeta(index, term, tuple(voters))
         await _send(send, SnapshotBegin(transfer))
         for chunk in _chunks(state_view.iterator()):
             await _send(send, SnapshotChunk(transfer, "state", chunk))
         log_items = log_view.iterator(start=schema.LOG_PREFIX, stop=schema.LOG_END)
-        kept = ((k, v) for k, v in log_items if schema.batch_range(k)[1] <= index)
-        for chunk in _chunks(kept):
+        for chunk in _chunks(_log_upto(log_items, index)):
             await _send(send, SnapshotChunk(transfer, "log", chunk))
         await _send(send, SnapshotEnd(transfer, meta))
     return meta
+
+
+def _log_upto(items: Any, index: int) -> Iterator[tuple[bytes, bytes]]:
+    """The log's batches up to `index` (message bodies live there); a batch reaching past it
+    is cut at it: the follower's log continues after the snapshot from the leader."""
+    for key, value in items:
+        first, last = schema.batch_range(key)
+        if last <= index:
+            yield key, value
+        elif first <= index:
+            start, entries = unpack(value)
+            kept = entries[: index - start + 1]
+            yield schema.batch_key(first, index), pack((start, kept))
+        else:
+            return
 
 
 def _chunks(items: Any) -> Iterator[tuple[tuple[bytes, bytes], ...]]:

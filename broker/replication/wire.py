@@ -22,7 +22,7 @@ from broker.replication.raft import (
     TimeoutNow,
     VoteResponse,
 )
-from broker.store.encoding import command_to_wire, decode_command, decode_entry_wire
+from broker.store.encoding import command_to_wire, decode_command, decode_entry_wire, unpack
 
 
 class WireError(ValueError):
@@ -84,11 +84,13 @@ class Hello:
 NodeMessage = Forward | NotLeading | SnapshotBegin | SnapshotChunk | SnapshotEnd | ReplyTo | Hello
 
 
-def encode(msg: Message | NodeMessage) -> list[Any]:
+def encode(msg: Message | NodeMessage, packed: bytes | None = None) -> list[Any]:
+    """`packed`: an AppendEntries' entries already encoded as a log batch (schema.encode_batch),
+    sent as they are, so neither end encodes them again."""
     kind = type(msg)
     if kind is AppendEntries:
         m: Any = msg
-        entries = [to_wire(e) for e in m.entries]
+        entries: Any = packed if packed is not None else [to_wire(e) for e in m.entries]
         return ["A", m.src, m.dst, m.term, m.prev_index, m.prev_term, entries, m.commit]
     if kind is AppendResponse:
         m = msg
@@ -128,6 +130,13 @@ def encode(msg: Message | NodeMessage) -> list[Any]:
     raise TypeError(f"cannot encode a {kind.__name__}")
 
 
+def packed_entries(raw: Any) -> bytes | None:
+    """The entries of an encoded AppendEntries as the leader packed them, if it did."""
+    if isinstance(raw, list) and len(raw) == 8 and raw[0] == "A" and isinstance(raw[6], bytes):
+        return raw[6]
+    return None
+
+
 def _meta(meta: SnapshotMeta) -> list[Any]:
     return [meta.index, meta.term, list(meta.config)]
 
@@ -143,6 +152,10 @@ def _decode(raw: list[Any]) -> Message | NodeMessage:
     kind = raw[0]
     if kind == "A":
         _, src, dst, term, prev_index, prev_term, wires, commit = raw
+        if isinstance(wires, bytes):
+            first, wires = unpack(wires)
+            if first != prev_index + 1 and wires:
+                raise ValueError(f"entries from {first} after {prev_index}")
         entries = tuple(
             from_stored(i, decode_entry_wire(w)) for i, w in enumerate(wires, prev_index + 1)
         )

@@ -130,6 +130,10 @@ def _tuples(value: Any) -> Any:
     return [tuple(item) for item in value]
 
 
+def _tuple_of_tuples(value: Any) -> Any:
+    return tuple(tuple(item) for item in value)
+
+
 def _will(value: Any) -> Any:
     return None if value is None else c.Will(*value)
 
@@ -145,6 +149,7 @@ _FIELD_DECODERS: dict[str, Callable[[Any], Any]] = {
     "ConnectionId | None": _optional_tuple,
     "tuple[str, ...]": _tuple,
     "list[tuple[str, str, int]]": _tuples,
+    "tuple[tuple[int, str], ...]": _tuple_of_tuples,
     "Will | None": _will,
     "list[Any]": _commands,
 }
