@@ -63,6 +63,8 @@ class Config:
     timeout: float = 120.0
     uvloop: bool = True
     single_process: bool = False
+    # x-queue-type sent on queue.declare ("classic", "quorum"); None sends no arguments.
+    queue_type: str | None = None
 
     def publisher_counts(self) -> list[int]:
         """Split ``count`` across publishers as evenly as possible."""
@@ -153,9 +155,12 @@ async def _admin(cfg: Config, op: Callable[[Connection], Awaitable[T]]) -> T:
 def declare_and_purge(cfg: Config) -> None:
     """Declare the durable queue (idempotent) and empty it."""
 
+    args = {"x-queue-type": cfg.queue_type} if cfg.queue_type else None
+
     async def op(conn: Connection) -> None:
         await conn.call(
-            commands.Queue.Declare(queue=cfg.queue, durable=True), commands.Queue.DeclareOk
+            commands.Queue.Declare(queue=cfg.queue, durable=True, arguments=args),
+            commands.Queue.DeclareOk,
         )
         await conn.call(commands.Queue.Purge(queue=cfg.queue), commands.Queue.PurgeOk)
 
@@ -684,6 +689,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p.add_argument("--size", type=int, default=1024, help="message body size in bytes")
     p.add_argument("--mode", choices=[*MODES, "all"], default="all")
     p.add_argument("--queue", default="amqp_bench", help="durable queue to declare/purge/use")
+    p.add_argument(
+        "--queue-type",
+        choices=["classic", "quorum"],
+        default=None,
+        help="x-queue-type argument on queue.declare; None = no queue arguments",
+    )
     p.add_argument("--publishers", type=int, default=1, help="publishing connections")
     p.add_argument("--consumers", type=int, default=1, help="consuming connections")
     p.add_argument(
@@ -740,6 +751,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
         timeout=a.timeout,
         uvloop=not a.no_uvloop,
         single_process=a.single_process,
+        queue_type=a.queue_type,
     )
     return cfg, a
 
@@ -756,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# url={redact(cfg.url)} count={cfg.count} size={cfg.size} queue={cfg.queue} "
         f"publishers={cfg.publishers} consumers={cfg.consumers} "
         f"confirm_window={cfg.confirm_window} prefetch={cfg.prefetch} ack_every={cfg.ack_every} "
-        "persistent=yes durable=yes"
+        "persistent=yes durable=yes" + (f" queue_type={cfg.queue_type}" if cfg.queue_type else "")
     )
     results: list[RunResult] = []
     setup_ok = True

@@ -7,6 +7,10 @@
 #   benchmarks/compare.sh amqp://guest:guest@127.0.0.1:5673/%2F \
 #                         amqp://guest:guest@127.0.0.1:5672/%2F --count 20000
 #
+# Options after the two URLs go to amqp_bench.py for both brokers, e.g. --queue-type quorum
+# (x-queue-type on queue.declare) to measure replicated queues, against the 3-node RabbitMQ
+# of rabbitmq_cluster.sh (amqp://guest:guest@127.0.0.1:5701/%2F).
+#
 # Environment: LABEL_A (default "ours"), LABEL_B (default "rabbitmq"),
 # ROUNDS (default 3), PYTHON (default python3).
 #
@@ -17,7 +21,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 
