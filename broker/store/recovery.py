@@ -58,6 +58,9 @@ def recover(store: Store, skip: set[int] | None = None, upto: int | None = None)
 def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
     state = StateMachine()
     store.load_snapshot(state)
+    # What the snapshot on disk refers to: its batches stay until a later snapshot lets go of
+    # them, whatever the entries replayed after it remove (a crash before then reloads it).
+    snapshot_refs = set(state.entry_refs)
     stored_seq = {qid: q.next_seq for qid, q in state.queues_by_qid.items()}
     snapshot_index = last = store.snapshot_index()
     dirty: dict[tuple[str, Any], Any] = {}
@@ -75,12 +78,11 @@ def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
             raise _EntryFailed(index) from exc
         dirty.update(changes)
         entries += 1
-    refs = state.entry_refs
     batches = store.log_batches()
     garbage = [
         (first, end)
         for first, end in batches
-        if end <= snapshot_index and not any(i in refs for i in range(first, end + 1))
+        if end <= snapshot_index and snapshot_refs.isdisjoint(range(first, end + 1))
     ]
     return Recovered(
         state, skip, snapshot_index, last, dirty, stored_seq, batches, garbage, entries
