@@ -690,13 +690,16 @@ def test_installing_a_snapshot_is_one_ready_then_the_answer() -> None:
     storage = MemStorage((1, 2))
     raft = Raft(2, storage, random.Random(2))
     meta = SnapshotMeta(5, 1, (1, 2))
+    assert not raft.snapshot_pending
     raft.step(InstallSnapshot(1, 2, 1, meta))
+    assert raft.snapshot_pending  # the host keeps the received data until it is installed
     rd = raft.ready()
     assert rd.snapshot == meta and rd.hard_state == HardState(1, 0, 5) and rd.must_sync
     assert rd.committed == [] and rd.messages == [AppendResponse(2, 1, 1, True, 5)]
     storage.write(rd, ("state",))
     raft.advance(rd)
     assert raft.applied_index == 5 and raft.last_index == 5
+    assert not raft.snapshot_pending
 
 
 def test_a_snapshot_replaces_the_voters_of_the_log_it_drops() -> None:

@@ -55,6 +55,10 @@ from broker.store.recovery import Recovered, recover
 
 log = logging.getLogger(__name__)
 
+#: What a leader sends to put its snapshot on a follower: dropped while one is installed
+#: (a new transfer would start by clearing the incoming dir being moved in).
+SNAPSHOT_MESSAGES = (wire.SnapshotBegin, wire.SnapshotChunk, wire.SnapshotEnd, InstallSnapshot)
+
 
 @dataclass
 class ClusterSettings:
@@ -268,16 +272,7 @@ class ClusterCommit:
 
     def call(self, command: c.Command) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self._loop.create_future()
-
-        def done(reply: Any, error: BrokerError | None) -> None:
-            if fut.done():
-                return
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(reply)
-
-        self.submit(command, done)
+        self.submit(command, functools.partial(_settle, fut))
         return fut
 
     async def drain(self) -> None:
@@ -541,6 +536,8 @@ class ClusterCommit:
             self._unsent = sorted(set(self._unsent) | set(msg.numbers))  # type: ignore[union-attr]
         elif kind is wire.Hello:
             self._incarnations[sender] = msg.incarnation  # type: ignore[union-attr]
+        elif kind in SNAPSHOT_MESSAGES and (self._installing or self.raft.snapshot_pending):
+            pass  # the snapshot to install is in the incoming dir: another one must wait
         elif kind is wire.SnapshotBegin:
             self._receiver.begin(msg)  # type: ignore[arg-type]
         elif kind is wire.SnapshotChunk:
@@ -669,6 +666,7 @@ class ClusterCommit:
         self.applier.pending = waiting
         self._fail_applied(waiting)
         assert rd.snapshot is not None
+        self._durable_snapshot = rd.snapshot
         log.info("installed the leader's snapshot at index %d", rd.snapshot.index)
         self._installing = False
         self._send(rd.messages)

@@ -307,6 +307,11 @@ class Raft:
         return self._log.persisted_index()
 
     @property
+    def snapshot_pending(self) -> bool:
+        """A snapshot from the leader was accepted and the host has not installed it yet."""
+        return self._log.pending_snapshot is not None
+
+    @property
     def progress(self) -> dict[NodeId, Progress]:
         """Leader only (else empty): each voter's progress, this node's own included."""
         if self._role is not Role.LEADER:
