@@ -31,10 +31,11 @@ start() {
     mkdir -p "$base"
     for n in 1 2 3; do
         rm -rf "$base/node$n"
-        (cd "$here" && setsid nohup "$python" -m broker serve --data-dir "$base/node$n" \
+        # the subshell keeps no descriptor of ours: a caller reading our output is not held
+        (cd "$here" && exec setsid nohup "$python" -m broker serve --data-dir "$base/node$n" \
             --host 127.0.0.1 --node-id "$n" --cluster "$members" --cluster-secret bench \
             --amqp-port "571$n" --mqtt-port "191$n" --mqtt-ws-port 0 --http-port "1571$n" \
-            --https-port 0 >"$base/node$n.log" 2>&1 </dev/null &)
+            --https-port 0 >"$base/node$n.log" 2>&1 </dev/null) >/dev/null 2>&1 &
     done
     for n in 1 2 3; do
         for _ in $(seq 300); do

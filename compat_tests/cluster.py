@@ -268,7 +268,10 @@ def running_cluster(base: Path, report: Callable[[], bool] = lambda: False) -> I
 
 
 def wait_for(
-    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02
+    predicate: Callable[[], T | None],
+    timeout: float = 15.0,
+    what: str = "condition",
+    interval: float = 0.02,
 ) -> T:
     """Poll `predicate` until it returns something true (returned), or fail after `timeout`."""
     deadline = time.monotonic() + timeout

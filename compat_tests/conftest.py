@@ -358,6 +358,17 @@ def fresh_broker(broker_factory):
     return broker_factory()
 
 
+@pytest.fixture
+def cluster(tmp_path, request):
+    """A 3-node set of our own (compat_tests/cluster.py), its logs shown if the test fails."""
+    from compat_tests.cluster import running_cluster  # it builds on this module
+
+    with running_cluster(
+        tmp_path / "cluster", lambda: getattr(request.node, "rep_call_failed", False)
+    ) as cl:
+        yield cl
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     rep = yield

@@ -14,19 +14,11 @@ import sys
 import pika
 import pytest
 
-from compat_tests.cluster import Cluster, control, running_cluster, wait_for
+from compat_tests.cluster import Cluster, control, wait_for
 
 pytestmark = [pytest.mark.own_broker, pytest.mark.timeout(90)]
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
-
-
-@pytest.fixture
-def cluster(tmp_path, request):
-    with running_cluster(
-        tmp_path / "cluster", lambda: getattr(request.node, "rep_call_failed", False)
-    ) as cl:
-        yield cl
 
 
 def connect(cl: Cluster, n: int) -> pika.BlockingConnection:

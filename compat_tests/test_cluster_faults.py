@@ -36,7 +36,7 @@ import pika
 import pytest
 
 from compat_tests.checker import Checker, FaultTiming, Result
-from compat_tests.cluster import Cluster, control, running_cluster, wait_for
+from compat_tests.cluster import Cluster, control, wait_for
 from compat_tests.test_cluster_basic import listed, publish
 
 pytestmark = pytest.mark.own_broker
@@ -48,14 +48,6 @@ ISOLATE_S = 3.0
 #: total publish rate of the checker's load (msg/s)
 RATE = 2000.0
 KINDS = ("kill9-leader", "pause-leader", "isolate-leader", "empty-follower", "kill9-follower")
-
-
-@pytest.fixture
-def cluster(tmp_path, request):
-    with running_cluster(
-        tmp_path / "cluster", lambda: getattr(request.node, "rep_call_failed", False)
-    ) as cl:
-        yield cl
 
 
 # -- one run ------------------------------------------------------------------------------

@@ -28,24 +28,13 @@ from cmq.topic import Message as TopicMessage
 from cmq.topic import TopicMeta
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from compat_tests.cluster import CONFIG, Cluster
+from compat_tests.cluster import CONFIG, Cluster, wait_for
 from compat_tests.cmq_helpers import TEST_CONFIG, CmqBroker, PushReceiver, uid
 from compat_tests.conftest import BrokerProcess
 
 pytestmark = [pytest.mark.own_broker, pytest.mark.timeout(90)]
 
 TIMEOUT = 15.0
-
-
-def wait_for(predicate: Any, timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
