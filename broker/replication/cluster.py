@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 #: What a leader sends to put its snapshot on a follower: dropped while one is installed
 #: (a new transfer would start by clearing the incoming dir being moved in).
 SNAPSHOT_MESSAGES = (wire.SnapshotBegin, wire.SnapshotChunk, wire.SnapshotEnd, InstallSnapshot)
+#: How long a leader waits for a follower to answer the snapshot it was sent (it may have a
+#: backlog to read first, then the install) before sending another.
+SNAPSHOT_ANSWER_S = 5.0
 
 
 @dataclass
@@ -78,6 +81,9 @@ class ClusterSettings:
     #: entries kept in the log behind the last snapshot, for followers a little behind
     #: (without them, a follower that missed a second of traffic would need a snapshot)
     retain_entries: int = 20000
+    #: a live follower behind holds the log for up to this many times retain_entries more
+    #: (see ClusterCommit._kept_for_followers)
+    hold_factor: int = 10
     ssl_server: Any = None
     ssl_client: Any = None
 
@@ -208,6 +214,8 @@ class ClusterCommit:
         self._incarnations: dict[int, int] = {}
         self._released: set[tuple[int, int]] = set()
         self._transfers: dict[int, asyncio.Task[None]] = {}
+        #: per follower, (index, when) of the last snapshot sent to it whole
+        self._snapshot_sent: dict[int, tuple[int, float]] = {}
         #: the last snapshot on disk: the log is cut behind it (less what is retained)
         self._durable_snapshot: SnapshotMeta | None = None
         self._transfer_ids = 0
@@ -558,6 +566,7 @@ class ClusterCommit:
         return self.links.send(node, wire.encode(msg))
 
     def _on_peer(self, peer: int, up: bool) -> None:
+        self._snapshot_sent.pop(peer, None)  # what it was sent may be lost with the link
         if up:
             self.links.send(peer, wire.encode(wire.Hello(self.incarnation)))
             self._heard[peer] = time.monotonic()
@@ -612,15 +621,38 @@ class ClusterCommit:
         if meta is None or self._transfers or self._installing:
             return
         upto = min(meta.index, self.raft.applied_index) - self.settings.retain_entries
+        upto = self._kept_for_followers(upto)
         if upto <= self.log.snapshot().index:
             return
         self.log.compacted(SnapshotMeta(upto, self.log.term(upto), self.raft.voters))
         self.applier.release_garbage(upto)
 
+    def _kept_for_followers(self, upto: int) -> int:
+        """On the leader: not past what a live follower has, within hold_factor x
+        retain_entries. A follower that was just sent a snapshot goes on from the log after
+        it; cut behind it while it installs (say, a snapshot written meanwhile under load),
+        it would need another snapshot, then another: it would never catch up."""
+        if self.raft.role != "leader":
+            return upto
+        s = self.settings
+        lowest = upto - s.hold_factor * s.retain_entries
+        alive_since = time.monotonic() - s.node_down_ms / 1000
+        for peer, p in self.raft.progress.items():
+            if peer != self.node_id and self._heard.get(peer, 0.0) > alive_since:
+                upto = min(upto, max(p.match, lowest))
+        return upto
+
     def _start_transfer(self, msg: InstallSnapshot) -> None:
         peer = msg.dst
         if peer in self._transfers:
             return
+        sent = self._snapshot_sent.get(peer)
+        if sent is not None and time.monotonic() - sent[1] < SNAPSHOT_ANSWER_S:
+            p = self.raft.progress.get(peer)
+            if p is not None and p.match < sent[0]:
+                # Rejections of appends it read before the snapshot: wait for its answer.
+                self.raft.report_snapshot(peer, True)
+                return
         self._transfer_ids += 1
         task = self._loop.create_task(self._transfer(msg, self._transfer_ids))
         self._transfers[peer] = task
@@ -635,6 +667,8 @@ class ClusterCommit:
             )
             install = InstallSnapshot(msg.src, peer, msg.term, meta)
             ok = self.links.send(peer, wire.encode(install))
+            if ok:
+                self._snapshot_sent[peer] = (meta.index, time.monotonic())
         except NoSnapshotYet:
             self.applier.snapshot_now()
         except (ConnectionError, RuntimeError) as exc:
