@@ -49,7 +49,7 @@ from broker.replication.transport import PeerLinks
 from broker.store import schema
 from broker.store.applier import Applier, Done, Snapshot
 from broker.store.disk import Store
-from broker.store.driver import Clock
+from broker.store.driver import Clock, DueTimer
 from broker.store.encoding import pack
 from broker.store.recovery import Recovered, recover
 
@@ -220,8 +220,7 @@ class ClusterCommit:
         self._durable_snapshot: SnapshotMeta | None = None
         self._transfer_ids = 0
         self._ticker: asyncio.TimerHandle | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_due: int | None = None
+        self._timer = DueTimer(self.clock, self._fire_timer)
         self.stats = {"writes": 0, "syncs": 0, "snapshots": 0}
         #: set by the node: a direct reply-to answer for a client connected here
         self.on_reply_to: Callable[[wire.ReplyTo], object] = lambda msg: None
@@ -742,7 +741,7 @@ class ClusterCommit:
         if is_leader != self._is_leader:
             self._is_leader = is_leader
             self._gaps.clear()
-            self._timer_due = None
+            self._timer.cancel()
             self._on_leadership(is_leader)
             self._reschedule_timer()
         if leader:
@@ -878,23 +877,12 @@ class ClusterCommit:
     # -- timers --------------------------------------------------------------------------
 
     def _reschedule_timer(self) -> None:
-        if not self._is_leader:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            return
-        due = self.state.next_due()
-        if due is None or (self._timer_due is not None and self._timer_due <= due):
-            return
-        if self._timer is not None:
+        if self._is_leader:  # the leader alone proposes Ticks
+            self._timer.reschedule(self.state.next_due())
+        else:
             self._timer.cancel()
-        self._timer_due = due
-        delay = max(0.0, (due - self.clock.now()) / 1000)
-        self._timer = self._loop.call_later(delay, self._fire_timer)
 
     def _fire_timer(self) -> None:
-        self._timer = None
-        self._timer_due = None
         if self._is_leader:
             self.submit(c.Tick(), durable=False)
 
@@ -913,8 +901,7 @@ class ClusterCommit:
             task.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         await self.links.close()
         while self._persisting or self._snapshotting:
             await asyncio.sleep(0.005)

@@ -58,6 +58,38 @@ class Clock:
         return t
 
 
+class DueTimer:
+    """Calls `fire` when the state's next deadline (TTL, delay, visibility) comes; its owner
+    then proposes a Tick, which takes its time from the command like any other."""
+
+    def __init__(self, clock: Clock, fire: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._clock = clock
+        self._fire = fire
+        self._handle: asyncio.TimerHandle | None = None
+        self._due: int | None = None
+
+    def reschedule(self, due: int | None) -> None:
+        """`due`: the state's next deadline (ms since the epoch), if any. Only an earlier
+        deadline than the one waited for moves the timer."""
+        if due is None or (self._due is not None and self._due <= due):
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._due = due
+        delay = max(0.0, (due - self._clock.now()) / 1000)
+        self._handle = self._loop.call_later(delay, self._fired)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._due = None
+
+    def _fired(self) -> None:
+        self._handle = self._due = None
+        self._fire()
+
+
 class CommitDriver:
     def __init__(
         self,
@@ -90,8 +122,7 @@ class CommitDriver:
         #: a snapshot is being written (and an event set when one is done)
         self._snapshotting = False
         self._snapshot_idle = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_due: int | None = None
+        self._timer = DueTimer(self.clock, lambda: self.submit(c.Tick(), durable=False))
         self._closed = False
 
     @property
@@ -284,19 +315,7 @@ class CommitDriver:
     # -- timers --------------------------------------------------------------------------
 
     def _reschedule_timer(self) -> None:
-        due = self.state.next_due()
-        if due is None or (self._timer_due is not None and self._timer_due <= due):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_due = due
-        delay = max(0.0, (due - self.clock.now()) / 1000)
-        self._timer = self._loop.call_later(delay, self._fire_timer)
-
-    def _fire_timer(self) -> None:
-        self._timer = None
-        self._timer_due = None
-        self.submit(c.Tick(), durable=False)
+        self._timer.reschedule(self.state.next_due())
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -311,7 +330,6 @@ class CommitDriver:
             self._snapshot_idle.clear()
             await self._snapshot_idle.wait()
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self._log_thread.shutdown(wait=True)
         self._state_thread.shutdown(wait=True)
