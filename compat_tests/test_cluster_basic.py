@@ -298,6 +298,7 @@ def test_member_that_installed_a_snapshot_restarts(cluster):
     cl = cluster
     leader = cl.leader()
     victim = cl.followers(leader)[0]
+    leader_log = cl.nodes[leader].log_path.stat().st_size
     cl.kill9(victim)
     # While it is down: 40 MB of queued bodies, so that the leader snapshots and compacts.
     before = control(cl.nodes[leader].data_dir, "status").get("snapshots", 0)
@@ -309,6 +310,13 @@ def test_member_that_installed_a_snapshot_restarts(cluster):
         lambda: control(cl.nodes[leader].data_dir, "status").get("snapshots", 0) > before,
         30,
         "a snapshot on the leader",
+    )
+    # The leader keeps its log for a member it heard from lately (cluster_node_down_ms);
+    # once it gives up on this one, it cuts the log behind its snapshot.
+    wait_for(
+        lambda: f"node {victim} is silent" in cl.log(leader)[leader_log:],
+        10,
+        "the leader giving up on the member",
     )
     log_start = cl.nodes[victim].log_path.stat().st_size
     cl.restart(victim)
