@@ -51,7 +51,7 @@ from broker.store.applier import Applier, Done, Snapshot
 from broker.store.disk import Store
 from broker.store.driver import Clock, DueTimer
 from broker.store.encoding import pack
-from broker.store.recovery import Recovered, recover
+from broker.store.recovery import Recovered, rebuild, recover
 
 log = logging.getLogger(__name__)
 
@@ -483,23 +483,10 @@ class ClusterCommit:
         if todo:
             applier._apply(todo)
             while applier.rebuild_needed is not None:
-                self._rebuild(applier.rebuild_needed)
-
-    def _rebuild(self, index: int) -> None:
-        skip = self.applier.skipped | {index}
-        recovered = recover(self.store, skip=skip, upto=index - 1)
-        self.applier.rebuilt(recovered.state, recovered.dirty, recovered.stored_seq)
+                rebuild(applier, self.store, applier.rebuild_needed)
 
     def _release(self) -> None:
-        on_effects = self._on_effects
-        for done, reply, error, effects in self.applier.take_releases():
-            if effects:
-                on_effects(effects)
-            if done is not None:
-                try:
-                    done(reply, error)
-                except Exception:
-                    log.exception("reply callback failed")
+        self.applier.release(self._on_effects)
         self._release_barriers()
         self._reschedule_timer()
 

@@ -185,6 +185,18 @@ class Applier:
         out, self._releases = self._releases, []
         return out
 
+    def release(self, on_effects: Callable[[list[Effect]], None]) -> None:
+        """Carry out what take_releases() holds: effects to `on_effects`, replies to their
+        callbacks (a failing callback is logged; the others still run)."""
+        for done, reply, error, effects in self.take_releases():
+            if effects:
+                on_effects(effects)
+            if done is not None:
+                try:
+                    done(reply, error)
+                except Exception:
+                    log.exception("reply callback failed")
+
     # -- snapshots -----------------------------------------------------------------------
 
     def next_snapshot(self) -> Snapshot | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future as ThreadFuture
@@ -31,9 +30,7 @@ from broker.core.state import StateMachine
 from broker.store.applier import Done, Snapshot
 from broker.store.committer import Committer, Write
 from broker.store.disk import Store
-from broker.store.recovery import Recovered, recover
-
-log = logging.getLogger(__name__)
+from broker.store.recovery import Recovered, rebuild
 
 #: Rounds of writing, applying and releasing in one loop turn.
 PUMP_ROUNDS = 8
@@ -294,23 +291,10 @@ class CommitDriver:
     def _written(self, write: Write) -> None:
         self.committer.written(write)
         while self.committer.rebuild_needed is not None:
-            self._rebuild(self.committer.rebuild_needed)
+            rebuild(self.committer, self.store, self.committer.rebuild_needed)
 
     def _release(self) -> None:
-        on_effects = self._on_effects
-        for done, reply, error, effects in self.committer.take_releases():
-            if effects:
-                on_effects(effects)
-            if done is not None:
-                try:
-                    done(reply, error)
-                except Exception:
-                    log.exception("reply callback failed")
-
-    def _rebuild(self, index: int) -> None:
-        skip = self.committer.skipped | {index}
-        recovered = recover(self.store, skip=skip, upto=index - 1)
-        self.committer.rebuilt(recovered.state, recovered.dirty, recovered.stored_seq)
+        self.committer.release(self._on_effects)
 
     # -- timers --------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from broker.core.commands import Meta
 from broker.core.state import StateMachine
+from broker.store.applier import Applier
 from broker.store.disk import Store
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ def recover(store: Store, skip: set[int] | None = None, upto: int | None = None)
         except _EntryFailed as failed:
             log.error("log entry %d fails half-way; it is left out", failed.index)
             skipped.add(failed.index)
+
+
+def rebuild(applier: Applier, store: Store, index: int) -> None:
+    """Give `applier` the state rebuilt without entry `index`, which failed half-way."""
+    recovered = recover(store, skip=applier.skipped | {index}, upto=index - 1)
+    applier.rebuilt(recovered.state, recovered.dirty, recovered.stored_seq)
 
 
 def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
