@@ -607,7 +607,8 @@ class ClusterCommit:
         if meta is None or self._transfers or self._installing:
             return
         upto = min(meta.index, self.raft.applied_index) - self.settings.retain_entries
-        upto = self._kept_for_followers(upto)
+        if upto > self.log.snapshot().index:  # the followers matter only if the log may move
+            upto = self._kept_for_followers(upto)
         if upto <= self.log.snapshot().index:
             return
         self.log.compacted(SnapshotMeta(upto, self.log.term(upto), self.raft.voters))
