@@ -12,6 +12,7 @@ import base64
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,12 +23,14 @@ from broker.core.model import (
     CloseConnection,
     ConsumerCancelled,
     Deliver,
+    Dropped,
     Effect,
     MessagesAvailable,
     Overflowed,
     User,
 )
 from broker.core.state import StateMachine
+from broker.drops import DropLedger
 from broker.gateway import ClientConnection, Done
 from broker.protocols.http.auth import ReplayGuard
 
@@ -86,9 +89,11 @@ class LocalGateway:
         self._nonces = ReplayGuard(timestamp_skew, nonce_cache_size)
         self._blocked: str | None = None
         #: counters shown by `broker status`, next to the commit path's
-        self.metrics: dict[str, int] = {"overflow_dropped": 0, "overflow_refused": 0}
+        self.metrics: dict[str, int] = {"overflow_refused": 0}
         #: when each queue's overflow was last logged, so a flood logs once a second
         self._overflow_logged: dict[tuple[str, str], float] = {}
+        #: messages dropped, by reason (also shown by `broker status`)
+        self.drops = DropLedger(time.monotonic)
 
     def attach(self, commit: CommitPath) -> None:
         self.commit = commit
@@ -154,24 +159,22 @@ class LocalGateway:
                 conn = connections.get(effect.connection)  # type: ignore[union-attr]
                 if conn is not None:
                     conn.force_close(effect.reason)  # type: ignore[union-attr]
+            elif kind is Dropped:
+                self.drops.note(effect)  # type: ignore[arg-type]
             elif kind is Overflowed:
                 self._count_overflow(effect)  # type: ignore[arg-type]
 
     def _count_overflow(self, effect: Overflowed) -> None:
-        dropped = effect.policy == "drop-head"
-        counter = "overflow_dropped" if dropped else "overflow_refused"
-        self.metrics[counter] += 1
+        self.metrics["overflow_refused"] += 1
         key = (effect.vhost, effect.queue)
         now = asyncio.get_running_loop().time()
         if now - self._overflow_logged.get(key, -1.0) >= 1.0:
             self._overflow_logged[key] = now
             log.warning(
-                "queue '%s' in vhost '%s' is full: %s (%s so far: %d)",
+                "queue '%s' in vhost '%s' is full: refused a message (overflow_refused so far: %d)",
                 effect.queue,
                 effect.vhost,
-                "dropped its oldest message" if dropped else "refused a message",
-                counter,
-                self.metrics[counter],
+                self.metrics["overflow_refused"],
             )
 
     # -- commands and state --------------------------------------------------------------

@@ -246,7 +246,13 @@ class Node:
             stats = {"commands": self.commit.committer.last_index, **self.commit.stats}
         elif self.commit is not None:
             stats = {"commands": self.commit.applier.applied_index, **self.commit.stats}
-        return {"connections": len(self.gateway.connections), **stats, **self.gateway.metrics}
+        gateway = self.gateway
+        return {
+            "connections": len(gateway.connections),
+            **stats,
+            **gateway.metrics,
+            **gateway.drops.counts,
+        }
 
     # -- resource alarms -----------------------------------------------------------------
 
@@ -275,6 +281,7 @@ class Node:
                 self._check_resources()
             except OSError:
                 log.exception("resource check failed")
+            self.gateway.drops.flush()
             await asyncio.sleep(1.0)
 
 

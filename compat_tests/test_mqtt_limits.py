@@ -75,10 +75,15 @@ def test_in_flight_window_limits_unacknowledged_deliveries(limited):
 
 
 @pytest.mark.parametrize(
-    "policy,kept,counter",
-    [("drop-oldest", [2, 3, 4], "overflow_dropped"), ("refuse", [0, 1, 2], "overflow_refused")],
+    "policy,kept,counter,line",
+    [
+        ("drop-oldest", [2, 3, 4], "dropped_maxlen", "dropped 1 message (maxlen)"),
+        ("refuse", [0, 1, 2], "overflow_refused", "is full"),
+    ],
 )
-def test_offline_session_overflow_is_counted_and_logged(broker_factory, policy, kept, counter):
+def test_offline_session_overflow_is_counted_and_logged(
+    broker_factory, policy, kept, counter, line
+):
     b = broker_factory("--mqtt-max-queued", "3", "--mqtt-overflow", policy)
     client_id, topic = uid("full"), uid("full")
     sub = Paho(b, client_id=client_id, clean=False)
@@ -91,7 +96,7 @@ def test_offline_session_overflow_is_counted_and_logged(broker_factory, policy, 
         pub.publish(topic, b"%d" % i, qos=1)
     pub.close()
     assert status(b)[counter] == "2"
-    wait_for(lambda: "is full" in b.log_tail(), what="the overflow log line")
+    wait_for(lambda: line in b.log_tail(), what="the overflow log line")
     sub = Paho(b, client_id=client_id, clean=False)
     sub.connect()
     assert [sub.message().payload for _ in kept] == [b"%d" % i for i in kept]

@@ -19,7 +19,7 @@ from broker.core.errors import (
     ReceiptHandleInvalid,
     ResourceLocked,
 )
-from broker.core.model import ConsumerCancelled, MessagesAvailable
+from broker.core.model import ConsumerCancelled, Dropped, MessagesAvailable
 from broker.core.routing import headers_match, topic_matches
 from tests.core_helpers import VH, Core, ready_bodies, restart
 
@@ -343,7 +343,10 @@ def test_queue_delete_if_unused_and_if_empty(core: Core) -> None:
     with pytest.raises(PreconditionFailed):
         core.apply(c.DeleteQueue(VH, "q", if_unused=True))
     assert core.apply(c.DeleteQueue(VH, "q")) == 0  # the one message is unacked
-    assert core.effects == [ConsumerCancelled((1, 1, 1), "ctag")]
+    assert core.effects == [
+        ConsumerCancelled((1, 1, 1), "ctag"),
+        Dropped(VH, "q", "queue-deleted", 1),  # the unacked one goes with the queue
+    ]
     assert core.apply(c.DeleteQueue(VH, "q")) == 0  # deleting twice is fine
 
 

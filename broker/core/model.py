@@ -223,15 +223,48 @@ class MessagesAvailable:
 
 @dataclass(slots=True)
 class Overflowed:
-    """A queue over its length limit dropped its oldest message or refused a new one.
+    """A queue at its length limit refused a new message (the publisher is told).
 
     Never silent: the node counts these and logs them.
     """
 
     vhost: str
     queue: str
-    #: the queue's overflow policy: "drop-head", "reject-publish" or "reject-publish-dlx"
+    #: the queue's overflow policy: "reject-publish" or "reject-publish-dlx"
     policy: str
+
+
+@dataclass(slots=True)
+class Dropped:
+    """Messages left the broker without reaching a consumer or a place the user chose.
+
+    Every such exit produces one (the node counts and logs them), so no message is lost in
+    silence: expired, over a length limit or rejected with no dead-letter target, a
+    dead-letter target that is missing or routes nowhere, a queue deleted or purged with
+    messages in it, a publish that matched no queue, transient messages at a restart.
+    """
+
+    vhost: str
+    #: the queue the messages left, or the exchange that routed a publish nowhere
+    source: str
+    #: why, one of DROP_REASONS
+    reason: str
+    count: int = 1
+    #: why the queue's dead-letter target did not take them, when it has one
+    detail: str = ""
+
+
+#: reason -> whether the user asked for it (logged at INFO) or not (WARNING)
+DROP_REASONS = {
+    "expired": True,
+    "rejected": True,
+    "purged": True,
+    "queue-deleted": True,
+    "not-persistent": True,
+    "unroutable": True,
+    "maxlen": False,
+    "delivery-limit": False,
+}
 
 
 @dataclass(slots=True)
@@ -242,4 +275,4 @@ class CloseConnection:
     reason: str
 
 
-Effect = Deliver | ConsumerCancelled | MessagesAvailable | Overflowed | CloseConnection
+Effect = Deliver | ConsumerCancelled | MessagesAvailable | Overflowed | Dropped | CloseConnection

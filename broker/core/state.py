@@ -39,12 +39,14 @@ from broker.core.errors import (
 )
 from broker.core.model import (
     HIDDEN,
+    RETAINED,
     AccessKey,
     BindingKey,
     CloseConnection,
     Consumer,
     ConsumerCancelled,
     Deliver,
+    Dropped,
     Effect,
     Exchange,
     GetResult,
@@ -686,8 +688,12 @@ class StateMachine:
         for consumer in list(q.consumers):
             self._drop_consumer(consumer)
             self._effects.append(ConsumerCancelled(consumer.owner, consumer.tag))
+        lost = 0
         for msg in list(q.messages.values()):
+            lost += msg.state != RETAINED
             self._forget(q, msg)
+        if lost:
+            self._dropped(q.vhost, q.name, "queue-deleted", lost)
         for source in list(vh.bindings):
             for key in list(vh.bindings.get(source, ())):
                 if key.to_queue and key.destination == q.name:
@@ -704,6 +710,8 @@ class StateMachine:
         purged = q.purge_ready()
         for msg in purged:
             self._forget(q, msg)
+        if purged:
+            self._dropped(q.vhost, q.name, "purged", len(purged))
         return len(purged)
 
     def _connection_closed(self, cmd: c.ConnectionClosed) -> None:
@@ -766,6 +774,8 @@ class StateMachine:
             return PublishResult(routed=True)
         targets = self._targets(vh, ex, cmd)
         result = PublishResult(routed=bool(targets))
+        if not targets and not cmd.mandatory:
+            self._dropped(vh.name, ex.name, "unroutable", 1)  # (a mandatory one is returned)
         props = cmd.properties
         persistent = props.get("delivery_mode") == 2
         for qname in targets:
@@ -868,7 +878,6 @@ class StateMachine:
             if head is None:
                 return
             self._dead_letter(q, head, "maxlen")
-            self._effects.append(Overflowed(q.vhost, q.name, s.overflow))
 
     def _hold_delayed(self, vh: Vhost, ex: Exchange, cmd: c.Publish, delay: int) -> None:
         held = DelayedPublish(
@@ -899,9 +908,12 @@ class StateMachine:
             vh = self.vhosts.get(held.vhost)
             ex = vh.exchanges.get(held.exchange) if vh else None
             if vh is None or ex is None:
+                self._dropped(held.vhost, held.exchange, "unroutable", 1, "the exchange is gone")
                 continue
             targets: dict[str, None] = {}
             self._route(vh, ex, held.routing_key, held.properties.get("headers"), targets, set())
+            if not targets:
+                self._dropped(vh.name, ex.name, "unroutable", 1)
             ttl = _ttl(held.properties)
             for qname in targets:
                 self._enqueue(
@@ -949,18 +961,23 @@ class StateMachine:
     # -- dead-lettering ------------------------------------------------------------------
 
     def _dead_letter(self, q: MessageQueue, msg: Message, reason: str) -> None:
-        """Remove `msg` from `q` and republish it to the queue's dead-letter exchange."""
+        """Remove `msg` from `q` and republish it to the queue's dead-letter exchange; a
+        message that reaches no queue that way is reported dropped."""
         self._forget(q, msg)
-        self._dead_letter_copy(q, msg, reason)
+        failure = self._dead_letter_copy(q, msg, reason)
+        if failure is not None:
+            self._dropped(q.vhost, q.name, reason.replace("_", "-"), 1, failure)
 
-    def _dead_letter_copy(self, q: MessageQueue, msg: Message, reason: str) -> None:
+    def _dead_letter_copy(self, q: MessageQueue, msg: Message, reason: str) -> str | None:
+        """Republish a copy of `msg` to the dead-letter exchange of `q`; None when some queue
+        took it, else why none did ("" when the queue has no dead-letter exchange)."""
         dlx = q.settings.dead_letter_exchange
         if dlx is None:
-            return
+            return ""
         vh = self.vhosts[q.vhost]
         ex = vh.exchanges.get(dlx)
         if ex is None:
-            return
+            return f"its dead-letter exchange '{dlx}' does not exist"
         props = dict(msg.properties)
         headers = dict(props.get("headers") or {})
         # Headers come from clients: malformed x-death entries and CC values are ignored.
@@ -1001,11 +1018,16 @@ class StateMachine:
         routing_key = q.settings.dead_letter_routing_key or msg.routing_key
         targets: dict[str, None] = {}
         self._route(vh, ex, routing_key, headers, targets, set())
+        if not targets:
+            return f"its dead-letter exchange '{dlx}' routed '{routing_key}' to no queue"
+        reached = False
         for qname in targets:
             # Dropping cycles without a rejection, as RabbitMQ does, keeps TTL loops finite.
             if _is_cycle(qname, deaths):
                 continue
+            reached = True
             self._enqueue(vh.queues[qname], dlx, routing_key, props, msg.body, msg.persistent, None)
+        return None if reached else "dead-lettering it again would make a cycle"
 
     # -- consumers -----------------------------------------------------------------------
 
@@ -1299,10 +1321,14 @@ class StateMachine:
                 if ex is not None and not ex.durable and name not in _PREDECLARED:
                     self._remove_exchange(vh, ex)
             for q in vh.queues.values():
-                for msg in [m for m in q.messages.values() if not m.persistent]:
+                lost = [m for m in q.messages.values() if not m.persistent]
+                for msg in lost:
                     self._forget(q, msg)
+                if lost:
+                    self._dropped(q.vhost, q.name, "not-persistent", len(lost))
         for held in [d for d in self.delayed.values() if not d.persistent]:
             self._drop_delayed(held)
+            self._dropped(held.vhost, held.exchange, "not-persistent", 1)
 
     def _open_session(self, cmd: c.OpenSession) -> dict[str, Any]:
         self.vhost(cmd.vhost)
@@ -1555,6 +1581,9 @@ class StateMachine:
             self._dead_letter(q, msg, "expired")
 
     # -- forgetting ----------------------------------------------------------------------
+
+    def _dropped(self, vhost: str, source: str, reason: str, count: int, detail: str = "") -> None:
+        self._effects.append(Dropped(vhost, source, reason, count, detail))
 
     def _forget(self, q: MessageQueue, msg: Message) -> None:
         q.remove(msg)
