@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.core import commands as c
+from broker.core.arguments import check_queue_arguments
 from broker.core.errors import (
     AccessRefused,
     BrokerError,
@@ -610,6 +611,7 @@ class StateMachine:
             if q is None:
                 raise NotFound(f"no queue '{cmd.name}' in vhost '{cmd.vhost}'")
             return self.queue_info(q)
+        check_queue_arguments(cmd.vhost, cmd.name, cmd.arguments)
         if q is not None:
             self._check_equivalent(
                 "queue",

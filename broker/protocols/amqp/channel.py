@@ -17,6 +17,7 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError, StoreFailed
 from broker.core.model import Deliver, GetResult, PublishResult, QueueInfo
 from broker.protocols.amqp import codec
+from broker.protocols.amqp.arguments import consumer_priority
 from broker.protocols.amqp.errors import AMQPError, ConnectionError_, reply_text
 
 if TYPE_CHECKING:
@@ -670,8 +671,7 @@ class Channel:
             return
         queue = self._queue_name(m.queue)
         self._check("read", "queue", queue)
-        args = m.arguments or {}
-        priority = args.get("x-priority", 0)
+        priority = consumer_priority(self.vhost, queue, m.arguments or {})
         self.consumers[tag] = ConsumerInfo(queue, bool(m.no_ack))
         self._before_consume_ok[tag] = []
         command = c.Consume(
@@ -682,7 +682,7 @@ class Channel:
             bool(m.no_ack),
             bool(m.exclusive),
             self.prefetch,
-            priority if isinstance(priority, int) else 0,
+            priority,
             self.conn.id,
             self.global_prefetch,
             self.deliveries_wanted,

@@ -1,0 +1,105 @@
+"""Where RabbitMQ answers one way and we used to answer another (issue 9).
+
+Each test states RabbitMQ's reply; all of them hold against RabbitMQ too (BROKER_AMQP_URL), except
+where marked own_broker.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import (
+    channel,
+    delete_queue_quietly,
+    expect_channel_close,
+    uid,
+)
+
+
+@pytest.fixture
+def ch(broker):
+    with channel(broker) as c:
+        yield c
+
+
+def fresh(ch):
+    """A new channel on the same connection (after a channel error)."""
+    return ch.connection.channel()
+
+
+# ---------------------------------------------------------------- queue and consume arguments
+
+
+def test_stream_queue_type_refused(ch):
+    # RabbitMQ with streams would make this a stream; a plain queue would ignore the offset a
+    # consumer asks for. We refuse the type, as RabbitMQ refuses a queue type it does not know:
+    # 406 "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue 'q' in vhost '/': ..."
+    q = uid("stream")
+    e = expect_channel_close(
+        lambda: ch.queue_declare(q, durable=True, arguments={"x-queue-type": "stream"}), 406
+    )
+    assert e.reply_text.startswith("PRECONDITION_FAILED - invalid arg 'x-queue-type'")
+    assert "stream" in e.reply_text
+    expect_channel_close(lambda: fresh(ch).queue_declare(q, passive=True), 404)
+
+
+def test_stream_queue_type_refused_on_redeclare(broker, ch):
+    # An existing queue does not become a stream by redeclaring it either.
+    q = uid("classic")
+    ch.queue_declare(q, durable=True)
+    try:
+        expect_channel_close(
+            lambda: ch.queue_declare(q, durable=True, arguments={"x-queue-type": "stream"}), 406
+        )
+    finally:
+        delete_queue_quietly(broker, q)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"x-single-active-consumer": "yes"},
+        {"x-queue-mode": "sometimes"},
+        {"x-max-in-memory-length": -1},
+        {"x-dead-letter-strategy": "exactly-once"},
+        {"x-consumer-timeout": 60000},
+    ],
+)
+def test_queue_arguments_refused(ch, args):
+    # RabbitMQ checks each argument it knows: "invalid arg '<name>' for queue ...". A consumer
+    # timeout is one RabbitMQ would enforce and we would not: refused too.
+    e = expect_channel_close(lambda: ch.queue_declare(uid("q"), arguments=args), 406)
+    assert e.reply_text.startswith(f"PRECONDITION_FAILED - invalid arg '{next(iter(args))}'")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"x-queue-mode": "lazy"},
+        {"x-max-in-memory-length": 10, "x-max-in-memory-bytes": 1000},
+        {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"},
+    ],
+)
+def test_harmless_queue_arguments_accepted(broker, ch, args):
+    q = uid("q")
+    ch.queue_declare(q, durable=True, arguments=args)
+    delete_queue_quietly(broker, q)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"x-stream-offset": "first"},
+        {"x-stream-offset": 0},
+        {"x-stream-filter": "emea"},
+        {"x-priority": "high"},
+        {"x-cancel-on-ha-failover": "yes"},
+    ],
+)
+def test_consume_arguments_refused(ch, args):
+    # Stream offsets and filters need a stream, which no queue here is; x-priority must be an
+    # integer and x-cancel-on-ha-failover a boolean (RabbitMQ: 406 "invalid arg ...").
+    q = ch.queue_declare("", exclusive=True).method.queue
+    e = expect_channel_close(lambda: ch.basic_consume(q, lambda *a: None, arguments=args), 406)
+    assert e.reply_text.startswith("PRECONDITION_FAILED")
+    assert next(iter(args)) in e.reply_text
