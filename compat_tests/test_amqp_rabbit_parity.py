@@ -10,6 +10,7 @@ import pytest
 
 from .helpers import (
     channel,
+    connection,
     delete_queue_quietly,
     expect_channel_close,
     uid,
@@ -103,3 +104,63 @@ def test_consume_arguments_refused(ch, args):
     e = expect_channel_close(lambda: ch.basic_consume(q, lambda *a: None, arguments=args), 406)
     assert e.reply_text.startswith("PRECONDITION_FAILED")
     assert next(iter(args)) in e.reply_text
+
+
+# ---------------------------------------------------------------- unbind is idempotent
+
+
+def test_queue_unbind_from_missing_exchange_ok(ch):
+    # RabbitMQ: unbinding from an exchange that does not exist answers unbind-ok.
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_unbind(q, uid("never-declared"), routing_key="k")
+
+
+def test_queue_unbind_of_missing_queue_ok(ch):
+    x = uid("x")
+    ch.exchange_declare(x, "direct")
+    try:
+        ch.queue_unbind(uid("never-declared"), x, routing_key="k")
+    finally:
+        ch.exchange_delete(x)
+
+
+def test_unbind_after_auto_delete_exchange_went_ok(ch):
+    # aio-pika's RPC and auto-delete exchanges: the last unbind deletes the exchange, and a
+    # second unbind (or one for an e2e binding the deletion took along) still answers ok.
+    x, dst = uid("x"), uid("dst")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.exchange_declare(x, "fanout", auto_delete=True)
+    ch.exchange_declare(dst, "fanout")
+    try:
+        ch.exchange_bind(destination=dst, source=x)
+        ch.queue_bind(q, x)
+        ch.queue_unbind(q, x)
+        ch.exchange_unbind(destination=dst, source=x)
+        expect_channel_close(lambda: ch.exchange_declare(x, passive=True), 404)
+        ch = fresh(ch)
+        ch.queue_unbind(q, x)
+        ch.exchange_unbind(destination=dst, source=x)
+        ch.exchange_unbind(destination=uid("never-declared"), source=dst)
+    finally:
+        ch.exchange_delete(dst)
+
+
+def test_unbind_still_checks_the_default_exchange(ch):
+    # Access checks still apply: the default exchange cannot be unbound (403).
+    q = ch.queue_declare("", exclusive=True).method.queue
+    e = expect_channel_close(lambda: ch.queue_unbind(q, "", routing_key=q), 403)
+    assert e.reply_text.startswith("ACCESS_REFUSED")
+
+
+@pytest.mark.own_broker
+def test_unbind_missing_resources_still_needs_permission(fresh_broker):
+    # RabbitMQ checks write on the destination and read on the source before looking them up.
+    b = fresh_broker
+    name, pw = uid("limited"), "pw"
+    b.cli("users", "add", name, pw)
+    b.cli("permissions", "set", name, ".*", "^allowed-.*", ".*", "--vhost", "/")
+    with connection(b, user=name, password=pw) as conn:
+        ch = conn.channel()
+        ch.queue_unbind("allowed-" + uid(), uid("gone"))
+        e = expect_channel_close(lambda: ch.queue_unbind(uid("other"), uid("gone")), 403)
+        assert e.reply_text.startswith("ACCESS_REFUSED")

@@ -517,14 +517,17 @@ class StateMachine:
             raise NotFound(f"no exchange '{name}' in vhost '{vh.name}'")
 
     def _unbind(self, cmd: c.Unbind) -> None:
+        """Idempotent, as in RabbitMQ: a binding that is not there, or whose source or
+        destination is gone, is already unbound. An exclusive queue's binding stays its own."""
         vh = self.vhost(cmd.vhost)
-        if cmd.source == "":
+        if cmd.source == "" or (not cmd.to_queue and cmd.destination == ""):
             raise AccessRefused("operation not permitted on the default exchange")
-        self.exchange(cmd.vhost, cmd.source)
-        self._check_destination(vh, cmd.to_queue, cmd.destination, cmd.requester)
         key = self._binding_key(cmd)
-        if key in vh.bindings.get(cmd.source, {}):
-            self._remove_binding(vh, key)
+        if key not in vh.bindings.get(cmd.source, {}):
+            return
+        if cmd.to_queue:
+            self._check_exclusive(vh.queues[cmd.destination], cmd.requester)
+        self._remove_binding(vh, key)
 
     def _remove_binding(self, vh: Vhost, key: BindingKey) -> None:
         bindings = vh.bindings.get(key.source)
