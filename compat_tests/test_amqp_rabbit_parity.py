@@ -14,6 +14,7 @@ from .helpers import (
     delete_queue_quietly,
     expect_channel_close,
     uid,
+    wait_get,
 )
 
 
@@ -164,3 +165,17 @@ def test_unbind_missing_resources_still_needs_permission(fresh_broker):
         ch.queue_unbind("allowed-" + uid(), uid("gone"))
         e = expect_channel_close(lambda: ch.queue_unbind(uid("other"), uid("gone")), 403)
         assert e.reply_text.startswith("ACCESS_REFUSED")
+
+
+# ---------------------------------------------------------------- connection and exchange class
+
+
+def test_update_secret_accepted(broker):
+    # RabbitMQ's internal users have no expiring state: update-secret-ok, whatever the secret,
+    # and the connection carries on as the user it logged in as.
+    with connection(broker) as conn:
+        conn.update_secret("not-the-password", "rotation")
+        ch = conn.channel()
+        q = ch.queue_declare("", exclusive=True).method.queue
+        ch.basic_publish("", q, b"after")
+        assert wait_get(ch, q)[2] == b"after"
