@@ -13,6 +13,7 @@ from .helpers import (
     connection,
     delete_queue_quietly,
     expect_channel_close,
+    expect_connection_close,
     uid,
     wait_get,
 )
@@ -179,3 +180,14 @@ def test_update_secret_accepted(broker):
         q = ch.queue_declare("", exclusive=True).method.queue
         ch.basic_publish("", q, b"after")
         assert wait_get(ch, q)[2] == b"after"
+
+
+def test_unknown_exchange_type_for_the_default_exchange_closes_the_connection(ch):
+    # RabbitMQ checks the type first, then the name: connection.close 503, not channel 403.
+    expect_connection_close(lambda: ch.exchange_declare("", "bogus-type"), 503)
+
+
+def test_passive_declare_of_default_exchange_refused(ch):
+    # RabbitMQ: 403 "ACCESS_REFUSED - operation not permitted on the default exchange"
+    e = expect_channel_close(lambda: ch.exchange_declare("", passive=True), 403)
+    assert e.reply_text.startswith("ACCESS_REFUSED")

@@ -60,6 +60,10 @@ def test_default_exchange_cannot_be_bound_or_declared(core: Core) -> None:
         core.exchange("", "direct")
     with pytest.raises(AccessRefused):
         core.apply(c.DeleteExchange(VH, ""))
+    with pytest.raises(AccessRefused):
+        core.apply(c.DeclareExchange(VH, "", passive=True))
+    with pytest.raises(CommandInvalid):  # the type is checked before the name
+        core.exchange("", "nonsense")
 
 
 def test_direct_routing(core: Core) -> None:

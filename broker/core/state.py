@@ -387,14 +387,15 @@ class StateMachine:
     def _declare_exchange(self, cmd: c.DeclareExchange) -> None:
         vh = self.vhost(cmd.vhost)
         ex = vh.exchanges.get(cmd.name)
+        # RabbitMQ's order: a passive declare ignores the type; otherwise the type comes first.
+        if not cmd.passive and cmd.type not in EXCHANGE_TYPES:
+            raise CommandInvalid(f"unknown exchange type '{cmd.type}'")
+        if cmd.name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
         if cmd.passive:
             if ex is None:
                 raise NotFound(f"no exchange '{cmd.name}' in vhost '{cmd.vhost}'")
             return
-        if cmd.name == "":
-            raise AccessRefused("operation not permitted on the default exchange")
-        if cmd.type not in EXCHANGE_TYPES:
-            raise CommandInvalid(f"unknown exchange type '{cmd.type}'")
         if ex is not None:
             self._check_equivalent(
                 "exchange",
