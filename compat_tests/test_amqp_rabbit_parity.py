@@ -108,6 +108,59 @@ def test_consume_arguments_refused(ch, args):
     assert next(iter(args)) in e.reply_text
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"x-dead-letter-exchange": 5},
+        {"x-dead-letter-routing-key": "dead"},
+        {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": 5},
+    ],
+)
+def test_dead_letter_arguments_checked(ch, args):
+    # An exchange that is not a name, or a routing key without an exchange, would make dead
+    # letters vanish: RabbitMQ refuses both with 406.
+    e = expect_channel_close(lambda: ch.queue_declare(uid("q"), arguments=args), 406)
+    assert e.reply_text.startswith("PRECONDITION_FAILED")
+
+
+def test_alternate_exchange_must_be_a_name(ch):
+    # RabbitMQ: 406 "invalid type 'long' for arg 'alternate-exchange' in exchange ..."
+    x = uid("x")
+    e = expect_channel_close(
+        lambda: ch.exchange_declare(x, "direct", arguments={"alternate-exchange": 5}), 406
+    )
+    assert e.reply_text.startswith("PRECONDITION_FAILED")
+    expect_channel_close(lambda: fresh(ch).exchange_declare(x, passive=True), 404)
+
+
+@pytest.mark.own_broker
+def test_dead_letter_and_alternate_exchanges_need_write_permission(fresh_broker):
+    # RabbitMQ checks write on the dead-letter or alternate exchange (and read on the queue or
+    # exchange that sends there), or a user could publish where they may not.
+    b = fresh_broker
+    name, pw = uid("limited"), "pw"
+    b.cli("users", "add", name, pw)
+    b.cli("permissions", "set", name, ".*", "^mine-.*", ".*", "--vhost", "/")
+    with connection(b, user=name, password=pw) as conn:
+        ch = conn.channel()
+        ch.exchange_declare("mine-x", "fanout", auto_delete=True)
+        ch.queue_declare("mine-q", exclusive=True, arguments={"x-dead-letter-exchange": "mine-x"})
+        e = expect_channel_close(
+            lambda: ch.queue_declare(
+                "mine-q2", exclusive=True, arguments={"x-dead-letter-exchange": "amq.fanout"}
+            ),
+            403,
+        )
+        assert e.reply_text.startswith("ACCESS_REFUSED")
+        ch = conn.channel()
+        expect_channel_close(
+            lambda: ch.exchange_declare(
+                "mine-x2", "fanout", arguments={"alternate-exchange": "amq.fanout"}
+            ),
+            403,
+        )
+
+
 # ---------------------------------------------------------------- unbind is idempotent
 
 

@@ -1,4 +1,4 @@
-"""Checks a queue declaration's arguments pass before the queue is made or matched.
+"""Checks the arguments of a declaration pass before the queue or exchange is made.
 
 `QueueSettings` reads the arguments the queues act on. RabbitMQ knows more, and a client that
 names one expects its effect: what this broker does not do is refused here, so nothing asked
@@ -44,10 +44,29 @@ def check_queue_arguments(vhost: str, name: str, args: dict[str, Any]) -> None:
     for key, choices in _CHOICES.items():
         if key in args and _text(args[key]) not in choices:
             raise refuse(key, f"expected one of {', '.join(choices)}")
+    if "x-dead-letter-exchange" in args and not _is_text(args["x-dead-letter-exchange"]):
+        raise refuse("x-dead-letter-exchange", "expected a string (an exchange name)")
+    if "x-dead-letter-routing-key" in args:
+        if not _is_text(args["x-dead-letter-routing-key"]):
+            raise refuse("x-dead-letter-routing-key", "expected a string")
+        if "x-dead-letter-exchange" not in args:
+            raise refuse("x-dead-letter-routing-key", "routing key but no dead-letter exchange")
     for key in _NON_NEGATIVE:
         value = args.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise refuse(key, "expected a non-negative integer")
+
+
+def check_exchange_arguments(vhost: str, name: str, args: dict[str, Any]) -> None:
+    """A new exchange's alternate exchange must be named by a string (RabbitMQ's 406)."""
+    if "alternate-exchange" in args and not _is_text(args["alternate-exchange"]):
+        raise PreconditionFailed(
+            f"invalid type for arg 'alternate-exchange' in exchange '{name}' in vhost '{vhost}'"
+        )
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str | bytes)
 
 
 def _text(value: Any) -> Any:

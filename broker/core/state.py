@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.core import commands as c
-from broker.core.arguments import check_queue_arguments
+from broker.core.arguments import check_exchange_arguments, check_queue_arguments
 from broker.core.errors import (
     AccessRefused,
     BrokerError,
@@ -413,6 +413,7 @@ class StateMachine:
             return
         if cmd.name.startswith("amq."):
             raise AccessRefused(f"exchange name '{cmd.name}' contains reserved prefix 'amq.*'")
+        check_exchange_arguments(cmd.vhost, cmd.name, cmd.arguments)
         if cmd.type == "x-delayed-message":
             inner = _text(cmd.arguments.get("x-delayed-type"))
             if inner not in ("direct", "fanout", "topic", "headers"):

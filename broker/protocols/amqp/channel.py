@@ -526,6 +526,11 @@ class Channel:
     def _on_exchange_declare(self, m: spec.Exchange.Declare) -> None:
         if not m.passive:
             self._check("configure", "exchange", m.exchange)
+            alternate = (m.arguments or {}).get("alternate-exchange")
+            if isinstance(alternate, str | bytes):
+                # What the exchange cannot route goes on to `alternate`: a publish to it there.
+                self._check("read", "exchange", m.exchange)
+                self._check("write", "exchange", _text(alternate))
         command = c.DeclareExchange(
             self.vhost,
             m.exchange,
@@ -580,6 +585,11 @@ class Channel:
             name, server_named = self.gateway.new_name("amq.gen-"), True
         if not m.passive:
             self._check("configure", "queue", name)
+            dlx = (m.arguments or {}).get("x-dead-letter-exchange")
+            if isinstance(dlx, str | bytes):
+                # Dead letters leave the queue for `dlx`: a read here and a publish there.
+                self._check("read", "queue", name)
+                self._check("write", "exchange", _text(dlx))
         command = c.DeclareQueue(
             self.vhost,
             name,
@@ -830,3 +840,7 @@ def _frame(cls: type[Frame], **values: Any) -> Frame:
         for key, value in values.items():
             setattr(frame, key, value)
         return frame
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
