@@ -161,6 +161,18 @@ def test_dead_letter_and_alternate_exchanges_need_write_permission(fresh_broker)
         )
 
 
+def test_headers_binding_x_match_checked(ch):
+    # RabbitMQ: 406 "PRECONDITION_FAILED - Invalid x-match field value ..." (we matched as 'all')
+    x = uid("hx")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.exchange_declare(x, "headers", auto_delete=True)
+    ch.queue_bind(q, x, arguments={"x-match": "any-with-x", "x-k": 1})
+    e = expect_channel_close(
+        lambda: ch.queue_bind(q, x, arguments={"x-match": "some", "a": 1, "b": 2}), 406
+    )
+    assert "x-match" in e.reply_text
+
+
 # ---------------------------------------------------------------- unbind is idempotent
 
 

@@ -65,6 +65,17 @@ def check_exchange_arguments(vhost: str, name: str, args: dict[str, Any]) -> Non
         )
 
 
+def check_binding_arguments(exchange_type: str, args: dict[str, Any]) -> None:
+    """A headers binding's x-match must be one RabbitMQ knows (another one matched as 'all')."""
+    if exchange_type != "headers" or "x-match" not in args:
+        return
+    mode = _text(args["x-match"])
+    if mode not in ("all", "any", "all-with-x", "any-with-x"):
+        raise PreconditionFailed(
+            f"Invalid x-match field value {mode!r}; expected all, any, all-with-x, or any-with-x"
+        )
+
+
 def _is_text(value: Any) -> bool:
     return isinstance(value, str | bytes)
 

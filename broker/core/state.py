@@ -25,7 +25,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.core import commands as c
-from broker.core.arguments import check_exchange_arguments, check_queue_arguments
+from broker.core.arguments import (
+    check_binding_arguments,
+    check_exchange_arguments,
+    check_queue_arguments,
+)
 from broker.core.errors import (
     AccessRefused,
     BrokerError,
@@ -496,8 +500,9 @@ class StateMachine:
         vh = self.vhost(cmd.vhost)
         if cmd.source == "" or (not cmd.to_queue and cmd.destination == ""):
             raise AccessRefused("operation not permitted on the default exchange")
-        self.exchange(cmd.vhost, cmd.source)
+        source = self.exchange(cmd.vhost, cmd.source)
         self._check_destination(vh, cmd.to_queue, cmd.destination, cmd.requester)
+        check_binding_arguments(_routing_type(source), cmd.arguments)
         key = self._binding_key(cmd)
         bindings = vh.bindings.setdefault(cmd.source, {})
         if key in bindings:
@@ -563,7 +568,7 @@ class StateMachine:
             return
         etype = exchange_type or ex.type
         if etype == "x-delayed-message":
-            etype = _text(ex.arguments.get("x-delayed-type")) or "direct"
+            etype = _routing_type(ex)
         matched = self._matching_bindings(vh, ex.name, etype, routing_key, headers)
         for key in matched:
             if key.to_queue:
@@ -1662,6 +1667,13 @@ class StateMachine:
                 q.consumers.sort(key=lambda consumer: consumer.seq)
                 q.finish_restore()
                 self._schedule(q)
+
+
+def _routing_type(ex: Exchange) -> str:
+    """The type an exchange routes by (an x-delayed-message exchange: its x-delayed-type)."""
+    if ex.type == "x-delayed-message":
+        return _text(ex.arguments.get("x-delayed-type")) or "direct"
+    return ex.type
 
 
 def _full(q: MessageQueue, count: int, size: int) -> bool:
