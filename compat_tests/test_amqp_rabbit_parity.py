@@ -30,6 +30,16 @@ def fresh(ch):
     return ch.connection.channel()
 
 
+@pytest.fixture
+def limited(fresh_broker):
+    """A connection of a user who may configure and read anything, write only to mine-*."""
+    name, pw = uid("limited"), "pw"
+    fresh_broker.cli("users", "add", name, pw)
+    fresh_broker.cli("permissions", "set", name, ".*", "^mine-.*", ".*", "--vhost", "/")
+    with connection(fresh_broker, user=name, password=pw) as conn:
+        yield conn
+
+
 # ---------------------------------------------------------------- queue and consume arguments
 
 
@@ -134,31 +144,26 @@ def test_alternate_exchange_must_be_a_name(ch):
 
 
 @pytest.mark.own_broker
-def test_dead_letter_and_alternate_exchanges_need_write_permission(fresh_broker):
+def test_dead_letter_and_alternate_exchanges_need_write_permission(limited):
     # RabbitMQ checks write on the dead-letter or alternate exchange (and read on the queue or
     # exchange that sends there), or a user could publish where they may not.
-    b = fresh_broker
-    name, pw = uid("limited"), "pw"
-    b.cli("users", "add", name, pw)
-    b.cli("permissions", "set", name, ".*", "^mine-.*", ".*", "--vhost", "/")
-    with connection(b, user=name, password=pw) as conn:
-        ch = conn.channel()
-        ch.exchange_declare("mine-x", "fanout", auto_delete=True)
-        ch.queue_declare("mine-q", exclusive=True, arguments={"x-dead-letter-exchange": "mine-x"})
-        e = expect_channel_close(
-            lambda: ch.queue_declare(
-                "mine-q2", exclusive=True, arguments={"x-dead-letter-exchange": "amq.fanout"}
-            ),
-            403,
-        )
-        assert e.reply_text.startswith("ACCESS_REFUSED")
-        ch = conn.channel()
-        expect_channel_close(
-            lambda: ch.exchange_declare(
-                "mine-x2", "fanout", arguments={"alternate-exchange": "amq.fanout"}
-            ),
-            403,
-        )
+    ch = limited.channel()
+    ch.exchange_declare("mine-x", "fanout", auto_delete=True)
+    ch.queue_declare("mine-q", exclusive=True, arguments={"x-dead-letter-exchange": "mine-x"})
+    e = expect_channel_close(
+        lambda: ch.queue_declare(
+            "mine-q2", exclusive=True, arguments={"x-dead-letter-exchange": "amq.fanout"}
+        ),
+        403,
+    )
+    assert e.reply_text.startswith("ACCESS_REFUSED")
+    ch = limited.channel()
+    expect_channel_close(
+        lambda: ch.exchange_declare(
+            "mine-x2", "fanout", arguments={"alternate-exchange": "amq.fanout"}
+        ),
+        403,
+    )
 
 
 def test_headers_binding_x_match_checked(ch):
@@ -220,17 +225,12 @@ def test_unbind_still_checks_the_default_exchange(ch):
 
 
 @pytest.mark.own_broker
-def test_unbind_missing_resources_still_needs_permission(fresh_broker):
+def test_unbind_missing_resources_still_needs_permission(limited):
     # RabbitMQ checks write on the destination and read on the source before looking them up.
-    b = fresh_broker
-    name, pw = uid("limited"), "pw"
-    b.cli("users", "add", name, pw)
-    b.cli("permissions", "set", name, ".*", "^allowed-.*", ".*", "--vhost", "/")
-    with connection(b, user=name, password=pw) as conn:
-        ch = conn.channel()
-        ch.queue_unbind("allowed-" + uid(), uid("gone"))
-        e = expect_channel_close(lambda: ch.queue_unbind(uid("other"), uid("gone")), 403)
-        assert e.reply_text.startswith("ACCESS_REFUSED")
+    ch = limited.channel()
+    ch.queue_unbind("mine-" + uid(), uid("gone"))
+    e = expect_channel_close(lambda: ch.queue_unbind(uid("other"), uid("gone")), 403)
+    assert e.reply_text.startswith("ACCESS_REFUSED")
 
 
 # ---------------------------------------------------------------- connection and exchange class
