@@ -14,6 +14,7 @@ from .helpers import (
     delete_queue_quietly,
     expect_channel_close,
     expect_connection_close,
+    fresh,
     uid,
     wait_get,
 )
@@ -23,11 +24,6 @@ from .helpers import (
 def ch(broker):
     with channel(broker) as c:
         yield c
-
-
-def fresh(ch):
-    """A new channel on the same connection (after a channel error)."""
-    return ch.connection.channel()
 
 
 @pytest.fixture

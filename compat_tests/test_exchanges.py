@@ -10,6 +10,7 @@ from .helpers import (
     channel,
     expect_channel_close,
     expect_connection_close,
+    fresh,
     get_all,
     uid,
     wait_get,
@@ -31,11 +32,6 @@ def drain_until_sentinel(ch, q, timeout=10):
 def ch(broker):
     with channel(broker) as c:
         yield c
-
-
-def fresh(ch):
-    """A new channel on the same connection (after a channel error)."""
-    return ch.connection.channel()
 
 
 @pytest.mark.parametrize("etype", ["direct", "fanout", "topic", "headers"])
