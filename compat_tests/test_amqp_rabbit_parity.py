@@ -6,6 +6,8 @@ where marked own_broker.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from .helpers import (
@@ -211,6 +213,32 @@ def test_unbind_after_auto_delete_exchange_went_ok(ch):
         ch.exchange_unbind(destination=uid("never-declared"), source=dst)
     finally:
         ch.exchange_delete(dst)
+
+
+def test_aio_pika_rpc_closes(broker):
+    # aio-pika's RPC.close cancels its auto-delete result queue (which goes, and with it the
+    # binding to the auto-delete rpc.dlx exchange), then unbinds that queue: RabbitMQ says ok.
+    import aio_pika
+    from aio_pika.patterns import RPC
+
+    method = uid("double")
+
+    async def double(*, x: int) -> int:
+        return x * 2
+
+    async def main():
+        conn = await aio_pika.connect(broker.amqp_url, timeout=10)
+        try:
+            ch = await conn.channel()
+            rpc = await RPC.create(ch)
+            await rpc.register(method, double, auto_delete=True)
+            assert await rpc.call(method, kwargs={"x": 21}) == 42
+            await rpc.close()
+            assert not ch.is_closed
+        finally:
+            await conn.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def test_unbind_still_checks_the_default_exchange(ch):
