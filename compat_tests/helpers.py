@@ -47,6 +47,11 @@ def channel(broker, **kw):
         yield conn.channel()
 
 
+def fresh(ch):
+    """A new channel on the same connection (after a channel error)."""
+    return ch.connection.channel()
+
+
 def pump(conn, seconds: float):
     """Process I/O for ``seconds`` (used to prove that something does NOT happen)."""
     deadline = time.monotonic() + seconds

@@ -493,6 +493,13 @@ def test_exclusive_consumer(conn, q):
     assert e.reply_text.startswith("ACCESS_REFUSED")
 
 
+def test_second_exclusive_consumer_refused(conn, q):
+    conn.channel().basic_consume(q, lambda *a: None, exclusive=True)
+    other = conn.channel()
+    e = expect_channel_close(lambda: other.basic_consume(q, lambda *a: None, exclusive=True), 403)
+    assert e.reply_text.endswith("in exclusive use")
+
+
 def test_exclusive_consume_when_consumers_exist(conn, q):
     conn.channel().basic_consume(q, lambda *a: None)
     other = conn.channel()

@@ -309,8 +309,7 @@ def test_update_secret_aio_pika(broker):
             await msg.ack()
         finally:
             await conn.close()
-        # NOTE: RabbitMQ 3.10's internal auth backend answers update-secret-ok even for a
-        # wrong secret, so no negative case is asserted here.
+        # a wrong secret: test_amqp_rabbit_parity.py::test_update_secret_accepted
 
     asyncio.run(asyncio.wait_for(main(), 30))
 

@@ -216,7 +216,7 @@ def failing_commands(sm: StateMachine) -> list[Any]:
         c.DeleteExchange(VH, "amq.direct"),
         c.Bind(VH, "ex", missing, True, "k"),
         c.Bind(VH, "", "q0", True, "k"),
-        c.Unbind(VH, "nope", "q0", True, "k"),
+        c.Unbind(VH, "", "q0", True, "k"),
         c.SetQueueArguments(VH, "q0", {"x-max-priority": 9}),
         c.Receive(VH, "q0", 0),
         c.Receive(VH, missing),

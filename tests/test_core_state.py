@@ -60,6 +60,10 @@ def test_default_exchange_cannot_be_bound_or_declared(core: Core) -> None:
         core.exchange("", "direct")
     with pytest.raises(AccessRefused):
         core.apply(c.DeleteExchange(VH, ""))
+    with pytest.raises(AccessRefused):
+        core.apply(c.DeclareExchange(VH, "", passive=True))
+    with pytest.raises(CommandInvalid):  # the type is checked before the name
+        core.exchange("", "nonsense")
 
 
 def test_direct_routing(core: Core) -> None:
@@ -264,6 +268,24 @@ def test_auto_delete_exchange_goes_with_its_last_binding(core: Core) -> None:
     core.apply(c.Unbind(VH, "ad", "a", True))
     with pytest.raises(NotFound):
         core.sm.exchange(VH, "ad")
+
+
+def test_unbind_is_idempotent_but_keeps_exclusive_bindings(core: Core) -> None:
+    core.exchange("d")
+    core.queue("a")
+    core.apply(c.Unbind(VH, "gone", "a", True, "k"))
+    core.apply(c.Unbind(VH, "d", "gone", True, "k"))
+    core.apply(c.Unbind(VH, "d", "gone", False, "k"))
+    core.apply(c.Unbind(VH, "d", "a", True, "never-bound"))
+    with pytest.raises(AccessRefused):
+        core.apply(c.Unbind(VH, "d", "", False, "k"))
+    owner = (1, 7)
+    core.apply(c.DeclareQueue(VH, "mine", exclusive_owner=owner, requester=owner))
+    core.apply(c.Bind(VH, "d", "mine", True, "k", requester=owner))
+    with pytest.raises(ResourceLocked):
+        core.apply(c.Unbind(VH, "d", "mine", True, "k", requester=(1, 8)))
+    core.apply(c.Unbind(VH, "d", "mine", True, "k", requester=owner))
+    assert routed(core, "d", "k") == set()
 
 
 # -- declarations --------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class QueueSettings:
         qtype = args.get("x-queue-type", "classic")
         if isinstance(qtype, bytes):
             qtype = qtype.decode()
+        # "stream" only in queues stored before declarations refused it (core/arguments.py)
         if qtype not in ("classic", "quorum", "stream"):
             raise PreconditionFailed(f"invalid arg 'x-queue-type' for queue: {qtype!r}")
         return s

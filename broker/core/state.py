@@ -25,6 +25,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.core import commands as c
+from broker.core.arguments import (
+    check_binding_arguments,
+    check_exchange_arguments,
+    check_queue_arguments,
+)
 from broker.core.errors import (
     AccessRefused,
     BrokerError,
@@ -388,14 +393,15 @@ class StateMachine:
     def _declare_exchange(self, cmd: c.DeclareExchange) -> None:
         vh = self.vhost(cmd.vhost)
         ex = vh.exchanges.get(cmd.name)
+        # RabbitMQ's order: a passive declare ignores the type; otherwise the type comes first.
+        if not cmd.passive and cmd.type not in EXCHANGE_TYPES:
+            raise CommandInvalid(f"unknown exchange type '{cmd.type}'")
+        if cmd.name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
         if cmd.passive:
             if ex is None:
                 raise NotFound(f"no exchange '{cmd.name}' in vhost '{cmd.vhost}'")
             return
-        if cmd.name == "":
-            raise AccessRefused("operation not permitted on the default exchange")
-        if cmd.type not in EXCHANGE_TYPES:
-            raise CommandInvalid(f"unknown exchange type '{cmd.type}'")
         if ex is not None:
             self._check_equivalent(
                 "exchange",
@@ -413,6 +419,7 @@ class StateMachine:
             return
         if cmd.name.startswith("amq."):
             raise AccessRefused(f"exchange name '{cmd.name}' contains reserved prefix 'amq.*'")
+        check_exchange_arguments(cmd.vhost, cmd.name, cmd.arguments)
         if cmd.type == "x-delayed-message":
             inner = _text(cmd.arguments.get("x-delayed-type"))
             if inner not in ("direct", "fanout", "topic", "headers"):
@@ -495,8 +502,9 @@ class StateMachine:
         vh = self.vhost(cmd.vhost)
         if cmd.source == "" or (not cmd.to_queue and cmd.destination == ""):
             raise AccessRefused("operation not permitted on the default exchange")
-        self.exchange(cmd.vhost, cmd.source)
+        source = self.exchange(cmd.vhost, cmd.source)
         self._check_destination(vh, cmd.to_queue, cmd.destination, cmd.requester)
+        check_binding_arguments(_routing_type(source), cmd.arguments)
         key = self._binding_key(cmd)
         bindings = vh.bindings.setdefault(cmd.source, {})
         if key in bindings:
@@ -518,14 +526,17 @@ class StateMachine:
             raise NotFound(f"no exchange '{name}' in vhost '{vh.name}'")
 
     def _unbind(self, cmd: c.Unbind) -> None:
+        """Idempotent, as in RabbitMQ: a binding that is not there, or whose source or
+        destination is gone, is already unbound. An exclusive queue's binding stays its own."""
         vh = self.vhost(cmd.vhost)
-        if cmd.source == "":
+        if cmd.source == "" or (not cmd.to_queue and cmd.destination == ""):
             raise AccessRefused("operation not permitted on the default exchange")
-        self.exchange(cmd.vhost, cmd.source)
-        self._check_destination(vh, cmd.to_queue, cmd.destination, cmd.requester)
         key = self._binding_key(cmd)
-        if key in vh.bindings.get(cmd.source, {}):
-            self._remove_binding(vh, key)
+        if key not in vh.bindings.get(cmd.source, {}):
+            return
+        if cmd.to_queue:
+            self._check_exclusive(vh.queues[cmd.destination], cmd.requester)
+        self._remove_binding(vh, key)
 
     def _remove_binding(self, vh: Vhost, key: BindingKey) -> None:
         bindings = vh.bindings.get(key.source)
@@ -559,7 +570,7 @@ class StateMachine:
             return
         etype = exchange_type or ex.type
         if etype == "x-delayed-message":
-            etype = _text(ex.arguments.get("x-delayed-type")) or "direct"
+            etype = _routing_type(ex)
         matched = self._matching_bindings(vh, ex.name, etype, routing_key, headers)
         for key in matched:
             if key.to_queue:
@@ -612,6 +623,7 @@ class StateMachine:
             if q is None:
                 raise NotFound(f"no queue '{cmd.name}' in vhost '{cmd.vhost}'")
             return self.queue_info(q)
+        check_queue_arguments(cmd.vhost, cmd.name, cmd.arguments)
         if q is not None:
             self._check_equivalent(
                 "queue",
@@ -1684,6 +1696,13 @@ class StateMachine:
                 q.consumers.sort(key=lambda consumer: consumer.seq)
                 q.finish_restore()
                 self._schedule(q)
+
+
+def _routing_type(ex: Exchange) -> str:
+    """The type an exchange routes by (an x-delayed-message exchange: its x-delayed-type)."""
+    if ex.type == "x-delayed-message":
+        return _text(ex.arguments.get("x-delayed-type")) or "direct"
+    return ex.type
 
 
 def _full(q: MessageQueue, count: int, size: int) -> bool:

@@ -17,6 +17,7 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError, StoreFailed
 from broker.core.model import Deliver, GetResult, PublishResult, QueueInfo
 from broker.protocols.amqp import codec
+from broker.protocols.amqp.arguments import consumer_priority
 from broker.protocols.amqp.errors import AMQPError, ConnectionError_, reply_text
 
 if TYPE_CHECKING:
@@ -525,6 +526,11 @@ class Channel:
     def _on_exchange_declare(self, m: spec.Exchange.Declare) -> None:
         if not m.passive:
             self._check("configure", "exchange", m.exchange)
+            alternate = (m.arguments or {}).get("alternate-exchange")
+            if isinstance(alternate, str | bytes):
+                # What the exchange cannot route goes on to `alternate`: a publish to it there.
+                self._check("read", "exchange", m.exchange)
+                self._check("write", "exchange", _text(alternate))
         command = c.DeclareExchange(
             self.vhost,
             m.exchange,
@@ -579,6 +585,11 @@ class Channel:
             name, server_named = self.gateway.new_name("amq.gen-"), True
         if not m.passive:
             self._check("configure", "queue", name)
+            dlx = (m.arguments or {}).get("x-dead-letter-exchange")
+            if isinstance(dlx, str | bytes):
+                # Dead letters leave the queue for `dlx`: a read here and a publish there.
+                self._check("read", "queue", name)
+                self._check("write", "exchange", _text(dlx))
         command = c.DeclareQueue(
             self.vhost,
             name,
@@ -670,8 +681,7 @@ class Channel:
             return
         queue = self._queue_name(m.queue)
         self._check("read", "queue", queue)
-        args = m.arguments or {}
-        priority = args.get("x-priority", 0)
+        priority = consumer_priority(self.vhost, queue, m.arguments or {})
         self.consumers[tag] = ConsumerInfo(queue, bool(m.no_ack))
         self._before_consume_ok[tag] = []
         command = c.Consume(
@@ -682,7 +692,7 @@ class Channel:
             bool(m.no_ack),
             bool(m.exclusive),
             self.prefetch,
-            priority if isinstance(priority, int) else 0,
+            priority,
             self.conn.id,
             self.global_prefetch,
             self.deliveries_wanted,
@@ -830,3 +840,7 @@ def _frame(cls: type[Frame], **values: Any) -> Frame:
         for key, value in values.items():
             setattr(frame, key, value)
         return frame
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
