@@ -394,3 +394,33 @@ def test_unbind_missing_binding_ok(ch):
         ch.queue_unbind(q, x, routing_key="never-bound")
     finally:
         ch.exchange_delete(x)
+
+
+# -- sender-selected distribution (CC and BCC headers) -------------------------------------
+
+
+def test_cc_and_bcc_headers_add_routing_keys_and_bcc_is_not_delivered(ch):
+    """RabbitMQ's sender-selected distribution: one copy per queue reached by the routing key
+    or a CC/BCC key; the BCC header is removed before delivery."""
+    x = uid("x")
+    ch.exchange_declare(x, "direct")
+    queues = {}
+    for key in ("to", "cc", "bcc", "none"):
+        queues[key] = ch.queue_declare(uid(key), exclusive=True).method.queue
+        ch.queue_bind(queues[key], x, key)
+    ch.queue_bind(queues["to"], x, "cc")  # reached twice: still one copy
+    headers = {"CC": ["cc"], "BCC": ["bcc"], "other": 1}
+    ch.basic_publish(x, "to", b"m", pika.BasicProperties(headers=headers))
+    for key in ("to", "cc", "bcc"):
+        assert drain_until_sentinel(ch, queues[key]) == [b"m"], key
+    assert drain_until_sentinel(ch, queues["none"]) == []
+    ch.basic_publish(x, "to", b"again", pika.BasicProperties(headers=headers))
+    _, props, _ = wait_get(ch, queues["bcc"])
+    assert props.headers == {"CC": ["cc"], "other": 1}
+
+
+def test_cc_on_the_default_exchange_names_more_queues(ch):
+    a, b = (ch.queue_declare(uid(n), exclusive=True).method.queue for n in ("a", "b"))
+    ch.basic_publish("", a, b"m", pika.BasicProperties(headers={"CC": [b], "BCC": ["missing"]}))
+    assert wait_get(ch, a)[2] == b"m"
+    assert wait_get(ch, b)[2] == b"m"

@@ -21,7 +21,7 @@ from broker.core.errors import (
 )
 from broker.core.model import ConsumerCancelled, Dropped, MessagesAvailable
 from broker.core.routing import headers_match, topic_matches
-from tests.core_helpers import VH, Core, ready_bodies, restart
+from tests.core_helpers import VH, Core, ready_bodies, reloaded, restart
 
 
 @pytest.fixture
@@ -622,3 +622,16 @@ def test_restart_keeps_delayed_messages(core: Core, tmp_path: Path) -> None:
     assert after.sm.next_due() == 500
     after.tick(500)
     assert after.drain("q") == [b"kept"]
+
+
+def test_bcc_stays_removed_after_a_restore(core: Core) -> None:
+    """A message that went out by BCC keeps its own properties: restoring it from a snapshot
+    must not bring the header back from the publish in the log."""
+    core.queue("to")
+    core.queue("hidden")
+    core.publish("to", b"m", headers={"BCC": ["hidden"], "CC": []})
+    after = reloaded(core)
+    for name in ("to", "hidden"):
+        (msg,) = after.q(name).messages.values()
+        assert msg.properties["headers"] == {"CC": []}
+        assert msg.body == b"m"

@@ -757,11 +757,14 @@ class StateMachine:
 
     def _targets(self, vh: Vhost, ex: Exchange, cmd: c.Publish) -> dict[str, None]:
         targets: dict[str, None] = {}
-        if ex.name == "":
-            if cmd.routing_key in vh.queues:
-                targets[cmd.routing_key] = None
-        else:
-            self._route(vh, ex, cmd.routing_key, cmd.properties.get("headers"), targets, set())
+        headers = cmd.properties.get("headers")
+        keys = _sender_selected(cmd.routing_key, headers) if headers else (cmd.routing_key,)
+        for key in keys:
+            if ex.name == "":
+                if key in vh.queues:
+                    targets[key] = None
+            else:
+                self._route(vh, ex, key, headers, targets, set())
         return targets
 
     def _delay_of(self, ex: Exchange, cmd: c.Publish) -> int:
@@ -789,6 +792,11 @@ class StateMachine:
         if not targets and not cmd.mandatory:
             self._dropped(vh.name, ex.name, "unroutable", 1)  # (a mandatory one is returned)
         props = cmd.properties
+        headers = props.get("headers")
+        if headers and "BCC" in headers:
+            # The message keeps its own properties (and body), not the publish's in the log.
+            props = _without_bcc(props)
+            source = None
         persistent = props.get("delivery_mode") == 2
         for qname in targets:
             q = vh.queues[qname]
@@ -922,17 +930,20 @@ class StateMachine:
             if vh is None or ex is None:
                 self._dropped(held.vhost, held.exchange, "unroutable", 1, "the exchange is gone")
                 continue
+            headers = held.properties.get("headers")
             targets: dict[str, None] = {}
-            self._route(vh, ex, held.routing_key, held.properties.get("headers"), targets, set())
+            for key in _sender_selected(held.routing_key, headers or {}):
+                self._route(vh, ex, key, headers, targets, set())
             if not targets:
                 self._dropped(vh.name, ex.name, "unroutable", 1)
             ttl = _ttl(held.properties)
+            properties = _without_bcc(held.properties)
             for qname in targets:
                 self._enqueue(
                     vh.queues[qname],
                     held.exchange,
                     held.routing_key,
-                    held.properties,
+                    properties,
                     held.body,
                     held.persistent,
                     ttl,
@@ -1711,6 +1722,25 @@ def _full(q: MessageQueue, count: int, size: int) -> bool:
     return (s.max_length is not None and q.ready_count + count > s.max_length) or (
         s.max_length_bytes is not None and q.ready_bytes + size > s.max_length_bytes
     )
+
+
+def _sender_selected(routing_key: str, headers: dict[str, Any]) -> tuple[str, ...]:
+    """The routing key plus those of the CC and BCC headers (RabbitMQ's sender-selected
+    distribution: arrays of strings; other values are ignored)."""
+    keys = [routing_key]
+    for name in ("CC", "BCC"):
+        extra = headers.get(name)
+        if isinstance(extra, list | tuple):
+            keys += [k for k in map(_text, extra) if isinstance(k, str) and k not in keys]
+    return tuple(keys)
+
+
+def _without_bcc(properties: dict[str, Any]) -> dict[str, Any]:
+    """Blind copies: the recipients are not told who else got the message."""
+    headers = properties.get("headers")
+    if not headers or "BCC" not in headers:
+        return properties
+    return {**properties, "headers": {k: v for k, v in headers.items() if k != "BCC"}}
 
 
 def _is_cycle(target: str, deaths: list[dict[str, Any]]) -> bool:
