@@ -206,3 +206,29 @@ def test_a_client_cannot_publish_into_dollar_topics(broker):
     raw.connect(uid("raw"))
     raw.send(publish_packet("$SYS/broker/uptime", b"forged", qos=1, packet_id=1))
     assert raw.closed_by_broker()
+
+
+def test_a_group_of_persistent_members_survives_kill_9(broker_factory):
+    b = broker_factory()
+    topic, group, keeper_id = uid("crash"), uid("g"), uid("keeper")
+    keeper = Paho(b, client_id=keeper_id, clean=False)
+    keeper.connect()
+    keeper.subscribe((f"$share/{group}/{topic}", 1))
+    passer = Paho(b)  # a clean member: it leaves the group when the node goes
+    passer.connect()
+    passer.subscribe((f"$share/{group}/{topic}", 1))
+    passer.stop()
+    keeper.close()
+    pub = Paho(b)
+    pub.connect()
+    for n in range(4):
+        pub.publish(topic, b"%d" % n, qos=1)
+    pub.stop()
+    b.restart(kill=True)
+    keeper = Paho(b, client_id=keeper_id, clean=False)
+    assert keeper.connect()[1] is True
+    # What the clean member had in flight went back to the group when the node restarted.
+    assert sorted(keeper.message().payload for _ in range(4)) == [b"%d" % n for n in range(4)]
+    keeper.unsubscribe(f"$share/{group}/{topic}")
+    keeper.close()
+    assert not shared_queue_exists(b, group, topic)
