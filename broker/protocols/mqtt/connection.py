@@ -279,6 +279,8 @@ class MQTTConnection:
             queue = Session(self.vhost, client_id, False).queue
             try:
                 self.gateway.check_permission(self.user, self.vhost, "configure", "queue", queue)
+                if p.will is not None:
+                    self._check_will(p.will)
             except AccessRefused as exc:
                 raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
         except _Refused as refused:
@@ -298,6 +300,14 @@ class MQTTConnection:
             self.vhost,
             p.clean_session,
         )
+
+    def _check_will(self, will: codec.Will) -> None:
+        """A will is a publish the core makes later for the client: refused at CONNECT when
+        the client could not publish it itself (no write permission, a `$` topic)."""
+        if will.topic[:1] == "$":
+            raise AccessRefused(f"will topic '{will.topic}' is reserved ('$' topics)")
+        assert self.user is not None
+        self.gateway.check_permission(self.user, self.vhost, "write", "exchange", EXCHANGE)
 
     def _client_id(self, p: Connect) -> str:
         if not p.client_id:
