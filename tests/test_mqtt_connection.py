@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from broker.core import commands as c
 from broker.core.model import Deliver
 from broker.protocols.mqtt import codec
 from broker.protocols.mqtt.connection import MQTTConnection, Settings
@@ -231,3 +232,16 @@ def test_invalid_shared_and_sys_filters_are_refused():
     ):
         sub.receive_data(subscribe(n + 1, topic_filter, 1))
         assert node.sent(sub) == [(codec.SUBACK, bytes((0, n + 1, 0x80)))], topic_filter
+
+
+def test_a_shared_filter_does_not_match_like_a_plain_one():
+    """A message on the topic `$share/g/x` (an AMQP publisher can send one) reaching the
+    session queue through `+/g/x` is for neither filter: not `$share/g/x`, a shared one."""
+    node = Node()
+    sub = node.connected("sub")
+    sub.receive_data(subscribe(1, "+/g/x", 0))
+    sub.receive_data(subscribe(2, "$share/g/x", 1))
+    node.sent(sub)
+    node.gateway.submit(c.Publish("/", "amq.topic", "$share.g.x", {"delivery_mode": 2}, b"odd"))
+    node.gateway.submit(c.Publish("/", "amq.topic", "x", {"delivery_mode": 2}, b"shared"))
+    assert [(p.topic, p.payload) for p in node.sent(sub)] == [("x", b"shared")]

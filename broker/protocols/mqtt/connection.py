@@ -39,6 +39,7 @@ from broker.protocols.mqtt.codec import (
 )
 from broker.protocols.mqtt.session import Session, shared_queue
 from broker.protocols.mqtt.topics import (
+    SHARE_PREFIX,
     filter_matches,
     shared_filter,
     subscribable,
@@ -718,7 +719,11 @@ class MQTTConnection:
         topic = to_topic(routing_key)
         assert self.session is not None
         granted = max(
-            (q for f, q in self.session.subscriptions.items() if filter_matches(f, topic)),
+            (
+                q
+                for f, q in self.session.subscriptions.items()
+                if filter_matches(f, topic) and not f.startswith(SHARE_PREFIX)
+            ),
             default=-1,
         )
         if len(self._topics) >= _TOPIC_CACHE_SIZE:
