@@ -232,3 +232,25 @@ def test_a_group_of_persistent_members_survives_kill_9(broker_factory):
     keeper.unsubscribe(f"$share/{group}/{topic}")
     keeper.close()
     assert not shared_queue_exists(b, group, topic)
+
+
+def test_members_on_every_node_of_a_cluster_share_the_group(cluster):
+    topic, group = uid("spread"), uid("g")
+    cluster.leader()
+    members = []
+    try:
+        for n in cluster.ids:
+            member = Paho(cluster.nodes[n])
+            member.connect()
+            members.append(member)
+            assert member.subscribe((f"$share/{group}/{topic}", 1)) == [1]
+        publisher = members[0]
+        bodies = [b"%d" % n for n in range(30)]
+        for body in bodies:
+            publisher.publish(topic, body, qos=1)
+        got = gather(members, len(bodies))
+        assert Counter(m.payload for share in got for m in share) == Counter(bodies)
+        assert all(got), [len(share) for share in got]
+    finally:
+        for member in members:
+            member.close()
