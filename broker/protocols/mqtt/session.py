@@ -61,7 +61,7 @@ class Session:
         """Shared queue -> (full filter, filter) of each shared subscription."""
         out = {}
         for full in self.subscriptions:
-            parsed = shared_filter(full) if full.startswith(SHARE_PREFIX) else None
+            parsed = shared_filter(full)
             if parsed is not None:
                 out[shared_queue(*parsed)] = (full, parsed[1])
         return out
