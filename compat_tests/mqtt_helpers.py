@@ -192,6 +192,10 @@ def subscribe_packet(packet_id: int, *filters: tuple[str, int]) -> bytes:
     return packet(0x82, body)
 
 
+def unsubscribe_packet(packet_id: int, *filters: str) -> bytes:
+    return packet(0xA2, struct.pack(">H", packet_id) + b"".join(_string(f) for f in filters))
+
+
 def ack_packet(kind: str, packet_id: int) -> bytes:
     first = {"puback": 0x40, "pubrec": 0x50, "pubrel": 0x62, "pubcomp": 0x70}[kind]
     return bytes((first, 2)) + struct.pack(">H", packet_id)

@@ -111,3 +111,22 @@ def test_will_of_a_client_connected_at_a_crash_goes_out_at_restart(broker_factor
     retained = late.message()
     assert (retained.payload, retained.retain) == (b"broker died", True)
     late.close()
+
+
+def test_a_will_the_client_may_not_publish_is_refused_at_connect(broker, watcher):
+    """The will would be published for the client: CONNACK 5 when it could not publish it
+    itself, rather than publishing it anyway when the connection ends."""
+    name = uid("no-write")
+    broker.cli("users", "add", name, "secret")
+    broker.cli("permissions", "set", name, ".*", "^mqtt-subscription-.*", ".*")
+    raw = RawMQTT(broker)
+    will = (watcher.base + "/forbidden", b"forbidden", 1, False)
+    assert raw.connect(uid(), username=name, password="secret", will=will) == (False, 5)
+    assert raw.closed_by_broker()
+    allowed = RawMQTT(broker)
+    assert allowed.connect(uid(), username=name, password="secret") == (False, 0)
+    allowed.close()
+    reserved = RawMQTT(broker)
+    assert reserved.connect(uid(), will=("$SYS/forged", b"x", 0, False)) == (False, 5)
+    watcher.publish(watcher.base + "/marker", b"marker", qos=2)
+    assert watcher.messages_until(b"marker") == []

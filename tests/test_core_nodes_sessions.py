@@ -192,3 +192,43 @@ def test_members_and_proposers_survive_a_snapshot() -> None:
     keyed(core, c.DeclareQueue(VH, "q"), (2, 7, 1))
     assert core.sm.members == {1: "a:1", 3: "c:30"}
     assert dump(reloaded(core).sm) == dump(core.sm)
+
+
+def hold(core: Core, queue: str, client_id: str, holding: bool = True) -> None:
+    core.apply(c.PutRecord(VH, c.holders_of(queue), client_id, True if holding else None))
+
+
+def test_a_shared_queue_lives_while_a_session_holds_it() -> None:
+    core = Core()
+    core.apply(session("a", (1, 1), clean=True))
+    core.apply(session("b", (1, 2), clean=False))
+    for client_id in ("a", "b"):
+        hold(core, "shared", client_id)
+    core.queue("shared")
+    core.publish("shared", "kept", delivery_mode=2)
+    # The clean session's end lets go of its hold; the persistent one still holds the queue.
+    core.apply(c.CloseSession(VH, "a", (1, 1), publish_will=False))
+    assert core.sm.records_of(VH, c.holders_of("shared")) == {"b": True}
+    core.apply(c.CloseSession(VH, "b", (1, 2), publish_will=False))
+    assert core.drain("shared") == [b"kept"]
+    core.publish("shared", "still kept", delivery_mode=2)
+    # Holds survive a snapshot; a clean session taking the client id over drops them.
+    core = reloaded(core)
+    assert core.sm.holds == {(VH, "b"): {"shared"}}
+    core.apply(session("b", (1, 3), clean=True))
+    assert "shared" not in core.sm.vhosts[VH].queues
+    assert core.sm.records_of(VH, c.holders_of("shared")) == {}
+    assert core.sm.holds == {}
+
+
+def test_the_last_holder_letting_go_deletes_the_shared_queue() -> None:
+    core = Core()
+    hold(core, "shared", "a")
+    hold(core, "shared", "b")
+    core.queue("shared")
+    core.publish("shared", "one", delivery_mode=2)
+    hold(core, "shared", "a", holding=False)
+    assert core.q("shared").message_count() == 1
+    hold(core, "shared", "b", holding=False)
+    assert "shared" not in core.sm.vhosts[VH].queues
+    assert core.sm.holds == {}

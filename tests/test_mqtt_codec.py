@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 
 from broker.protocols.mqtt import codec
 from broker.protocols.mqtt.codec import PacketReader, ProtocolError
+from broker.protocols.mqtt.session import Session
 from broker.protocols.mqtt.topics import (
     filter_matches,
+    shared_filter,
     to_pattern,
     to_routing_key,
     to_topic,
@@ -174,3 +176,35 @@ def test_topic_and_routing_key_mapping():
     assert to_routing_key("sensors/v1.2/temp") == "sensors.v1/2.temp"
     assert to_topic("sensors.v1/2.temp") == "sensors/v1.2/temp"
     assert to_pattern("sensors/+/v1.2/#") == "sensors.*.v1/2.#"
+
+
+@pytest.mark.parametrize(
+    "topic_filter, parsed",
+    [
+        ("$share/g/a/+", ("g", "a/+")),
+        ("$share/g/#", ("g", "#")),
+        ("a/b", None),
+        ("$share", None),  # no `/` after it: a plain filter
+        ("$share//a", ValueError),
+        ("$share/g+/a", ValueError),
+        ("$share/g#/a", ValueError),
+        ("$share/g", ValueError),
+        ("$share/g/", ValueError),
+        ("$share/g/$SYS/#", ValueError),
+    ],
+)
+def test_shared_filters(topic_filter, parsed):
+    if parsed is ValueError:
+        with pytest.raises(ValueError):
+            shared_filter(topic_filter)
+    else:
+        assert shared_filter(topic_filter) == parsed
+
+
+def test_a_restored_session_drops_filters_no_longer_granted():
+    session = Session("/", "c", persistent=True)
+    saved = {"a/#": 1, "$share/g/t": 2, "$SYS/#": 0, "$share//t": 1}
+    session.restore({"session": {"subscriptions": saved}})
+    assert session.subscriptions == {"a/#": 1, "$share/g/t": 2}
+    assert session.patterns() == {"a.#"}
+    assert session.shared() == {"mqtt-shared-g/t": ("$share/g/t", "t")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from broker.core import commands as c
 from broker.core.model import Deliver
 from broker.protocols.mqtt import codec
 from broker.protocols.mqtt.connection import MQTTConnection, Settings
@@ -27,7 +28,7 @@ class Wired:
 
     def consumer_cancelled(self, effect: Any) -> None:
         assert self.conn is not None
-        self.conn.consumer_cancelled()
+        self.conn.consumer_cancelled(effect.tag)
 
     def force_close(self, reason: str) -> None:
         assert self.conn is not None
@@ -177,3 +178,70 @@ def test_empty_client_id_needs_a_clean_session():
     assigned = node.client("", clean=True)
     assert node.sent(assigned) == [(codec.CONNACK, b"\x00\x00")]
     assert assigned.client_id.startswith("mqtt-")
+
+
+def acked(conn: MQTTConnection, publishes: list[Any]) -> None:
+    for p in publishes:
+        conn.receive_data(codec.ack(codec.PUBACK, p.packet_id))
+
+
+def test_members_of_a_shared_subscription_take_turns():
+    node = Node()
+    members = [node.connected(name) for name in ("m1", "m2")]
+    for member in members:
+        member.receive_data(subscribe(1, "$share/g/jobs/+", 1))
+        assert node.sent(member) == [(codec.SUBACK, b"\x00\x01\x01")]
+    pub = node.connected("pub")
+    for n in range(4):
+        pub.receive_data(codec.publish(b"jobs/%d" % n, b"job %d" % n, 1, False, False, n + 1))
+    node.sent(pub)
+    got = [node.sent(member) for member in members]
+    assert [len(g) for g in got] == [2, 2]
+    assert sorted(p.payload for g in got for p in g) == [b"job %d" % n for n in range(4)]
+    assert all(p.topic == f"jobs/{p.payload[-1:].decode()}" and p.qos == 1 for g in got for p in g)
+
+
+def test_a_shared_member_dropping_out_gives_its_deliveries_back_to_the_group():
+    node = Node()
+    stays, drops = node.connected("stays"), node.connected("drops")
+    for member in (stays, drops):
+        member.receive_data(subscribe(1, "$share/g/t", 1))
+        node.sent(member)
+    pub = node.connected("pub")
+    for n in range(2):
+        pub.receive_data(codec.publish(b"t", b"%d" % n, 1, False, False, n + 1))
+    acked(stays, node.sent(stays))
+    assert len(node.sent(drops)) == 1
+    drops.connection_lost()  # unacknowledged: back to the group, not lost with the session
+    again = node.sent(stays)
+    assert len(again) == 1 and again[0].dup
+    # The last member leaving deletes the group's queue.
+    body = b"\x00\x02" + string("$share/g/t")
+    stays.receive_data(bytes((0xA2, len(body))) + body)
+    assert node.sent(stays) == [(codec.UNSUBACK, b"\x00\x02")]
+    assert "mqtt-shared-g/t" not in node.commit.state.vhosts["/"].queues
+    acked(stays, again)  # a late PUBACK of what the queue had sent changes nothing
+    assert node.sent(stays) == [] and not stays.should_close
+
+
+def test_invalid_shared_and_sys_filters_are_refused():
+    node = Node()
+    sub = node.connected("sub")
+    for n, topic_filter in enumerate(
+        ["$share//t", "$share/a+/t", "$share/g", "$share/g/", "$SYS/#"]
+    ):
+        sub.receive_data(subscribe(n + 1, topic_filter, 1))
+        assert node.sent(sub) == [(codec.SUBACK, bytes((0, n + 1, 0x80)))], topic_filter
+
+
+def test_a_shared_filter_does_not_match_like_a_plain_one():
+    """A message on the topic `$share/g/x` (an AMQP publisher can send one) reaching the
+    session queue through `+/g/x` is for neither filter: not `$share/g/x`, a shared one."""
+    node = Node()
+    sub = node.connected("sub")
+    sub.receive_data(subscribe(1, "+/g/x", 0))
+    sub.receive_data(subscribe(2, "$share/g/x", 1))
+    node.sent(sub)
+    node.gateway.submit(c.Publish("/", "amq.topic", "$share.g.x", {"delivery_mode": 2}, b"odd"))
+    node.gateway.submit(c.Publish("/", "amq.topic", "x", {"delivery_mode": 2}, b"shared"))
+    assert [(p.topic, p.payload) for p in node.sent(sub)] == [("x", b"shared")]

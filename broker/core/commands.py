@@ -370,13 +370,28 @@ class PutRecord:
     """Store an adapter's opaque durable value under (vhost, group, name); None deletes it.
 
     Adapters keep session state here (e.g. protocol packet ids that must survive a restart);
-    the core never looks inside.
+    the core never looks inside. One group is the core's: `holders_of(queue)`, see there.
     """
 
     vhost: str
     group: tuple[str, ...]
     name: str
     value: Any = None
+
+
+#: First element of the record group that says which sessions hold a shared queue.
+HOLDERS = "queue-holders"
+
+
+def holders_of(queue: str) -> tuple[str, ...]:
+    """The record group of the sessions holding `queue`, a queue several sessions share.
+
+    A record in it, named by a session's client id (any value), holds the queue for that
+    session. When the last holder lets go (its record deleted, or dropped with the session's
+    state when a clean session ends or a clean session takes over the client id), the queue
+    is deleted with what it still holds: it lives exactly as long as someone holds it.
+    """
+    return (HOLDERS, queue)
 
 
 @dataclass(slots=True)

@@ -150,6 +150,9 @@ class StateMachine:
         self._delayed_heap: list[tuple[int, int]] = []
         #: (vhost, group) -> name -> an adapter's opaque durable value (PutRecord)
         self.records: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+        #: (vhost, client id) -> the shared queues its session holds (commands.holders_of);
+        #: derived from the records, rebuilt on restore
+        self.holds: dict[tuple[str, str], set[str]] = {}
         #: secret id -> access key (AddAccessKey)
         self.access_keys: dict[str, AccessKey] = {}
         #: (vhost, client id) -> the connection holding it (OpenSession)
@@ -1365,7 +1368,7 @@ class StateMachine:
                 self._effects.append(CloseConnection(previous.connection, reason))
         group = tuple(cmd.group)
         if cmd.clean:
-            self._drop_session_state(cmd.vhost, cmd.queue, group)
+            self._drop_session_state(key, cmd.queue, group)
         holder = SessionHolder(cmd.connection, cmd.owner, cmd.clean, cmd.queue, group, cmd.will)
         self.sessions[key] = holder
         self._record("session", key, holder)
@@ -1385,13 +1388,15 @@ class StateMachine:
             self._publish_will(vhost, holder.will)
         self._release_owner(holder.owner)
         if holder.clean:
-            self._drop_session_state(vhost, holder.queue, holder.group)
+            self._drop_session_state(key, holder.queue, holder.group)
 
-    def _drop_session_state(self, vhost: str, queue: str, group: tuple[str, ...]) -> None:
+    def _drop_session_state(self, key: tuple[str, str], queue: str, group: tuple[str, ...]) -> None:
+        vhost, client_id = key
         q = self._find_queue(vhost, queue)
         if q is not None:
             self._remove_queue(q)
         self._drop_records(c.DropRecords(vhost, group))
+        self._release_holds(vhost, client_id)
 
     def _publish_will(self, vhost: str, will: c.Will) -> None:
         publish = c.Publish(vhost, will.exchange, will.routing_key, will.properties, will.body)
@@ -1516,14 +1521,40 @@ class StateMachine:
                 self._record("record", key, None)
                 if not values:
                     del self.records[group]
+                self._let_go(cmd.vhost, group[1], [cmd.name])
             return
         self.records.setdefault(group, {})[cmd.name] = cmd.value
         self._record("record", key, cmd.value)
+        if _is_holders(group[1]):
+            self.holds.setdefault((cmd.vhost, cmd.name), set()).add(group[1][1])
 
     def _drop_records(self, cmd: c.DropRecords) -> None:
         group = tuple(cmd.group)
-        for name in sorted(self.records.pop((cmd.vhost, group), {})):
+        names = sorted(self.records.pop((cmd.vhost, group), {}))
+        for name in names:
             self._record("record", (cmd.vhost, group, name), None)
+        self._let_go(cmd.vhost, group, names)
+
+    def _let_go(self, vhost: str, group: tuple[str, ...], holders: list[str]) -> None:
+        """Records of `group` named `holders` are gone: if they held a shared queue and were
+        its last holders, the queue goes too (commands.holders_of)."""
+        if not holders or not _is_holders(group):
+            return
+        queue = group[1]
+        for holder in holders:
+            held = self.holds.get((vhost, holder))
+            if held is not None:
+                held.discard(queue)
+                if not held:
+                    del self.holds[(vhost, holder)]
+        q = self._find_queue(vhost, queue)
+        if q is not None and (vhost, group) not in self.records:
+            self._remove_queue(q)
+
+    def _release_holds(self, vhost: str, client_id: str) -> None:
+        """A session's state is dropped: so are its holds on shared queues."""
+        for queue in sorted(self.holds.get((vhost, client_id), ())):
+            self._put_record(c.PutRecord(vhost, c.holders_of(queue), client_id, None))
 
     # -- live queue settings and access keys ----------------------------------------------
 
@@ -1670,6 +1701,8 @@ class StateMachine:
         elif kind == "record":
             vhost, group, name = key
             self.records.setdefault((vhost, group), {})[name] = value
+            if _is_holders(group):
+                self.holds.setdefault((vhost, name), set()).add(group[1])
         elif kind == "access_key":
             self.access_keys[key] = value
         elif kind == "session":
@@ -1714,6 +1747,10 @@ def _routing_type(ex: Exchange) -> str:
     if ex.type == "x-delayed-message":
         return _text(ex.arguments.get("x-delayed-type")) or "direct"
     return ex.type
+
+
+def _is_holders(group: tuple[str, ...]) -> bool:
+    return len(group) == 2 and group[0] == c.HOLDERS
 
 
 def _full(q: MessageQueue, count: int, size: int) -> bool:

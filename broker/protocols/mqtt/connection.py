@@ -37,13 +37,15 @@ from broker.protocols.mqtt.codec import (
     Subscribe,
     Unsubscribe,
 )
-from broker.protocols.mqtt.session import Session
+from broker.protocols.mqtt.session import Session, shared_queue
 from broker.protocols.mqtt.topics import (
+    SHARE_PREFIX,
     filter_matches,
+    shared_filter,
+    subscribable,
     to_pattern,
     to_routing_key,
     to_topic,
-    valid_filter,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ RETAINED_COPY_HEADER = "x-mqtt-retained-copy"
 CONSUMER_TAG = "mqtt"
 #: longer client ids would make queue names other protocols cannot express
 MAX_CLIENT_ID_BYTES = 200
+#: the longest queue name AMQP can express (a short string): longer shared ones are refused
+MAX_QUEUE_NAME_BYTES = 255
 OVERFLOW_POLICIES = {"drop-oldest": "drop-head", "refuse": "reject-publish"}
 _TOPIC_CACHE_SIZE = 4096
 #: output (bytes) a connection may hold, not yet handed to its transport, before QoS 0
@@ -149,6 +153,8 @@ class MQTTConnection:
         #: routing key -> (PUBLISH topic field, highest granted QoS or -1 when no filter
         #: matches)
         self._topics: dict[str, tuple[bytes, int]] = {}
+        #: shared queues this connection consumes -> (full filter, filter)
+        self._joined: dict[str, tuple[str, str]] = {}
 
     # -- output --------------------------------------------------------------------------
 
@@ -274,6 +280,8 @@ class MQTTConnection:
             queue = Session(self.vhost, client_id, False).queue
             try:
                 self.gateway.check_permission(self.user, self.vhost, "configure", "queue", queue)
+                if p.will is not None:
+                    self._check_will(p.will)
             except AccessRefused as exc:
                 raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
         except _Refused as refused:
@@ -293,6 +301,14 @@ class MQTTConnection:
             self.vhost,
             p.clean_session,
         )
+
+    def _check_will(self, will: codec.Will) -> None:
+        """A will is a publish the core makes later for the client: refused at CONNECT when
+        the client could not publish it itself (no write permission, a `$` topic)."""
+        if will.topic[:1] == "$":
+            raise AccessRefused(f"will topic '{will.topic}' is reserved ('$' topics)")
+        assert self.user is not None
+        self.gateway.check_permission(self.user, self.vhost, "write", "exchange", EXCHANGE)
 
     def _client_id(self, p: Connect) -> str:
         if not p.client_id:
@@ -368,10 +384,13 @@ class MQTTConnection:
         self.write(codec.connack(present, codec.ACCEPTED))
         for packet_id in sorted(session.awaiting_complete):
             self.write(codec.ack(PUBREL, packet_id))
-        if session.subscriptions:
+        patterns = session.patterns()
+        if patterns:
             self._start_consuming()
             # Re-asserted so a session whose queue was deleted while offline heals.
-            self._submit([self._bind(pattern) for pattern in sorted(session.patterns())])
+            self._submit([self._bind(pattern) for pattern in sorted(patterns)])
+        for queue, filters in sorted(session.shared().items()):
+            self._join(queue, *filters)
         self._parse()
 
     def _start_consuming(self) -> None:
@@ -381,12 +400,8 @@ class MQTTConnection:
         self._consuming = True
         session = self.session
         assert session is not None
-        arguments: dict[str, Any] = {}
-        if self.settings.max_queued:
-            arguments["x-max-length"] = self.settings.max_queued
-            arguments["x-overflow"] = OVERFLOW_POLICIES[self.settings.overflow]
         declare = c.DeclareQueue(
-            self.vhost, session.queue, session.persistent, None, False, arguments
+            self.vhost, session.queue, session.persistent, None, False, self._queue_arguments()
         )
         self.gateway.submit(declare, self._declared)
         consume = c.Consume(
@@ -399,6 +414,46 @@ class MQTTConnection:
             settle_transient=True,
         )
         self.gateway.submit(consume, self._check_done)
+
+    def _queue_arguments(self) -> dict[str, Any]:
+        arguments: dict[str, Any] = {}
+        if self.settings.max_queued:
+            arguments["x-max-length"] = self.settings.max_queued
+            arguments["x-overflow"] = OVERFLOW_POLICIES[self.settings.overflow]
+        return arguments
+
+    def _join(self, queue: str, full_filter: str, topic_filter: str) -> None:
+        """Become a member of a shared subscription: hold its queue (first, so a member
+        leaving meanwhile cannot delete it under us), declare and bind it, consume from it."""
+        if queue in self._joined:
+            return
+        self._joined[queue] = (full_filter, topic_filter)
+        vhost = self.vhost
+        self.gateway.submit(c.PutRecord(vhost, c.holders_of(queue), self.client_id, True))
+        arguments = self._queue_arguments()
+        self.gateway.submit(
+            c.DeclareQueue(vhost, queue, True, None, False, arguments), self._declared
+        )
+        bind = c.Bind(vhost, EXCHANGE, queue, True, to_pattern(topic_filter))
+        consume = c.Consume(
+            vhost,
+            queue,
+            self.owner,
+            full_filter,
+            prefetch=self.settings.max_inflight,
+            connection=self.id,
+            settle_transient=True,
+        )
+        self._submit([bind, consume])
+
+    def _leave(self, queue: str) -> list[c.Command]:
+        """Stop being a member: the queue goes with its last member (core holders)."""
+        commands: list[c.Command] = []
+        joined = self._joined.pop(queue, None)
+        if joined is not None:
+            commands.append(c.Cancel(self.owner, joined[0]))
+        commands.append(c.PutRecord(self.vhost, c.holders_of(queue), self.client_id, None))
+        return commands
 
     def _declared(self, result: Any, error: BrokerError | None) -> None:
         if isinstance(error, PreconditionFailed):
@@ -415,6 +470,10 @@ class MQTTConnection:
     # -- publishing ----------------------------------------------------------------------
 
     def _on_publish(self, p: Publish) -> None:
+        if p.topic[:1] == "$":
+            # MQTT-4.7.2: `$` topics are the server's; 3.1.1 can only refuse by closing.
+            self.close(f"publish to '{p.topic}' refused: '$' topics are reserved", True)
+            return
         if not self._may_publish:
             assert self.user is not None
             try:
@@ -498,26 +557,65 @@ class MQTTConnection:
                 self._may_subscribe = False
         return self._may_subscribe
 
+    def _shared_allowed(self, queue: str) -> bool:
+        """A shared subscription's member reads amq.topic and declares, binds and reads the
+        group's queue."""
+        assert self.user is not None
+        check = self.gateway.check_permission
+        try:
+            check(self.user, self.vhost, "read", "exchange", EXCHANGE)
+            for permission in ("configure", "write", "read"):
+                check(self.user, self.vhost, permission, "queue", queue)
+        except AccessRefused as exc:
+            log.info("mqtt connection %s may not join '%s': %s", self.id, queue, exc)
+            return False
+        return True
+
+    def _granted(self, topic_filter: str) -> str | None:
+        """The shared queue of `topic_filter` ("" for a plain filter), None if refused."""
+        try:
+            shared = shared_filter(topic_filter)
+        except ValueError:
+            return None
+        if shared is None:
+            return "" if subscribable(topic_filter) and self._subscribe_allowed() else None
+        queue = shared_queue(*shared)
+        if len(queue.encode()) > MAX_QUEUE_NAME_BYTES or not self._shared_allowed(queue):
+            return None
+        return queue
+
     def _on_subscribe(self, p: Subscribe) -> None:
         session = self.session
         assert session is not None
         codes = []
-        added = []
+        plain = []
+        joined = {}
         for topic_filter, qos in p.topics:
-            if not valid_filter(topic_filter) or not self._subscribe_allowed():
+            queue = self._granted(topic_filter)
+            if queue is None:
                 codes.append(codec.SUBSCRIPTION_FAILURE)
                 continue
             session.subscriptions[topic_filter] = qos
-            added.append(topic_filter)
+            if queue:
+                joined[queue] = topic_filter
+            else:
+                plain.append(topic_filter)
             codes.append(qos)
-        if not added:
-            self._submit([], codec.suback(p.packet_id, codes))
-            return
-        self._topics.clear()
-        self._start_consuming()
-        patterns = dict.fromkeys(to_pattern(f) for f in added)
-        self._submit([self._bind(pattern) for pattern in patterns] + session.save_subscriptions())
         suback = codec.suback(p.packet_id, codes)
+        if not plain and not joined:
+            self._submit([], suback)
+            return
+        patterns = dict.fromkeys(to_pattern(f) for f in plain)
+        if plain:
+            self._topics.clear()
+            self._start_consuming()
+            self._submit([self._bind(pattern) for pattern in patterns])
+        for queue, full_filter in joined.items():
+            parsed = shared_filter(full_filter)
+            assert parsed is not None
+            self._join(queue, full_filter, parsed[1])
+        self._submit(session.save_subscriptions())
+        # Retained messages are not sent on shared subscriptions (MQTT 5, Mosquitto for 3.1.1).
         copy = c.CopyRetained(
             self.vhost, list(patterns), session.queue, {RETAINED_COPY_HEADER: True}
         )
@@ -525,21 +623,28 @@ class MQTTConnection:
         def subscribed() -> None:
             # After the SUBACK: retained messages arrive as deliveries of the session queue.
             self.write(suback)
-            self._submit([copy])
+            if patterns:
+                self._submit([copy])
 
         self.gateway.after(subscribed)
 
     def _on_unsubscribe(self, p: Unsubscribe) -> None:
         session = self.session
         assert session is not None
+        shared = session.shared()
         removed = [f for f in p.filters if session.subscriptions.pop(f, None) is not None]
         if removed:
             self._topics.clear()
             still_bound = session.patterns()
-            gone = dict.fromkeys(to_pattern(f) for f in removed if to_pattern(f) not in still_bound)
-            self._submit(
-                [c.Unbind(self.vhost, EXCHANGE, session.queue, True, pattern) for pattern in gone]
-            )
+            plain = [f for f in removed if f not in {full for full, _ in shared.values()}]
+            gone = dict.fromkeys(to_pattern(f) for f in plain if to_pattern(f) not in still_bound)
+            commands: list[c.Command] = [
+                c.Unbind(self.vhost, EXCHANGE, session.queue, True, pattern) for pattern in gone
+            ]
+            for queue, (full, _) in shared.items():
+                if full in removed:
+                    commands += self._leave(queue)
+            self._submit(commands)
             self._submit(session.save_subscriptions())
         self._submit([], codec.ack(codec.UNSUBACK, p.packet_id))
 
@@ -550,7 +655,15 @@ class MQTTConnection:
             return  # the consumer's release returns it to the queue
         msg = effect.message
         item = (self.vhost, effect.queue, msg.seq)
-        topic, granted = self._topic(msg.routing_key)
+        if effect.queue in self._joined:
+            topic, granted = self._shared_topic(effect.queue, msg.routing_key)
+        elif self.session is not None and effect.queue == self.session.queue:
+            topic, granted = self._topic(msg.routing_key)
+        else:
+            # Sent by a shared queue before our unsubscribe reached it: for other members.
+            if msg.persistent:
+                self.gateway.submit(c.Settle(self.owner, [item], "requeue"))
+            return
         if granted < 0:
             # Matched the AMQP pattern but no MQTT filter (a `$` topic, a literal `*`, or an
             # unsubscribed filter): not for this client.
@@ -606,13 +719,27 @@ class MQTTConnection:
         topic = to_topic(routing_key)
         assert self.session is not None
         granted = max(
-            (q for f, q in self.session.subscriptions.items() if filter_matches(f, topic)),
+            (
+                q
+                for f, q in self.session.subscriptions.items()
+                if filter_matches(f, topic) and not f.startswith(SHARE_PREFIX)
+            ),
             default=-1,
         )
         if len(self._topics) >= _TOPIC_CACHE_SIZE:
             self._topics.clear()
         known = self._topics[routing_key] = (codec.topic_field(topic), granted)
         return known
+
+    def _shared_topic(self, queue: str, routing_key: str) -> tuple[bytes, int]:
+        """The topic field and granted QoS of a delivery from a shared subscription's queue."""
+        assert self.session is not None
+        full_filter, topic_filter = self._joined[queue]
+        topic = to_topic(routing_key)
+        granted = self.session.subscriptions.get(full_filter, -1)
+        if not filter_matches(topic_filter, topic):
+            granted = -1
+        return codec.topic_field(topic), granted
 
     def _packet_id(self, seq: int) -> int:
         """Derived from the queue sequence, so a redelivery reuses its packet identifier."""
@@ -625,8 +752,10 @@ class MQTTConnection:
             packet_id = packet_id % 0xFFFF + 1
         return 0
 
-    def consumer_cancelled(self) -> None:
-        self.close("the session queue was deleted", publish_will=True)
+    def consumer_cancelled(self, tag: str) -> None:
+        """The queue went (deleted by an administrator): reconnecting declares it again."""
+        what = "the session queue" if tag == CONSUMER_TAG else f"the queue of '{tag}'"
+        self.close(f"{what} was deleted", publish_will=True)
 
     def set_writable(self, writable: bool) -> None:
         """Pause deliveries while the client does not read what was sent."""

@@ -111,7 +111,7 @@ class MQTTProtocol(ClientProtocol):
 
     def consumer_cancelled(self, effect: ConsumerCancelled) -> None:
         if self.conn is not None:
-            self.conn.consumer_cancelled()
+            self.conn.consumer_cancelled(effect.tag)
 
     def force_close(self, reason: str) -> None:
         if self.conn is not None:

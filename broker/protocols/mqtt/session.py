@@ -6,6 +6,7 @@ the protocol needs after a restart is kept as core adapter records in the group
 ("mqtt", client id):
 
 - "session": {"subscriptions": {filter: granted QoS}} — its presence is "session present";
+  shared subscriptions (`$share/<group>/<filter>`) are among them, under their full filter;
 - "in:<id>": an inbound QoS 2 packet id whose PUBLISH went on but whose PUBREL has not come;
 - "out:<id>": an outbound QoS 2 packet id released (PUBREC seen, message acked in the queue)
   whose PUBCOMP has not come, so PUBREL is sent again on reconnect.
@@ -16,9 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 from broker.core import commands as c
-from broker.protocols.mqtt.topics import to_pattern
+from broker.protocols.mqtt.topics import SHARE_PREFIX, shared_filter, subscribable, to_pattern
 
 QUEUE_PREFIX = "mqtt-subscription-"
+SHARED_QUEUE_PREFIX = "mqtt-shared-"
+
+
+def shared_queue(group: str, topic_filter: str) -> str:
+    """The core queue of one shared subscription group and filter, in a vhost: its members
+    consume it (the group ends at the first `/`, so the name is unambiguous)."""
+    return f"{SHARED_QUEUE_PREFIX}{group}/{topic_filter}"
 
 
 class Session:
@@ -35,7 +43,9 @@ class Session:
         self.awaiting_complete: set[int] = set()
 
     def restore(self, records: dict[str, Any]) -> None:
-        self.subscriptions = dict(records.get("session", {}).get("subscriptions", {}))
+        saved = records.get("session", {}).get("subscriptions", {})
+        # An earlier release granted `$SYS` and invalid `$share/` filters: they are gone.
+        self.subscriptions = {f: qos for f, qos in saved.items() if _still_valid(f)}
         for name in records:
             kind, _, number = name.partition(":")
             if kind == "in":
@@ -44,7 +54,17 @@ class Session:
                 self.awaiting_complete.add(int(number))
 
     def patterns(self) -> set[str]:
-        return {to_pattern(f) for f in self.subscriptions}
+        """The binding patterns of the session queue (shared subscriptions have their own)."""
+        return {to_pattern(f) for f in self.subscriptions if not f.startswith(SHARE_PREFIX)}
+
+    def shared(self) -> dict[str, tuple[str, str]]:
+        """Shared queue -> (full filter, filter) of each shared subscription."""
+        out = {}
+        for full in self.subscriptions:
+            parsed = shared_filter(full)
+            if parsed is not None:
+                out[shared_queue(*parsed)] = (full, parsed[1])
+        return out
 
     # Each method below updates the state and returns the commands that make it durable
     # (none for a clean session, which ends with its connection).
@@ -72,3 +92,10 @@ class Session:
         if not self.persistent:
             return []
         return [c.PutRecord(self.vhost, self.group, name, value)]
+
+
+def _still_valid(topic_filter: str) -> bool:
+    try:
+        return shared_filter(topic_filter) is not None or subscribable(topic_filter)
+    except ValueError:
+        return False

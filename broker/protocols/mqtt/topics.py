@@ -27,6 +27,28 @@ def valid_filter(topic_filter: str) -> bool:
     return True
 
 
+SHARE_PREFIX = "$share/"
+
+
+def shared_filter(topic_filter: str) -> tuple[str, str] | None:
+    """(group, filter) of a shared subscription `$share/<group>/<filter>`, else None.
+
+    Raises ValueError for a `$share/` filter without a group, with `+` or `#` in its group,
+    or without a valid filter after it (Mosquitto and EMQX read 3.1.1 filters this way).
+    """
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return None
+    group, slash, inner = topic_filter[len(SHARE_PREFIX) :].partition("/")
+    if not group or "+" in group or "#" in group or not slash or not subscribable(inner):
+        raise ValueError(f"invalid shared subscription '{topic_filter}'")
+    return group, inner
+
+
+def subscribable(topic_filter: str) -> bool:
+    """A valid filter that is not a `$SYS` one (no `$SYS` topic is published here)."""
+    return valid_filter(topic_filter) and topic_filter.split("/", 1)[0] != "$SYS"
+
+
 @lru_cache(maxsize=4096)
 def to_routing_key(topic: str) -> str:
     """Publishers repeat a few topics: the mapping is cached (str.translate is slow)."""
