@@ -8,7 +8,7 @@ import pytest
 from broker.core import commands as c
 from broker.core.errors import InvalidArgument, PreconditionFailed, ReceiptHandleInvalid
 from broker.core.model import HIDDEN, RETAINED, MessagesAvailable
-from tests.core_helpers import OWNER, VH, Core, ready_bodies, x_death
+from tests.core_helpers import OWNER, VH, Core, ready_bodies, reloaded, x_death
 
 A: c.Owner = (1, 1, 1)
 B: c.Owner = (1, 2, 1)
@@ -760,9 +760,9 @@ def test_rewind_makes_retained_messages_consumable_in_order(core: Core) -> None:
     assert core.apply(c.Rewind(VH, "q", 0), at=600) == 3
     assert ready_bodies(q) == [b"1", b"2", b"3", b"4"]
     assert q.retained_count() == 0
-    # rewound messages can be received and acked again, and are retained again
+    # rewound messages start over: received again as if new, and retained again when acked
     (r,) = core.receive("q", visibility=100)
-    assert r.message.delivery_count == 2
+    assert r.message.delivery_count == 1
     core.apply(c.DeleteByHandle(VH, "q", r.handle))
     assert q.retained_count() == 1
 
@@ -774,7 +774,7 @@ def test_rewind_reaches_push_consumers(core: Core) -> None:
     core.settle("ack", "q", d.message.seq)
     assert core.apply(c.Rewind(VH, "q", 0)) == 1
     (again,) = core.deliveries()
-    assert again.message.body == b"m" and again.redelivered
+    assert again.message.body == b"m" and not again.redelivered  # it starts over
 
 
 def test_retention_expires_on_tick(core: Core) -> None:
@@ -802,6 +802,32 @@ def test_no_retention_without_a_rewind_window(core: Core) -> None:
     core.apply(c.DeleteByHandle(VH, "q", r.handle))
     assert core.apply(c.Rewind(VH, "q", 0)) == 0
     assert core.q("q").messages == {}
+
+
+def test_rewound_messages_are_received_again_before_the_receive_limit(core: Core) -> None:
+    dead_queue(core, **{"x-rewind-ms": 100_000, "x-max-receive-count": 2})
+    publish_all(core, "q", "1", "2")
+    for at in (0, 100):
+        received = core.receive("q", 2, visibility=100, at=at)
+        if at:
+            for r in received:
+                core.apply(c.DeleteByHandle(VH, "q", r.handle), at=at + 50)
+        core.tick(at + 100)
+    assert core.apply(c.Rewind(VH, "q", 0), at=300) == 2
+    got = core.receive("q", 2, visibility=100, at=300)
+    assert [(r.message.body, r.message.delivery_count) for r in got] == [(b"1", 1), (b"2", 1)]
+    assert core.q("dlq").messages == {}
+
+
+def test_rewound_messages_keep_their_place_after_a_restore(core: Core) -> None:
+    core.queue("q", **{"x-rewind-ms": 100_000})
+    publish_all(core, "q", "1", "2", "3")
+    for r in core.receive("q", 2, visibility=1000):
+        core.apply(c.DeleteByHandle(VH, "q", r.handle))
+    publish_all(core, "q", "4")
+    assert core.apply(c.Rewind(VH, "q", 0)) == 2
+    assert ready_bodies(core.q("q")) == [b"1", b"2", b"3", b"4"]
+    assert ready_bodies(reloaded(core).q("q")) == [b"1", b"2", b"3", b"4"]
 
 
 def test_rewound_message_with_ttl_still_expires(core: Core) -> None:
