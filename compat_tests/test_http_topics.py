@@ -173,7 +173,7 @@ def test_subscription_parameter_errors(cmq_broker, account):
         return client.call("Subscribe", **base, **params)
 
     queue_sub = {"protocol": "queue", "endpoint": q.queue_name}
-    error(subscribe(tags, **queue_sub, notifyContentFormat="JSON"), 4000, 10350)
+    error(subscribe(tags, **queue_sub, notifyContentFormat="XML"), 4000, 10350)
     error(subscribe(tags, **queue_sub, **{"bindingKey.1": "a"}), 4000, 10350)
     error(subscribe(keys, **queue_sub, **{"filterTag.1": "a"}), 4000, 10350)
     error(subscribe(tags, protocol="queue", endpoint=uid()), 4440)
@@ -188,6 +188,30 @@ def test_subscription_parameter_errors(cmq_broker, account):
         client.call("PublishMessage", topicName=keys.topicName, msgBody="x", routingKey="a." * 16),
         4000,
     )
+    client.close()
+
+
+def test_queue_subscription_with_json_format_gets_the_bare_body(cmq_broker, account):
+    """Tencent's Java SDK subscribes queues with notifyContentFormat JSON, its default."""
+    client = cmq_broker.client()
+    topic = make_topic(account, filter_type=1)
+    q = account.get_queue(uid())
+    q.create(QueueMeta())
+    name = uid("s")
+    params = {"topicName": topic.topicName, "subscriptionName": name}
+    ok(
+        client.call(
+            "Subscribe",
+            **params,
+            protocol="queue",
+            endpoint=q.queue_name,
+            notifyContentFormat="JSON",
+        )
+    )
+    attrs = ok(client.call("GetSubscriptionAttributes", **params))
+    assert attrs["notifyContentFormat"] == "JSON"
+    topic.publish_message(Message("plain body"))
+    assert drain(q) == ["plain body"]
     client.close()
 
 

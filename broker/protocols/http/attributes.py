@@ -91,6 +91,8 @@ def describe(q: MessageQueue) -> dict[str, Any]:
         inactiveMsgNum=inflight,
         delayMsgNum=q.delayed_count,
         rewindmsgNum=q.retained_count(),
+        # the documented spelling above; Tencent's Java SDK reads this one
+        rewindMsgNum=q.retained_count(),
         minMsgTime=oldest_message_time(q),
     )
     dlq = dead_letter_queue(q)
