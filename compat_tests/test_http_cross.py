@@ -86,3 +86,40 @@ def test_mqtt_publish_reaches_cmq_subscription_through_amq_topic(cmq_broker, cha
     assert got.msgBody == "sensors/7/temp"
     q.delete_message(got.receiptHandle)
     assert q.get_attributes().activeMsgNum == 0
+
+
+def status(cmq_broker) -> dict[str, str]:
+    lines = cmq_broker.process.cli("status").stdout.splitlines()
+    return dict(line.split("\t", 1) for line in lines)
+
+
+def test_max_msg_size_refuses_amqp_and_mqtt_publishes_too(cmq_broker, channel):
+    """maxMsgSize holds for every protocol: AMQP confirms nack, MQTT is PUBACKed and counted."""
+    import paho.mqtt.client as mqtt
+
+    q = cmq_broker.account().get_queue(uid())
+    meta = QueueMeta()
+    meta.maxMsgSize = 1024
+    q.create(meta)
+    refused_before = int(status(cmq_broker).get("oversized_refused", "0"))
+    channel.confirm_delivery()
+    channel.basic_publish("", q.queue_name, b"x" * 1024)
+    with pytest.raises(pika.exceptions.NackError):
+        channel.basic_publish("", q.queue_name, b"x" * 1025)
+
+    channel.queue_bind(q.queue_name, "amq.topic", routing_key=q.queue_name)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.username_pw_set("guest", "guest")
+    client.connect("127.0.0.1", cmq_broker.process.mqtt_port)
+    client.loop_start()
+    try:
+        for payload in (b"y" * 2000, b"small"):
+            client.publish(q.queue_name, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+    got = [m.msgBody for m in q.batch_receive_message(16, 0)]
+    assert got == ["x" * 1024, "small"]
+    assert int(status(cmq_broker)["oversized_refused"]) == refused_before + 2
+    assert "over its x-max-message-size" in cmq_broker.process.log_tail()

@@ -6,8 +6,13 @@ from __future__ import annotations
 import pytest
 
 from broker.core import commands as c
-from broker.core.errors import InvalidArgument, PreconditionFailed, ReceiptHandleInvalid
-from broker.core.model import HIDDEN, RETAINED, MessagesAvailable
+from broker.core.errors import (
+    InvalidArgument,
+    PreconditionFailed,
+    ReceiptHandleInvalid,
+    ResourceLimit,
+)
+from broker.core.model import HIDDEN, RETAINED, TOO_LARGE, MessagesAvailable, Overflowed
 from tests.core_helpers import OWNER, VH, Core, ready_bodies, reloaded, x_death
 
 A: c.Owner = (1, 1, 1)
@@ -519,6 +524,23 @@ def test_reject_publish_only_refuses_the_full_queue(core: Core) -> None:
     result = core.publish("", b"m", "f")
     assert result.rejected
     assert core.q("open").ready_count == 1
+
+
+def test_max_message_size_refuses_larger_publishes(core: Core) -> None:
+    core.exchange("f", "fanout")
+    core.queue("small", **{"x-max-message-size": 4})
+    core.queue("open")
+    core.bind("f", "small")
+    core.bind("f", "open")
+    assert not core.publish("", b"four", "f").rejected
+    result = core.publish("", b"fives", "f")
+    assert result.routed and result.rejected
+    assert Overflowed(VH, "small", "drop-head", TOO_LARGE) in core.effects
+    assert ready_bodies(core.q("small")) == [b"four"]
+    assert ready_bodies(core.q("open")) == [b"four", b"fives"]
+    with pytest.raises(ResourceLimit):
+        core.apply(c.Batch([c.Publish(VH, "", "small", {}, b"sixsix")], refuse_when_full=True))
+    assert ready_bodies(core.q("small")) == [b"four"]
 
 
 # -- delivery limit ------------------------------------------------------------------------

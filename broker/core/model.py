@@ -223,7 +223,8 @@ class MessagesAvailable:
 
 @dataclass(slots=True)
 class Overflowed:
-    """A queue over its length limit dropped its oldest message or refused a new one.
+    """A queue over its length limit dropped its oldest message or refused a new one, or
+    refused one larger than its x-max-message-size.
 
     Never silent: the node counts these and logs them.
     """
@@ -232,6 +233,11 @@ class Overflowed:
     queue: str
     #: the queue's overflow policy: "drop-head", "reject-publish" or "reject-publish-dlx"
     policy: str
+    #: "full" (over the length limit) or TOO_LARGE (refused whatever the policy)
+    reason: str = "full"
+
+
+TOO_LARGE = "too-large"
 
 
 @dataclass(slots=True)

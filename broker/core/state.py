@@ -39,6 +39,7 @@ from broker.core.errors import (
 )
 from broker.core.model import (
     HIDDEN,
+    TOO_LARGE,
     AccessKey,
     BindingKey,
     CloseConnection,
@@ -770,6 +771,10 @@ class StateMachine:
         persistent = props.get("delivery_mode") == 2
         for qname in targets:
             q = vh.queues[qname]
+            if _too_large(q, cmd.body):
+                self._effects.append(Overflowed(q.vhost, q.name, q.settings.overflow, TOO_LARGE))
+                result.rejected = True
+                continue
             if not self._enqueue(
                 q,
                 cmd.exchange,
@@ -938,6 +943,11 @@ class StateMachine:
                 return
             for qname in self._targets(vh, ex, cmd):
                 q = vh.queues[qname]
+                if _too_large(q, cmd.body):
+                    raise ResourceLimit(
+                        f"message larger than x-max-message-size of queue '{q.name}' in vhost "
+                        f"'{q.vhost}'"
+                    )
                 taken = room.setdefault(q.qid, [0, 0])
                 taken[0] += 1
                 taken[1] += len(cmd.body)
@@ -1663,6 +1673,13 @@ def _full(q: MessageQueue, count: int, size: int) -> bool:
     return (s.max_length is not None and q.ready_count + count > s.max_length) or (
         s.max_length_bytes is not None and q.ready_bytes + size > s.max_length_bytes
     )
+
+
+def _too_large(q: MessageQueue, body: bytes) -> bool:
+    """Is `body` over the queue's x-max-message-size? Checked at publish only: a message the
+    queue already took (dead-lettered or rewound into it) is never refused after the fact."""
+    limit = q.settings.max_message_size
+    return limit is not None and len(body) > limit
 
 
 def _is_cycle(target: str, deaths: list[dict[str, Any]]) -> bool:
