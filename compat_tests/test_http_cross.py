@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import os
+
 import pika
 import pytest
 from cmq.queue import Message, QueueMeta
 from cmq.subscription import SubscriptionMeta
 from cmq.topic import TopicMeta
 
-from compat_tests.cmq_helpers import uid
+from compat_tests.cmq_helpers import error, ok, uid
 
 
 @pytest.fixture
@@ -123,3 +126,65 @@ def test_max_msg_size_refuses_amqp_and_mqtt_publishes_too(cmq_broker, channel):
     assert got == ["x" * 1024, "small"]
     assert int(status(cmq_broker)["oversized_refused"]) == refused_before + 2
     assert "over its x-max-message-size" in cmq_broker.process.log_tail()
+
+
+def received_bytes(fields: dict) -> bytes:
+    """A received message's body as bytes, by the msgBodyEncoding the broker answers."""
+    if fields.get("msgBodyEncoding") == "base64":
+        return base64.b64decode(fields["msgBody"])
+    assert "msgBodyEncoding" not in fields, fields
+    return fields["msgBody"].encode()
+
+
+def test_binary_amqp_and_mqtt_bodies_reach_cmq_unchanged(cmq_broker, channel):
+    """Bodies that are not UTF-8 come back base64-encoded, flagged, not with bytes replaced."""
+    import paho.mqtt.client as mqtt
+
+    account = cmq_broker.account()
+    q = account.get_queue(uid())
+    q.create(QueueMeta())
+    from_amqp, from_mqtt = b"\xff\xfe" + os.urandom(200), b"\x80" + os.urandom(200)
+    channel.basic_publish("", q.queue_name, from_amqp)
+    channel.basic_publish("", q.queue_name, "text, 世界".encode())
+    channel.queue_bind(q.queue_name, "amq.topic", routing_key=q.queue_name)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.username_pw_set("guest", "guest")
+    client.connect("127.0.0.1", cmq_broker.process.mqtt_port)
+    client.loop_start()
+    try:
+        client.publish(q.queue_name, from_mqtt, qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+    http = cmq_broker.client()
+    got = ok(http.call("BatchReceiveMessage", queueName=q.queue_name, numOfMsg=3))["msgInfoList"]
+    assert [received_bytes(m) for m in got] == [from_amqp, "text, 世界".encode(), from_mqtt]
+    assert [m.get("msgBodyEncoding") for m in got] == ["base64", None, "base64"]
+    http.close()
+    # Tencent's SDK ignores the field it does not know and hands over the base64 text.
+    channel.basic_publish("", q.queue_name, from_amqp)
+    assert base64.b64decode(q.receive_message(0).msgBody) == from_amqp
+
+
+def test_cmq_client_sends_binary_as_base64(cmq_broker, channel):
+    q = cmq_broker.account().get_queue(uid())
+    q.create(QueueMeta())
+    binary = b"\x00\xff" + os.urandom(100)
+    http = cmq_broker.client()
+    encoded = base64.b64encode(binary).decode()
+    ok(http.call("SendMessage", queueName=q.queue_name, msgBody=encoded, msgBodyEncoding="base64"))
+    assert channel.basic_get(q.queue_name, auto_ack=True)[2] == binary
+    error(
+        http.call(
+            "SendMessage", queueName=q.queue_name, msgBody="not*base64", msgBodyEncoding="base64"
+        ),
+        4000,
+        10350,
+    )
+    error(
+        http.call("SendMessage", queueName=q.queue_name, msgBody="x", msgBodyEncoding="hex"),
+        4000,
+        10350,
+    )
+    http.close()

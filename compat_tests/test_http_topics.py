@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 
 import pytest
@@ -240,6 +242,29 @@ def test_http_push_json_and_simplified(account, receiver):
         assert push.headers["Content-Type"].startswith("text/plain")
     assert plain_sub
     assert receiver.nothing_within(0.3)  # delivered once each
+
+
+def test_binary_publish_pushes_losslessly(cmq_broker, account, receiver):
+    """A CMQ client publishes bytes as base64; JSON pushes carry them base64 and flagged,
+    SIMPLIFIED pushes the bytes themselves."""
+    topic = make_topic(account, filter_type=1)
+    http_subscription(account, topic, receiver.url("/json"))
+    http_subscription(account, topic, receiver.url("/plain"), fmt="SIMPLIFIED")
+    binary = b"\xff\x00" + os.urandom(64)
+    client = cmq_broker.client()
+    ok(
+        client.call(
+            "PublishMessage",
+            topicName=topic.topicName,
+            msgBody=base64.b64encode(binary).decode(),
+            msgBodyEncoding="base64",
+        )
+    )
+    client.close()
+    pushes = {p.path: p for p in (receiver.get(), receiver.get())}
+    assert pushes["/plain"].body == binary
+    body = json.loads(pushes["/json"].body)
+    assert body["msgBodyEncoding"] == "base64" and base64.b64decode(body["msgBody"]) == binary
 
 
 def test_http_push_retries_until_the_endpoint_succeeds(account, receiver):

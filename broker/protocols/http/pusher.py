@@ -21,6 +21,7 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.model import Received
 from broker.protocols.http import retry
+from broker.protocols.http.bodies import body_fields
 from broker.protocols.http.service import CmqService, message_id
 from broker.protocols.http.topics import (
     JSON,
@@ -145,7 +146,7 @@ class PushManager:
                 "topicName": topic,
                 "subscriptionName": name,
                 "msgId": mid,
-                "msgBody": msg.body.decode("utf-8", "replace"),
+                **body_fields(msg.body),
                 "publishTime": msg.enqueued_at // 1000,
             }
             data = json.dumps(payload, ensure_ascii=False).encode()

@@ -17,6 +17,7 @@ from broker.core.queue import MessageQueue
 from broker.core.state import Vhost
 from broker.protocols.http import attributes as a
 from broker.protocols.http import errors
+from broker.protocols.http.bodies import body_fields, sent_bodies
 from broker.protocols.http.errors import CmqError
 from broker.protocols.http.params import page
 from broker.protocols.http.service import Action, CmqService, Request, message_id
@@ -102,10 +103,9 @@ async def rewind_queue(svc: CmqService, req: Request) -> dict[str, Any]:
 # -- sending -------------------------------------------------------------------------------
 
 
-def _body(q: MessageQueue, text: str, name: str = "msgBody") -> bytes:
-    body = text.encode()
+def _check_body(q: MessageQueue, body: bytes) -> bytes:
     if not body:
-        raise errors.out_of_range(name, "at least 1 byte")
+        raise errors.out_of_range("msgBody", "at least 1 byte")
     limit = a.setting(q, a.MAX_SIZE)
     if len(body) > limit:
         raise CmqError(errors.TOO_LARGE, f"message is larger than maxMsgSize ({limit} bytes)")
@@ -138,7 +138,8 @@ async def _send(
 
 async def send_message(svc: CmqService, req: Request) -> dict[str, Any]:
     q = svc.queue(req.vhost, req.params.name("queueName"))
-    body = _body(q, req.params.text("msgBody"))
+    (body,) = sent_bodies(req.params, [req.params.text("msgBody")])
+    _check_body(q, body)
     delay = req.params.integer("delaySeconds", 0, MAX_DELAY_S, 0)
     return {"msgId": (await _send(svc, req.vhost, q, [body], delay))[0]}
 
@@ -146,7 +147,7 @@ async def send_message(svc: CmqService, req: Request) -> dict[str, Any]:
 async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
     q = svc.queue(req.vhost, req.params.name("queueName"))
     texts = req.params.array("msgBody", MAX_BATCH, required=True)
-    bodies = [_body(q, text) for text in texts]
+    bodies = [_check_body(q, body) for body in sent_bodies(req.params, texts)]
     delay = req.params.integer("delaySeconds", 0, MAX_DELAY_S, 0)
     ids = await _send(svc, req.vhost, q, bodies, delay)
     return {"msgList": [{"msgId": mid} for mid in ids]}
@@ -158,7 +159,7 @@ async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
 def _fields(received: Received) -> dict[str, Any]:
     msg = received.message
     return {
-        "msgBody": msg.body.decode("utf-8", "replace"),
+        **body_fields(msg.body),
         "msgId": message_id(received.qid, msg),
         "receiptHandle": received.handle,
         "enqueueTime": msg.enqueued_at // 1000,

@@ -13,6 +13,7 @@ from typing import Any
 
 from broker.core import commands as c
 from broker.protocols.http import errors, filters, retry
+from broker.protocols.http.bodies import sent_bodies
 from broker.protocols.http.errors import CmqError
 from broker.protocols.http.params import page
 from broker.protocols.http.service import Action, CmqService, Request
@@ -170,7 +171,7 @@ def _publication(
     """(topic, bodies, routing key, headers) of a PublishMessage or BatchPublishMessage."""
     name = req.params.name("topicName")
     record = topic_record(svc, req.vhost, name)
-    bodies = [text.encode() for text in texts]
+    bodies = sent_bodies(req.params, texts)
     for body in bodies:
         if not body:
             raise errors.out_of_range("msgBody", "at least 1 byte")
