@@ -188,3 +188,37 @@ def test_cmq_client_sends_binary_as_base64(cmq_broker, channel):
         10350,
     )
     http.close()
+
+
+def test_a_dead_letter_queue_in_use_is_kept_or_flagged(cmq_broker, channel):
+    """CMQ refuses to delete a queue others dead-letter to; deleted over AMQP anyway, it is
+    flagged, and messages over the receive limit stay in their queue instead of vanishing."""
+    http = cmq_broker.client()
+    dlq, src = uid("dlq"), uid()
+    ok(http.call("CreateQueue", queueName=dlq))
+    ok(
+        http.call(
+            "CreateQueue",
+            queueName=src,
+            visibilityTimeout=1,
+            deadLetterQueueName=dlq,
+            maxReceiveCount=2,
+        )
+    )
+    refused = error(http.call("DeleteQueue", queueName=dlq), 4000, 10110)
+    assert src in refused["message"]
+    assert ok(http.call("GetQueueAttributes", queueName=src))["deadLetterQueueExists"] is True
+
+    channel.queue_delete(dlq)
+    attrs = ok(http.call("GetQueueAttributes", queueName=src))
+    assert (attrs["deadLetterQueueName"], attrs["deadLetterQueueExists"]) == (dlq, False)
+    q = cmq_broker.account().get_queue(src)
+    q.send_message(Message("kept"))
+    counts = [q.receive_message(5).dequeueCount for _ in range(3)]
+    assert counts == [1, 2, 3]  # past maxReceiveCount, with nowhere to go: still here
+
+    ok(http.call("CreateQueue", queueName=dlq))
+    assert ok(http.call("GetQueueAttributes", queueName=src))["deadLetterQueueExists"] is True
+    ok(http.call("SetQueueAttributes", queueName=src, deadLetterQueueName=""))
+    ok(http.call("DeleteQueue", queueName=dlq))
+    http.close()

@@ -719,6 +719,21 @@ def test_max_receive_count_dead_letters_on_pull(core: Core) -> None:
     assert x_death(dead)[0]["reason"] == "delivery_limit"
 
 
+def test_max_receive_count_keeps_the_message_while_its_dead_letter_queue_is_gone(
+    core: Core,
+) -> None:
+    dead_queue(core, **{"x-max-receive-count": 1})
+    core.apply(c.DeleteQueue(VH, "dlq"))
+    core.publish("q", b"m")
+    for at in (0, 100):
+        (r,) = core.receive("q", visibility=100, at=at)
+        assert r.message.delivery_count == at // 100 + 1
+        core.tick(at + 100)
+    core.queue("dlq")  # the name routes again: the limit applies again
+    assert core.receive("q") == []
+    assert ready_bodies(core.q("dlq")) == [b"m"]
+
+
 def test_ttl_applies_to_messages_coming_back_from_pull(core: Core) -> None:
     dead_queue(core, **{"x-message-ttl": 150})
     core.publish("q", b"m")

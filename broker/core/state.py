@@ -1387,7 +1387,8 @@ class StateMachine:
                 self._dead_letter(q, msg, "expired")
                 continue
             limit = q.settings.max_receive_count
-            if limit is not None and msg.delivery_count >= limit:
+            over = limit is not None and msg.delivery_count >= limit
+            if over and self._dead_letter_reachable(q, msg):
                 self._dead_letter(q, msg, "delivery_limit")
                 continue
             q.hide_for_pull(msg, self.now, visibility)
@@ -1396,6 +1397,22 @@ class StateMachine:
         if out:
             self._schedule(q)
         return out
+
+    def _dead_letter_reachable(self, q: MessageQueue, msg: Message) -> bool:
+        """False when the queue names a dead-letter target that routes `msg` nowhere (its
+        queue was deleted): a message over the receive limit then stays rather than vanish.
+        A queue with no target at all drops it, as before."""
+        s = q.settings
+        if s.dead_letter_exchange is None:
+            return True
+        vh = self.vhosts[q.vhost]
+        ex = vh.exchanges.get(s.dead_letter_exchange)
+        if ex is None:
+            return False
+        targets: dict[str, None] = {}
+        routing_key = s.dead_letter_routing_key or msg.routing_key
+        self._route(vh, ex, routing_key, msg.properties.get("headers"), targets, set())
+        return bool(targets)
 
     def _held_message(self, q: MessageQueue, handle: str) -> Message:
         try:

@@ -54,9 +54,22 @@ async def create_queue(svc: CmqService, req: Request) -> dict[str, Any]:
     return {"queueId": queue_id(info.qid)}
 
 
+def dead_letter_sources(vh: Vhost, name: str) -> list[str]:
+    """The queues that name `name` as their dead-letter queue."""
+    return sorted(n for n, q in vh.queues.items() if n != name and a.dead_letter_queue(q) == name)
+
+
 async def delete_queue(svc: CmqService, req: Request) -> dict[str, Any]:
     name = req.params.name("queueName")
     svc.queue(req.vhost, name)
+    sources = dead_letter_sources(svc.vhost(req.vhost), name)
+    if sources:
+        raise CmqError(
+            errors.INVALID,
+            f"queue {name} is the dead-letter queue of {', '.join(sources)}: change or clear "
+            "their deadLetterQueueName first",
+            10110,
+        )
     await svc.call(c.DeleteQueue(req.vhost, name))
     return {}
 
@@ -72,7 +85,7 @@ async def list_queue(svc: CmqService, req: Request) -> dict[str, Any]:
 
 async def get_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
     name = req.params.name("queueName")
-    return {"queueName": name, **a.describe(svc.queue(req.vhost, name))}
+    return {"queueName": name, **a.describe(svc.queue(req.vhost, name), svc.vhost(req.vhost))}
 
 
 async def set_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
