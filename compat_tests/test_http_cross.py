@@ -9,6 +9,7 @@ import pika
 import pytest
 from cmq.queue import Message, QueueMeta
 from cmq.subscription import SubscriptionMeta
+from cmq.topic import Message as TopicMessage
 from cmq.topic import TopicMeta
 
 from compat_tests.cmq_helpers import error, ok, uid
@@ -221,4 +222,50 @@ def test_a_dead_letter_queue_in_use_is_kept_or_flagged(cmq_broker, channel):
     assert ok(http.call("GetQueueAttributes", queueName=src))["deadLetterQueueExists"] is True
     ok(http.call("SetQueueAttributes", queueName=src, deadLetterQueueName=""))
     ok(http.call("DeleteQueue", queueName=dlq))
+    http.close()
+
+
+def test_queue_subscriptions_go_with_their_queue_or_say_they_are_unbound(cmq_broker, channel):
+    account = cmq_broker.account()
+    topic = account.get_topic(uid("t"))
+    topic.create(TopicMeta())
+    http = cmq_broker.client()
+
+    def subscribe(queue: str) -> str:
+        name = uid("s")
+        sub = SubscriptionMeta()
+        sub.Endpoint, sub.Protocal, sub.NotifyContentFormat = queue, "queue", "SIMPLIFIED"
+        account.get_subscription(topic.topicName, name).create(sub)
+        return name
+
+    def listed() -> dict[str, bool]:
+        reply = ok(http.call("ListSubscriptionByTopic", topicName=topic.topicName))
+        return {s["subscriptionName"]: s["bound"] for s in reply["subscriptionList"]}
+
+    # Deleted over CMQ: its subscriptions go with it; a new queue of that name gets nothing.
+    q = account.get_queue(uid())
+    q.create(QueueMeta())
+    first = subscribe(q.queue_name)
+    assert listed() == {first: True}
+    q.delete()
+    assert listed() == {}
+    error(
+        http.call("GetSubscriptionAttributes", topicName=topic.topicName, subscriptionName=first),
+        4440,
+    )
+    q.create(QueueMeta())
+    topic.publish_message(TopicMessage("to nobody"))
+    assert q.get_attributes().activeMsgNum == 0
+
+    # Deleted over AMQP: the subscription stays, and says it is not bound any more.
+    second = subscribe(q.queue_name)
+    channel.queue_delete(q.queue_name)
+    q.create(QueueMeta())
+    assert listed() == {second: False}
+    attrs = ok(
+        http.call("GetSubscriptionAttributes", topicName=topic.topicName, subscriptionName=second)
+    )
+    assert attrs["bound"] is False
+    ok(http.call("Unsubscribe", topicName=topic.topicName, subscriptionName=second))
+    assert listed() == {}
     http.close()

@@ -16,7 +16,7 @@ from broker.core.model import Received
 from broker.core.queue import MessageQueue
 from broker.core.state import Vhost
 from broker.protocols.http import attributes as a
-from broker.protocols.http import errors
+from broker.protocols.http import errors, topics
 from broker.protocols.http.bodies import body_fields, sent_bodies
 from broker.protocols.http.errors import CmqError
 from broker.protocols.http.params import page
@@ -70,7 +70,14 @@ async def delete_queue(svc: CmqService, req: Request) -> dict[str, Any]:
             "their deadLetterQueueName first",
             10110,
         )
-    await svc.call(c.DeleteQueue(req.vhost, name))
+    # Its queue subscriptions go with it (their bindings go with the queue anyway): a queue
+    # of the same name created later is a new queue that nothing is subscribed to.
+    commands: list[c.Command] = [c.DeleteQueue(req.vhost, name)]
+    commands += [
+        c.PutRecord(req.vhost, topics.subscriptions_group(topic), sub, None)
+        for topic, sub in topics.queue_subscriptions(svc, req.vhost, name)
+    ]
+    await asyncio.gather(*[svc.call(command) for command in commands])
     return {}
 
 

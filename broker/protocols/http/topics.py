@@ -12,6 +12,8 @@ import asyncio
 from typing import Any
 
 from broker.core import commands as c
+from broker.core.model import BindingKey
+from broker.core.routing import freeze_arguments
 from broker.protocols.http import errors, filters, retry
 from broker.protocols.http.bodies import sent_bodies
 from broker.protocols.http.errors import CmqError
@@ -63,6 +65,29 @@ def subscription_record(svc: CmqService, vhost: str, topic: str, name: str) -> d
     if record is None:
         raise CmqError(errors.NOT_FOUND, f"subscription {name} of topic {topic} does not exist")
     return dict(record)
+
+
+def is_bound(svc: CmqService, vhost: str, topic: str, name: str, sub: dict[str, Any]) -> bool:
+    """Whether the subscription's bindings are all in place. They are not once its queue was
+    deleted outside CMQ (over AMQP): it then delivers nothing, and says so."""
+    bindings = svc.vhost(vhost).bindings.get(topic, {})
+    args = freeze_arguments({SUBSCRIPTION_ARGUMENT: name})
+    return all(
+        BindingKey(topic, sub["queue"], True, pattern, args) in bindings
+        for pattern in sub["patterns"]
+    )
+
+
+def queue_subscriptions(svc: CmqService, vhost: str, queue: str) -> list[tuple[str, str]]:
+    """(topic, subscription) of every protocol `queue` subscription pushing into `queue`."""
+    found = []
+    for (owner, group), subs in sorted(svc.state.records.items()):
+        if owner != vhost or group[:-1] != SUBSCRIPTIONS:
+            continue
+        for name, sub in sorted(subs.items()):
+            if sub["protocol"] == "queue" and sub["queue"] == queue:
+                found.append((group[-1], name))
+    return found
 
 
 def pending_pushes(svc: CmqService, vhost: str, sub: dict[str, Any]) -> int:
@@ -336,6 +361,7 @@ async def list_subscription_by_topic(svc: CmqService, req: Request) -> dict[str,
                 "subscriptionName": n,
                 "protocol": subs[n]["protocol"],
                 "endpoint": subs[n]["endpoint"],
+                "bound": is_bound(svc, req.vhost, topic, n, subs[n]),
             }
             for n in names
         ],
@@ -359,6 +385,7 @@ async def get_subscription_attributes(svc: CmqService, req: Request) -> dict[str
         "msgCount": pending_pushes(svc, req.vhost, sub),
         "filterTags": sub["filterTags"],
         "bindingKey": sub["bindingKeys"],
+        "bound": is_bound(svc, req.vhost, topic, name, sub),
     }
 
 
