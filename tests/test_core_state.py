@@ -343,7 +343,8 @@ def test_queue_delete_if_unused_and_if_empty(core: Core) -> None:
     with pytest.raises(PreconditionFailed):
         core.apply(c.DeleteQueue(VH, "q", if_unused=True))
     assert core.apply(c.DeleteQueue(VH, "q")) == 0  # the one message is unacked
-    assert core.effects == [ConsumerCancelled((1, 1, 1), "ctag")]
+    # its consumer is cancelled, and long polls on it wake to find it gone
+    assert core.effects == [ConsumerCancelled((1, 1, 1), "ctag"), MessagesAvailable(VH, "q")]
     assert core.apply(c.DeleteQueue(VH, "q")) == 0  # deleting twice is fine
 
 
@@ -381,7 +382,7 @@ def test_exclusive_queue_goes_when_its_connection_closes(core: Core) -> None:
     core.apply(c.ConnectionClosed((1, 7)))
     assert "ex" not in core.sm.vhosts[VH].queues
     assert "other" in core.sm.vhosts[VH].queues
-    assert core.effects == [ConsumerCancelled((1, 7, 1), "t")]
+    assert core.effects == [ConsumerCancelled((1, 7, 1), "t"), MessagesAvailable(VH, "ex")]
     # the name is free again for another connection
     core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=(1, 8), requester=(1, 8)))
 

@@ -215,7 +215,7 @@ class ConsumerCancelled:
 
 @dataclass(slots=True)
 class MessagesAvailable:
-    """A queue gained visible messages: wake long-polling receivers."""
+    """A queue gained visible messages, or was deleted: wake long-polling receivers."""
 
     vhost: str
     queue: str

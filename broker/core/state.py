@@ -698,6 +698,8 @@ class StateMachine:
         if q.exclusive_owner is not None:
             self.exclusive_queues.get(q.exclusive_owner, set()).discard((q.vhost, q.name))
         self._record("queue", (q.vhost, q.name), None)
+        # Long polls and pushers waiting on it wake up and find it gone, rather than wait on.
+        self._effects.append(MessagesAvailable(q.vhost, q.name))
 
     def _purge_queue(self, cmd: c.PurgeQueue) -> int:
         q = self.queue(cmd.vhost, cmd.name)
