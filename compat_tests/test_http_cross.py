@@ -269,3 +269,24 @@ def test_queue_subscriptions_go_with_their_queue_or_say_they_are_unbound(cmq_bro
     ok(http.call("Unsubscribe", topicName=topic.topicName, subscriptionName=second))
     assert listed() == {}
     http.close()
+
+
+def test_a_topic_made_again_after_an_amqp_delete_starts_clean(cmq_broker, channel):
+    """Subscriptions of a topic exchange deleted over AMQP go, push queues included, when
+    CMQ creates the topic again: nothing is left pushing or holding messages unseen."""
+    account = cmq_broker.account()
+    topic = account.get_topic(uid("t"))
+    topic.create(TopicMeta())
+    name = uid("s")
+    sub = SubscriptionMeta()
+    sub.Endpoint, sub.Protocal = "http://127.0.0.1:9/never", "http"
+    account.get_subscription(topic.topicName, name).create(sub)
+    push_queue = f"cmq-push.{topic.topicName}.{name}"
+    channel.queue_declare(push_queue, passive=True)
+
+    channel.exchange_delete(topic.topicName)
+    topic.create(TopicMeta())
+    assert topic.list_subscription()[0] == 0
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+        channel.queue_declare(push_queue, passive=True)
+    assert closed.value.reply_code == 404

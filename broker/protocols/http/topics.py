@@ -125,30 +125,32 @@ async def create_topic(svc: CmqService, req: Request) -> dict[str, Any]:
         "createTime": now_s,
         "lastModifyTime": now_s,
     }
-    await _all(
-        svc,
-        [
-            c.DeclareExchange(req.vhost, name, "topic"),
-            c.DropRecords(req.vhost, subscriptions_group(name)),
-            c.PutRecord(req.vhost, TOPICS, name, record),
-        ],
-    )
+    # Subscriptions left by a topic exchange deleted over AMQP go now, push queues included.
+    commands = _drop_subscriptions(svc, req.vhost, name)
+    commands += [
+        c.DeclareExchange(req.vhost, name, "topic"),
+        c.PutRecord(req.vhost, TOPICS, name, record),
+    ]
+    await _all(svc, commands)
     return {"topicId": record["id"]}
+
+
+def _drop_subscriptions(svc: CmqService, vhost: str, topic: str) -> list[c.Command]:
+    """Stop the topic's pushers; the commands removing its subscriptions and push queues."""
+    commands: list[c.Command] = []
+    for sub_name, sub in svc.records(vhost, subscriptions_group(topic)).items():
+        if sub["protocol"] == "http":
+            svc.pushers.stop(vhost, topic, sub_name)
+            commands.append(c.DeleteQueue(vhost, sub["queue"]))
+    commands.append(c.DropRecords(vhost, subscriptions_group(topic)))
+    return commands
 
 
 async def delete_topic(svc: CmqService, req: Request) -> dict[str, Any]:
     name = req.params.name("topicName")
     topic_record(svc, req.vhost, name)
-    commands: list[c.Command] = []
-    for sub_name, sub in svc.records(req.vhost, subscriptions_group(name)).items():
-        if sub["protocol"] == "http":
-            svc.pushers.stop(req.vhost, name, sub_name)
-            commands.append(c.DeleteQueue(req.vhost, sub["queue"]))
-    commands += [
-        c.DeleteExchange(req.vhost, name),
-        c.DropRecords(req.vhost, subscriptions_group(name)),
-        c.PutRecord(req.vhost, TOPICS, name, None),
-    ]
+    commands = _drop_subscriptions(svc, req.vhost, name)
+    commands += [c.DeleteExchange(req.vhost, name), c.PutRecord(req.vhost, TOPICS, name, None)]
     await _all(svc, commands)
     return {}
 
