@@ -145,6 +145,19 @@ def test_rewound_messages_start_over_under_max_receive_count(cmq_broker, account
     client.close()
 
 
+def test_max_receive_count_without_a_dead_letter_queue_loses_nothing(cmq_broker, account):
+    client = cmq_broker.client()
+    name = uid()
+    ok(client.call("CreateQueue", queueName=name, visibilityTimeout=1, maxReceiveCount=1))
+    client.close()
+    q = account.get_queue(name)
+    q.send_message(Message("stays"))
+    assert q.receive_message(0).dequeueCount == 1
+    # Past the limit with nowhere to go, it is received again rather than dropped.
+    again = q.receive_message(5)
+    assert (again.msgBody, again.dequeueCount) == ("stays", 2)
+
+
 def test_rewind_needs_a_window(account):
     q = make_queue(account)
     assert code_of(q.rewindQueue, int(time.time())) == 4000

@@ -734,6 +734,15 @@ def test_max_receive_count_keeps_the_message_while_its_dead_letter_queue_is_gone
     assert ready_bodies(core.q("dlq")) == [b"m"]
 
 
+def test_max_receive_count_without_a_dead_letter_target_drops_nothing(core: Core) -> None:
+    core.queue("q", **{"x-max-receive-count": 1})
+    core.publish("q", b"m")
+    for at in (0, 100):
+        (r,) = core.receive("q", visibility=100, at=at)
+        assert r.message.delivery_count == at // 100 + 1
+        core.tick(at + 100)
+
+
 def test_ttl_applies_to_messages_coming_back_from_pull(core: Core) -> None:
     dead_queue(core, **{"x-message-ttl": 150})
     core.publish("q", b"m")

@@ -1401,12 +1401,12 @@ class StateMachine:
         return out
 
     def _dead_letter_reachable(self, q: MessageQueue, msg: Message) -> bool:
-        """False when the queue names a dead-letter target that routes `msg` nowhere (its
-        queue was deleted): a message over the receive limit then stays rather than vanish.
-        A queue with no target at all drops it, as before."""
+        """Whether the queue's dead-letter target routes `msg` somewhere. A message over the
+        receive limit moves there only then: with no target, or one whose queue was deleted,
+        it stays rather than vanish."""
         s = q.settings
         if s.dead_letter_exchange is None:
-            return True
+            return False
         vh = self.vhosts[q.vhost]
         ex = vh.exchanges.get(s.dead_letter_exchange)
         if ex is None:
