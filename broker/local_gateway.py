@@ -20,6 +20,7 @@ from broker.core import commands as c
 from broker.core.auth import check_password, permits
 from broker.core.errors import AccessRefused, NotAllowed
 from broker.core.model import (
+    TOO_LARGE,
     CloseConnection,
     ConsumerCancelled,
     Deliver,
@@ -89,7 +90,7 @@ class LocalGateway:
         self._nonces = ReplayGuard(timestamp_skew, nonce_cache_size)
         self._blocked: str | None = None
         #: counters shown by `broker status`, next to the commit path's
-        self.metrics: dict[str, int] = {"overflow_refused": 0}
+        self.metrics: dict[str, int] = {"overflow_refused": 0, "oversized_refused": 0}
         #: when each queue's overflow was last logged, so a flood logs once a second
         self._overflow_logged: dict[tuple[str, str], float] = {}
         #: messages dropped, by reason (also shown by `broker status`)
@@ -165,16 +166,22 @@ class LocalGateway:
                 self._count_overflow(effect)  # type: ignore[arg-type]
 
     def _count_overflow(self, effect: Overflowed) -> None:
-        self.metrics["overflow_refused"] += 1
+        if effect.reason == TOO_LARGE:
+            counter, what = "oversized_refused", "refused a message over its x-max-message-size"
+        else:
+            counter, what = "overflow_refused", "is full: refused a message"
+        self.metrics[counter] += 1
         key = (effect.vhost, effect.queue)
         now = asyncio.get_running_loop().time()
         if now - self._overflow_logged.get(key, -1.0) >= 1.0:
             self._overflow_logged[key] = now
             log.warning(
-                "queue '%s' in vhost '%s' is full: refused a message (overflow_refused so far: %d)",
+                "queue '%s' in vhost '%s' %s (%s so far: %d)",
                 effect.queue,
                 effect.vhost,
-                self.metrics["overflow_refused"],
+                what,
+                counter,
+                self.metrics[counter],
             )
 
     # -- commands and state --------------------------------------------------------------

@@ -116,6 +116,48 @@ def test_rewind_makes_deleted_messages_consumable_again(account):
     assert code_of(q.rewindQueue, start - 3600) == 4000  # outside the window
 
 
+def test_rewound_messages_start_over_under_max_receive_count(cmq_broker, account):
+    client = cmq_broker.client()
+    dlq, name = uid("dlq"), uid()
+    ok(client.call("CreateQueue", queueName=dlq))
+    ok(
+        client.call(
+            "CreateQueue",
+            queueName=name,
+            rewindSeconds=600,
+            deadLetterQueueName=dlq,
+            maxReceiveCount=2,
+        )
+    )
+    q, dead = account.get_queue(name), account.get_queue(dlq)
+    start = int(time.time()) - 1
+    q.send_message(Message("again"))
+    first = q.receive_message(0)
+    q.delete_message(first.receiptHandle)
+    q.rewindQueue(start)
+    second = q.receive_message(0)
+    q.delete_message(second.receiptHandle)
+    q.rewindQueue(start)
+    # Each rewind starts the count over: received again, not moved to the dead-letter queue.
+    third = q.receive_message(0)
+    assert (third.msgBody, third.dequeueCount) == ("again", 1)
+    assert code_of(dead.receive_message, 0) == 7000
+    client.close()
+
+
+def test_max_receive_count_without_a_dead_letter_queue_loses_nothing(cmq_broker, account):
+    client = cmq_broker.client()
+    name = uid()
+    ok(client.call("CreateQueue", queueName=name, visibilityTimeout=1, maxReceiveCount=1))
+    client.close()
+    q = account.get_queue(name)
+    q.send_message(Message("stays"))
+    assert q.receive_message(0).dequeueCount == 1
+    # Past the limit with nowhere to go, it is received again rather than dropped.
+    again = q.receive_message(5)
+    assert (again.msgBody, again.dequeueCount) == ("stays", 2)
+
+
 def test_rewind_needs_a_window(account):
     q = make_queue(account)
     assert code_of(q.rewindQueue, int(time.time())) == 4000

@@ -64,6 +64,18 @@ def test_queue_lifecycle_and_attributes(account):
     raises(4440, q.send_message, Message("x"))
 
 
+def test_rewind_count_in_both_spellings(cmq_broker, account):
+    """The documentation spells rewindmsgNum; Tencent's Java SDK reads rewindMsgNum."""
+    q = account.get_queue(uid())
+    q.create(meta(rewindSeconds=600))
+    q.send_message(Message("kept"))
+    q.delete_message(q.receive_message(0).receiptHandle)
+    client = cmq_broker.client()
+    attrs = ok(client.call("GetQueueAttributes", queueName=q.queue_name))
+    assert (attrs["rewindmsgNum"], attrs["rewindMsgNum"]) == (1, 1)
+    client.close()
+
+
 def test_list_queue_search_and_paging(account):
     prefix = uid("list")
     names = sorted(f"{prefix}-{i}" for i in range(5))

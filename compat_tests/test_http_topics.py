@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 
 import pytest
@@ -11,7 +13,7 @@ from cmq.queue import QueueMeta
 from cmq.subscription import SubscriptionMeta
 from cmq.topic import Message, TopicMeta
 
-from compat_tests.cmq_helpers import PushReceiver, error, ok, uid
+from compat_tests.cmq_helpers import PushReceiver, error, ok, uid, wait_until
 
 
 @pytest.fixture
@@ -173,7 +175,7 @@ def test_subscription_parameter_errors(cmq_broker, account):
         return client.call("Subscribe", **base, **params)
 
     queue_sub = {"protocol": "queue", "endpoint": q.queue_name}
-    error(subscribe(tags, **queue_sub, notifyContentFormat="JSON"), 4000, 10350)
+    error(subscribe(tags, **queue_sub, notifyContentFormat="XML"), 4000, 10350)
     error(subscribe(tags, **queue_sub, **{"bindingKey.1": "a"}), 4000, 10350)
     error(subscribe(keys, **queue_sub, **{"filterTag.1": "a"}), 4000, 10350)
     error(subscribe(tags, protocol="queue", endpoint=uid()), 4440)
@@ -188,6 +190,30 @@ def test_subscription_parameter_errors(cmq_broker, account):
         client.call("PublishMessage", topicName=keys.topicName, msgBody="x", routingKey="a." * 16),
         4000,
     )
+    client.close()
+
+
+def test_queue_subscription_with_json_format_gets_the_bare_body(cmq_broker, account):
+    """Tencent's Java SDK subscribes queues with notifyContentFormat JSON, its default."""
+    client = cmq_broker.client()
+    topic = make_topic(account, filter_type=1)
+    q = account.get_queue(uid())
+    q.create(QueueMeta())
+    name = uid("s")
+    params = {"topicName": topic.topicName, "subscriptionName": name}
+    ok(
+        client.call(
+            "Subscribe",
+            **params,
+            protocol="queue",
+            endpoint=q.queue_name,
+            notifyContentFormat="JSON",
+        )
+    )
+    attrs = ok(client.call("GetSubscriptionAttributes", **params))
+    assert attrs["notifyContentFormat"] == "JSON"
+    topic.publish_message(Message("plain body"))
+    assert drain(q) == ["plain body"]
     client.close()
 
 
@@ -218,6 +244,29 @@ def test_http_push_json_and_simplified(account, receiver):
     assert receiver.nothing_within(0.3)  # delivered once each
 
 
+def test_binary_publish_pushes_losslessly(cmq_broker, account, receiver):
+    """A CMQ client publishes bytes as base64; JSON pushes carry them base64 and flagged,
+    SIMPLIFIED pushes the bytes themselves."""
+    topic = make_topic(account, filter_type=1)
+    http_subscription(account, topic, receiver.url("/json"))
+    http_subscription(account, topic, receiver.url("/plain"), fmt="SIMPLIFIED")
+    binary = b"\xff\x00" + os.urandom(64)
+    client = cmq_broker.client()
+    ok(
+        client.call(
+            "PublishMessage",
+            topicName=topic.topicName,
+            msgBody=base64.b64encode(binary).decode(),
+            msgBodyEncoding="base64",
+        )
+    )
+    client.close()
+    pushes = {p.path: p for p in (receiver.get(), receiver.get())}
+    assert pushes["/plain"].body == binary
+    body = json.loads(pushes["/json"].body)
+    assert body["msgBodyEncoding"] == "base64" and base64.b64decode(body["msgBody"]) == binary
+
+
 def test_http_push_retries_until_the_endpoint_succeeds(account, receiver):
     topic = make_topic(account, filter_type=1)
     receiver.fail("/flaky", 2)
@@ -233,13 +282,42 @@ def test_http_push_retries_until_the_endpoint_succeeds(account, receiver):
     assert attrs.inactiveMsgNum == 0  # the SDK maps msgCount here: nothing pending
 
 
-def test_backoff_retry_gives_up_after_three_retries(account, receiver):
+def test_backoff_retry_gives_up_after_three_retries(account, receiver, cmq_broker):
     topic = make_topic(account, filter_type=1)
     receiver.fail("/down", 100)
-    http_subscription(account, topic, receiver.url("/down"), strategy="BACKOFF_RETRY")
+    name = http_subscription(account, topic, receiver.url("/down"), strategy="BACKOFF_RETRY")
     topic.publish_message(Message("doomed"))
     attempts = [receiver.get() for _ in range(4)]
     gaps = [b.at - a.at for a, b in zip(attempts, attempts[1:], strict=False)]
     assert all(0.45 <= gap <= 3 for gap in gaps), gaps  # 10-20 units of 50 ms
     assert receiver.nothing_within(1.5)
     assert topic.get_attributes().msgCount == 0
+    # Given up, and said so: one line naming the subscription, topic, endpoint and count.
+    line = wait_until(lambda: dropped_lines(cmq_broker, name), timeout=5)
+    assert len(line) == 1 and topic.topicName in line[0] and receiver.url("/down") in line[0]
+    assert "gave up 1 message(s)" in line[0]
+
+
+def dropped_lines(cmq_broker, subscription: str) -> list[str]:
+    log = cmq_broker.process.log_path.read_text(errors="replace")
+    return [ln for ln in log.splitlines() if "gave up" in ln and subscription in ln]
+
+
+def test_a_push_subscription_whose_queue_is_deleted_says_so(account, cmq_broker, receiver):
+    import pika
+
+    topic = make_topic(account, filter_type=1)
+    name = http_subscription(account, topic, receiver.url("/gone"))
+    conn = pika.BlockingConnection(cmq_broker.process.params())
+    conn.channel().queue_delete(f"cmq-push.{topic.topicName}.{name}")
+    conn.close()
+    topic.publish_message(Message("nowhere"))
+    assert receiver.nothing_within(0.3)
+    client = cmq_broker.client()
+    params = {"topicName": topic.topicName, "subscriptionName": name}
+    assert ok(client.call("GetSubscriptionAttributes", **params))["bound"] is False
+    assert wait_until(
+        lambda: f"{name} of topic {topic.topicName}" in cmq_broker.process.log_tail(20_000)
+    )
+    ok(client.call("Unsubscribe", **params))
+    client.close()

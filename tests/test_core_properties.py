@@ -375,7 +375,8 @@ class Model:
             if _expired(m, self.now):
                 self.dead_letter(qi, m)
                 continue
-            if q.max_receive is not None and m.delivery_count >= q.max_receive:
+            # only q0 has a dead-letter target (q1); without one the limit does nothing
+            if qi == 0 and q.max_receive is not None and m.delivery_count >= q.max_receive:
                 self.dead_letter(qi, m)
                 continue
             m.delivery_count += 1
@@ -402,9 +403,13 @@ class Model:
     def rewind(self, qi: int, since: int) -> int:
         q = self.qs[qi]
         back = [m for m in q.msgs.values() if m.state == RETAINED and m.enqueued_at >= since]
-        for m in back:
-            m.acked_at = 0
-            q.give_back(m)
+        for m in back:  # they start over, ahead of the never-delivered messages
+            m.acked_at = m.delivery_count = m.returns = 0
+            m.state = READY
+            m.returned = False
+            m.owner = None
+            m.via_consumer = False
+        q.fresh[:0] = sorted(m.seq for m in back)
         self.dispatch(qi)
         return len(back)
 

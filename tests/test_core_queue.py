@@ -6,9 +6,14 @@ from __future__ import annotations
 import pytest
 
 from broker.core import commands as c
-from broker.core.errors import InvalidArgument, PreconditionFailed, ReceiptHandleInvalid
-from broker.core.model import HIDDEN, RETAINED, MessagesAvailable
-from tests.core_helpers import OWNER, VH, Core, ready_bodies, x_death
+from broker.core.errors import (
+    InvalidArgument,
+    PreconditionFailed,
+    ReceiptHandleInvalid,
+    ResourceLimit,
+)
+from broker.core.model import HIDDEN, RETAINED, TOO_LARGE, MessagesAvailable, Overflowed
+from tests.core_helpers import OWNER, VH, Core, ready_bodies, reloaded, x_death
 
 A: c.Owner = (1, 1, 1)
 B: c.Owner = (1, 2, 1)
@@ -521,6 +526,23 @@ def test_reject_publish_only_refuses_the_full_queue(core: Core) -> None:
     assert core.q("open").ready_count == 1
 
 
+def test_max_message_size_refuses_larger_publishes(core: Core) -> None:
+    core.exchange("f", "fanout")
+    core.queue("small", **{"x-max-message-size": 4})
+    core.queue("open")
+    core.bind("f", "small")
+    core.bind("f", "open")
+    assert not core.publish("", b"four", "f").rejected
+    result = core.publish("", b"fives", "f")
+    assert result.routed and result.rejected
+    assert Overflowed(VH, "small", "drop-head", TOO_LARGE) in core.effects
+    assert ready_bodies(core.q("small")) == [b"four"]
+    assert ready_bodies(core.q("open")) == [b"four", b"fives"]
+    with pytest.raises(ResourceLimit):
+        core.apply(c.Batch([c.Publish(VH, "", "small", {}, b"sixsix")], refuse_when_full=True))
+    assert ready_bodies(core.q("small")) == [b"four"]
+
+
 # -- delivery limit ------------------------------------------------------------------------
 
 
@@ -697,6 +719,30 @@ def test_max_receive_count_dead_letters_on_pull(core: Core) -> None:
     assert x_death(dead)[0]["reason"] == "delivery_limit"
 
 
+def test_max_receive_count_keeps_the_message_while_its_dead_letter_queue_is_gone(
+    core: Core,
+) -> None:
+    dead_queue(core, **{"x-max-receive-count": 1})
+    core.apply(c.DeleteQueue(VH, "dlq"))
+    core.publish("q", b"m")
+    for at in (0, 100):
+        (r,) = core.receive("q", visibility=100, at=at)
+        assert r.message.delivery_count == at // 100 + 1
+        core.tick(at + 100)
+    core.queue("dlq")  # the name routes again: the limit applies again
+    assert core.receive("q") == []
+    assert ready_bodies(core.q("dlq")) == [b"m"]
+
+
+def test_max_receive_count_without_a_dead_letter_target_drops_nothing(core: Core) -> None:
+    core.queue("q", **{"x-max-receive-count": 1})
+    core.publish("q", b"m")
+    for at in (0, 100):
+        (r,) = core.receive("q", visibility=100, at=at)
+        assert r.message.delivery_count == at // 100 + 1
+        core.tick(at + 100)
+
+
 def test_ttl_applies_to_messages_coming_back_from_pull(core: Core) -> None:
     dead_queue(core, **{"x-message-ttl": 150})
     core.publish("q", b"m")
@@ -760,9 +806,9 @@ def test_rewind_makes_retained_messages_consumable_in_order(core: Core) -> None:
     assert core.apply(c.Rewind(VH, "q", 0), at=600) == 3
     assert ready_bodies(q) == [b"1", b"2", b"3", b"4"]
     assert q.retained_count() == 0
-    # rewound messages can be received and acked again, and are retained again
+    # rewound messages start over: received again as if new, and retained again when acked
     (r,) = core.receive("q", visibility=100)
-    assert r.message.delivery_count == 2
+    assert r.message.delivery_count == 1
     core.apply(c.DeleteByHandle(VH, "q", r.handle))
     assert q.retained_count() == 1
 
@@ -774,7 +820,7 @@ def test_rewind_reaches_push_consumers(core: Core) -> None:
     core.settle("ack", "q", d.message.seq)
     assert core.apply(c.Rewind(VH, "q", 0)) == 1
     (again,) = core.deliveries()
-    assert again.message.body == b"m" and again.redelivered
+    assert again.message.body == b"m" and not again.redelivered  # it starts over
 
 
 def test_retention_expires_on_tick(core: Core) -> None:
@@ -802,6 +848,32 @@ def test_no_retention_without_a_rewind_window(core: Core) -> None:
     core.apply(c.DeleteByHandle(VH, "q", r.handle))
     assert core.apply(c.Rewind(VH, "q", 0)) == 0
     assert core.q("q").messages == {}
+
+
+def test_rewound_messages_are_received_again_before_the_receive_limit(core: Core) -> None:
+    dead_queue(core, **{"x-rewind-ms": 100_000, "x-max-receive-count": 2})
+    publish_all(core, "q", "1", "2")
+    for at in (0, 100):
+        received = core.receive("q", 2, visibility=100, at=at)
+        if at:
+            for r in received:
+                core.apply(c.DeleteByHandle(VH, "q", r.handle), at=at + 50)
+        core.tick(at + 100)
+    assert core.apply(c.Rewind(VH, "q", 0), at=300) == 2
+    got = core.receive("q", 2, visibility=100, at=300)
+    assert [(r.message.body, r.message.delivery_count) for r in got] == [(b"1", 1), (b"2", 1)]
+    assert core.q("dlq").messages == {}
+
+
+def test_rewound_messages_keep_their_place_after_a_restore(core: Core) -> None:
+    core.queue("q", **{"x-rewind-ms": 100_000})
+    publish_all(core, "q", "1", "2", "3")
+    for r in core.receive("q", 2, visibility=1000):
+        core.apply(c.DeleteByHandle(VH, "q", r.handle))
+    publish_all(core, "q", "4")
+    assert core.apply(c.Rewind(VH, "q", 0)) == 2
+    assert ready_bodies(core.q("q")) == [b"1", b"2", b"3", b"4"]
+    assert ready_bodies(reloaded(core).q("q")) == [b"1", b"2", b"3", b"4"]
 
 
 def test_rewound_message_with_ttl_still_expires(core: Core) -> None:

@@ -365,9 +365,12 @@ def test_queue_delete_if_unused_and_if_empty(core: Core) -> None:
     with pytest.raises(PreconditionFailed):
         core.apply(c.DeleteQueue(VH, "q", if_unused=True))
     assert core.apply(c.DeleteQueue(VH, "q")) == 0  # the one message is unacked
+    # its consumer is cancelled, the unacked message goes with the queue (counted), and long
+    # polls on it wake to find it gone
     assert core.effects == [
         ConsumerCancelled((1, 1, 1), "ctag"),
-        Dropped(VH, "q", "queue-deleted", 1),  # the unacked one goes with the queue
+        Dropped(VH, "q", "queue-deleted", 1),
+        MessagesAvailable(VH, "q"),
     ]
     assert core.apply(c.DeleteQueue(VH, "q")) == 0  # deleting twice is fine
 
@@ -406,7 +409,7 @@ def test_exclusive_queue_goes_when_its_connection_closes(core: Core) -> None:
     core.apply(c.ConnectionClosed((1, 7)))
     assert "ex" not in core.sm.vhosts[VH].queues
     assert "other" in core.sm.vhosts[VH].queues
-    assert core.effects == [ConsumerCancelled((1, 7, 1), "t")]
+    assert core.effects == [ConsumerCancelled((1, 7, 1), "t"), MessagesAvailable(VH, "ex")]
     # the name is free again for another connection
     core.apply(c.DeclareQueue(VH, "ex", exclusive_owner=(1, 8), requester=(1, 8)))
 

@@ -128,7 +128,7 @@ def test_describe_counts_messages_by_state() -> None:
         core.publish("q", body)
     core.apply(c.Publish(VH, "", "q", {}, b"later", delay_ms=5000))
     core.receive("q")
-    got = attributes.describe(core.q("q"))
+    got = attributes.describe(core.q("q"), core.sm.vhost(VH))
     assert (got["activeMsgNum"], got["inactiveMsgNum"], got["delayMsgNum"]) == (2, 1, 1)
     assert (got["visibilityTimeout"], got["minMsgTime"], got["createTime"]) == (30, 10, 10)
 

@@ -215,7 +215,7 @@ class ConsumerCancelled:
 
 @dataclass(slots=True)
 class MessagesAvailable:
-    """A queue gained visible messages: wake long-polling receivers."""
+    """A queue gained visible messages, or was deleted: wake long-polling receivers."""
 
     vhost: str
     queue: str
@@ -223,7 +223,8 @@ class MessagesAvailable:
 
 @dataclass(slots=True)
 class Overflowed:
-    """A queue at its length limit refused a new message (the publisher is told).
+    """A queue refused a new message (the publisher is told): at its length limit, or larger
+    than its x-max-message-size.
 
     Never silent: the node counts these and logs them.
     """
@@ -232,6 +233,11 @@ class Overflowed:
     queue: str
     #: the queue's overflow policy: "reject-publish" or "reject-publish-dlx"
     policy: str
+    #: "full" (over the length limit) or TOO_LARGE (refused whatever the policy)
+    reason: str = "full"
+
+
+TOO_LARGE = "too-large"
 
 
 @dataclass(slots=True)

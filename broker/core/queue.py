@@ -39,6 +39,8 @@ class QueueSettings:
     rewind_ms: int = 0
     #: pull receives beyond this count move the message to its dead-letter target
     max_receive_count: int | None = None
+    #: larger bodies are refused at publish, whatever the protocol (CMQ's maxMsgSize)
+    max_message_size: int | None = None
 
     @classmethod
     def from_arguments(cls, args: dict[str, Any]) -> QueueSettings:
@@ -68,6 +70,7 @@ class QueueSettings:
             s.visibility_ms = visibility
         s.rewind_ms = _non_negative(args, "x-rewind-ms") or 0
         s.max_receive_count = _non_negative(args, "x-max-receive-count", positive=True)
+        s.max_message_size = _non_negative(args, "x-max-message-size")
         qtype = args.get("x-queue-type", "classic")
         if isinstance(qtype, bytes):
             qtype = qtype.decode()
@@ -367,7 +370,14 @@ class MessageQueue:
         return out
 
     def rewind(self, since_ms: int) -> list[Message]:
-        """Retained messages enqueued at or after `since_ms` become ready again."""
+        """Retained messages enqueued at or after `since_ms` become ready again, as new.
+
+        They start over (no receives or returns counted, so a receive limit does not send
+        them straight to the dead-letter queue) and go ahead of the never-delivered ready
+        messages, in their original order. Every ready message of a level was enqueued
+        after any message taken from that level, so the ready index stays in position
+        order, which is the order a restored queue rebuilds.
+        """
         back = []
         keep: deque[int] = deque()
         for seq in self._retained:
@@ -375,12 +385,16 @@ class MessageQueue:
             if msg is None or msg.state != RETAINED:
                 continue
             if msg.enqueued_at >= since_ms:
-                msg.acked_at = 0
-                self.give_back(msg)
                 back.append(msg)
             else:
                 keep.append(seq)
         self._retained = keep
+        back.sort(key=lambda m: m.position, reverse=True)
+        for msg in back:
+            msg.acked_at = msg.delivery_count = msg.returns = msg.first_delivered_at = 0
+            self._mark_ready(msg)
+            self._ready[self.level(msg)].appendleft(msg.seq)
+        back.reverse()
         return back
 
     def take_retained(self) -> list[Message]:

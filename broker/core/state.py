@@ -45,6 +45,7 @@ from broker.core.errors import (
 from broker.core.model import (
     HIDDEN,
     RETAINED,
+    TOO_LARGE,
     AccessKey,
     BindingKey,
     CloseConnection,
@@ -718,6 +719,8 @@ class StateMachine:
         if q.exclusive_owner is not None:
             self.exclusive_queues.get(q.exclusive_owner, set()).discard((q.vhost, q.name))
         self._record("queue", (q.vhost, q.name), None)
+        # Long polls and pushers waiting on it wake up and find it gone, rather than wait on.
+        self._effects.append(MessagesAvailable(q.vhost, q.name))
 
     def _purge_queue(self, cmd: c.PurgeQueue) -> int:
         q = self.queue(cmd.vhost, cmd.name)
@@ -803,6 +806,10 @@ class StateMachine:
         persistent = props.get("delivery_mode") == 2
         for qname in targets:
             q = vh.queues[qname]
+            if _too_large(q, cmd.body):
+                self._effects.append(Overflowed(q.vhost, q.name, q.settings.overflow, TOO_LARGE))
+                result.rejected = True
+                continue
             if not self._enqueue(
                 q,
                 cmd.exchange,
@@ -976,6 +983,11 @@ class StateMachine:
                 return
             for qname in self._targets(vh, ex, cmd):
                 q = vh.queues[qname]
+                if _too_large(q, cmd.body):
+                    raise ResourceLimit(
+                        f"message larger than x-max-message-size of queue '{q.name}' in vhost "
+                        f"'{q.vhost}'"
+                    )
                 taken = room.setdefault(q.qid, [0, 0])
                 taken[0] += 1
                 taken[1] += len(cmd.body)
@@ -1431,7 +1443,8 @@ class StateMachine:
                 self._dead_letter(q, msg, "expired")
                 continue
             limit = q.settings.max_receive_count
-            if limit is not None and msg.delivery_count >= limit:
+            over = limit is not None and msg.delivery_count >= limit
+            if over and self._dead_letter_reachable(q, msg):
                 self._dead_letter(q, msg, "delivery_limit")
                 continue
             q.hide_for_pull(msg, self.now, visibility)
@@ -1440,6 +1453,22 @@ class StateMachine:
         if out:
             self._schedule(q)
         return out
+
+    def _dead_letter_reachable(self, q: MessageQueue, msg: Message) -> bool:
+        """Whether the queue's dead-letter target routes `msg` somewhere. A message over the
+        receive limit moves there only then: with no target, or one whose queue was deleted,
+        it stays rather than vanish."""
+        s = q.settings
+        if s.dead_letter_exchange is None:
+            return False
+        vh = self.vhosts[q.vhost]
+        ex = vh.exchanges.get(s.dead_letter_exchange)
+        if ex is None:
+            return False
+        targets: dict[str, None] = {}
+        routing_key = s.dead_letter_routing_key or msg.routing_key
+        self._route(vh, ex, routing_key, msg.properties.get("headers"), targets, set())
+        return bool(targets)
 
     def _held_message(self, q: MessageQueue, handle: str) -> Message:
         try:
@@ -1778,6 +1807,13 @@ def _without_bcc(properties: dict[str, Any]) -> dict[str, Any]:
     if not headers or "BCC" not in headers:
         return properties
     return {**properties, "headers": {k: v for k, v in headers.items() if k != "BCC"}}
+
+
+def _too_large(q: MessageQueue, body: bytes) -> bool:
+    """Is `body` over the queue's x-max-message-size? Checked at publish only: a message the
+    queue already took (dead-lettered or rewound into it) is never refused after the fact."""
+    limit = q.settings.max_message_size
+    return limit is not None and len(body) > limit
 
 
 def _is_cycle(target: str, deaths: list[dict[str, Any]]) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 from broker.core.model import RETAINED
 from broker.core.queue import MessageQueue
+from broker.core.state import Vhost
 from broker.protocols.http.params import Params
 
 DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
@@ -80,8 +81,12 @@ def dead_letter_queue(q: MessageQueue) -> str | None:
     return q.settings.dead_letter_routing_key
 
 
-def describe(q: MessageQueue) -> dict[str, Any]:
-    """GetQueueAttributes' fields. Counts are exact here; CMQ calls them approximate."""
+def describe(q: MessageQueue, vh: Vhost) -> dict[str, Any]:
+    """GetQueueAttributes' fields. Counts are exact here; CMQ calls them approximate.
+
+    A dead-letter queue deleted outside CMQ (CMQ refuses to) is still named, flagged by
+    deadLetterQueueExists false: until it exists again, messages over the receive limit stay.
+    """
     inflight = q.hidden_count - q.delayed_count + len(q.unacked)
     out: dict[str, Any] = {attr.name: setting(q, attr) for attr in QUEUE_ATTRIBUTES}
     out.update(
@@ -91,11 +96,14 @@ def describe(q: MessageQueue) -> dict[str, Any]:
         inactiveMsgNum=inflight,
         delayMsgNum=q.delayed_count,
         rewindmsgNum=q.retained_count(),
+        # the documented spelling above; Tencent's Java SDK reads this one
+        rewindMsgNum=q.retained_count(),
         minMsgTime=oldest_message_time(q),
     )
     dlq = dead_letter_queue(q)
     if dlq is not None:
         out["deadLetterQueueName"] = dlq
+        out["deadLetterQueueExists"] = dlq in vh.queues
     if q.settings.max_receive_count is not None:
         out["maxReceiveCount"] = q.settings.max_receive_count
     return out

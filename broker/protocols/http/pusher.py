@@ -3,7 +3,8 @@
 A message is received (hidden for the push timeout), POSTed to the endpoint, then deleted on a
 2xx answer. On failure its visibility is set to the retry delay of the subscription's strategy,
 so the retry time is on disk: after a restart the loop finds it when it comes due. Past the
-strategy's attempts the message is dropped for that subscriber, as CMQ does.
+strategy's attempts the message is dropped for that subscriber, as CMQ does: counted per
+subscription and logged, one WARNING line per subscription and DROP_LOG_INTERVAL at most.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import contextlib
 import json
 import logging
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from broker.core import commands as c
-from broker.core.errors import BrokerError
+from broker.core.errors import BrokerError, NotFound
 from broker.core.model import Received
 from broker.protocols.http import retry
+from broker.protocols.http.bodies import body_fields
 from broker.protocols.http.service import CmqService, message_id
 from broker.protocols.http.topics import (
     JSON,
@@ -32,6 +35,21 @@ from broker.protocols.http.topics import (
 log = logging.getLogger(__name__)
 
 BATCH = 16
+#: seconds between two log lines about one subscription's dropped pushes
+DROP_LOG_INTERVAL = 60.0
+
+
+@dataclass(slots=True)
+class Dropped:
+    """One subscription's pushes given up after their last retry."""
+
+    endpoint: str
+    #: since the last log line
+    pending: int = 0
+    #: since the node started
+    total: int = 0
+    #: the next log line, while one is due
+    timer: asyncio.TimerHandle | None = None
 
 
 class PushManager:
@@ -42,6 +60,8 @@ class PushManager:
         self._rng = random.Random()
         #: pushers run on one node only: a cluster's leader (see set_active)
         self.active = True
+        #: (vhost, topic, subscription) -> its pushes given up
+        self.dropped: dict[tuple[str, str, str], Dropped] = {}
 
     def set_active(self, active: bool) -> None:
         """Run the pushers here (this node leads its cluster), or stop them."""
@@ -82,6 +102,10 @@ class PushManager:
             task.cancel()
 
     async def close(self) -> None:
+        for key, dropped in self.dropped.items():
+            if dropped.timer is not None:
+                dropped.timer.cancel()
+                self._log_dropped(key, reschedule=False)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -111,7 +135,18 @@ class PushManager:
             try:
                 try:
                     got: list[Received] = await svc.call(c.Receive(vhost, queue, BATCH, visibility))
-                except BrokerError:  # the queue or its vhost is gone
+                except NotFound:
+                    log.warning(
+                        "subscription %s of topic %s in vhost '%s' stopped pushing to %s: its "
+                        "queue %s was deleted outside CMQ (Unsubscribe removes it)",
+                        name,
+                        topic,
+                        vhost,
+                        sub["endpoint"],
+                        queue,
+                    )
+                    return
+                except BrokerError:  # its vhost is gone, or the node cannot commit
                     return
                 if not got:
                     await woken
@@ -145,7 +180,7 @@ class PushManager:
                 "topicName": topic,
                 "subscriptionName": name,
                 "msgId": mid,
-                "msgBody": msg.body.decode("utf-8", "replace"),
+                **body_fields(msg.body),
                 "publishTime": msg.enqueued_at // 1000,
             }
             data = json.dumps(payload, ensure_ascii=False).encode()
@@ -156,13 +191,7 @@ class PushManager:
         if await self._post(sub["endpoint"], data, headers):
             command = c.DeleteByHandle(vhost, queue, received.handle)
         elif attempt >= retry.attempts_allowed(strategy):
-            log.warning(
-                "dropping message %s for subscription %s of topic %s after %d attempts",
-                mid,
-                name,
-                topic,
-                attempt,
-            )
+            self._count_dropped((vhost, topic, name), sub["endpoint"])
             command = c.DeleteByHandle(vhost, queue, received.handle)
         else:
             unit = self.svc.config.http_push_retry_unit_ms
@@ -170,6 +199,37 @@ class PushManager:
             command = c.ChangeVisibility(vhost, queue, received.handle, delay)
         with contextlib.suppress(BrokerError):  # unsubscribed, or the handle ran out meanwhile
             await self.svc.call(command)
+
+    def _count_dropped(self, key: tuple[str, str, str], endpoint: str) -> None:
+        dropped = self.dropped.get(key)
+        if dropped is None:
+            dropped = self.dropped[key] = Dropped(endpoint)
+        dropped.pending += 1
+        dropped.total += 1
+        if dropped.timer is None:
+            self._log_dropped(key)
+
+    def _log_dropped(self, key: tuple[str, str, str], reschedule: bool = True) -> None:
+        """Log the pushes given up since the last line; then wait before the next one."""
+        dropped = self.dropped[key]
+        dropped.timer = None
+        if not dropped.pending:
+            return
+        vhost, topic, name = key
+        log.warning(
+            "subscription %s of topic %s in vhost '%s' gave up %d message(s) after the last "
+            "retry to %s (%d since the node started)",
+            name,
+            topic,
+            vhost,
+            dropped.pending,
+            dropped.endpoint,
+            dropped.total,
+        )
+        dropped.pending = 0
+        if reschedule:
+            loop = asyncio.get_running_loop()
+            dropped.timer = loop.call_later(DROP_LOG_INTERVAL, self._log_dropped, key)
 
     async def _post(self, url: str, data: bytes, headers: dict[str, str]) -> bool:
         if self._session is None:

@@ -16,7 +16,8 @@ from broker.core.model import Received
 from broker.core.queue import MessageQueue
 from broker.core.state import Vhost
 from broker.protocols.http import attributes as a
-from broker.protocols.http import errors
+from broker.protocols.http import errors, topics
+from broker.protocols.http.bodies import body_fields, sent_bodies
 from broker.protocols.http.errors import CmqError
 from broker.protocols.http.params import page
 from broker.protocols.http.service import Action, CmqService, Request, message_id
@@ -53,10 +54,30 @@ async def create_queue(svc: CmqService, req: Request) -> dict[str, Any]:
     return {"queueId": queue_id(info.qid)}
 
 
+def dead_letter_sources(vh: Vhost, name: str) -> list[str]:
+    """The queues that name `name` as their dead-letter queue."""
+    return sorted(n for n, q in vh.queues.items() if n != name and a.dead_letter_queue(q) == name)
+
+
 async def delete_queue(svc: CmqService, req: Request) -> dict[str, Any]:
     name = req.params.name("queueName")
     svc.queue(req.vhost, name)
-    await svc.call(c.DeleteQueue(req.vhost, name))
+    sources = dead_letter_sources(svc.vhost(req.vhost), name)
+    if sources:
+        raise CmqError(
+            errors.INVALID,
+            f"queue {name} is the dead-letter queue of {', '.join(sources)}: change or clear "
+            "their deadLetterQueueName first",
+            10110,
+        )
+    # Its queue subscriptions go with it (their bindings go with the queue anyway): a queue
+    # of the same name created later is a new queue that nothing is subscribed to.
+    commands: list[c.Command] = [c.DeleteQueue(req.vhost, name)]
+    commands += [
+        c.PutRecord(req.vhost, topics.subscriptions_group(topic), sub, None)
+        for topic, sub in topics.queue_subscriptions(svc, req.vhost, name)
+    ]
+    await asyncio.gather(*[svc.call(command) for command in commands])
     return {}
 
 
@@ -71,7 +92,7 @@ async def list_queue(svc: CmqService, req: Request) -> dict[str, Any]:
 
 async def get_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
     name = req.params.name("queueName")
-    return {"queueName": name, **a.describe(svc.queue(req.vhost, name))}
+    return {"queueName": name, **a.describe(svc.queue(req.vhost, name), svc.vhost(req.vhost))}
 
 
 async def set_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
@@ -102,10 +123,9 @@ async def rewind_queue(svc: CmqService, req: Request) -> dict[str, Any]:
 # -- sending -------------------------------------------------------------------------------
 
 
-def _body(q: MessageQueue, text: str, name: str = "msgBody") -> bytes:
-    body = text.encode()
+def _check_body(q: MessageQueue, body: bytes) -> bytes:
     if not body:
-        raise errors.out_of_range(name, "at least 1 byte")
+        raise errors.out_of_range("msgBody", "at least 1 byte")
     limit = a.setting(q, a.MAX_SIZE)
     if len(body) > limit:
         raise CmqError(errors.TOO_LARGE, f"message is larger than maxMsgSize ({limit} bytes)")
@@ -138,7 +158,8 @@ async def _send(
 
 async def send_message(svc: CmqService, req: Request) -> dict[str, Any]:
     q = svc.queue(req.vhost, req.params.name("queueName"))
-    body = _body(q, req.params.text("msgBody"))
+    (body,) = sent_bodies(req.params, [req.params.text("msgBody")])
+    _check_body(q, body)
     delay = req.params.integer("delaySeconds", 0, MAX_DELAY_S, 0)
     return {"msgId": (await _send(svc, req.vhost, q, [body], delay))[0]}
 
@@ -146,7 +167,7 @@ async def send_message(svc: CmqService, req: Request) -> dict[str, Any]:
 async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
     q = svc.queue(req.vhost, req.params.name("queueName"))
     texts = req.params.array("msgBody", MAX_BATCH, required=True)
-    bodies = [_body(q, text) for text in texts]
+    bodies = [_check_body(q, body) for body in sent_bodies(req.params, texts)]
     delay = req.params.integer("delaySeconds", 0, MAX_DELAY_S, 0)
     ids = await _send(svc, req.vhost, q, bodies, delay)
     return {"msgList": [{"msgId": mid} for mid in ids]}
@@ -158,7 +179,7 @@ async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
 def _fields(received: Received) -> dict[str, Any]:
     msg = received.message
     return {
-        "msgBody": msg.body.decode("utf-8", "replace"),
+        **body_fields(msg.body),
         "msgId": message_id(received.qid, msg),
         "receiptHandle": received.handle,
         "enqueueTime": msg.enqueued_at // 1000,

@@ -12,7 +12,10 @@ import asyncio
 from typing import Any
 
 from broker.core import commands as c
+from broker.core.model import BindingKey
+from broker.core.routing import freeze_arguments
 from broker.protocols.http import errors, filters, retry
+from broker.protocols.http.bodies import sent_bodies
 from broker.protocols.http.errors import CmqError
 from broker.protocols.http.params import page
 from broker.protocols.http.service import Action, CmqService, Request
@@ -64,6 +67,29 @@ def subscription_record(svc: CmqService, vhost: str, topic: str, name: str) -> d
     return dict(record)
 
 
+def is_bound(svc: CmqService, vhost: str, topic: str, name: str, sub: dict[str, Any]) -> bool:
+    """Whether the subscription's bindings are all in place. They are not once its queue was
+    deleted outside CMQ (over AMQP): it then delivers nothing, and says so."""
+    bindings = svc.vhost(vhost).bindings.get(topic, {})
+    args = freeze_arguments({SUBSCRIPTION_ARGUMENT: name})
+    return all(
+        BindingKey(topic, sub["queue"], True, pattern, args) in bindings
+        for pattern in sub["patterns"]
+    )
+
+
+def queue_subscriptions(svc: CmqService, vhost: str, queue: str) -> list[tuple[str, str]]:
+    """(topic, subscription) of every protocol `queue` subscription pushing into `queue`."""
+    found = []
+    for (owner, group), subs in sorted(svc.state.records.items()):
+        if owner != vhost or group[:-1] != SUBSCRIPTIONS:
+            continue
+        for name, sub in sorted(subs.items()):
+            if sub["protocol"] == "queue" and sub["queue"] == queue:
+                found.append((group[-1], name))
+    return found
+
+
 def pending_pushes(svc: CmqService, vhost: str, sub: dict[str, Any]) -> int:
     """Messages an HTTP subscription has yet to deliver."""
     if sub["protocol"] != "http":
@@ -99,30 +125,32 @@ async def create_topic(svc: CmqService, req: Request) -> dict[str, Any]:
         "createTime": now_s,
         "lastModifyTime": now_s,
     }
-    await _all(
-        svc,
-        [
-            c.DeclareExchange(req.vhost, name, "topic"),
-            c.DropRecords(req.vhost, subscriptions_group(name)),
-            c.PutRecord(req.vhost, TOPICS, name, record),
-        ],
-    )
+    # Subscriptions left by a topic exchange deleted over AMQP go now, push queues included.
+    commands = _drop_subscriptions(svc, req.vhost, name)
+    commands += [
+        c.DeclareExchange(req.vhost, name, "topic"),
+        c.PutRecord(req.vhost, TOPICS, name, record),
+    ]
+    await _all(svc, commands)
     return {"topicId": record["id"]}
+
+
+def _drop_subscriptions(svc: CmqService, vhost: str, topic: str) -> list[c.Command]:
+    """Stop the topic's pushers; the commands removing its subscriptions and push queues."""
+    commands: list[c.Command] = []
+    for sub_name, sub in svc.records(vhost, subscriptions_group(topic)).items():
+        if sub["protocol"] == "http":
+            svc.pushers.stop(vhost, topic, sub_name)
+            commands.append(c.DeleteQueue(vhost, sub["queue"]))
+    commands.append(c.DropRecords(vhost, subscriptions_group(topic)))
+    return commands
 
 
 async def delete_topic(svc: CmqService, req: Request) -> dict[str, Any]:
     name = req.params.name("topicName")
     topic_record(svc, req.vhost, name)
-    commands: list[c.Command] = []
-    for sub_name, sub in svc.records(req.vhost, subscriptions_group(name)).items():
-        if sub["protocol"] == "http":
-            svc.pushers.stop(req.vhost, name, sub_name)
-            commands.append(c.DeleteQueue(req.vhost, sub["queue"]))
-    commands += [
-        c.DeleteExchange(req.vhost, name),
-        c.DropRecords(req.vhost, subscriptions_group(name)),
-        c.PutRecord(req.vhost, TOPICS, name, None),
-    ]
+    commands = _drop_subscriptions(svc, req.vhost, name)
+    commands += [c.DeleteExchange(req.vhost, name), c.PutRecord(req.vhost, TOPICS, name, None)]
     await _all(svc, commands)
     return {}
 
@@ -170,7 +198,7 @@ def _publication(
     """(topic, bodies, routing key, headers) of a PublishMessage or BatchPublishMessage."""
     name = req.params.name("topicName")
     record = topic_record(svc, req.vhost, name)
-    bodies = [text.encode() for text in texts]
+    bodies = sent_bodies(req.params, texts)
     for body in bodies:
         if not body:
             raise errors.out_of_range("msgBody", "at least 1 byte")
@@ -245,11 +273,12 @@ def _strategy(req: Request, default: str) -> str:
     return value
 
 
-def _format(req: Request, protocol: str, default: str) -> str:
+def _format(req: Request, default: str) -> str:
+    """The subscription's notifyContentFormat. A queue endpoint gets the bare body either way
+    (Tencent's Java SDK subscribes queues with its default JSON; the service accepts it)."""
     value = req.params.optional_text("notifyContentFormat") or default
-    if value not in (JSON, SIMPLIFIED) or (protocol == "queue" and value != SIMPLIFIED):
-        allowed = SIMPLIFIED if protocol == "queue" else f"{JSON} or {SIMPLIFIED}"
-        raise errors.out_of_range("notifyContentFormat", f"{allowed} for protocol {protocol}")
+    if value not in (JSON, SIMPLIFIED):
+        raise errors.out_of_range("notifyContentFormat", f"{JSON} or {SIMPLIFIED}")
     return value
 
 
@@ -262,7 +291,7 @@ async def subscribe(svc: CmqService, req: Request) -> dict[str, Any]:
         raise errors.out_of_range("protocol", "http or queue")
     endpoint = req.params.text("endpoint", max_length=1024)
     strategy = _strategy(req, retry.EXPONENTIAL)
-    content_format = _format(req, protocol, SIMPLIFIED if protocol == "queue" else JSON)
+    content_format = _format(req, SIMPLIFIED if protocol == "queue" else JSON)
     tags = filters.tag_param(req.params, "filterTag")
     keys = filters.binding_key_param(req.params)
     patterns = _patterns(record["filterType"], tags, keys)
@@ -334,6 +363,7 @@ async def list_subscription_by_topic(svc: CmqService, req: Request) -> dict[str,
                 "subscriptionName": n,
                 "protocol": subs[n]["protocol"],
                 "endpoint": subs[n]["endpoint"],
+                "bound": is_bound(svc, req.vhost, topic, n, subs[n]),
             }
             for n in names
         ],
@@ -357,6 +387,7 @@ async def get_subscription_attributes(svc: CmqService, req: Request) -> dict[str
         "msgCount": pending_pushes(svc, req.vhost, sub),
         "filterTags": sub["filterTags"],
         "bindingKey": sub["bindingKeys"],
+        "bound": is_bound(svc, req.vhost, topic, name, sub),
     }
 
 
@@ -369,7 +400,7 @@ async def _update_subscription(
     sub = subscription_record(svc, req.vhost, topic, name)
     record = topic_record(svc, req.vhost, topic)
     sub["notifyStrategy"] = _strategy(req, sub["notifyStrategy"])
-    sub["notifyContentFormat"] = _format(req, sub["protocol"], sub["notifyContentFormat"])
+    sub["notifyContentFormat"] = _format(req, sub["notifyContentFormat"])
     tags = sub["filterTags"] if tags is None else tags
     keys = sub["bindingKeys"] if keys is None else keys
     patterns = _patterns(record["filterType"], tags, keys)

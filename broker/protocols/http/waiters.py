@@ -1,8 +1,9 @@
 """Who waits for a queue to gain messages: long-polling receives and the HTTP pushers.
 
 The node calls `notify` for each MessagesAvailable effect (a publish, a delayed message coming
-due, a visibility timeout running out, a rewind); every waiter of that queue wakes and tries
-to receive again. Register before receiving, so a message that lands in between still wakes.
+due, a visibility timeout running out, a rewind, the queue's deletion); every waiter of that
+queue wakes and tries to receive again. Register before receiving, so a message that lands
+in between still wakes.
 """
 
 from __future__ import annotations
