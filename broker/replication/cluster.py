@@ -409,7 +409,11 @@ class ClusterCommit:
         self.applier._collect_garbage(ops)
         if rd.must_sync:
             self._persisting = True
-            fut = self._log_thread.submit(self.store.write_log, ops, True)
+            # The confirmed mark: what this node has of the committed log, once synced.
+            hard = rd.hard_state or self.log.hard
+            last = rd.entries[-1].index if rd.entries else self.log.last_index()
+            confirmed = min(hard.commit, last)
+            fut = self._log_thread.submit(self.store.write_log, ops, True, confirmed)
             done = functools.partial(self._persisted, rd)
             fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(done, f))
             return

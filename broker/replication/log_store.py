@@ -23,6 +23,7 @@ from typing import Any
 from broker.core import commands as c
 from broker.replication.raft import Entry, HardState, SnapshotMeta
 from broker.store import schema
+from broker.store.damage import REMEDY, StoreDamaged
 from broker.store.disk import Op, Store
 from broker.store.encoding import entry_wire, keyed_entry_wire, pack
 
@@ -91,7 +92,10 @@ class RaftLog:
         self._batches: list[tuple[int, int]] = []
         for index, stored in self.store.log_entries(self.snap.index):
             if index != self.snap.index + 1 + len(self._terms):
-                raise schema.FormatError(f"the log has a gap before entry {index}")
+                raise StoreDamaged(
+                    f"the store is damaged: the log in {self.store.path} has a gap before "
+                    f"entry {index}: {REMEDY}"
+                )
             self._terms.append(stored[0])
         self._batches = [b for b in self.store.log_batches() if b[1] > self.snap.index]
         self._cache: deque[Entry] = deque()
