@@ -10,7 +10,7 @@ import pytest
 
 from broker.core import commands as c
 from broker.store import schema
-from broker.store.damage import StoreDamaged
+from broker.store.damage import StoreDamaged, reads_checked
 from broker.store.disk import Store
 from broker.store.encoding import entry_wire, pack
 from broker.store.mark import FILE, ConfirmedMark
@@ -110,4 +110,28 @@ def test_a_stored_message_without_its_body_is_refused_or_dropped(tmp_path: Path)
     assert not recovered.state.vhosts["/"].queues["q"].messages
     # The next snapshot deletes the message's record.
     assert [v for k, v in recovered.dirty.items() if k[0] == "message"] == [None]
+    store.close()
+
+
+def test_a_table_failing_its_checksum_is_refused(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    write_entries(store, 1, [c.DeclareVhost("/"), *[c.DeclareVhost(f"v{i}") for i in range(500)]])
+    store.log_db.compact_range()  # the entries now live in a table file, not the WAL
+    store.close()
+    table = max((tmp_path / "log").glob("*.ldb"), key=lambda p: p.stat().st_size)
+    raw = bytearray(table.read_bytes())
+    for i in range(len(raw) // 3, len(raw) // 3 + 8):
+        raw[i] ^= 0xFF
+    table.write_bytes(bytes(raw))
+    with pytest.raises(StoreDamaged, match="fails its checksum"), reads_checked(str(tmp_path)):
+        recover(Store(str(tmp_path)))
+
+
+def test_a_repair_with_nothing_missing_says_so(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    write_entries(store, 1, setup(), mark=2)
+    store.close()
+    store = Store(str(tmp_path), repair=True)
+    recover(store)
+    assert store.damage.report() == ["nothing is missing: all that was confirmed (up to 2) is kept"]
     store.close()

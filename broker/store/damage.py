@@ -99,9 +99,6 @@ class Damage:
         (publisher confirms, PUBACKs, HTTP answers) may be among them."""
         return sum(max(0, min(last, self.mark) - first + 1) for first, last in self.missing)
 
-    def __bool__(self) -> bool:
-        return bool(self.missing or self.lost_messages or self.dropped)
-
     def report(self) -> list[str]:
         """One line per finding, for the log."""
         lines = [f"LevelDB read its write-ahead log: {line}" for line in self.dropped]
@@ -118,7 +115,9 @@ class Damage:
                 f"{self.lost_messages} stored messages whose body was in a missing log entry "
                 "were dropped"
             )
-        return lines or ["nothing was missing"]
+        if not (self.missing or self.lost_messages):
+            lines.append(f"nothing is missing: all that was confirmed (up to {self.mark}) is kept")
+        return lines
 
 
 @contextlib.contextmanager
