@@ -138,17 +138,19 @@ def check_repair(broker: BrokerProcess) -> None:
     afterwards needs no repair."""
     fixer, log = repaired(broker)
     try:
-        found = re.search(r"(\d+) log entries are missing .*?, (\d+) of them at or below", log)
-        assert found, log
-        confirmed_lost = int(found.group(2))
-        assert confirmed_lost > 0
         assert "repair done" in log
+        found = re.search(r"(\d+) log entries are missing .*?, (\d+) of them at or below", log)
+        if found:
+            confirmed_lost = int(found.group(2))
+        else:  # LevelDB dropped no more than an empty sync record: then nothing is lost
+            assert "nothing is missing" in log, log
+            confirmed_lost = 0
         left = consume_all(fixer)
         # Each publish is one log entry: the report counts the lost ones, and at most the
         # few entries the publisher's connection made around them (its closing).
         lost = N - len(left)
         assert lost <= confirmed_lost <= lost + 3
-        assert set(left) < set(range(N))
+        assert set(left) <= set(range(N))
         fixer.cli("status")  # serving; a publish now is kept too
         publish_confirmed(fixer, 1)
     finally:
