@@ -252,6 +252,16 @@ def test_an_unwritable_parent_gives_one_line(open_tmp):
     assert_refused(run_serve(broker, bound=True), str(broker.data_dir), "denied")
 
 
+def test_a_data_dir_in_use_gives_one_line(tmp_path):
+    broker = BrokerProcess(tmp_path / "data")
+    broker.start()
+    try:
+        second = run_serve(broker)
+    finally:
+        broker.stop()
+    assert_refused(second, str(broker.data_dir), "another broker is using this data dir")
+
+
 def test_a_parent_that_is_a_file_gives_one_line(open_tmp):
     (open_tmp / "parent").write_bytes(b"not a directory")
     broker = BrokerProcess(open_tmp / "parent" / "data")

@@ -32,14 +32,13 @@ class StoreDamaged(StoreUnusable):
 
 def unusable(data_dir: str, exc: BaseException) -> StoreUnusable:
     """An I/O failure opening the data dir (missing, read-only, in use) as one line."""
-    if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc)
-        where = exc.filename or data_dir
+    if isinstance(exc, OSError) and not isinstance(exc, plyvel.Error):
+        reason = f"{exc.filename or data_dir}: {exc.strerror or exc}"
     else:
-        reason, where = _text(exc), data_dir
+        reason = _text(exc)
     if "lock" in reason.lower() and "unavailable" in reason.lower():
         reason += " (another broker is using this data dir)"
-    return StoreUnusable(f"cannot use the data dir {data_dir}: {where}: {reason}")
+    return StoreUnusable(f"cannot use the data dir {data_dir}: {reason}")
 
 
 def damaged_on_open(db_path: str, exc: BaseException) -> StoreDamaged:
