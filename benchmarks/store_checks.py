@@ -46,7 +46,7 @@ def mark_cost(path: str, rounds: int) -> float:
     mark = ConfirmedMark(path)
     start = time.perf_counter()
     for i in range(1, rounds + 1):
-        mark.advance(i)
+        mark.synced(i)
     elapsed = time.perf_counter() - start
     mark.close()
     return elapsed / rounds * 1e6

@@ -136,7 +136,7 @@ class Node:
             # The repaired state goes to disk as a snapshot before any client comes, so the
             # next start finds no hole in the log; the mark comes down to where it now ends.
             await self.commit.checkpoint()
-            store.mark.reset(self.commit.committer.synced_index)
+            store.mark.lower(self.commit.committer.synced_index)
             for line in store.damage.report():
                 log.warning("repair: %s", line)
             log.warning("repair done: the store is consistent again; later starts need no --repair")

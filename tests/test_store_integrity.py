@@ -17,7 +17,9 @@ from broker.store.mark import FILE, ConfirmedMark
 from broker.store.recovery import recover
 
 
-def write_entries(store: Store, first: int, commands: list[c.Command], mark: int = 0) -> None:
+def write_entries(
+    store: Store, first: int, commands: list[c.Command], mark: int | None = None
+) -> None:
     """Entries `first`... as one synced batch of the log; the mark moves to `mark`."""
     last = first + len(commands) - 1
     value = schema.encode_batch(first, [entry_wire(0, 1, cmd) for cmd in commands])
@@ -28,22 +30,22 @@ def setup() -> list[c.Command]:
     return [c.DeclareVhost("/"), c.DeclareQueue("/", "q", durable=True)]
 
 
-def test_the_mark_only_moves_up_until_reset_and_survives_a_reopen(tmp_path: Path) -> None:
+def test_the_mark_only_moves_up_until_lowered_and_survives_a_reopen(tmp_path: Path) -> None:
     mark = ConfirmedMark(str(tmp_path))
-    assert mark.index == 0
-    mark.advance(10)
-    mark.advance(7)
+    assert (mark.index, mark.term, mark.vote) == (0, 0, 0)
+    mark.synced(10, 2, 3)
+    mark.synced(7, 2, 3)
     assert mark.index == 10
     mark.close()
     mark = ConfirmedMark(str(tmp_path))
-    assert mark.index == 10
-    mark.reset(4)
+    assert (mark.index, mark.term, mark.vote) == (10, 2, 3)
+    mark.lower(4)
     mark.close()
     assert ConfirmedMark(str(tmp_path)).index == 4
 
 
 def test_a_garbled_mark_is_refused(tmp_path: Path) -> None:
-    ConfirmedMark(str(tmp_path)).reset(12)
+    ConfirmedMark(str(tmp_path)).lower(12)
     raw = bytearray((tmp_path / FILE).read_bytes())
     raw[7] ^= 1
     (tmp_path / FILE).write_bytes(bytes(raw))
@@ -59,10 +61,34 @@ def test_only_a_synced_write_moves_the_mark(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_log_cut_back_lowers_the_mark_first(tmp_path: Path) -> None:
+    """A cluster member's uncommitted entries replaced by the leader's: not damage."""
+    store = Store(str(tmp_path))
+    write_entries(store, 1, [*setup(), c.DeclareVhost("v")], mark=3)
+    store.write_log([(schema.batch_key(1, 3), None)], True, 2)
+    write_entries(store, 1, setup(), mark=2)
+    assert store.mark.index == 2
+    assert recover(store).last_index == 2
+    store.close()
+
+
+def test_a_cluster_member_that_lost_its_vote_is_refused(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    store.write_log([(schema.META_RAFT, pack([4, 1, 0]))], True, 0, 4, 1)
+    assert (store.mark.term, store.mark.vote) == (4, 1)
+    # Term 4 and the vote for node 1 were synced, then lost: the log says term 3, vote 2.
+    store.write_log([(schema.META_RAFT, pack([3, 2, 0]))], False)
+    with pytest.raises(StoreDamaged, match="term and vote .* are 3/2, older than the 4/1"):
+        recover(store)
+    store.write_log([(schema.META_RAFT, pack([4, 1, 0]))], False)
+    recover(store)
+    store.close()
+
+
 def test_a_log_short_of_the_mark_is_refused_or_repaired(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
     write_entries(store, 1, setup(), mark=2)
-    store.mark.advance(5)  # entries 3-5 were confirmed, and are gone
+    store.mark.synced(5)  # entries 3-5 were confirmed, and are gone
     with pytest.raises(StoreDamaged, match="log entries 3-5 are missing"):
         recover(store)
     store.close()

@@ -152,12 +152,24 @@ class Store:
         last = self.snapshot_index()
         return last if key is None else max(last, schema.batch_range(key)[1])
 
-    def write_log(self, ops: list[Op], sync: bool, confirmed: int = 0) -> None:
-        """One atomic batch; with `sync`, it and everything written before are on disk, and
-        the confirmed mark moves up to `confirmed` (the entries this sync makes durable)."""
+    def write_log(
+        self,
+        ops: list[Op],
+        sync: bool,
+        confirmed: int | None = None,
+        term: int = 0,
+        vote: int = 0,
+    ) -> None:
+        """One atomic batch; with `sync`, it and everything written before are on disk.
+        `confirmed`: where the log ends once a synced write is done (with Raft's term and
+        vote), for the confirmed mark (mark.py)."""
+        if not sync or confirmed is None:
+            _write(self.log_db, ops, sync)
+            return
+        if confirmed < self.mark.index:
+            self.mark.lower(confirmed)
         _write(self.log_db, ops, sync)
-        if sync and confirmed:
-            self.mark.advance(confirmed)
+        self.mark.synced(confirmed, term, vote)
 
     # -- in a cluster --------------------------------------------------------------------
 

@@ -1,12 +1,18 @@
-"""The confirmed mark: the last log index the node has promised clients is on disk.
+"""The confirmed mark: how far the log reached when the node last synced it.
 
-A crash never loses a synced entry, so a log that ends before the mark was damaged (truncated,
-or cut short by a repair) and recovery refuses it. The mark lives in a small file of its own,
-`confirmed` in the data dir, not in the log database: a mark written in the log's own
-write-ahead log would be cut off with the log, and a truncated log would look like a clean
-crash. It costs no extra fsync: after each synced write of the log the writer rewrites it in
-place (one pwrite of 12 bytes). The entries it names are synced before it is written, so after
-a power cut it may lag the log, never run ahead of it; after `kill -9` it is exact.
+A crash never loses a synced write, so a log that ends before the mark was damaged (truncated,
+or cut short by a repair) and recovery refuses it. A single node's mark is the last entry it
+confirmed to clients; a cluster member's is the last entry it has told the leader it holds,
+with Raft's term and vote as they were synced (a member that lost them could vote twice in a
+term).
+
+The mark lives in a small file of its own, `confirmed` in the data dir, not in the log
+database: a mark written in the log's own write-ahead log would be cut off with the log, and a
+truncated log would look like a clean crash. It costs no extra fsync: after each synced write
+of the log the writer rewrites it in place (one pwrite of 28 bytes). What it names is synced
+before it is written, so after a power cut it may lag the log, never run ahead of it; after
+`kill -9` it is exact. Only a mark that must come down (a cluster member's log cut back to
+the leader's) is written, and synced, before the write that cuts the log.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ import zlib
 from broker.store.damage import REMEDY, StoreDamaged
 
 FILE = "confirmed"
-#: the index, then a CRC-32 of its 8 bytes
-_INDEX = struct.Struct(">Q")
+#: index, term, vote, then a CRC-32 of those 24 bytes
+_VALUES = struct.Struct(">QQQ")
 _CRC = struct.Struct(">I")
-_SIZE = _INDEX.size + _CRC.size
+_SIZE = _VALUES.size + _CRC.size
 
 
 class ConfirmedMark:
@@ -33,33 +39,36 @@ class ConfirmedMark:
             if created:
                 os.fsync(self._fd)
                 _fsync_dir(data_dir)
-            self.index = self._read()
+            self.index, self.term, self.vote = self._read()
         except BaseException:
             os.close(self._fd)
             raise
 
-    def _read(self) -> int:
+    def _read(self) -> tuple[int, int, int]:
         raw = os.pread(self._fd, _SIZE, 0)
         if not raw:
-            return 0
-        if len(raw) == _SIZE and zlib.crc32(raw[: _INDEX.size]) == _CRC.unpack_from(raw, 8)[0]:
-            return int(_INDEX.unpack_from(raw)[0])
+            return 0, 0, 0
+        if len(raw) == _SIZE and zlib.crc32(raw[: _VALUES.size]) == _CRC.unpack_from(raw, 24)[0]:
+            index, term, vote = _VALUES.unpack_from(raw)
+            return index, term, vote
         raise StoreDamaged(f"the store is damaged ({self.path} fails its checksum): {REMEDY}")
 
-    def advance(self, index: int) -> None:
-        """Entries up to `index` are synced (called by the log's writer, after the sync)."""
-        if index > self.index:
-            self._write(index)
+    def synced(self, index: int, term: int = 0, vote: int = 0) -> None:
+        """A synced write left the log ending at `index`, with Raft's `term` and `vote`.
+        A lower index must have been set with `lower` before that write."""
+        if (index, term, vote) != (self.index, self.term, self.vote):
+            self._write(max(index, self.index), term, vote)
 
-    def reset(self, index: int) -> None:
-        """A repaired log ends at `index`: the mark comes down to it, durably."""
-        self._write(index)
+    def lower(self, index: int) -> None:
+        """The log is about to be cut back to `index`, or was (a repair): the mark comes
+        down first, durably, so a crash in between cannot make the cut look like damage."""
+        self._write(index, self.term, self.vote)
         os.fsync(self._fd)
 
-    def _write(self, index: int) -> None:
-        head = _INDEX.pack(index)
-        os.pwrite(self._fd, head + _CRC.pack(zlib.crc32(head)), 0)
-        self.index = index
+    def _write(self, index: int, term: int, vote: int) -> None:
+        values = _VALUES.pack(index, term, vote)
+        os.pwrite(self._fd, values + _CRC.pack(zlib.crc32(values)), 0)
+        self.index, self.term, self.vote = index, term, vote
 
     def close(self) -> None:
         try:

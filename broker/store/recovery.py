@@ -101,10 +101,11 @@ def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
             raise _EntryFailed(index) from exc
         dirty.update(changes)
         entries += 1
-    log_end, mark = store.last_index(), store.mark.index
-    if log_end < mark:
+    log_end, mark = store.last_index(), store.mark
+    if log_end < mark.index:
         why = f"which were confirmed to clients (the log ends at {log_end})"
-        _missing(store, log_end + 1, mark, why)
+        _missing(store, log_end + 1, mark.index, why)
+    _check_vote(store)
     batches = store.log_batches()
     garbage = [
         (first, end)
@@ -114,6 +115,19 @@ def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
     return Recovered(
         state, skip, snapshot_index, last, dirty, stored_seq, batches, garbage, entries
     )
+
+
+def _check_vote(store: Store) -> None:
+    """A cluster member's Raft term and vote must be those it synced last: one that lost its
+    vote could vote again in the same term (and two leaders be elected)."""
+    mark, hard = store.mark, store.raft_state()
+    term, vote = (hard[0], hard[1]) if hard is not None else (0, 0)
+    if term < mark.term or (term == mark.term and mark.vote and vote != mark.vote):
+        raise StoreDamaged(
+            f"the store is damaged: Raft's term and vote in {store.path} are {term}/{vote}, "
+            f"older than the {mark.term}/{mark.vote} synced before; its write-ahead log was "
+            f"truncated or damaged: {REMEDY}"
+        )
 
 
 def _missing(store: Store, first: int, last: int, why: str) -> None:
