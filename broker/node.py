@@ -31,7 +31,7 @@ from broker.protocols.http.server import HttpApi
 from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
 from broker.replication.cluster import ClusterCommit, ClusterSettings
 from broker.replication.wire import ReplyTo
-from broker.store.damage import StoreUnusable, reads_checked
+from broker.store.damage import StoreUnusable
 from broker.store.disk import Store
 from broker.store.driver import CommitDriver
 from broker.store.recovery import recover
@@ -77,12 +77,24 @@ class Node:
         members = cfg.cluster_members()
         if members and self.repair:
             raise StoreUnusable(CLUSTER_REPAIR)
-        with reads_checked(cfg.data_dir):
-            self.store = Store(cfg.data_dir, repair=self.repair)
-            if members:
-                await self._join_cluster(members)
-            else:
-                await self._recover_alone()
+        self.store = Store(cfg.data_dir, repair=self.repair)
+        if members:
+            await self._join_cluster(members)
+        else:
+            recovered = recover(self.store)
+            log.info(
+                "recovered the snapshot at index %d and replayed %d log entries after it",
+                recovered.snapshot_index,
+                recovered.entries,
+            )
+            self.commit = CommitDriver(self.store, recovered, self.gateway.on_effects)
+            self.gateway.attach(self.commit)
+            # What the previous run's connections held is released, and what was not durable
+            # dropped, before any client can connect.
+            self.commit.submit(c.ReleaseNode(cfg.node_id, before=self.gateway.first_connection))
+            self.commit.submit(c.DropTransient())
+            if self.repair:
+                await self._finish_repair()
         await self._ensure_defaults()
         # MQTT first: the AMQP port opening is what scripts and tests take as "ready".
         self.servers.extend(await start_mqtt_listeners(self.gateway, cfg))
@@ -117,29 +129,15 @@ class Node:
             cfg.data_dir,
         )
 
-    async def _recover_alone(self) -> None:
-        cfg, store = self.config, self.store
-        assert store is not None
-        recovered = recover(store)
-        log.info(
-            "recovered the snapshot at index %d and replayed %d log entries after it",
-            recovered.snapshot_index,
-            recovered.entries,
-        )
-        self.commit = CommitDriver(store, recovered, self.gateway.on_effects)
-        self.gateway.attach(self.commit)
-        # What the previous run's connections held is released, and what was not durable
-        # dropped, before any client can connect.
-        self.commit.submit(c.ReleaseNode(cfg.node_id, before=self.gateway.first_connection))
-        self.commit.submit(c.DropTransient())
-        if self.repair:
-            # The repaired state goes to disk as a snapshot before any client comes, so the
-            # next start finds no hole in the log; the mark comes down to where it now ends.
-            await self.commit.checkpoint()
-            store.mark.lower(self.commit.committer.synced_index)
-            for line in store.damage.report():
-                log.warning("repair: %s", line)
-            log.warning("repair done: the store is consistent again; later starts need no --repair")
+    async def _finish_repair(self) -> None:
+        """The repaired state goes to disk as a snapshot before any client comes, so the next
+        start finds no hole in the log; the mark comes down to where the log now ends."""
+        assert isinstance(self.commit, CommitDriver) and self.store is not None
+        await self.commit.checkpoint()
+        self.store.mark.lower(self.commit.committer.synced_index)
+        for line in self.store.damage.report():
+            log.warning("repair: %s", line)
+        log.warning("repair done: the store is consistent again; later starts need no --repair")
 
     async def _join_cluster(self, members: dict[int, tuple[str, int]]) -> None:
         cfg = self.config

@@ -23,7 +23,7 @@ from typing import Any
 from broker.core import commands as c
 from broker.replication.raft import Entry, HardState, SnapshotMeta
 from broker.store import schema
-from broker.store.damage import REMEDY, StoreDamaged
+from broker.store.damage import REMEDY, StoreDamaged, reads_checked
 from broker.store.disk import Op, Store
 from broker.store.encoding import entry_wire, keyed_entry_wire, pack
 
@@ -76,9 +76,10 @@ class RaftLog:
     def __init__(self, store: Store, voters: tuple[int, ...]) -> None:
         self.store = store
         self.voters = voters
-        raw = store.raft_state()
-        self.hard = HardState() if raw is None else HardState(*raw)
-        self._load()
+        with reads_checked(store.path):
+            raw = store.raft_state()
+            self.hard = HardState() if raw is None else HardState(*raw)
+            self._load()
 
     def _load(self) -> None:
         """Read what the databases hold (at start, and after a snapshot was installed)."""

@@ -9,6 +9,7 @@ database's directory) does, so the refusal quotes that.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,6 +69,12 @@ def dropped_records(db_path: str) -> list[str]:
     # Each line is "<date> <thread id> <message>"; LevelDB marks what it let pass.
     messages = (line.split(" ", 2)[-1].removeprefix("(ignoring error) ") for line in lines)
     return [m for m in messages if ": dropping " in m]
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether an error opening or writing the store says the disk is full (plyvel gives
+    LevelDB's message only)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
 
 
 def _text(exc: BaseException) -> str:

@@ -26,7 +26,14 @@ import plyvel
 
 from broker.core.state import StateMachine
 from broker.store import schema
-from broker.store.damage import Damage, damaged_on_open, dropped_records, unusable
+from broker.store.damage import (
+    Damage,
+    damaged_on_open,
+    disk_full,
+    dropped_records,
+    reads_checked,
+    unusable,
+)
 from broker.store.encoding import StoredEntry, pack, unpack
 from broker.store.mark import ConfirmedMark
 
@@ -54,48 +61,29 @@ class Store:
         self.damage = Damage()
         #: the log's write-ahead log files as found (LevelDB replaces them once it recovers)
         self.wal_files: list[str] = []
+        state_path, log_path = (os.path.join(data_dir, name) for name in (STATE_DIR, LOG_DIR))
         try:
             os.makedirs(data_dir, exist_ok=True)
             _finish_install(data_dir)
             self.mark = ConfirmedMark(data_dir)
+            if os.path.isdir(log_path):
+                wal = sorted(f for f in os.listdir(log_path) if f.endswith(".log"))
+                self.wal_files = [os.path.join(log_path, f) for f in wal]
         except OSError as exc:
             raise unusable(data_dir, exc) from None
         self.damage.mark = self.mark.index
         try:
-            self.state_db = self._open(STATE_DIR, legacy=True)
+            self.state_db = _open(state_path, data_dir, legacy=True, repair=repair)
             try:
-                self.log_db = self._open(LOG_DIR, legacy=False)
+                self.log_db = _open(log_path, data_dir, legacy=False, repair=repair)
             except BaseException:
                 self.state_db.close()
                 raise
         except BaseException:
             self.mark.close()
             raise
-
-    def _open(self, name: str, legacy: bool) -> Any:
-        path = os.path.join(self.path, name)
-        try:
-            if name == LOG_DIR and os.path.isdir(path):
-                wal = sorted(f for f in os.listdir(path) if f.endswith(".log"))
-                self.wal_files = [os.path.join(path, f) for f in wal]
-            db = plyvel.DB(
-                path,
-                create_if_missing=True,
-                paranoid_checks=not self.repair,
-                write_buffer_size=64 << 20,
-            )
-        except plyvel.CorruptionError as exc:
-            raise damaged_on_open(path, exc) from None
-        except (plyvel.Error, OSError) as exc:
-            raise unusable(self.path, exc) from None
-        if self.repair:
-            self.damage.dropped.extend(dropped_records(path))
-        try:
-            _check_format(db, self.path, legacy)
-        except schema.FormatError:
-            db.close()
-            raise
-        return db
+        if repair:
+            self.damage.dropped = dropped_records(state_path) + dropped_records(log_path)
 
     # -- the state -----------------------------------------------------------------------
 
@@ -231,6 +219,27 @@ def _write_marker(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _open(path: str, data_dir: str, legacy: bool, repair: bool = False) -> Any:
+    """Open one database: with paranoid checks, or not (`repair`: see the module doc)."""
+    try:
+        db = plyvel.DB(
+            path, create_if_missing=True, paranoid_checks=not repair, write_buffer_size=64 << 20
+        )
+    except plyvel.CorruptionError as exc:
+        raise damaged_on_open(path, exc) from None
+    except (plyvel.Error, OSError) as exc:
+        if disk_full(exc):
+            raise  # as it is: whoever opens the store may wait for room
+        raise unusable(data_dir, exc) from None
+    try:
+        with reads_checked(data_dir):
+            _check_format(db, data_dir, legacy)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _check_format(db: Any, data_dir: str, legacy: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from broker.core.commands import Meta
 from broker.core.state import StateMachine
 from broker.store.applier import Applier
-from broker.store.damage import REMEDY, StoreDamaged
+from broker.store.damage import REMEDY, StoreDamaged, reads_checked
 from broker.store.disk import Store
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,14 @@ class _EntryFailed(Exception):
 
 def recover(store: Store, skip: set[int] | None = None, upto: int | None = None) -> Recovered:
     """The state as of the end of the log (or `upto`), leaving out the entries in `skip`."""
-    skipped = store.skipped() | set(skip or ())
-    while True:
-        try:
-            return _replay(store, skipped, upto)
-        except _EntryFailed as failed:
-            log.error("log entry %d fails half-way; it is left out", failed.index)
-            skipped.add(failed.index)
+    with reads_checked(store.path):
+        skipped = store.skipped() | set(skip or ())
+        while True:
+            try:
+                return _replay(store, skipped, upto)
+            except _EntryFailed as failed:
+                log.error("log entry %d fails half-way; it is left out", failed.index)
+                skipped.add(failed.index)
 
 
 def rebuild(applier: Applier, store: Store, index: int) -> None:
