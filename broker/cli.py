@@ -14,6 +14,10 @@ import click
 import broker
 from broker.config import Config
 from broker.control import ControlError, request
+from broker.store.damage import StoreUnusable
+
+#: `broker serve` exits with this when its data dir cannot be used as it is
+EXIT_STORE_UNUSABLE = 3
 
 data_dir_option = click.option(
     "--data-dir",
@@ -87,7 +91,12 @@ def main() -> None:
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]"
 )
-def serve(config_path: str | None, **flags: Any) -> None:
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Start on a damaged store: keep what is intact, log what is lost.",
+)
+def serve(config_path: str | None, repair: bool, **flags: Any) -> None:
     """Start a node with embedded defaults."""
     config = Config.load(config_path, flags)
     logging.basicConfig(
@@ -105,7 +114,7 @@ def serve(config_path: str | None, **flags: Any) -> None:
     gc.set_threshold(200_000, 20, 100)
 
     async def run() -> None:
-        node = Node(config)
+        node = Node(config, repair=repair)
         await node.start()
         gc.freeze()  # what recovery loaded is long-lived: keep it out of every collection
         await node.serve_forever()
@@ -113,9 +122,15 @@ def serve(config_path: str | None, **flags: Any) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run())
+        runner: Any = asyncio.run
     else:
-        uvloop.run(run())
+        runner = uvloop.run
+    try:
+        runner(run())
+    except StoreUnusable as exc:
+        # What the operator must know, on one line: no traceback.
+        click.echo(f"broker: refusing to start: {exc}", err=True)
+        sys.exit(EXIT_STORE_UNUSABLE)
 
 
 def _raise_open_file_limit() -> None:

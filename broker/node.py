@@ -31,6 +31,7 @@ from broker.protocols.http.server import HttpApi
 from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
 from broker.replication.cluster import ClusterCommit, ClusterSettings
 from broker.replication.wire import ReplyTo
+from broker.store.damage import StoreUnusable
 from broker.store.disk import Store
 from broker.store.driver import CommitDriver
 from broker.store.recovery import recover
@@ -41,11 +42,17 @@ log = logging.getLogger(__name__)
 GIL_SWITCH_INTERVAL = 0.0005
 #: How often a cluster's leader looks for HTTP subscriptions without a pusher, s.
 PUSHERS_CHECK = 0.5
+CLUSTER_REPAIR = (
+    "--repair works on a single node; a cluster member with a damaged store starts again "
+    "from the others: move its data dir away and start it, and the leader sends it a snapshot"
+)
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, repair: bool = False) -> None:
         self.config = config
+        #: start on a damaged store: keep what is intact, report what is lost (store/damage.py)
+        self.repair = repair
         self.gateway = LocalGateway(
             config.node_id,
             tuple(config.loopback_users),
@@ -67,9 +74,10 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-        os.makedirs(cfg.data_dir, exist_ok=True)
-        self.store = Store(cfg.data_dir)
         members = cfg.cluster_members()
+        if members and self.repair:
+            raise StoreUnusable(CLUSTER_REPAIR)
+        self.store = Store(cfg.data_dir, repair=self.repair)
         if members:
             await self._join_cluster(members)
         else:
@@ -85,6 +93,8 @@ class Node:
             # dropped, before any client can connect.
             self.commit.submit(c.ReleaseNode(cfg.node_id, before=self.gateway.first_connection))
             self.commit.submit(c.DropTransient())
+            if self.repair:
+                await self._finish_repair()
         await self._ensure_defaults()
         # MQTT first: the AMQP port opening is what scripts and tests take as "ready".
         self.servers.extend(await start_mqtt_listeners(self.gateway, cfg))
@@ -118,6 +128,16 @@ class Node:
             f" and https on {cfg.https_port}" if cfg.tls_cert and cfg.tls_key else "",
             cfg.data_dir,
         )
+
+    async def _finish_repair(self) -> None:
+        """The repaired state goes to disk as a snapshot before any client comes, so the next
+        start finds no hole in the log; the mark comes down to where the log now ends."""
+        assert isinstance(self.commit, CommitDriver) and self.store is not None
+        await self.commit.checkpoint()
+        self.store.mark.lower(self.commit.committer.synced_index)
+        for line in self.store.damage.report():
+            log.warning("repair: %s", line)
+        log.warning("repair done: the store is consistent again; later starts need no --repair")
 
     async def _join_cluster(self, members: dict[int, tuple[str, int]]) -> None:
         cfg = self.config

@@ -409,7 +409,11 @@ class ClusterCommit:
         self.applier._collect_garbage(ops)
         if rd.must_sync:
             self._persisting = True
-            fut = self._log_thread.submit(self.store.write_log, ops, True)
+            # For the confirmed mark: where the log ends after this write, term and vote.
+            hard = rd.hard_state or self.log.hard
+            last = rd.entries[-1].index if rd.entries else self.log.last_index()
+            write = functools.partial(self.store.write_log, ops, True, last, hard.term, hard.vote)
+            fut = self._log_thread.submit(write)
             done = functools.partial(self._persisted, rd)
             fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(done, f))
             return
@@ -675,12 +679,16 @@ class ClusterCommit:
     async def _install_when_idle(self, rd: Ready) -> None:
         while self._snapshotting:
             await asyncio.sleep(0.005)
+        assert rd.snapshot is not None
+        if self.store.mark.index > rd.snapshot.index:
+            self.store.mark.lower(rd.snapshot.index)  # the log is about to be replaced
         self.store.install()
         self._receiver.complete = None
         self.log.reload()
         hard = rd.hard_state or self.log.hard
         ops = self.log.append_ops(rd.entries, hard)
-        self.store.write_log(ops, sync=True)
+        last = rd.entries[-1].index if rd.entries else rd.snapshot.index
+        self.store.write_log(ops, True, last, hard.term, hard.vote)
         self.log.appended(rd.entries, hard)
         waiting = self.applier.pending
         self.applier = self._recover()

@@ -23,6 +23,7 @@ from typing import Any
 from broker.core import commands as c
 from broker.replication.raft import Entry, HardState, SnapshotMeta
 from broker.store import schema
+from broker.store.damage import REMEDY, StoreDamaged, reads_checked
 from broker.store.disk import Op, Store
 from broker.store.encoding import entry_wire, keyed_entry_wire, pack
 
@@ -75,9 +76,10 @@ class RaftLog:
     def __init__(self, store: Store, voters: tuple[int, ...]) -> None:
         self.store = store
         self.voters = voters
-        raw = store.raft_state()
-        self.hard = HardState() if raw is None else HardState(*raw)
-        self._load()
+        with reads_checked(store.path):
+            raw = store.raft_state()
+            self.hard = HardState() if raw is None else HardState(*raw)
+            self._load()
 
     def _load(self) -> None:
         """Read what the databases hold (at start, and after a snapshot was installed)."""
@@ -91,7 +93,10 @@ class RaftLog:
         self._batches: list[tuple[int, int]] = []
         for index, stored in self.store.log_entries(self.snap.index):
             if index != self.snap.index + 1 + len(self._terms):
-                raise schema.FormatError(f"the log has a gap before entry {index}")
+                raise StoreDamaged(
+                    f"the store is damaged: the log in {self.store.path} has a gap before "
+                    f"entry {index}: {REMEDY}"
+                )
             self._terms.append(stored[0])
         self._batches = [b for b in self.store.log_batches() if b[1] > self.snap.index]
         self._cache: deque[Entry] = deque()

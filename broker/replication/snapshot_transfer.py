@@ -41,15 +41,17 @@ class NoSnapshotYet(Exception):
 async def send_snapshot(store: Store, transfer: int, send: Send) -> SnapshotMeta:
     """Send the databases as they are now; returns the meta of the snapshot sent."""
     with store.views() as (state_view, log_view):
-        raw = state_view.get(schema.META_RAFT_SNAPSHOT)
+        raw = state_view.get(schema.META_RAFT_SNAPSHOT, verify_checksums=True)
         if raw is None:
             raise NoSnapshotYet
         index, term, voters = unpack(raw)
         meta = SnapshotMeta(index, term, tuple(voters))
         await _send(send, SnapshotBegin(transfer))
-        for chunk in _chunks(state_view.iterator()):
+        for chunk in _chunks(state_view.iterator(verify_checksums=True)):
             await _send(send, SnapshotChunk(transfer, "state", chunk))
-        log_items = log_view.iterator(start=schema.LOG_PREFIX, stop=schema.LOG_END)
+        log_items = log_view.iterator(
+            start=schema.LOG_PREFIX, stop=schema.LOG_END, verify_checksums=True
+        )
         for chunk in _chunks(_log_upto(log_items, index)):
             await _send(send, SnapshotChunk(transfer, "log", chunk))
         await _send(send, SnapshotEnd(transfer, meta))

@@ -6,6 +6,12 @@
 Two databases, so that writing a snapshot never makes an append to the log wait (LevelDB
 writes one batch at a time). Only the commit driver writes; reads happen at start-up and
 when the state has to be rebuilt.
+
+Both are opened with LevelDB's paranoid checks, and every read verifies block checksums: a
+damaged file stops the start (damage.py says why and what to do) rather than being skipped.
+With `repair`, the write-ahead logs are read as LevelDB recovers them by default: records
+whose checksum fails are dropped (never let in), and recovery reports what is missing. Beside
+them, the confirmed mark (mark.py) says how far the log must reach.
 """
 
 from __future__ import annotations
@@ -13,14 +19,23 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import plyvel
 
 from broker.core.state import StateMachine
 from broker.store import schema
+from broker.store.damage import (
+    Damage,
+    damaged_on_open,
+    disk_full,
+    dropped_records,
+    reads_checked,
+    unusable,
+)
 from broker.store.encoding import StoredEntry, pack, unpack
+from broker.store.mark import ConfirmedMark
 
 Op = tuple[bytes, bytes | None]
 
@@ -39,37 +54,58 @@ _FORMAT1_HELP = (
 
 
 class Store:
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, repair: bool = False) -> None:
         self.path = data_dir
-        os.makedirs(data_dir, exist_ok=True)
-        _finish_install(data_dir)
-        self.state_db = _open(os.path.join(data_dir, STATE_DIR), data_dir, legacy=True)
+        self.repair = repair
+        #: what a repaired open found (recovery adds what the log lacks)
+        self.damage = Damage()
+        #: the log's write-ahead log files as found (LevelDB replaces them once it recovers)
+        self.wal_files: list[str] = []
+        state_path, log_path = (os.path.join(data_dir, name) for name in (STATE_DIR, LOG_DIR))
         try:
-            self.log_db = _open(os.path.join(data_dir, LOG_DIR), data_dir, legacy=False)
+            os.makedirs(data_dir, exist_ok=True)
+            _finish_install(data_dir)
+            self.mark = ConfirmedMark(data_dir)
+            if os.path.isdir(log_path):
+                wal = sorted(f for f in os.listdir(log_path) if f.endswith(".log"))
+                self.wal_files = [os.path.join(log_path, f) for f in wal]
+        except OSError as exc:
+            raise unusable(data_dir, exc) from None
+        self.damage.mark = self.mark.index
+        try:
+            self.state_db = _open(state_path, data_dir, legacy=True, repair=repair)
+            try:
+                self.log_db = _open(log_path, data_dir, legacy=False, repair=repair)
+            except BaseException:
+                self.state_db.close()
+                raise
         except BaseException:
-            self.state_db.close()
+            self.mark.close()
             raise
+        if repair:
+            self.damage.dropped = dropped_records(state_path) + dropped_records(log_path)
 
     # -- the state -----------------------------------------------------------------------
 
     def snapshot_index(self) -> int:
-        raw = self.state_db.get(schema.META_SNAPSHOT)
+        raw = self.state_db.get(schema.META_SNAPSHOT, verify_checksums=True)
         return 0 if raw is None else int(unpack(raw))
 
     def skipped(self) -> set[int]:
         """Log entries the state leaves out (they failed half-way when first applied)."""
-        raw = self.state_db.get(schema.META_SKIPPED)
+        raw = self.state_db.get(schema.META_SKIPPED, verify_checksums=True)
         return set() if raw is None else set(unpack(raw))
 
-    def load_snapshot(self, state: StateMachine) -> None:
-        """Restore the stored snapshot into `state`, message bodies read from the log."""
+    def load_snapshot(self, state: StateMachine, bodiless: Callable[[Any], None] | None) -> None:
+        """Restore the stored snapshot into `state`, message bodies read from the log (see
+        schema.restore for `bodiless`)."""
         with (
             self.state_db.snapshot() as snap,
             self.log_db.snapshot() as log_snap,
-            snap.iterator() as items,
+            snap.iterator(verify_checksums=True) as items,
         ):
             batches = _BatchReader(log_snap)
-            schema.restore(state, items, batches.command)
+            schema.restore(state, items, batches.command, bodiless)
 
     def write_state(self, ops: list[Op]) -> None:
         """One atomic, synced batch: a snapshot is on disk once this returns."""
@@ -80,7 +116,7 @@ class Store:
     def log_entries(self, after: int) -> Iterator[tuple[int, StoredEntry]]:
         """(index, (term, time, command, key, floor)) of every entry after `after`, in order."""
         start = schema.seek_key(after + 1)
-        with self.log_db.iterator(start=start, stop=schema.LOG_END) as items:
+        with self.log_db.iterator(start=start, stop=schema.LOG_END, verify_checksums=True) as items:
             for _, raw in items:
                 first, entries = schema.decode_batch(raw)
                 for index, entry in enumerate(entries, first):
@@ -90,30 +126,49 @@ class Store:
     def log_batches(self) -> list[tuple[int, int]]:
         """(first, last) of every stored batch of the log, in order (keys only)."""
         start, stop = schema.LOG_PREFIX, schema.LOG_END
-        with self.log_db.iterator(start=start, stop=stop, include_value=False) as keys:
+        with self.log_db.iterator(
+            start=start, stop=stop, include_value=False, verify_checksums=True
+        ) as keys:
             return [schema.batch_range(key) for key in keys]
 
     def last_index(self) -> int:
         prefix = schema.LOG_PREFIX
-        with self.log_db.iterator(prefix=prefix, reverse=True, include_value=False) as it:
+        with self.log_db.iterator(
+            prefix=prefix, reverse=True, include_value=False, verify_checksums=True
+        ) as it:
             key = next(it, None)
         last = self.snapshot_index()
         return last if key is None else max(last, schema.batch_range(key)[1])
 
-    def write_log(self, ops: list[Op], sync: bool) -> None:
-        """One atomic batch; with `sync`, it and everything written before are on disk."""
+    def write_log(
+        self,
+        ops: list[Op],
+        sync: bool,
+        confirmed: int | None = None,
+        term: int = 0,
+        vote: int = 0,
+    ) -> None:
+        """One atomic batch; with `sync`, it and everything written before are on disk.
+        `confirmed`: where the log ends once a synced write is done (with Raft's term and
+        vote), for the confirmed mark (mark.py)."""
+        if not sync or confirmed is None:
+            _write(self.log_db, ops, sync)
+            return
+        if confirmed < self.mark.index:
+            self.mark.lower(confirmed)
         _write(self.log_db, ops, sync)
+        self.mark.synced(confirmed, term, vote)
 
     # -- in a cluster --------------------------------------------------------------------
 
     def raft_state(self) -> Any:
         """Raft's (term, vote, commit) as last written, or None."""
-        raw = self.log_db.get(schema.META_RAFT)
+        raw = self.log_db.get(schema.META_RAFT, verify_checksums=True)
         return None if raw is None else unpack(raw)
 
     def raft_snapshot(self) -> Any:
         """(index, term, voters) of the snapshot the state is at, or None."""
-        raw = self.state_db.get(schema.META_RAFT_SNAPSHOT)
+        raw = self.state_db.get(schema.META_RAFT_SNAPSHOT, verify_checksums=True)
         return None if raw is None else unpack(raw)
 
     @contextlib.contextmanager
@@ -132,6 +187,7 @@ class Store:
     def close(self) -> None:
         self.log_db.close()
         self.state_db.close()
+        self.mark.close()
 
 
 def _finish_install(data_dir: str) -> None:
@@ -165,20 +221,31 @@ def _write_marker(path: str) -> None:
         os.close(fd)
 
 
-def _open(path: str, data_dir: str, legacy: bool) -> Any:
-    db = plyvel.DB(path, create_if_missing=True, write_buffer_size=64 << 20)
+def _open(path: str, data_dir: str, legacy: bool, repair: bool = False) -> Any:
+    """Open one database: with paranoid checks, or not (`repair`: see the module doc)."""
     try:
-        _check_format(db, data_dir, legacy)
-    except schema.FormatError:
+        db = plyvel.DB(
+            path, create_if_missing=True, paranoid_checks=not repair, write_buffer_size=64 << 20
+        )
+    except plyvel.CorruptionError as exc:
+        raise damaged_on_open(path, exc) from None
+    except (plyvel.Error, OSError) as exc:
+        if disk_full(exc):
+            raise  # as it is: whoever opens the store may wait for room
+        raise unusable(data_dir, exc) from None
+    try:
+        with reads_checked(data_dir):
+            _check_format(db, data_dir, legacy)
+    except BaseException:
         db.close()
         raise
     return db
 
 
 def _check_format(db: Any, data_dir: str, legacy: bool) -> None:
-    raw = db.get(schema.META_FORMAT)
+    raw = db.get(schema.META_FORMAT, verify_checksums=True)
     if raw is None:
-        if next(db.iterator(include_value=False), None) is not None:
+        if next(db.iterator(include_value=False, verify_checksums=True), None) is not None:
             if legacy:
                 text = _FORMAT1_HELP.format(path=data_dir, version=schema.FORMAT_VERSION)
             else:
@@ -214,7 +281,9 @@ class _BatchReader:
 
     def command(self, index: int) -> Any:
         if not self.first <= index <= self.last:
-            with self.snap.iterator(start=schema.seek_key(index), stop=schema.LOG_END) as it:
+            with self.snap.iterator(
+                start=schema.seek_key(index), stop=schema.LOG_END, verify_checksums=True
+            ) as it:
                 found = next(it, None)
             if found is None:
                 return None

@@ -244,7 +244,7 @@ class CommitDriver:
                 self.store.write_log(write.ops, sync=False)
                 call(self._log_written, write)
             if write.sync:
-                self.store.write_log([], sync=True)
+                self.store.write_log([], sync=True, confirmed=write.last_index)
         except Exception as exc:
             call(self._log_failed, exc)
             return
@@ -303,8 +303,8 @@ class CommitDriver:
 
     # -- shutdown ------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Write everything, with a snapshot so the next start replays little, and stop."""
+    async def checkpoint(self) -> None:
+        """Write everything submitted so far, and a snapshot of it, before returning."""
         await self.drain()
         self.committer.snapshot_now()
         while True:
@@ -313,6 +313,10 @@ class CommitDriver:
                 break
             self._snapshot_idle.clear()
             await self._snapshot_idle.wait()
+
+    async def close(self) -> None:
+        """Write everything, with a snapshot so the next start replays little, and stop."""
+        await self.checkpoint()
         self._closed = True
         self._timer.cancel()
         self._log_thread.shutdown(wait=True)

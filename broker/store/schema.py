@@ -37,6 +37,7 @@ from broker.core.model import (
 )
 from broker.core.queue import MessageQueue
 from broker.core.state import DelayedPublish, StateMachine
+from broker.store.damage import REMEDY, StoreDamaged, StoreUnusable
 from broker.store.encoding import StoredEntry, decode_entry_wire, pack, unpack
 
 #: Bump when any layout here, or a command's code or fields, changes.
@@ -87,7 +88,7 @@ _MESSAGE_HEAD = struct.Struct(">qqBIIqIqqbBQQIH")
 _MESSAGE_NAMES = struct.Struct(">HHI")
 
 
-class FormatError(Exception):
+class FormatError(StoreUnusable):
     """The data dir was written in a format this release does not read."""
 
 
@@ -450,27 +451,41 @@ def is_record(raw_key: bytes) -> bool:
 
 
 def restore(
-    state: StateMachine, items: Iterable[tuple[bytes, bytes]], entry: Callable[[int], Any]
+    state: StateMachine,
+    items: Iterable[tuple[bytes, bytes]],
+    entry: Callable[[int], Any],
+    bodiless: Callable[[Any], None] | None = None,
 ) -> None:
     """Load a snapshot into `state`: the records among `items` (in key order), with the bodies
-    of messages that refer to log entries taken from `entry(index)` (the command)."""
+    of messages that refer to log entries taken from `entry(index)` (the command). A message
+    whose entry is missing is damage: refused, or, given `bodiless`, left out and its key
+    passed to it (a repair)."""
     for raw_key, raw_value in items:
         if not is_record(raw_key):
             continue
         kind, key, value = decode_record(raw_key, raw_value)
-        if kind == "message" and value[0].source is not None:
-            _fill_from_entry(value[0], entry)
+        source = value[0].source if kind == "message" else None
+        if source is not None and not _fill_from_entry(value[0], entry):
+            if bodiless is None:
+                raise StoreDamaged(
+                    f"the store is damaged: message {key} refers to log entry {source[0]}, "
+                    f"which is missing from the log: {REMEDY}"
+                )
+            bodiless(key)
+            continue
         state.restore(kind, key, value)
     state.finish_restore()
 
 
-def _fill_from_entry(msg: Message, entry: Callable[[int], Any]) -> None:
+def _fill_from_entry(msg: Message, entry: Callable[[int], Any]) -> bool:
+    """Give `msg` the body of the log entry it refers to; False if that entry is missing."""
     assert msg.source is not None
     index, position = msg.source
     command = entry(index)
     if command is None:
-        raise FormatError(f"message {msg.seq} refers to log entry {index}, which is missing")
+        return False
     if type(command).__name__ == "Batch":
         command = command.commands[position]
     msg.exchange, msg.routing_key = command.exchange, command.routing_key
     msg.properties, msg.body = command.properties, command.body
+    return True
