@@ -218,3 +218,29 @@ def test_client_that_stops_reading_is_not_flooded(broker):
             assert delivered == count
         assert pch.queue_declare(q, passive=True).method.message_count == 0
         pch.queue_delete(q)
+
+
+@pytest.mark.own_broker
+def test_connection_opened_during_alarm_is_told_blocked(fresh_broker):
+    """A connection opened while an alarm is on hears `connection.blocked` when it publishes,
+    so pika's blocked_connection_timeout fires instead of the publisher hanging."""
+    b = fresh_broker
+    b.cli("set-disk-free-limit", str(10**18))
+    conn = pika.BlockingConnection(b.params(blocked_connection_timeout=1.0))
+    events = []
+    conn.add_on_connection_blocked_callback(lambda c, m: events.append(m.method))
+    try:
+        ch = conn.channel()
+        q = uid("q")
+        ch.queue_declare(q, exclusive=True)
+        deadline = time.monotonic() + 15
+        with pytest.raises(pika.exceptions.ConnectionBlockedTimeout):
+            while time.monotonic() < deadline:
+                ch.basic_publish("", q, b"x")
+                conn.process_data_events(time_limit=0.1)
+        assert len(events) == 1 and isinstance(events[0], pika.spec.Connection.Blocked)
+        assert events[0].reason == "low on disk"
+    finally:
+        if conn.is_open:
+            conn.close()
+        b.cli("set-disk-free-limit", "1")
