@@ -10,6 +10,7 @@ its release is committed; what is not durable lives on while the cluster does.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -80,6 +81,9 @@ class Node:
                 recovered.entries,
             )
             self.commit = CommitDriver(self.store, recovered, self.gateway.on_effects)
+            self.commit.on_store_error = self._store_error_changed
+            if cfg.disk_reserve and not self.store.make_reserve(cfg.disk_reserve):
+                log.warning("no room for the %d bytes to set aside on disk", cfg.disk_reserve)
             self.gateway.attach(self.commit)
             # What the previous run's connections held is released, and what was not durable
             # dropped, before any client can connect.
@@ -257,17 +261,43 @@ class Node:
             self.config.memory_high_watermark = memory_high_watermark
         self._check_resources()
 
+    def _store_error_changed(self) -> None:
+        try:
+            self._check_resources()
+        except OSError:
+            log.exception("resource check failed")
+
     def _check_resources(self) -> None:
         cfg = self.config
         reason = None
         free = shutil.disk_usage(cfg.data_dir).free
-        if free < cfg.disk_free_limit:
+        store_error = None
+        if isinstance(self.commit, CommitDriver):
+            store_error = self.commit.store_error
+            if store_error is None and cfg.disk_reserve:
+                store_error = self._keep_reserve(self.commit.store, free)
+        if store_error is not None:
+            # Whatever the limits say: publishers are blocked while nothing can be stored,
+            # or while the node lives on the space it had set aside.
+            reason = "low on disk" if _disk_full(store_error) else "disk write failed"
+        elif free < cfg.disk_free_limit:
             reason = "low on disk"
         elif _rss_bytes() > (cfg.memory_high_watermark or int(0.4 * _total_memory())):
             reason = "low on memory"
         if reason != self.gateway.blocked_reason:
             log.warning("resource alarm: %s", reason or "cleared")
             self.gateway.set_blocked(reason)
+
+    def _keep_reserve(self, store: Store, free: int) -> OSError | None:
+        """Set the reserve aside again once the disk has room for it (it was given up when
+        the disk filled); an error while it is still missing."""
+        reserve = self.config.disk_reserve
+        if store.has_reserve(reserve):
+            return None
+        if free >= self.config.disk_free_limit + reserve and store.make_reserve(reserve):
+            log.info("the disk has room again: %d bytes set aside", reserve)
+            return None
+        return OSError(errno.ENOSPC, "No space left: the space set aside is in use")
 
     async def _watch_resources(self) -> None:
         while True:
@@ -276,6 +306,11 @@ class Node:
             except OSError:
                 log.exception("resource check failed")
             await asyncio.sleep(1.0)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a store error says the disk is full (plyvel gives LevelDB's message only)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
 
 
 def _rss_bytes() -> int:

@@ -128,7 +128,9 @@ def test_a_barrier_waits_for_everything_before_it() -> None:
     assert replies.take() == [("after", "ok")]
 
 
-def test_a_failed_write_acknowledges_nothing_more(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_write_acknowledges_nothing_until_the_store_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     committer, replies = ready_committer()
     committer.propose(publish(b"written"), 5, replies.done("written"))
     write = committer.next_write()
@@ -146,6 +148,42 @@ def test_a_failed_write_acknowledges_nothing_more(caplog: pytest.LogCaptureFixtu
     assert replies.take() == [("later", "StoreFailed"), ("barrier", "StoreFailed")]
     assert committer.next_write() is None and committer.next_snapshot() is None
     assert isinstance(committer._failure(), StoreFailed)
+
+
+def test_after_a_failed_write_the_store_is_made_whole_and_held_commands_go_on() -> None:
+    committer, replies = ready_committer()
+    committer.propose(publish(b"written"), 5, replies.done("written"))
+    written = committer.next_write()
+    assert written is not None
+    committer.written(written)  # applied, not synced
+    committer.propose(publish(b"refused"), 6, replies.done("refused"))
+    committer.propose(publish(b"quiet"), 6, replies.done("quiet"), durable=False)
+    failed = committer.next_write()
+    assert failed is not None and failed.last_index == written.last_index + 2
+    committer.write_failed(OSError("no space left on device"))
+    assert replies.take() == [("written", "StoreFailed"), ("refused", "StoreFailed")]
+    # Meanwhile: a confirm cannot be promised, an ack-like command waits.
+    committer.propose(publish(b"later"), 7, replies.done("later"))
+    committer.propose(publish(b"no-reply"), 7, None, durable=False)
+    assert replies.take() == [("later", "StoreFailed")]
+    assert committer.next_write() is None
+    # Recovery writes again what was not synced, and deletes the batch that failed, whose
+    # indexes are handed out again.
+    fix = committer.recovery_write()
+    assert fix.sync and fix.last_index == written.last_index
+    assert fix.ops == [*written.ops, (failed.ops[0][0], None)]
+    committer.recovered()
+    resumed = committer.next_write()
+    assert resumed is not None
+    assert resumed.ops[0][0] == schema.batch_key(written.last_index + 1, written.last_index + 2)
+    committer.written(resumed)
+    committer.synced(resumed.last_index)
+    assert replies.take() == [("quiet", "ok")]
+    assert [m.body for m in committer.state.queue(VH, "q").messages.values()] == [
+        b"written",
+        b"quiet",
+        b"no-reply",
+    ]
 
 
 def test_a_failing_command_gets_its_error_and_changes_nothing() -> None:

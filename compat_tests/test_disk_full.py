@@ -1,0 +1,113 @@
+"""A disk that fills while clients publish with confirms: what cannot be written is refused
+(AMQP basic.nack, MQTT no PUBACK and the connection closed, CMQ an error code), the node goes
+on serving consumers, and carries on by itself once the disk has room again.
+
+The disk is a small tmpfs mounted for the test (root only: skipped elsewhere) and filled with
+a file, with the disk alarm's limit at 0 so that nothing but the full disk stops publishers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from .conftest import BrokerProcess
+from .disk import fill, small_disk
+from .helpers import uid
+
+pytestmark = [pytest.mark.own_broker, pytest.mark.timeout(120)]
+
+BODY = b"|" + b"m" * 32768
+
+
+def _name(body: bytes) -> bytes:
+    return body.split(b"|")[0]
+
+
+@pytest.fixture
+def disk(tmp_path):
+    with small_disk(tmp_path / "disk", "48m") as path:
+        yield path
+
+
+@pytest.fixture
+def node_on(disk):
+    """node_on(*flags): a broker whose data dir is on the small disk, alarm limit 0."""
+    started: list[BrokerProcess] = []
+
+    def start(*flags: str) -> BrokerProcess:
+        b = BrokerProcess(
+            disk / "data", ["--disk-free-limit", "0", *flags], log_path=disk.parent / "broker.log"
+        )
+        started.append(b)
+        return b.start()
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+def _pump_until(conn, pred, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        conn.process_data_events(time_limit=0.1)
+
+
+def test_amqp_disk_full_nacks_serves_consumers_and_recovers(disk, node_on):
+    b = node_on("--disk-reserve", "12000000")
+    q = uid("q")
+    pub = pika.BlockingConnection(b.params())
+    events: list[str] = []
+    pub.add_on_connection_blocked_callback(lambda c, m: events.append(m.method.reason))
+    pub.add_on_connection_unblocked_callback(lambda c, m: events.append("unblocked"))
+    ch = pub.channel()
+    ch.queue_declare(q, durable=True)
+    ch.confirm_delivery()
+    persistent = pika.BasicProperties(delivery_mode=2)
+    for i in range(10):
+        ch.basic_publish("", q, b"before-%d" % i + BODY, persistent)
+
+    filler = fill(disk)
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", q, b"refused" + BODY, persistent)
+    _pump_until(pub, lambda: events == ["low on disk"])
+
+    # The disk is still full: consumers are served, acks taken, on the space set aside.
+    cons = pika.BlockingConnection(b.params())
+    cch = cons.channel()
+    cch.basic_qos(prefetch_count=2)
+    got: list[bytes] = []
+
+    def on_message(c, method, props, body):
+        got.append(_name(body))
+        c.basic_ack(method.delivery_tag)
+        if len(got) == 5:
+            c.basic_cancel(method.consumer_tag)
+
+    cch.basic_consume(q, on_message)
+    _pump_until(cons, lambda: len(got) == 5)
+    assert got == [b"before-%d" % i for i in range(5)]
+    method, _, body = cch.basic_get(q)
+    assert _name(body) == b"before-5"
+    cch.basic_nack(method.delivery_tag, requeue=True)
+    assert cch.queue_declare(q, passive=True).method.message_count == 5
+    cons.close()
+
+    # Room again: publishers are unblocked without a restart and confirmed again.
+    filler.unlink()
+    _pump_until(pub, lambda: events == ["low on disk", "unblocked"])
+    for i in range(3):
+        ch.basic_publish("", q, b"after-%d" % i, persistent)
+    pub.close()
+
+    b.restart(kill=True)  # the log as written, replayed: no snapshot at shutdown
+    with pika.BlockingConnection(b.params()) as conn:
+        rch = conn.channel()
+        left = []
+        while (m := rch.basic_get(q, auto_ack=True))[0] is not None:
+            left.append(_name(m[2]))
+    assert left == [b"before-%d" % i for i in range(5, 10)] + [b"after-%d" % i for i in range(3)]
