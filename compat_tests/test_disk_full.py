@@ -13,10 +13,15 @@ import time
 import pika
 import pika.exceptions
 import pytest
+from cmq.cmq_exception import CMQServerException
+from cmq.queue import Message as CmqMessage
+from cmq.queue import QueueMeta
 
+from .cmq_helpers import CmqBroker
 from .conftest import BrokerProcess
 from .disk import fill, small_disk
-from .helpers import uid
+from .helpers import uid, wait_until
+from .mqtt_helpers import Paho
 
 pytestmark = [pytest.mark.own_broker, pytest.mark.timeout(120)]
 
@@ -111,3 +116,73 @@ def test_amqp_disk_full_nacks_serves_consumers_and_recovers(disk, node_on):
         while (m := rch.basic_get(q, auto_ack=True))[0] is not None:
             left.append(_name(m[2]))
     assert left == [b"before-%d" % i for i in range(5, 10)] + [b"after-%d" % i for i in range(3)]
+
+
+def test_mqtt_qos1_unwritten_gets_no_puback_and_is_resent(disk, node_on):
+    """The connection whose publish cannot be written is closed without its PUBACK; paho
+    (clean session 0) reconnects and resends it, and it is acknowledged once stored."""
+    b = node_on("--disk-reserve", "12000000")
+    sub = Paho(b, client_id=uid("sub"), clean=False)
+    sub.connect()
+    assert sub.subscribe(("disk/t", 1)) == [1]
+    sub.close()  # away: its session queue keeps what comes
+    pub = Paho(b, client_id=uid("pub"), clean=False)
+    pub.connect()
+    for i in range(5):
+        pub.publish("disk/t", b"before-%d" % i + BODY, qos=1)
+
+    filler = fill(disk)
+    info = pub.client.publish("disk/t", b"resent" + BODY, qos=1)
+    pub.disconnected()
+    assert not info.is_published()
+    info.wait_for_publish(15)  # resent after paho reconnects, stored on the space set aside
+    assert info.is_published()
+
+    # Still full: the subscriber gets its backlog and its PUBACKs are stored.
+    sub = Paho(b, client_id=sub.client_id, clean=False)
+    assert sub.connect() == (0, True)
+    got = [_name(sub.message().payload) for _ in range(6)]
+    assert got == [b"before-%d" % i for i in range(5)] + [b"resent"]
+    sub.close()
+
+    filler.unlink()  # the alarm clears, and the publisher, paused meanwhile, is read again
+    pub.publish("disk/t", b"after", qos=1)
+    pub.close()
+
+    b.restart(kill=True)
+    sub = Paho(b, client_id=sub.client_id, clean=False)
+    assert sub.connect() == (0, True)
+    assert [m.payload for m in sub.messages_until(b"after")] == []
+    sub.close()
+
+
+def test_cmq_send_refused_with_a_code_then_served_once_there_is_room(disk, node_on):
+    """Without space set aside: SendMessage answers 6000 while the disk is full, reads of the
+    committed state still answer, and sending works again once the disk has room."""
+    cmq = CmqBroker.attach(node_on())
+    q = cmq.account().get_queue(uid("q"))
+    q.create(QueueMeta())
+    q.batch_send_message([CmqMessage(f"before-{i}") for i in range(5)])
+
+    filler = fill(disk)
+    for body in ("refused", "refused-again"):
+        with pytest.raises(CMQServerException) as info:
+            q.send_message(CmqMessage(body + "|" + "m" * 60000))
+        assert info.value.code == 6000
+    assert q.get_attributes().activeMsgNum == 5
+
+    filler.unlink()
+
+    def sent() -> bool:
+        try:
+            q.send_message(CmqMessage("after"))
+        except CMQServerException as exc:
+            assert exc.code == 6000
+            return False
+        return True
+
+    wait_until(sent, timeout=15, interval=0.2, message="SendMessage to work again")
+    cmq.process.restart(kill=True)
+    q = cmq.account().get_queue(q.queue_name)
+    got = [m.msgBody for m in q.batch_receive_message(16, 0)]
+    assert got == [f"before-{i}" for i in range(5)] + ["after"]
