@@ -276,6 +276,8 @@ class Node:
             store_error = self.commit.store_error
             if store_error is None and cfg.disk_reserve:
                 store_error = self._keep_reserve(self.commit.store, free)
+        elif isinstance(self.commit, ClusterCommit):
+            store_error = self.commit.store_error
         if store_error is not None:
             # Whatever the limits say: publishers are blocked while nothing can be stored,
             # or while the node lives on the space it had set aside.

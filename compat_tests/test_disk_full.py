@@ -8,6 +8,7 @@ a file, with the disk alarm's limit at 0 so that nothing but the full disk stops
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pika
@@ -17,6 +18,7 @@ from cmq.cmq_exception import CMQServerException
 from cmq.queue import Message as CmqMessage
 from cmq.queue import QueueMeta
 
+from .cluster import Cluster
 from .cmq_helpers import CmqBroker
 from .conftest import BrokerProcess
 from .disk import fill, small_disk
@@ -60,6 +62,14 @@ def _pump_until(conn, pred, timeout=15.0):
     while not pred():
         assert time.monotonic() < deadline, "timed out"
         conn.process_data_events(time_limit=0.1)
+
+
+def _until_closed(conn, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(pika.exceptions.ConnectionClosedByBroker):
+        while conn.is_open:
+            assert time.monotonic() < deadline, "the broker did not close the connection"
+            conn.process_data_events(time_limit=0.1)
 
 
 def test_amqp_disk_full_nacks_serves_consumers_and_recovers(disk, node_on):
@@ -186,3 +196,43 @@ def test_cmq_send_refused_with_a_code_then_served_once_there_is_room(disk, node_
     q = cmq.account().get_queue(q.queue_name)
     got = [m.msgBody for m in q.batch_receive_message(16, 0)]
     assert got == [f"before-{i}" for i in range(5)] + ["after"]
+
+
+def test_cluster_member_whose_disk_fills_hands_its_clients_to_the_others(tmp_path):
+    """In a cluster a member whose log write fails stops taking part, refuses its clients'
+    publishes and closes their connections; the other members carry on without it."""
+    base = tmp_path / "cluster"
+    with small_disk(base / "node3", "48m") as disk3:
+        cl = Cluster(base)
+        try:
+            cl.start()
+            cl.leader()
+            q = uid("q")
+            persistent = pika.BasicProperties(delivery_mode=2)
+            with pika.BlockingConnection(cl.nodes[3].params()) as conn:
+                ch = conn.channel()
+                ch.queue_declare(q, durable=True)
+                ch.confirm_delivery()
+                ch.basic_publish("", q, b"before", persistent)
+                fill(disk3)
+                with pytest.raises(
+                    (pika.exceptions.NackError, pika.exceptions.ConnectionClosedByBroker)
+                ):
+                    for _ in range(50):
+                        ch.basic_publish("", q, b"refused" + BODY, persistent)
+                        time.sleep(0.05)
+                _until_closed(conn)
+            assert "node 3 leaves the cluster's work to the others" in cl.log(3)
+            assert cl.nodes[3].running
+            other = cl.leader(among=[1, 2])
+            with pika.BlockingConnection(cl.nodes[other].params()) as conn:
+                ch = conn.channel()
+                ch.confirm_delivery()
+                ch.basic_publish("", q, b"after", persistent)
+                got = []
+                while (m := ch.basic_get(q, auto_ack=True))[0] is not None:
+                    got.append(m[2])
+            assert got[0] == b"before" and got[-1] == b"after"
+            assert all(body.startswith(b"refused") for body in got[1:-1])
+        finally:
+            cl.close()
