@@ -13,7 +13,7 @@ from broker.core.errors import BrokerError, NotFound, StoreFailed
 from broker.core.model import Deliver
 from broker.core.state import StateMachine
 from broker.store import schema
-from broker.store.committer import Committer, Write
+from broker.store.committer import UNSYNCED_WRITES, Committer, Write
 from broker.store.disk import Store
 from broker.store.recovery import recover
 from tests.state_dump import dump
@@ -283,3 +283,17 @@ def test_recovery_keeps_the_bodies_its_snapshot_refers_to(tmp_path: Path) -> Non
         assert dump(again.state) == dump(committer.state)
     finally:
         store.close()
+
+
+def test_writes_kept_for_a_recovery_are_bounded_by_a_sync() -> None:
+    committer, replies = ready_committer()
+    for n in range(UNSYNCED_WRITES):
+        committer.propose(publish(b"%d" % n), 5, None, durable=False)
+        write = committer.next_write()
+        assert write is not None and not write.sync
+        committer.written(write)
+    committer.propose(publish(b"more"), 5, None, durable=False)
+    write = committer.next_write()
+    assert write is not None and write.sync  # no reply waits, but memory would
+    committer.written(write)
+    assert committer.recovery_write().ops == []

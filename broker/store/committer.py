@@ -37,6 +37,10 @@ from broker.store.encoding import entry_wire
 
 log = logging.getLogger(__name__)
 
+#: Writes kept for a recovery beyond which a sync is asked for, though no reply waits for one
+#: (a stream of QoS 0 publishes and acks would otherwise keep every body in memory).
+UNSYNCED_WRITES = 64
+
 
 @dataclass(slots=True)
 class Write:
@@ -137,7 +141,8 @@ class Committer(Applier):
             last = self._writing[-1].index
             head = self._replies[0] if self._replies else None
             wants_sync = head is not None and head.durable and head.index <= last
-            write = Write(ops, last, False, entries=len(self._writing), wants_sync=wants_sync)
+            sync = len(self._unsynced) >= UNSYNCED_WRITES
+            write = Write(ops, last, sync, entries=len(self._writing), wants_sync=wants_sync)
         elif self._needs_sync():
             write = Write([], self.written_index, sync=True)
         elif self.garbage:
@@ -243,6 +248,8 @@ class Committer(Applier):
         return StoreFailed(f"the node's store failed ({self.failed!r}): nothing is acknowledged")
 
     def _needs_sync(self) -> bool:
+        if len(self._unsynced) >= UNSYNCED_WRITES:
+            return True
         return bool(self._replies) and self._replies[0].durable and self._replies[0].applied
 
     # -- applying ------------------------------------------------------------------------
