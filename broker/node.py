@@ -69,7 +69,7 @@ class Node:
         cfg = self.config
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         os.makedirs(cfg.data_dir, exist_ok=True)
-        self.store = Store(cfg.data_dir)
+        self.store = await self._open_store()
         members = cfg.cluster_members()
         if members:
             await self._join_cluster(members)
@@ -122,6 +122,25 @@ class Node:
             f" and https on {cfg.https_port}" if cfg.tls_cert and cfg.tls_key else "",
             cfg.data_dir,
         )
+
+    async def _open_store(self) -> Store:
+        """Open the store; on a full disk, give up the space set aside and try again, and
+        wait for room if that is not enough (opening LevelDB writes what its log holds)."""
+        data_dir = self.config.data_dir
+        waiting = False
+        while True:
+            try:
+                return Store(data_dir)
+            except OSError as exc:
+                if not _disk_full(exc):
+                    raise
+                if Store.release_reserve_of(data_dir):
+                    log.warning("the disk is full: gave up the space set aside to start")
+                    continue
+                if not waiting:
+                    log.error("no room on the disk to open the store (%s); waiting for room", exc)
+                    waiting = True
+                await asyncio.sleep(1.0)
 
     async def _join_cluster(self, members: dict[int, tuple[str, int]]) -> None:
         cfg = self.config

@@ -35,6 +35,10 @@ def small_disk(path: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
 def fill(disk: pathlib.Path) -> pathlib.Path:
     """Write a file until the disk refuses more; delete it to give the space back."""
     filler = disk / "filler"
+    n = 0
+    while filler.exists():
+        n += 1
+        filler = disk / f"filler{n}"
     chunk = b"\0" * (1 << 16)
     with open(filler, "wb", buffering=0) as f:
         while True:

@@ -128,6 +128,41 @@ def test_amqp_disk_full_nacks_serves_consumers_and_recovers(disk, node_on):
     assert left == [b"before-%d" % i for i in range(5, 10)] + [b"after-%d" % i for i in range(3)]
 
 
+def test_node_restarted_on_a_full_disk_waits_for_room_or_starts_on_its_reserve(disk, node_on):
+    """Opening LevelDB writes: on a full disk a node without space set aside waits for room
+    instead of exiting, and one with space set aside gives it up to start."""
+    b = node_on()
+    q = uid("q")
+    with pika.BlockingConnection(b.params()) as conn:
+        ch = conn.channel()
+        ch.queue_declare(q, durable=True)
+        ch.confirm_delivery()
+        for i in range(20):
+            ch.basic_publish("", q, b"m-%d" % i + BODY, pika.BasicProperties(delivery_mode=2))
+    filler = fill(disk)
+    b.kill9()
+    b.launch()
+    wait_until(lambda: "waiting for room" in b.log_tail(), message="the node to wait for room")
+    assert b.running
+    filler.unlink()
+    b.wait_ready()
+    with pika.BlockingConnection(b.params()) as conn:
+        assert conn.channel().queue_declare(q, passive=True).method.message_count == 20
+    b.stop()
+
+    b = node_on("--disk-reserve", "12000000")  # the same data dir: it sets the space aside
+    filler = fill(disk)
+    b.kill9()
+    b.start()
+    assert "gave up the space set aside to start" in b.log_tail()
+    with pika.BlockingConnection(b.params()) as conn:
+        ch = conn.channel()
+        got = []
+        while (m := ch.basic_get(q, auto_ack=True))[0] is not None:
+            got.append(_name(m[2]))
+    assert got == [b"m-%d" % i for i in range(20)]
+
+
 def test_mqtt_qos1_unwritten_gets_no_puback_and_is_resent(disk, node_on):
     """The connection whose publish cannot be written is closed without its PUBACK; paho
     (clean session 0) reconnects and resends it, and it is acknowledged once stored."""

@@ -171,8 +171,13 @@ class Store:
 
     def release_reserve(self) -> bool:
         """Give the space set aside back to the disk; True if there was some."""
+        return Store.release_reserve_of(self.path)
+
+    @staticmethod
+    def release_reserve_of(data_dir: str) -> bool:
+        """The same for a store not open (it may not open for want of room)."""
         try:
-            os.remove(os.path.join(self.path, RESERVE_FILE))
+            os.remove(os.path.join(data_dir, RESERVE_FILE))
         except FileNotFoundError:
             return False
         return True
