@@ -202,18 +202,21 @@ def test_mqtt_qos1_unwritten_gets_no_puback_and_is_resent(disk, node_on):
 
 
 def test_cmq_send_refused_with_a_code_then_served_once_there_is_room(disk, node_on):
-    """Without space set aside: SendMessage answers 6000 while the disk is full, reads of the
-    committed state still answer, and sending works again once the disk has room."""
+    """Without space set aside: the SendMessage whose write fails answers 6000, later ones
+    4420 while the disk alarm is on; reads of the committed state still answer, and sending
+    works again once the disk has room."""
     cmq = CmqBroker.attach(node_on())
     q = cmq.account().get_queue(uid("q"))
     q.create(QueueMeta())
     q.batch_send_message([CmqMessage(f"before-{i}") for i in range(5)])
 
     filler = fill(disk)
-    for body in ("refused", "refused-again"):
-        with pytest.raises(CMQServerException) as info:
-            q.send_message(CmqMessage(body + "|" + "m" * 60000))
-        assert info.value.code == 6000
+    with pytest.raises(CMQServerException) as info:
+        q.send_message(CmqMessage("refused|" + "m" * 60000))
+    assert info.value.code == 6000  # the write failed
+    with pytest.raises(CMQServerException) as info:
+        q.send_message(CmqMessage("refused-again"))
+    assert info.value.code == 4420 and "low on disk" in info.value.message  # the alarm is on
     assert q.get_attributes().activeMsgNum == 5
 
     filler.unlink()
@@ -222,7 +225,7 @@ def test_cmq_send_refused_with_a_code_then_served_once_there_is_room(disk, node_
         try:
             q.send_message(CmqMessage("after"))
         except CMQServerException as exc:
-            assert exc.code == 6000
+            assert exc.code == 4420
             return False
         return True
 
