@@ -53,6 +53,12 @@ def main() -> None:
     help="Block publishers below this many free bytes on the data disk. [50000000]",
 )
 @click.option(
+    "--disk-reserve",
+    type=int,
+    help="Bytes set aside on the data disk, given up when it is full so consumers and acks "
+    "carry on. [0]",
+)
+@click.option(
     "--memory-high-watermark",
     type=int,
     help="Block publishers above this many bytes of memory. [40% of RAM]",

@@ -21,6 +21,9 @@ class Config:
     handshake_timeout: float = 10.0
     #: publishers are blocked while free disk space is below this many bytes
     disk_free_limit: int = 50_000_000
+    #: bytes kept in a file in the data dir and given up when the disk is full, so that the
+    #: node keeps storing acks and consumers while its publishers are blocked (0: none)
+    disk_reserve: int = 0
     #: publishers are blocked while the process uses more memory than this (0: 40% of RAM)
     memory_high_watermark: int = 0
     default_user: str = "guest"

@@ -10,6 +10,7 @@ its release is committed; what is not durable lives on while the cluster does.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -31,7 +32,7 @@ from broker.protocols.http.server import HttpApi
 from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
 from broker.replication.cluster import ClusterCommit, ClusterSettings
 from broker.replication.wire import ReplyTo
-from broker.store.damage import StoreUnusable
+from broker.store.damage import StoreUnusable, disk_full
 from broker.store.disk import Store
 from broker.store.driver import CommitDriver
 from broker.store.recovery import recover
@@ -77,7 +78,7 @@ class Node:
         members = cfg.cluster_members()
         if members and self.repair:
             raise StoreUnusable(CLUSTER_REPAIR)
-        self.store = Store(cfg.data_dir, repair=self.repair)
+        self.store = await self._open_store()
         if members:
             await self._join_cluster(members)
         else:
@@ -88,6 +89,9 @@ class Node:
                 recovered.entries,
             )
             self.commit = CommitDriver(self.store, recovered, self.gateway.on_effects)
+            self.commit.on_store_error = self._store_error_changed
+            if cfg.disk_reserve and not self.store.make_reserve(cfg.disk_reserve):
+                log.warning("no room for the %d bytes to set aside on disk", cfg.disk_reserve)
             self.gateway.attach(self.commit)
             # What the previous run's connections held is released, and what was not durable
             # dropped, before any client can connect.
@@ -138,6 +142,25 @@ class Node:
         for line in self.store.damage.report():
             log.warning("repair: %s", line)
         log.warning("repair done: the store is consistent again; later starts need no --repair")
+
+    async def _open_store(self) -> Store:
+        """Open the store; on a full disk, give up the space set aside and try again, and
+        wait for room if that is not enough (opening LevelDB writes what its log holds)."""
+        data_dir = self.config.data_dir
+        waiting = False
+        while True:
+            try:
+                return Store(data_dir, repair=self.repair)
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+                if Store.release_reserve_of(data_dir):
+                    log.warning("the disk is full: gave up the space set aside to start")
+                    continue
+                if not waiting:
+                    log.error("no room on the disk to open the store (%s); waiting for room", exc)
+                    waiting = True
+                await asyncio.sleep(1.0)
 
     async def _join_cluster(self, members: dict[int, tuple[str, int]]) -> None:
         cfg = self.config
@@ -283,17 +306,45 @@ class Node:
             self.config.memory_high_watermark = memory_high_watermark
         self._check_resources()
 
+    def _store_error_changed(self) -> None:
+        try:
+            self._check_resources()
+        except OSError:
+            log.exception("resource check failed")
+
     def _check_resources(self) -> None:
         cfg = self.config
         reason = None
         free = shutil.disk_usage(cfg.data_dir).free
-        if free < cfg.disk_free_limit:
+        store_error = None
+        if isinstance(self.commit, CommitDriver):
+            store_error = self.commit.store_error
+            if store_error is None and cfg.disk_reserve:
+                store_error = self._keep_reserve(self.commit.store, free)
+        elif isinstance(self.commit, ClusterCommit):
+            store_error = self.commit.store_error
+        if store_error is not None:
+            # Whatever the limits say: publishers are blocked while nothing can be stored,
+            # or while the node lives on the space it had set aside.
+            reason = "low on disk" if disk_full(store_error) else "disk write failed"
+        elif free < cfg.disk_free_limit:
             reason = "low on disk"
         elif _rss_bytes() > (cfg.memory_high_watermark or int(0.4 * _total_memory())):
             reason = "low on memory"
         if reason != self.gateway.blocked_reason:
             log.warning("resource alarm: %s", reason or "cleared")
             self.gateway.set_blocked(reason)
+
+    def _keep_reserve(self, store: Store, free: int) -> OSError | None:
+        """Set the reserve aside again once the disk has room for it (it was given up when
+        the disk filled); an error while it is still missing."""
+        reserve = self.config.disk_reserve
+        if store.has_reserve(reserve):
+            return None
+        if free >= self.config.disk_free_limit + reserve and store.make_reserve(reserve):
+            log.info("the disk has room again: %d bytes set aside", reserve)
+            return None
+        return OSError(errno.ENOSPC, "No space left: the space set aside is in use")
 
     async def _watch_resources(self) -> None:
         while True:

@@ -218,3 +218,88 @@ def test_client_that_stops_reading_is_not_flooded(broker):
             assert delivered == count
         assert pch.queue_declare(q, passive=True).method.message_count == 0
         pch.queue_delete(q)
+
+
+@pytest.mark.own_broker
+def test_connection_opened_during_alarm_is_told_blocked(fresh_broker):
+    """A connection opened while an alarm is on hears `connection.blocked` when it publishes,
+    so pika's blocked_connection_timeout fires instead of the publisher hanging."""
+    b = fresh_broker
+    b.cli("set-disk-free-limit", str(10**18))
+    conn = pika.BlockingConnection(b.params(blocked_connection_timeout=1.0))
+    events = []
+    conn.add_on_connection_blocked_callback(lambda c, m: events.append(m.method))
+    try:
+        ch = conn.channel()
+        q = uid("q")
+        ch.queue_declare(q, exclusive=True)
+        deadline = time.monotonic() + 15
+        with pytest.raises(pika.exceptions.ConnectionBlockedTimeout):
+            while time.monotonic() < deadline:
+                ch.basic_publish("", q, b"x")
+                conn.process_data_events(time_limit=0.1)
+        assert len(events) == 1 and isinstance(events[0], pika.spec.Connection.Blocked)
+        assert events[0].reason == "low on disk"
+    finally:
+        if conn.is_open:
+            conn.close()
+        b.cli("set-disk-free-limit", "1")
+
+
+@pytest.mark.own_broker
+def test_cmq_send_refused_while_an_alarm_blocks_publishers(broker_factory, tmp_path):
+    """HTTP publishers cannot be paused: SendMessage and PublishMessage answer 4420 while an
+    alarm is on, and work again once it is off."""
+    from cmq.cmq_exception import CMQServerException
+    from cmq.queue import Message, QueueMeta
+    from cmq.topic import Message as TopicMessage
+    from cmq.topic import TopicMeta
+
+    from .cmq_helpers import CmqBroker, write_config
+    from .cmq_helpers import uid as cmq_uid
+
+    cmq = CmqBroker.attach(broker_factory("--config", write_config(tmp_path)))
+    account = cmq.account()
+    q = account.get_queue(cmq_uid("q"))
+    q.create(QueueMeta())
+    topic = account.get_topic(cmq_uid("t"))
+    topic.create(TopicMeta())
+    cmq.process.cli("set-memory-high-watermark", "1")
+    try:
+        for send in (
+            lambda: q.send_message(Message("while-blocked")),
+            lambda: q.batch_send_message([Message("a"), Message("b")]),
+            lambda: topic.publish_message(TopicMessage("while-blocked")),
+        ):
+            with pytest.raises(CMQServerException) as info:
+                send()
+            assert info.value.code == 4420
+            assert "low on memory" in info.value.message
+    finally:
+        cmq.process.cli("set-memory-high-watermark", str(10**15))
+    q.send_message(Message("after"))
+    assert [m.msgBody for m in q.batch_receive_message(16, 0)] == ["after"]
+
+
+@pytest.mark.own_broker
+def test_mqtt_puback_withheld_while_an_alarm_blocks_publishers(fresh_broker):
+    """An MQTT publisher is paused by an alarm: its socket is not read after a publish, so
+    its PUBACKs wait until the alarm is off (MQTT 3.1.1 has no way to say why)."""
+    from .mqtt_helpers import Paho
+
+    b = fresh_broker
+    pub = Paho(b)
+    pub.connect()
+    b.cli("set-disk-free-limit", str(10**18))
+    try:
+        first = pub.client.publish("alarm/t", b"first", qos=1)
+        first.wait_for_publish(10)  # read: the connection had not published yet
+        assert first.is_published()
+        second = pub.client.publish("alarm/t", b"second", qos=1)
+        time.sleep(0.5)  # proving an absence: the second is not read meanwhile
+        assert not second.is_published()
+    finally:
+        b.cli("set-disk-free-limit", "1")
+    second.wait_for_publish(10)
+    assert second.is_published()
+    pub.close()

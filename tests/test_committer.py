@@ -13,7 +13,7 @@ from broker.core.errors import BrokerError, NotFound, StoreFailed
 from broker.core.model import Deliver
 from broker.core.state import StateMachine
 from broker.store import schema
-from broker.store.committer import Committer, Write
+from broker.store.committer import UNSYNCED_WRITES, Committer, Write
 from broker.store.disk import Store
 from broker.store.recovery import recover
 from tests.state_dump import dump
@@ -128,7 +128,9 @@ def test_a_barrier_waits_for_everything_before_it() -> None:
     assert replies.take() == [("after", "ok")]
 
 
-def test_a_failed_write_acknowledges_nothing_more(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_write_acknowledges_nothing_until_the_store_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     committer, replies = ready_committer()
     committer.propose(publish(b"written"), 5, replies.done("written"))
     write = committer.next_write()
@@ -146,6 +148,42 @@ def test_a_failed_write_acknowledges_nothing_more(caplog: pytest.LogCaptureFixtu
     assert replies.take() == [("later", "StoreFailed"), ("barrier", "StoreFailed")]
     assert committer.next_write() is None and committer.next_snapshot() is None
     assert isinstance(committer._failure(), StoreFailed)
+
+
+def test_after_a_failed_write_the_store_is_made_whole_and_held_commands_go_on() -> None:
+    committer, replies = ready_committer()
+    committer.propose(publish(b"written"), 5, replies.done("written"))
+    written = committer.next_write()
+    assert written is not None
+    committer.written(written)  # applied, not synced
+    committer.propose(publish(b"refused"), 6, replies.done("refused"))
+    committer.propose(publish(b"quiet"), 6, replies.done("quiet"), durable=False)
+    failed = committer.next_write()
+    assert failed is not None and failed.last_index == written.last_index + 2
+    committer.write_failed(OSError("no space left on device"))
+    assert replies.take() == [("written", "StoreFailed"), ("refused", "StoreFailed")]
+    # Meanwhile: a confirm cannot be promised, an ack-like command waits.
+    committer.propose(publish(b"later"), 7, replies.done("later"))
+    committer.propose(publish(b"no-reply"), 7, None, durable=False)
+    assert replies.take() == [("later", "StoreFailed")]
+    assert committer.next_write() is None
+    # Recovery writes again what was not synced, and deletes the batch that failed, whose
+    # indexes are handed out again.
+    fix = committer.recovery_write()
+    assert fix.sync and fix.last_index == written.last_index
+    assert fix.ops == [*written.ops, (failed.ops[0][0], None)]
+    committer.recovered()
+    resumed = committer.next_write()
+    assert resumed is not None
+    assert resumed.ops[0][0] == schema.batch_key(written.last_index + 1, written.last_index + 2)
+    committer.written(resumed)
+    committer.synced(resumed.last_index)
+    assert replies.take() == [("quiet", "ok")]
+    assert [m.body for m in committer.state.queue(VH, "q").messages.values()] == [
+        b"written",
+        b"quiet",
+        b"no-reply",
+    ]
 
 
 def test_a_failing_command_gets_its_error_and_changes_nothing() -> None:
@@ -245,3 +283,17 @@ def test_recovery_keeps_the_bodies_its_snapshot_refers_to(tmp_path: Path) -> Non
         assert dump(again.state) == dump(committer.state)
     finally:
         store.close()
+
+
+def test_writes_kept_for_a_recovery_are_bounded_by_a_sync() -> None:
+    committer, replies = ready_committer()
+    for n in range(UNSYNCED_WRITES):
+        committer.propose(publish(b"%d" % n), 5, None, durable=False)
+        write = committer.next_write()
+        assert write is not None and not write.sync
+        committer.written(write)
+    committer.propose(publish(b"more"), 5, None, durable=False)
+    write = committer.next_write()
+    assert write is not None and write.sync  # no reply waits, but memory would
+    committer.written(write)
+    assert committer.recovery_write().ops == []

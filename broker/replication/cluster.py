@@ -206,6 +206,8 @@ class ClusterCommit:
         self._snapshotting = False
         self._installing = False
         self._closed = False
+        #: why this node's store refused a write: it takes no part in the cluster from then on
+        self.store_error: BaseException | None = None
         self._leader = 0
         self._is_leader = False
         self._no_leader_since: float | None = time.monotonic()
@@ -264,6 +266,10 @@ class ClusterCommit:
         self._ticker = self._loop.call_later(self.settings.tick_ms / 1000, self._tick)
 
     def submit(self, command: c.Command, done: Done | None = None, durable: bool = True) -> None:
+        if self.store_error is not None:
+            if done is not None:
+                done(None, self._store_failure())
+            return
         self._numbers += 1
         self.applier.pending[self._numbers] = _Pending(command, done)
         self._unsent.append(self._numbers)
@@ -274,6 +280,8 @@ class ClusterCommit:
 
     def after(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything submitted before it is applied (committed)."""
+        if self.store_error is not None:
+            return
         self._barriers.append((self._numbers, callback))
         self._schedule_flush()
 
@@ -495,9 +503,27 @@ class ClusterCommit:
         self._reschedule_timer()
 
     def _store_failed(self, exc: BaseException) -> None:
-        log.critical("raft log write failed: %r; this node stops", exc)
-        self._fail_pending(ClusterUnavailable(f"the node's store failed ({exc!r})"))
+        """A member whose disk refused a write stops taking part (it neither votes, nor
+        acknowledges entries, nor leads: the others elect a leader without it), refuses
+        what its clients send and closes their connections, so they go to another node.
+        It must be restarted once its disk is fixed; it then catches up from the leader."""
+        log.critical(
+            "store write failed: %r; node %d leaves the cluster's work to the others and "
+            "closes its clients' connections; restart it once the disk is fixed",
+            exc,
+            self.node_id,
+        )
+        self.store_error = exc
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._barriers.clear()  # what they wait for will never be on disk
+        self._fail_pending(self._store_failure())
+        self._timer.cancel()
+        self.on_lost("broker forced connection closure with reason 'node store failed'")
+
+    def _store_failure(self) -> ClusterUnavailable:
+        return ClusterUnavailable(f"the node's store failed ({self.store_error!r})")
 
     # -- messages ------------------------------------------------------------------------
 

@@ -14,8 +14,13 @@ Two lanes of writes, to two databases, so neither waits for the other: the log (
 entries, syncs, and the deletion of batches behind a snapshot), and the state (snapshots,
 see applier).
 
-A write that fails stops everything: nothing more is acknowledged, every waiting and later
-command gets a StoreFailed error, and the node says so.
+A write that fails (a full disk, say) is not the end: the commands it held were never applied,
+so those whose reply promises durability get a StoreFailed error, and so do the replies waiting
+for a sync. Until the store recovers, commands with such replies are refused at once; the
+others (acks, QoS 0 publishes, timer ticks) are held and go to the log once it works again.
+The driver then reopens the log (LevelDB must not append after a failed write: what follows
+would be lost at the next start) and writes again, synced, what was written but not synced,
+so the disk holds everything applied (`recovery_write`, `recovered`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ from broker.store.applier import Applier, Done, Op
 from broker.store.encoding import entry_wire
 
 log = logging.getLogger(__name__)
+
+#: Writes kept for a recovery beyond which a sync is asked for, though no reply waits for one
+#: (a stream of QoS 0 publishes and acks would otherwise keep every body in memory).
+UNSYNCED_WRITES = 64
 
 
 @dataclass(slots=True)
@@ -78,6 +87,15 @@ class Committer(Applier):
         self.written_index = self.synced_index = self.last_index
         self._unwritten: list[_Entry] = []
         self._writing: list[_Entry] = []
+        #: the write handed out and not yet reported on
+        self._pending: Write | None = None
+        #: writes done and not yet synced: written again after a failure, as the disk may
+        #: have lost them
+        self._unsynced: list[Write] = []
+        #: while the store has failed: commands waiting for it, numbered once it recovers
+        self._held: list[_Entry] = []
+        #: ops undoing the write that failed (deletion of its batch), for the recovery write
+        self._undo: list[Op] = []
         #: entries (and barriers) with a reply to release, in index order, from the head
         self._replies: deque[_Entry] = deque()
 
@@ -86,8 +104,10 @@ class Committer(Applier):
     def propose(self, command: Any, time: int, done: Done | None, durable: bool = True) -> None:
         """Add `command` to the log; `done` runs once it is applied (and synced if durable)."""
         if self.failed is not None:
-            if done is not None:
+            if done is not None and durable:
                 self._releases.append((done, None, self._failure(), []))
+            else:
+                self._held.append(_Entry(0, time, command, done, durable))
             return
         self.last_index += 1
         entry = _Entry(self.last_index, time, command, done, durable)
@@ -121,14 +141,18 @@ class Committer(Applier):
             last = self._writing[-1].index
             head = self._replies[0] if self._replies else None
             wants_sync = head is not None and head.durable and head.index <= last
-            return Write(ops, last, False, entries=len(self._writing), wants_sync=wants_sync)
-        if self._needs_sync():
-            return Write([], self.written_index, sync=True)
-        if self.garbage:
+            sync = len(self._unsynced) >= UNSYNCED_WRITES
+            write = Write(ops, last, sync, entries=len(self._writing), wants_sync=wants_sync)
+        elif self._needs_sync():
+            write = Write([], self.written_index, sync=True)
+        elif self.garbage:
             ops = []
             self._collect_garbage(ops)
-            return Write(ops, self.written_index, sync=False, cleanup=True)
-        return None
+            write = Write(ops, self.written_index, sync=False, cleanup=True)
+        else:
+            return None
+        self._pending = write
+        return write
 
     def _batch(self, entries: list[_Entry]) -> Op:
         """The entries as one key of the log."""
@@ -142,8 +166,11 @@ class Committer(Applier):
         """The write is done: its entries are in the log (committed), so apply them. If it
         was a synced write, everything up to it is on disk too."""
         self.stats["writes"] += 1
+        self._pending = None
         entries, self._writing = self._writing, []
         self.written_index = max(self.written_index, write.last_index)
+        if write.ops and not write.sync:
+            self._unsynced.append(write)
         self._apply(entries)
         if write.sync:
             self.synced(write.last_index)
@@ -153,33 +180,76 @@ class Committer(Applier):
     def synced(self, index: int) -> None:
         """Everything written up to `index` is on disk: release the replies waiting for it."""
         self.stats["syncs"] += 1
+        self._pending = None
         self.synced_index = max(self.synced_index, index)
+        if self._unsynced and self._unsynced[-1].last_index <= index:
+            self._unsynced = []
+        else:
+            self._unsynced = [w for w in self._unsynced if w.last_index > index]
         self._release_replies()
 
     def write_failed(self, exc: BaseException) -> None:
-        """The disk refused a write: acknowledge nothing more, ever."""
+        """The disk refused the pending write (or its sync): nothing more is acknowledged
+        until the driver has the store working again (`recovery_write`)."""
         log.critical(
-            "store write failed: %r; this node acknowledges nothing from now on (entries up to "
-            "%d are on disk, %d applied); restart it once the disk is fixed",
+            "store write failed: %r; this node acknowledges nothing until its store works "
+            "again (entries up to %d are on disk, %d applied); it retries by itself",
             exc,
             self.synced_index,
             self.applied_index,
         )
         self.failed = exc
         error = self._failure()
+        failed = self._pending
+        self._pending = None
+        if failed is not None and self._writing:
+            # Never applied, and not on disk (LevelDB's checksums drop a torn record); its
+            # key is deleted all the same by the recovery write, as its indexes are reused.
+            first = self._writing[0].index
+            self.drop_batches_from(first)
+            self._undo = [(failed.ops[0][0], None)]
+            self.garbage.extend(schema.batch_range(key) for key, _ in failed.ops[1:])
+        elif failed is not None and failed.cleanup:
+            self.garbage.extend(schema.batch_range(key) for key, _ in failed.ops)
+        waiting = self._writing + self._unwritten
         for entry in self._replies:
             if entry.applied and not entry.durable:
                 self._releases.append((entry.done, entry.reply, entry.error, []))
-            else:
+            elif entry.command is None or entry.applied or entry.durable:
                 self._releases.append((entry.done, None, error, []))
         self._replies.clear()
+        self._held = [e for e in waiting if e.done is None or not e.durable]
         self._writing = []
         self._unwritten = []
+        self.last_index = self.written_index
+
+    def recovery_write(self) -> Write:
+        """What the store must take, synced, before it is trusted again: the writes done
+        since the last sync, and the deletion of the batch whose write failed."""
+        ops = [op for write in self._unsynced for op in write.ops] + self._undo
+        return Write(ops, self.written_index, sync=True)
+
+    def recovered(self) -> None:
+        """The recovery write is on disk: carry on, with the commands held meanwhile."""
+        log.warning(
+            "store works again: entries up to %d are on disk; %d commands held meanwhile "
+            "go to the log now",
+            self.written_index,
+            len(self._held),
+        )
+        self.failed = None
+        self._undo = []
+        self.synced(self.written_index)
+        held, self._held = self._held, []
+        for entry in held:
+            self.propose(entry.command, entry.time, entry.done, entry.durable)
 
     def _failure(self) -> StoreFailed:
         return StoreFailed(f"the node's store failed ({self.failed!r}): nothing is acknowledged")
 
     def _needs_sync(self) -> bool:
+        if len(self._unsynced) >= UNSYNCED_WRITES:
+            return True
         return bool(self._replies) and self._replies[0].durable and self._replies[0].applied
 
     # -- applying ------------------------------------------------------------------------

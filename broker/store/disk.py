@@ -40,6 +40,8 @@ from broker.store.mark import ConfirmedMark
 Op = tuple[bytes, bytes | None]
 
 STATE_DIR = "leveldb"
+#: space set aside, given up when the disk is full (see Store.make_reserve)
+RESERVE_FILE = "reserve"
 LOG_DIR = "log"
 #: where a snapshot received from a cluster's leader is put together before it replaces both
 INCOMING_DIR = "incoming"
@@ -183,6 +185,57 @@ class Store:
         self.close()
         _write_marker(os.path.join(self.path, INCOMING_DIR, READY_MARKER))
         self.__init__(self.path)  # type: ignore[misc]
+
+    def reopen_log(self) -> None:
+        """Close and open the log again: after a failed write LevelDB's log file may end in a
+        torn record, and what it appended after that would be lost at the next open. Opening
+        writes out what the old log file holds (it needs that much free space)."""
+        self.log_db.close()
+        self.log_db = _open(os.path.join(self.path, LOG_DIR), self.path, legacy=False)
+
+    def reopen_state(self) -> None:
+        """The same for the state database, after a snapshot failed."""
+        self.state_db.close()
+        self.state_db = _open(os.path.join(self.path, STATE_DIR), self.path, legacy=True)
+
+    # -- space set aside ------------------------------------------------------------------
+
+    def make_reserve(self, size: int) -> bool:
+        """Set `size` bytes of the disk aside in a file (allocated, not sparse), unless it is
+        there already; False if the disk has not that much room."""
+        path = os.path.join(self.path, RESERVE_FILE)
+        if self.has_reserve(size):
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            return False
+        return True
+
+    def has_reserve(self, size: int) -> bool:
+        try:
+            return os.path.getsize(os.path.join(self.path, RESERVE_FILE)) >= size
+        except OSError:
+            return False
+
+    def release_reserve(self) -> bool:
+        """Give the space set aside back to the disk; True if there was some."""
+        return Store.release_reserve_of(self.path)
+
+    @staticmethod
+    def release_reserve_of(data_dir: str) -> bool:
+        """The same for a store not open (it may not open for want of room)."""
+        try:
+            os.remove(os.path.join(data_dir, RESERVE_FILE))
+        except FileNotFoundError:
+            return False
+        return True
 
     def close(self) -> None:
         self.log_db.close()

@@ -10,12 +10,18 @@ syncs. Replies that promise durability go out when the sync is done. While that 
 the loop does not write the log (LevelDB would make it wait), so the next batch gathers and
 goes in one write. Snapshots go to the other database on a thread of their own, so they never
 hold up the log. The driver also proposes a Tick whenever a timer is due.
+
+When the disk refuses a write, the committer refuses what must not be acknowledged and holds
+the rest; the driver tells the node (which raises an alarm, so publishers are blocked), then
+tries every RETRY_INTERVAL to reopen the database and write again what it may have lost,
+and carries on once that works (a full disk that has room again, say).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future as ThreadFuture
@@ -27,10 +33,12 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.model import Effect
 from broker.core.state import StateMachine
-from broker.store.applier import Done, Snapshot
+from broker.store.applier import Done, Op, Snapshot
 from broker.store.committer import Committer, Write
 from broker.store.disk import Store
 from broker.store.recovery import Recovered, rebuild
+
+log = logging.getLogger(__name__)
 
 #: Rounds of writing, applying and releasing in one loop turn.
 PUMP_ROUNDS = 8
@@ -39,6 +47,8 @@ PUMP_BACKLOG = 256
 #: Batches with more entries than this that must be synced go to the log's thread with
 #: their sync; the others are written here.
 INLINE_ENTRIES = 64
+#: Seconds between attempts to get a failed store working again.
+RETRY_INTERVAL = 1.0
 
 
 class Clock:
@@ -121,6 +131,18 @@ class CommitDriver:
         self._snapshot_idle = asyncio.Event()
         self._timer = DueTimer(self.clock, lambda: self.submit(c.Tick(), durable=False))
         self._closed = False
+        #: a snapshot the state database refused, written again once it is reopened
+        self._failed_snapshot: tuple[Snapshot, BaseException] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        #: called when store_error changes (the node raises or clears its alarm)
+        self.on_store_error: Callable[[], None] | None = None
+
+    @property
+    def store_error(self) -> BaseException | None:
+        """Why the store does not work now, if it does not."""
+        if self.committer.failed is not None:
+            return self.committer.failed
+        return None if self._failed_snapshot is None else self._failed_snapshot[1]
 
     @property
     def state(self) -> StateMachine:
@@ -221,7 +243,7 @@ class CommitDriver:
             try:
                 self.store.write_log(write.ops, sync=False)
             except Exception as exc:
-                self.committer.write_failed(exc)
+                self._failed(exc)
                 break
             self._written(write)
             self._release()
@@ -264,7 +286,57 @@ class CommitDriver:
 
     def _log_failed(self, exc: BaseException) -> None:
         self._busy = False
+        self._failed(exc)
+        self._pump()
+
+    # -- a store that failed -------------------------------------------------------------
+
+    def _failed(self, exc: BaseException) -> None:
         self.committer.write_failed(exc)
+        if self.store.release_reserve():
+            log.warning("gave up the disk space set aside, to carry on; publishers are blocked")
+        self._store_error_changed()
+
+    def _store_error_changed(self) -> None:
+        if self.store_error is not None and self._retry is None and not self._closed:
+            self._retry = self._loop.call_later(RETRY_INTERVAL, self._recover)
+        if self.on_store_error is not None:
+            self.on_store_error()
+
+    def _recover(self) -> None:
+        """Try to get the store working again: on the log's thread if the log failed, on
+        the snapshots' thread if a snapshot did (each database is used by its thread only)."""
+        self._retry = None
+        if self._closed:
+            return
+        if self.committer.failed is not None and not self._busy:
+            self._busy = True
+            write = self.committer.recovery_write()
+            fut = self._log_thread.submit(self._recover_log, write)
+            fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(self._log_recovered, f))
+        if self._failed_snapshot is not None and not self._snapshotting:
+            self._snapshotting = True
+            snapshot = self._failed_snapshot[0]
+            fut = self._state_thread.submit(self._recover_state, snapshot.ops)
+            done = functools.partial(self._snapshot_done, snapshot)
+            fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(done, f))
+
+    def _recover_log(self, write: Write) -> None:
+        self.store.reopen_log()
+        self.store.write_log(write.ops, sync=True)
+
+    def _recover_state(self, ops: list[Op]) -> None:
+        self.store.reopen_state()
+        self.store.write_state(ops)
+
+    def _log_recovered(self, fut: ThreadFuture[None]) -> None:
+        self._busy = False
+        exc = fut.exception()
+        if exc is not None:
+            log.info("the store still fails: %r; retrying in %ss", exc, RETRY_INTERVAL)
+        else:
+            self.committer.recovered()
+        self._store_error_changed()
         self._pump()
 
     def _snapshot(self) -> None:
@@ -283,9 +355,17 @@ class CommitDriver:
         self._snapshot_idle.set()
         exc = fut.exception()
         if exc is not None:
-            self.committer.write_failed(exc)
+            if self._failed_snapshot is None:
+                log.error("snapshot write failed: %r; retrying every %ss", exc, RETRY_INTERVAL)
+            self._failed_snapshot = (snapshot, exc)
+            self.store.release_reserve()
+            self._store_error_changed()
         else:
             self.committer.snapshot_written(snapshot)
+            if self._failed_snapshot is not None:
+                log.warning("the state database works again: the snapshot is written")
+                self._failed_snapshot = None
+                self._store_error_changed()
         self._pump()
 
     def _written(self, write: Write) -> None:
@@ -299,7 +379,8 @@ class CommitDriver:
     # -- timers --------------------------------------------------------------------------
 
     def _reschedule_timer(self) -> None:
-        self._timer.reschedule(self.state.next_due())
+        if self.committer.failed is None:  # else nothing changes, and a Tick would be held
+            self._timer.reschedule(self.state.next_due())
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -319,5 +400,7 @@ class CommitDriver:
         await self.checkpoint()
         self._closed = True
         self._timer.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
         self._log_thread.shutdown(wait=True)
         self._state_thread.shutdown(wait=True)

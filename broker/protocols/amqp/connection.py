@@ -89,6 +89,8 @@ class AMQPConnection:
         self.client_properties: dict[str, Any] = {}
         self.channels: dict[int, Channel] = {}
         self.has_published = False
+        #: the alarm reason this client was last told of with connection.blocked, if any
+        self.told_blocked: str | None = None
         #: False while the client does not read what we send (transport buffer full)
         self.writable = True
         #: channels holding acks from the current read, flushed when it is parsed
@@ -414,12 +416,18 @@ class AMQPConnection:
             ch.writable_changed()
 
     def set_blocked(self, reason: str | None) -> None:
+        """Tell a capable client that an alarm started or ended. Called on every change of
+        the alarm, and again when a connection opened during one is paused: it would
+        otherwise never hear of the alarm, and a client's blocked-connection timeout
+        (pika's `blocked_connection_timeout`) would never start."""
         if self.state is not State.OPEN or not self.capability("connection.blocked"):
             return
         if reason is None:
-            self.send_method(0, spec.Connection.Unblocked())
-        else:
+            if self.told_blocked is not None:
+                self.send_method(0, spec.Connection.Unblocked())
+        elif self.told_blocked is None:
             self.send_method(0, spec.Connection.Blocked(reason=reason))
+        self.told_blocked = reason
 
     # -- closing -------------------------------------------------------------------------
 

@@ -49,7 +49,9 @@ class AMQPProtocol(ClientProtocol):
         self.gateway.read_done()
         if not was_open and self.conn.state is State.OPEN:
             self._start_heartbeats()
-        if self.gateway.blocked_reason and self.conn.has_published:
+        reason = self.gateway.blocked_reason
+        if reason and self.conn.has_published:
+            self.conn.set_blocked(reason)
             self.pause_reading()
 
     def cancel_timers(self) -> None:

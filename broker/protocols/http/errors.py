@@ -24,6 +24,8 @@ INVALID = 4000
 AUTH_FAILED = 4100
 TOO_LARGE = 4400
 HEAP_FULL = 4410
+#: CMQ's "QPS throttled": here, publishing paused by a memory or disk alarm (retry later)
+THROTTLED = 4420
 HANDLE_INVALID = 4430
 NOT_FOUND = 4440
 TOO_MANY = 4450

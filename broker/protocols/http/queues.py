@@ -136,6 +136,7 @@ async def _send(
     svc: CmqService, vhost: str, q: MessageQueue, bodies: list[bytes], delay_s: int
 ) -> list[str]:
     """Publish `bodies` to `q` as one command: all of them, or none if they do not all fit."""
+    svc.refuse_if_blocked()
     ids = [svc.new_message_id() for _ in bodies]
     delay_ms = delay_s * 1000
     publishes = [

@@ -95,6 +95,15 @@ class CmqService:
     def now_ms(self) -> int:
         return self.gateway.now_ms()
 
+    def refuse_if_blocked(self) -> None:
+        """Sending is refused while an alarm blocks publishers: AMQP and MQTT publishers are
+        paused (their socket is not read), an HTTP request cannot be, so it is told."""
+        reason = self.gateway.blocked_reason
+        if reason is not None:
+            raise CmqError(
+                errors.THROTTLED, f"publishing is paused: the node is {reason}; retry later"
+            )
+
     def vhost(self, name: str) -> Vhost:
         vh = self.state.vhosts.get(name)
         if vh is None:

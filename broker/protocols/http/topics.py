@@ -216,6 +216,7 @@ def _publication(
 async def _publish(
     svc: CmqService, vhost: str, topic: str, bodies: list[bytes], key: str, headers: dict[str, Any]
 ) -> list[str]:
+    svc.refuse_if_blocked()
     ids = [svc.new_message_id() for _ in bodies]
     props = [{"delivery_mode": 2, "message_id": mid} for mid in ids]
     if headers:
