@@ -173,6 +173,25 @@ def ok(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+def dead_lettering_queues(
+    client: SignedClient, max_receive_count: int, **attributes: Any
+) -> tuple[str, str]:
+    """A new queue and the dead-letter queue it moves messages to after `max_receive_count`
+    receives: (queue name, dead-letter queue name)."""
+    name, dlq = uid(), uid("dlq")
+    ok(client.call("CreateQueue", queueName=dlq))
+    ok(
+        client.call(
+            "CreateQueue",
+            queueName=name,
+            deadLetterQueueName=dlq,
+            maxReceiveCount=max_receive_count,
+            **attributes,
+        )
+    )
+    return name, dlq
+
+
 def error(reply: dict[str, Any], code: int, module: int | None = None) -> dict[str, Any]:
     assert reply["code"] == code, reply
     assert reply["requestId"]

@@ -10,7 +10,7 @@ import pytest
 from cmq.cmq_exception import CMQServerException
 from cmq.queue import Message, QueueMeta
 
-from compat_tests.cmq_helpers import error, ok, uid, wait_until
+from compat_tests.cmq_helpers import dead_lettering_queues, error, ok, uid, wait_until
 
 
 def make_queue(account, **attrs):
@@ -118,17 +118,7 @@ def test_rewind_makes_deleted_messages_consumable_again(account):
 
 def test_rewound_messages_start_over_under_max_receive_count(cmq_broker, account):
     client = cmq_broker.client()
-    dlq, name = uid("dlq"), uid()
-    ok(client.call("CreateQueue", queueName=dlq))
-    ok(
-        client.call(
-            "CreateQueue",
-            queueName=name,
-            rewindSeconds=600,
-            deadLetterQueueName=dlq,
-            maxReceiveCount=2,
-        )
-    )
+    name, dlq = dead_lettering_queues(client, 2, rewindSeconds=600)
     q, dead = account.get_queue(name), account.get_queue(dlq)
     start = int(time.time()) - 1
     q.send_message(Message("again"))
@@ -165,17 +155,7 @@ def test_rewind_needs_a_window(account):
 
 def test_dead_letter_after_max_receive_count(cmq_broker, account):
     client = cmq_broker.client()
-    dlq, name = uid("dlq"), uid()
-    ok(client.call("CreateQueue", queueName=dlq))
-    ok(
-        client.call(
-            "CreateQueue",
-            queueName=name,
-            visibilityTimeout=1,
-            deadLetterQueueName=dlq,
-            maxReceiveCount=2,
-        )
-    )
+    name, dlq = dead_lettering_queues(client, 2, visibilityTimeout=1)
     q, dead = account.get_queue(name), account.get_queue(dlq)
     sent = q.send_message(Message("poison"))
     assert q.receive_message(0).dequeueCount == 1

@@ -12,7 +12,8 @@ from cmq.subscription import SubscriptionMeta
 from cmq.topic import Message as TopicMessage
 from cmq.topic import TopicMeta
 
-from compat_tests.cmq_helpers import error, ok, uid
+from compat_tests.cmq_helpers import dead_lettering_queues, error, ok, uid
+from compat_tests.mqtt_helpers import Paho
 
 
 @pytest.fixture
@@ -61,8 +62,6 @@ def test_amqp_publish_to_topic_reaches_matching_subscriptions(cmq_broker, channe
 
 def test_mqtt_publish_reaches_cmq_subscription_through_amq_topic(cmq_broker, channel):
     """MQTT publishes land on amq.topic; an exchange-to-exchange binding feeds a CMQ topic."""
-    import paho.mqtt.client as mqtt
-
     account = cmq_broker.account()
     topic = account.get_topic(uid("t"))
     meta = TopicMeta()
@@ -76,16 +75,8 @@ def test_mqtt_publish_reaches_cmq_subscription_through_amq_topic(cmq_broker, cha
     account.get_subscription(topic.topicName, "temps").create(sub)
     channel.exchange_bind(destination=topic.topicName, source="amq.topic", routing_key="sensors.#")
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    client.username_pw_set("guest", "guest")
-    client.connect("127.0.0.1", cmq_broker.process.mqtt_port)
-    client.loop_start()
-    try:
-        for topic_name in ("sensors/7/humidity", "sensors/7/temp"):
-            client.publish(topic_name, topic_name.encode(), qos=1).wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    for topic_name in ("sensors/7/humidity", "sensors/7/temp"):
+        publish_over_mqtt(cmq_broker, topic_name, topic_name.encode())
     got = q.receive_message(5)
     assert got.msgBody == "sensors/7/temp"
     q.delete_message(got.receiptHandle)
@@ -99,8 +90,6 @@ def status(cmq_broker) -> dict[str, str]:
 
 def test_max_msg_size_refuses_amqp_and_mqtt_publishes_too(cmq_broker, channel):
     """maxMsgSize holds for every protocol: AMQP confirms nack, MQTT is PUBACKed and counted."""
-    import paho.mqtt.client as mqtt
-
     q = cmq_broker.account().get_queue(uid())
     meta = QueueMeta()
     meta.maxMsgSize = 1024
@@ -112,21 +101,23 @@ def test_max_msg_size_refuses_amqp_and_mqtt_publishes_too(cmq_broker, channel):
         channel.basic_publish("", q.queue_name, b"x" * 1025)
 
     channel.queue_bind(q.queue_name, "amq.topic", routing_key=q.queue_name)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    client.username_pw_set("guest", "guest")
-    client.connect("127.0.0.1", cmq_broker.process.mqtt_port)
-    client.loop_start()
-    try:
-        for payload in (b"y" * 2000, b"small"):
-            client.publish(q.queue_name, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    publish_over_mqtt(cmq_broker, q.queue_name, b"y" * 2000, b"small")
 
     got = [m.msgBody for m in q.batch_receive_message(16, 0)]
     assert got == ["x" * 1024, "small"]
     assert int(status(cmq_broker)["oversized_refused"]) == refused_before + 2
     assert "over its x-max-message-size" in cmq_broker.process.log_tail()
+
+
+def publish_over_mqtt(cmq_broker, topic: str, *payloads: bytes) -> None:
+    """Publish at QoS 1 with paho, each PUBACK awaited."""
+    client = Paho(cmq_broker.process)
+    client.connect()
+    try:
+        for payload in payloads:
+            client.publish(topic, payload, qos=1)
+    finally:
+        client.close()
 
 
 def received_bytes(fields: dict) -> bytes:
@@ -139,8 +130,6 @@ def received_bytes(fields: dict) -> bytes:
 
 def test_binary_amqp_and_mqtt_bodies_reach_cmq_unchanged(cmq_broker, channel):
     """Bodies that are not UTF-8 come back base64-encoded, flagged, not with bytes replaced."""
-    import paho.mqtt.client as mqtt
-
     account = cmq_broker.account()
     q = account.get_queue(uid())
     q.create(QueueMeta())
@@ -148,15 +137,7 @@ def test_binary_amqp_and_mqtt_bodies_reach_cmq_unchanged(cmq_broker, channel):
     channel.basic_publish("", q.queue_name, from_amqp)
     channel.basic_publish("", q.queue_name, "text, 世界".encode())
     channel.queue_bind(q.queue_name, "amq.topic", routing_key=q.queue_name)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    client.username_pw_set("guest", "guest")
-    client.connect("127.0.0.1", cmq_broker.process.mqtt_port)
-    client.loop_start()
-    try:
-        client.publish(q.queue_name, from_mqtt, qos=1).wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    publish_over_mqtt(cmq_broker, q.queue_name, from_mqtt)
 
     http = cmq_broker.client()
     got = ok(http.call("BatchReceiveMessage", queueName=q.queue_name, numOfMsg=3))["msgInfoList"]
@@ -195,17 +176,7 @@ def test_a_dead_letter_queue_in_use_is_kept_or_flagged(cmq_broker, channel):
     """CMQ refuses to delete a queue others dead-letter to; deleted over AMQP anyway, it is
     flagged, and messages over the receive limit stay in their queue instead of vanishing."""
     http = cmq_broker.client()
-    dlq, src = uid("dlq"), uid()
-    ok(http.call("CreateQueue", queueName=dlq))
-    ok(
-        http.call(
-            "CreateQueue",
-            queueName=src,
-            visibilityTimeout=1,
-            deadLetterQueueName=dlq,
-            maxReceiveCount=2,
-        )
-    )
+    src, dlq = dead_lettering_queues(http, 2, visibilityTimeout=1)
     refused = error(http.call("DeleteQueue", queueName=dlq), 4000, 10110)
     assert src in refused["message"]
     assert ok(http.call("GetQueueAttributes", queueName=src))["deadLetterQueueExists"] is True

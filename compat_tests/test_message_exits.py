@@ -3,19 +3,18 @@
 Each way out (acknowledged, dead-lettered, expired, over the length limit, rejected, the queue
 deleted or purged, a publish that matched nothing) is driven through a real client (pika,
 paho-mqtt, the CMQ API) and then checked: the message reached a consumer, or sits where the
-user chose (a dead-letter queue), or the node counted it (`broker status`: dropped_<reason>)
+user chose (a dead-letter queue), or the cmq_broker counted it (`broker status`: dropped_<reason>)
 and logged it. Nothing else may happen to it.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pika
 import pytest
 
-from compat_tests.cmq_helpers import CmqBroker, SignedClient, ok, write_config
+from compat_tests.cmq_helpers import CmqBroker, SignedClient, dead_lettering_queues, ok
 from compat_tests.conftest import BrokerProcess
 from compat_tests.helpers import channel, uid, wait_get, wait_until
 from compat_tests.mqtt_helpers import Paho, RawMQTT, ack_packet, subscribe_packet
@@ -34,26 +33,15 @@ COUNTERS = (
 )
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CmqBroker]:
-    base = tmp_path_factory.mktemp("exits")
-    process = BrokerProcess(base / "data", ["--config", write_config(base)])
-    process.start()
-    try:
-        yield CmqBroker.attach(process)
-    finally:
-        process.stop()
-
-
 @pytest.fixture
-def cmq(node: CmqBroker) -> Iterator[SignedClient]:
-    client = node.client()
+def cmq(cmq_broker: CmqBroker) -> Iterator[SignedClient]:
+    client = cmq_broker.client()
     yield client
     client.close()
 
 
 class Counters:
-    """The node's drop counters now, and what changed since."""
+    """The broker's drop counters now, and what changed since."""
 
     def __init__(self, process: BrokerProcess) -> None:
         self.process = process
@@ -86,9 +74,9 @@ def publish(ch: pika.adapters.blocking_connection.BlockingChannel, queue: str, b
 # -- AMQP ----------------------------------------------------------------------------------
 
 
-def test_amqp_acknowledged_is_delivered_and_nothing_is_counted(node: CmqBroker) -> None:
-    counters = Counters(node.process)
-    with channel(node.process) as ch:
+def test_amqp_acknowledged_is_delivered_and_nothing_is_counted(cmq_broker: CmqBroker) -> None:
+    counters = Counters(cmq_broker.process)
+    with channel(cmq_broker.process) as ch:
         q = amqp_queue(ch)
         publish(ch, q, b"m")
         method, _, body = wait_get(ch, q, auto_ack=False)
@@ -108,13 +96,13 @@ def test_amqp_acknowledged_is_delivered_and_nothing_is_counted(node: CmqBroker) 
     ],
 )
 def test_amqp_a_message_dying_goes_to_the_dead_letter_queue_or_is_counted(
-    node: CmqBroker, arguments: dict[str, object], leave: str, counter: str
+    cmq_broker: CmqBroker, arguments: dict[str, object], leave: str, counter: str
 ) -> None:
-    with channel(node.process) as ch:
+    with channel(cmq_broker.process) as ch:
         dlq = amqp_queue(ch)
         dead_letter = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}
         for with_target in (True, False):
-            counters = Counters(node.process)
+            counters = Counters(cmq_broker.process)
             q = amqp_queue(ch, **arguments, **(dead_letter if with_target else {}))
             publish(ch, q, b"first")
             if leave == "overflow":
@@ -132,24 +120,26 @@ def test_amqp_a_message_dying_goes_to_the_dead_letter_queue_or_is_counted(
 
 
 def test_amqp_a_dead_letter_exchange_that_is_missing_is_counted_and_logged(
-    node: CmqBroker,
+    cmq_broker: CmqBroker,
 ) -> None:
-    counters = Counters(node.process)
+    counters = Counters(cmq_broker.process)
     gone = uid("gone")
-    with channel(node.process) as ch:
+    with channel(cmq_broker.process) as ch:
         q = amqp_queue(ch, **{"x-message-ttl": 50, "x-dead-letter-exchange": gone})
         publish(ch, q, b"m")
         counters.wait({"dropped_expired": 1, "dead_letter_failed": 1})
         ch.queue_delete(q)
     wait_until(
-        lambda: f"its dead-letter exchange '{gone}' does not exist" in node.process.log_tail(),
+        lambda: (
+            f"its dead-letter exchange '{gone}' does not exist" in cmq_broker.process.log_tail()
+        ),
         message="the warning naming the missing exchange",
     )
 
 
-def test_amqp_deleting_or_purging_a_queue_counts_its_messages(node: CmqBroker) -> None:
-    counters = Counters(node.process)
-    with channel(node.process) as ch:
+def test_amqp_deleting_or_purging_a_queue_counts_its_messages(cmq_broker: CmqBroker) -> None:
+    counters = Counters(cmq_broker.process)
+    with channel(cmq_broker.process) as ch:
         q = amqp_queue(ch)
         for body in (b"1", b"2", b"3"):
             publish(ch, q, body)
@@ -161,10 +151,10 @@ def test_amqp_deleting_or_purging_a_queue_counts_its_messages(node: CmqBroker) -
     counters.wait({"dropped_purged": 3, "dropped_queue_deleted": 1})
 
 
-def test_amqp_unroutable_is_returned_when_mandatory_else_counted(node: CmqBroker) -> None:
-    counters = Counters(node.process)
+def test_amqp_unroutable_is_returned_when_mandatory_else_counted(cmq_broker: CmqBroker) -> None:
+    counters = Counters(cmq_broker.process)
     exchange = uid("ex")
-    with channel(node.process) as ch:
+    with channel(cmq_broker.process) as ch:
         ch.exchange_declare(exchange, "direct")
         ch.confirm_delivery()
         with pytest.raises(pika.exceptions.UnroutableError):
@@ -178,10 +168,10 @@ def test_amqp_unroutable_is_returned_when_mandatory_else_counted(node: CmqBroker
 # -- MQTT ----------------------------------------------------------------------------------
 
 
-def test_mqtt_delivered_and_acknowledged_is_not_counted(node: CmqBroker) -> None:
-    counters = Counters(node.process)
+def test_mqtt_delivered_and_acknowledged_is_not_counted(cmq_broker: CmqBroker) -> None:
+    counters = Counters(cmq_broker.process)
     topic = uid("exits")
-    sub, pub = Paho(node.process), Paho(node.process)
+    sub, pub = Paho(cmq_broker.process), Paho(cmq_broker.process)
     sub.connect()
     pub.connect()
     sub.subscribe((topic, 1))
@@ -192,9 +182,9 @@ def test_mqtt_delivered_and_acknowledged_is_not_counted(node: CmqBroker) -> None
     assert counters.changed() == {}
 
 
-def test_mqtt_a_publish_no_one_subscribed_to_is_counted(node: CmqBroker) -> None:
-    counters = Counters(node.process)
-    pub = Paho(node.process)
+def test_mqtt_a_publish_no_one_subscribed_to_is_counted(cmq_broker: CmqBroker) -> None:
+    counters = Counters(cmq_broker.process)
+    pub = Paho(cmq_broker.process)
     pub.connect()
     pub.publish(uid("nobody"), b"m", qos=1)
     pub.close()
@@ -202,15 +192,15 @@ def test_mqtt_a_publish_no_one_subscribed_to_is_counted(node: CmqBroker) -> None
 
 
 def test_mqtt_a_clean_session_ending_with_an_unacknowledged_message_counts_it(
-    node: CmqBroker,
+    cmq_broker: CmqBroker,
 ) -> None:
-    counters = Counters(node.process)
+    counters = Counters(cmq_broker.process)
     topic = uid("exits")
-    raw = RawMQTT(node.process)
+    raw = RawMQTT(cmq_broker.process)
     raw.connect(uid("raw"), clean=True)
     raw.send(subscribe_packet(1, (topic, 1)))
     assert raw.read().type == 9  # SUBACK
-    pub = Paho(node.process)
+    pub = Paho(cmq_broker.process)
     pub.connect()
     pub.publish(topic, b"held", qos=1)
     assert raw.read().publish()[1] == b"held"  # never acknowledged
@@ -219,25 +209,25 @@ def test_mqtt_a_clean_session_ending_with_an_unacknowledged_message_counts_it(
     pub.close()
 
 
-def test_mqtt_a_persistent_session_keeps_what_it_did_not_acknowledge(node: CmqBroker) -> None:
-    counters = Counters(node.process)
+def test_mqtt_a_persistent_session_keeps_what_it_did_not_acknowledge(cmq_broker: CmqBroker) -> None:
+    counters = Counters(cmq_broker.process)
     topic, client_id = uid("exits"), uid("keep")
-    raw = RawMQTT(node.process)
+    raw = RawMQTT(cmq_broker.process)
     raw.connect(client_id, clean=False)
     raw.send(subscribe_packet(1, (topic, 1)))
     assert raw.read().type == 9
-    pub = Paho(node.process)
+    pub = Paho(cmq_broker.process)
     pub.connect()
     pub.publish(topic, b"held", qos=1)
     assert raw.read().publish()[1] == b"held"
     raw.close()
-    again = RawMQTT(node.process)
+    again = RawMQTT(cmq_broker.process)
     assert again.connect(client_id, clean=False) == (True, 0)
     _, payload, _, _, dup, packet_id = again.read().publish()
     assert (payload, dup) == (b"held", True)
     again.send(ack_packet("puback", packet_id))
     again.close()
-    end = RawMQTT(node.process)
+    end = RawMQTT(cmq_broker.process)
     end.connect(client_id, clean=True)  # ends the session: its queue is empty
     end.close()
     pub.close()
@@ -248,9 +238,9 @@ def test_mqtt_a_persistent_session_keeps_what_it_did_not_acknowledge(node: CmqBr
 
 
 def test_cmq_deleted_after_receive_is_delivered_and_not_counted(
-    node: CmqBroker, cmq: SignedClient
+    cmq_broker: CmqBroker, cmq: SignedClient
 ) -> None:
-    counters = Counters(node.process)
+    counters = Counters(cmq_broker.process)
     q = uid("cmq")
     ok(cmq.call("CreateQueue", queueName=q))
     ok(cmq.call("SendMessage", queueName=q, msgBody="m"))
@@ -261,21 +251,10 @@ def test_cmq_deleted_after_receive_is_delivered_and_not_counted(
 
 
 def test_cmq_received_too_often_goes_to_the_dead_letter_queue(
-    node: CmqBroker, cmq: SignedClient
+    cmq_broker: CmqBroker, cmq: SignedClient
 ) -> None:
-    counters = Counters(node.process)
-    src, dlq = uid("src"), uid("dlq")
-    ok(cmq.call("CreateQueue", queueName=dlq))
-    ok(
-        cmq.call(
-            "CreateQueue",
-            queueName=src,
-            deadLetterQueueName=dlq,
-            maxReceiveCount=1,
-            policy=0,
-            visibilityTimeout=1,
-        )
-    )
+    counters = Counters(cmq_broker.process)
+    src, dlq = dead_lettering_queues(cmq, 1, visibilityTimeout=1)
     ok(cmq.call("SendMessage", queueName=src, msgBody="m"))
     ok(cmq.call("ReceiveMessage", queueName=src, pollingWaitSeconds=5))
     # Visible again after a second, and over its receive count: moved, not handed out.
@@ -286,9 +265,9 @@ def test_cmq_received_too_often_goes_to_the_dead_letter_queue(
 
 
 def test_cmq_expired_or_deleted_with_its_queue_is_counted(
-    node: CmqBroker, cmq: SignedClient
+    cmq_broker: CmqBroker, cmq: SignedClient
 ) -> None:
-    counters = Counters(node.process)
+    counters = Counters(cmq_broker.process)
     short, deleted = uid("short"), uid("deleted")
     ok(cmq.call("CreateQueue", queueName=short, msgRetentionSeconds=1))
     ok(cmq.call("CreateQueue", queueName=deleted))
@@ -296,17 +275,15 @@ def test_cmq_expired_or_deleted_with_its_queue_is_counted(
     ok(cmq.call("SendMessage", queueName=deleted, msgBody="goes with its queue"))
     ok(cmq.call("DeleteQueue", queueName=deleted))
     counters.wait({"dropped_queue_deleted": 1})
-    started = time.monotonic()
-    counters.wait({"dropped_queue_deleted": 1, "dropped_expired": 1})
-    assert time.monotonic() - started < 10
+    counters.wait({"dropped_queue_deleted": 1, "dropped_expired": 1})  # a second later
     assert cmq.call("ReceiveMessage", queueName=short, pollingWaitSeconds=0)["code"] != 0
     ok(cmq.call("DeleteQueue", queueName=short))
 
 
 def test_cmq_a_topic_message_no_subscription_matches_is_counted(
-    node: CmqBroker, cmq: SignedClient
+    cmq_broker: CmqBroker, cmq: SignedClient
 ) -> None:
-    counters = Counters(node.process)
+    counters = Counters(cmq_broker.process)
     topic, q = uid("topic"), uid("tagged")
     ok(cmq.call("CreateTopic", topicName=topic, filterType=2))
     ok(cmq.call("CreateQueue", queueName=q))
