@@ -217,6 +217,7 @@ class PushReceiver:
     def __init__(self) -> None:
         self.pushes: queue.Queue[Push] = queue.Queue()
         self._failures: dict[str, int] = {}
+        self._gates: dict[str, threading.Event] = {}
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -238,6 +239,11 @@ class PushReceiver:
         """Answer the next `times` pushes to `path` with HTTP 500."""
         self._failures[path] = times
 
+    def hold(self, path: str) -> threading.Event:
+        """Keep the next push to `path` waiting for its answer until the event is set."""
+        gate = self._gates[path] = threading.Event()
+        return gate
+
     def get(self, timeout: float = TIMEOUT) -> Push:
         return self.pushes.get(timeout=timeout)
 
@@ -251,6 +257,9 @@ class PushReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.pushes.put(Push(request.path, dict(request.headers), body, time.monotonic()))
+        gate = self._gates.pop(request.path, None)
+        if gate is not None:
+            await asyncio.to_thread(gate.wait, TIMEOUT)
         left = self._failures.get(request.path, 0)
         if left:
             self._failures[request.path] = left - 1

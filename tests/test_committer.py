@@ -141,11 +141,11 @@ def test_a_failed_write_acknowledges_nothing_until_the_store_works(
     with caplog.at_level(logging.CRITICAL):
         committer.write_failed(OSError("disk on fire"))
     assert "acknowledges nothing" in caplog.text
-    # Applied but never synced, or never written: neither is confirmed.
-    assert replies.take() == [("written", "StoreFailed"), ("lost", "StoreFailed")]
+    # Never written: refused. Applied but not synced: it waits for the recovery write.
+    assert replies.take() == [("lost", "StoreFailed")]
     committer.propose(publish(b"later"), 7, replies.done("later"))
     committer.barrier(replies.done("barrier"))
-    assert replies.take() == [("later", "StoreFailed"), ("barrier", "StoreFailed")]
+    assert replies.take() == [("later", "StoreFailed")]  # the barrier waits for the store
     assert committer.next_write() is None and committer.next_snapshot() is None
     assert isinstance(committer._failure(), StoreFailed)
 
@@ -161,10 +161,11 @@ def test_after_a_failed_write_the_store_is_made_whole_and_held_commands_go_on() 
     failed = committer.next_write()
     assert failed is not None and failed.last_index == written.last_index + 2
     committer.write_failed(OSError("no space left on device"))
-    assert replies.take() == [("written", "StoreFailed"), ("refused", "StoreFailed")]
-    # Meanwhile: a confirm cannot be promised, an ack-like command waits.
+    assert replies.take() == [("refused", "StoreFailed")]
+    # Meanwhile: a confirm cannot be promised, an ack-like command and a barrier wait.
     committer.propose(publish(b"later"), 7, replies.done("later"))
     committer.propose(publish(b"no-reply"), 7, None, durable=False)
+    committer.barrier(replies.done("barrier"))
     assert replies.take() == [("later", "StoreFailed")]
     assert committer.next_write() is None
     # Recovery writes again what was not synced, and deletes the batch that failed, whose
@@ -173,12 +174,13 @@ def test_after_a_failed_write_the_store_is_made_whole_and_held_commands_go_on() 
     assert fix.sync and fix.last_index == written.last_index
     assert fix.ops == [*written.ops, (failed.ops[0][0], None)]
     committer.recovered()
+    assert replies.take() == [("written", "ok")]  # applied before, on disk now
     resumed = committer.next_write()
     assert resumed is not None
     assert resumed.ops[0][0] == schema.batch_key(written.last_index + 1, written.last_index + 2)
     committer.written(resumed)
     committer.synced(resumed.last_index)
-    assert replies.take() == [("quiet", "ok")]
+    assert replies.take() == [("quiet", "ok"), ("barrier", "ok")]
     assert [m.body for m in committer.state.queue(VH, "q").messages.values()] == [
         b"written",
         b"quiet",

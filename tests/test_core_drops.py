@@ -75,6 +75,18 @@ def test_a_message_past_max_receive_count_with_no_dead_letter_queue_stays(core: 
     assert dropped(core) == []
 
 
+def test_a_message_past_max_receive_count_whose_dead_lettering_would_cycle_stays(
+    core: Core,
+) -> None:
+    core.queue("q", **{"x-max-receive-count": 1, **dlx_args("q")})
+    core.publish("q", b"m")
+    core.receive("q", visibility=10, at=0)
+    core.tick(10)
+    (again,) = core.receive("q", visibility=10)
+    assert again.message.body == b"m"
+    assert dropped(core) == []
+
+
 @pytest.mark.parametrize(
     "dead_letter,detail",
     [

@@ -535,7 +535,7 @@ def test_max_message_size_refuses_larger_publishes(core: Core) -> None:
     assert not core.publish("", b"four", "f").rejected
     result = core.publish("", b"fives", "f")
     assert result.routed and result.rejected
-    assert Overflowed(VH, "small", "drop-head", TOO_LARGE) in core.effects
+    assert Overflowed(VH, "small", TOO_LARGE) in core.effects
     assert ready_bodies(core.q("small")) == [b"four"]
     assert ready_bodies(core.q("open")) == [b"four", b"fives"]
     with pytest.raises(ResourceLimit):

@@ -68,5 +68,5 @@ def test_overflow_is_an_effect_never_silent():
     core.publish("refuse", b"1")
     core.publish("refuse", b"2")
     assert [e for e in core.effects if isinstance(e, Dropped | Overflowed)] == [
-        Overflowed(VH, "refuse", "reject-publish")
+        Overflowed(VH, "refuse")
     ]

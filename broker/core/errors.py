@@ -59,7 +59,8 @@ class InternalError(BrokerError):
 
 
 class StoreFailed(BrokerError):
-    """The node's disk refused a write: nothing is acknowledged any more."""
+    """The node's disk refused a write: nothing that promises durability is acknowledged
+    until its store works again."""
 
     session_level = True
 

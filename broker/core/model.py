@@ -231,9 +231,7 @@ class Overflowed:
 
     vhost: str
     queue: str
-    #: the queue's overflow policy: "reject-publish" or "reject-publish-dlx"
-    policy: str
-    #: "full" (over the length limit) or TOO_LARGE (refused whatever the policy)
+    #: "full" (over the length limit) or TOO_LARGE (refused whatever the overflow policy)
     reason: str = "full"
 
 

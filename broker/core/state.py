@@ -764,7 +764,9 @@ class StateMachine:
     def _targets(self, vh: Vhost, ex: Exchange, cmd: c.Publish) -> dict[str, None]:
         targets: dict[str, None] = {}
         headers = cmd.properties.get("headers")
-        keys = _sender_selected(cmd.routing_key, headers) if headers else (cmd.routing_key,)
+        keys: tuple[str, ...] = (cmd.routing_key,)
+        if headers and ("CC" in headers or "BCC" in headers):
+            keys = _sender_selected(cmd.routing_key, headers)
         for key in keys:
             if ex.name == "":
                 if key in vh.queues:
@@ -807,7 +809,7 @@ class StateMachine:
         for qname in targets:
             q = vh.queues[qname]
             if _too_large(q, cmd.body):
-                self._effects.append(Overflowed(q.vhost, q.name, q.settings.overflow, TOO_LARGE))
+                self._effects.append(Overflowed(q.vhost, q.name, TOO_LARGE))
                 result.rejected = True
                 continue
             if not self._enqueue(
@@ -844,7 +846,7 @@ class StateMachine:
                     q, exchange, routing_key, properties, body, persistent, message_ttl, 0
                 )
                 self._dead_letter_copy(q, msg, "maxlen")
-            self._effects.append(Overflowed(q.vhost, q.name, s.overflow))
+            self._effects.append(Overflowed(q.vhost, q.name))
             return False
         msg = self._new_message(
             q, exchange, routing_key, properties, body, persistent, message_ttl, delay_ms
@@ -1009,6 +1011,19 @@ class StateMachine:
     def _dead_letter_copy(self, q: MessageQueue, msg: Message, reason: str) -> str | None:
         """Republish a copy of `msg` to the dead-letter exchange of `q`; None when some queue
         took it, else why none did ("" when the queue has no dead-letter exchange)."""
+        plan = self._dead_letter_plan(q, msg, reason)
+        if isinstance(plan, str):
+            return plan
+        dlx, routing_key, props, queues = plan
+        for target in queues:
+            self._enqueue(target, dlx, routing_key, props, msg.body, msg.persistent, None)
+        return None
+
+    def _dead_letter_plan(
+        self, q: MessageQueue, msg: Message, reason: str
+    ) -> tuple[str, str, dict[str, Any], list[MessageQueue]] | str:
+        """Where dead-lettering `msg` would take it: (exchange, routing key, properties with
+        the death recorded, queues), or why nowhere."""
         dlx = q.settings.dead_letter_exchange
         if dlx is None:
             return ""
@@ -1058,14 +1073,11 @@ class StateMachine:
         self._route(vh, ex, routing_key, headers, targets, set())
         if not targets:
             return f"its dead-letter exchange '{dlx}' routed '{routing_key}' to no queue"
-        reached = False
-        for qname in targets:
-            # Dropping cycles without a rejection, as RabbitMQ does, keeps TTL loops finite.
-            if _is_cycle(qname, deaths):
-                continue
-            reached = True
-            self._enqueue(vh.queues[qname], dlx, routing_key, props, msg.body, msg.persistent, None)
-        return None if reached else "dead-lettering it again would make a cycle"
+        # Dropping cycles without a rejection, as RabbitMQ does, keeps TTL loops finite.
+        queues = [vh.queues[name] for name in targets if not _is_cycle(name, deaths)]
+        if not queues:
+            return "dead-lettering it again would make a cycle"
+        return dlx, routing_key, props, queues
 
     # -- consumers -----------------------------------------------------------------------
 
@@ -1455,20 +1467,10 @@ class StateMachine:
         return out
 
     def _dead_letter_reachable(self, q: MessageQueue, msg: Message) -> bool:
-        """Whether the queue's dead-letter target routes `msg` somewhere. A message over the
+        """Whether the queue's dead-letter target would take `msg`. A message over the
         receive limit moves there only then: with no target, or one whose queue was deleted,
         it stays rather than vanish."""
-        s = q.settings
-        if s.dead_letter_exchange is None:
-            return False
-        vh = self.vhosts[q.vhost]
-        ex = vh.exchanges.get(s.dead_letter_exchange)
-        if ex is None:
-            return False
-        targets: dict[str, None] = {}
-        routing_key = s.dead_letter_routing_key or msg.routing_key
-        self._route(vh, ex, routing_key, msg.properties.get("headers"), targets, set())
-        return bool(targets)
+        return not isinstance(self._dead_letter_plan(q, msg, "delivery_limit"), str)
 
     def _held_message(self, q: MessageQueue, handle: str) -> Message:
         try:

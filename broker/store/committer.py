@@ -15,9 +15,10 @@ entries, syncs, and the deletion of batches behind a snapshot), and the state (s
 see applier).
 
 A write that fails (a full disk, say) is not the end: the commands it held were never applied,
-so those whose reply promises durability get a StoreFailed error, and so do the replies waiting
-for a sync. Until the store recovers, commands with such replies are refused at once; the
-others (acks, QoS 0 publishes, timer ticks) are held and go to the log once it works again.
+so those whose reply promises durability get a StoreFailed error. Until the store recovers,
+commands with such replies are refused at once; the others (acks, QoS 0 publishes, timer
+ticks, channel releases) and the barriers among them are held and go to the log once it works
+again. Commands already applied keep their place: their replies wait for the recovery write.
 The driver then reopens the log (LevelDB must not append after a failed write: what follows
 would be lost at the next start) and writes again, synced, what was written but not synced,
 so the disk holds everything applied (`recovery_write`, `recovered`).
@@ -121,9 +122,10 @@ class Committer(Applier):
         return len(self._unwritten)
 
     def barrier(self, done: Done) -> None:
-        """`done` runs once everything proposed so far is applied and synced."""
+        """`done` runs once everything proposed so far is applied and synced (while the
+        store has failed: once it works again, after the commands held before it)."""
         if self.failed is not None:
-            self._releases.append((done, None, self._failure(), []))
+            self._held.append(_Entry(0, 0, None, done, True, applied=True))
             return
         self._replies.append(_Entry(self.last_index, 0, None, done, True, applied=True))
         self._release_replies()
@@ -211,14 +213,24 @@ class Committer(Applier):
             self.garbage.extend(schema.batch_range(key) for key, _ in failed.ops[1:])
         elif failed is not None and failed.cleanup:
             self.garbage.extend(schema.batch_range(key) for key, _ in failed.ops)
-        waiting = self._writing + self._unwritten
+        # Applied entries are written, and on disk once the recovery write is: their replies
+        # wait for it. Commands never applied are refused if their reply promises
+        # durability, else held, with the barriers among them, until the store works again.
+        kept: deque[_Entry] = deque()
+        held_barriers = []
         for entry in self._replies:
-            if entry.applied and not entry.durable:
+            if entry.command is None and entry.index > self.written_index:
+                held_barriers.append(entry)
+            elif entry.applied and not entry.durable:
                 self._releases.append((entry.done, entry.reply, entry.error, []))
-            elif entry.command is None or entry.applied or entry.durable:
+            elif entry.applied:
+                kept.append(entry)
+            elif entry.durable:
                 self._releases.append((entry.done, None, error, []))
-        self._replies.clear()
-        self._held = [e for e in waiting if e.done is None or not e.durable]
+        self._replies = kept
+        waiting = [e for e in self._writing + self._unwritten if e.done is None or not e.durable]
+        # A barrier comes after the commands proposed before it.
+        self._held = sorted(waiting + held_barriers, key=lambda e: (e.index, e.command is None))
         self._writing = []
         self._unwritten = []
         self.last_index = self.written_index
@@ -239,10 +251,14 @@ class Committer(Applier):
         )
         self.failed = None
         self._undo = []
-        self.synced(self.written_index)
+        self.synced(self.written_index)  # releases the replies of what was applied before
         held, self._held = self._held, []
         for entry in held:
-            self.propose(entry.command, entry.time, entry.done, entry.durable)
+            if entry.command is None:
+                assert entry.done is not None
+                self.barrier(entry.done)
+            else:
+                self.propose(entry.command, entry.time, entry.done, entry.durable)
 
     def _failure(self) -> StoreFailed:
         return StoreFailed(f"the node's store failed ({self.failed!r}): nothing is acknowledged")

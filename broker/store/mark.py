@@ -37,6 +37,9 @@ class ConfirmedMark:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if created:
+                # Written whole before anything else: later writes overwrite it in place, so
+                # a power cut can never leave a file extended but not yet filled.
+                self._write(0, 0, 0)
                 os.fsync(self._fd)
                 _fsync_dir(data_dir)
             self.index, self.term, self.vote = self._read()

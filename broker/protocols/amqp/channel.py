@@ -498,8 +498,10 @@ class Channel:
             self.gateway.unregister_reply_to(self.reply_to_key)
         self.unacked.clear()
         self.consumers.clear()
+        # Nothing durable to promise: held, not refused, while the store has failed, so the
+        # channel's unacked messages still go back to their queues.
         self.gateway.submit(
-            c.ReleaseOwner(self.owner), None if then is None else lambda r, e: then()
+            c.ReleaseOwner(self.owner), None if then is None else lambda r, e: then(), False
         )
 
     def _on_flow(self, method: spec.Channel.Flow) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from broker.core import commands as c
-from broker.core.errors import BrokerError, NotFound
+from broker.core.errors import BrokerError, ClusterUnavailable, NotFound, StoreFailed
 from broker.core.model import Received
 from broker.protocols.http import retry
 from broker.protocols.http.bodies import body_fields
@@ -33,6 +33,9 @@ from broker.protocols.http.topics import (
 )
 
 log = logging.getLogger(__name__)
+
+#: seconds between receives while the node's store has failed (a full disk)
+STORE_RETRY_S = 1.0
 
 BATCH = 16
 #: seconds between two log lines about one subscription's dropped pushes
@@ -146,7 +149,12 @@ class PushManager:
                         queue,
                     )
                     return
-                except BrokerError:  # its vhost is gone, or the node cannot commit
+                except ClusterUnavailable:
+                    return  # pushing goes on where a leader is (see Node._keep_pushers)
+                except StoreFailed:
+                    await asyncio.sleep(STORE_RETRY_S)  # a single node's store recovers itself
+                    continue
+                except BrokerError:  # its vhost is gone
                     return
                 if not got:
                     await woken
