@@ -1,4 +1,5 @@
-"""Counting and logging the messages a node's state machine dropped (core Dropped effects).
+"""Counting and logging the messages a node dropped (the core's Dropped effects, and pushes
+an adapter gave up).
 
 Every message that leaves a queue without reaching a consumer or a place the user chose is
 counted here under `dropped_<reason>` (shown by `broker status`) and logged: at once the first
@@ -12,11 +13,26 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker.core.model import DROP_REASONS, Dropped
+from broker.core.model import Dropped
 
 log = logging.getLogger("broker.drops")
 
 LOG_INTERVAL_S = 10.0
+
+#: reason -> whether the user asked for it (logged at INFO) or not (WARNING)
+REASONS = {
+    "expired": True,
+    "rejected": True,
+    "purged": True,
+    "queue-deleted": True,
+    "not-persistent": True,
+    "unroutable": True,
+    "maxlen": False,
+    "delivery-limit": False,
+    "push-given-up": False,
+}
+#: the reasons a message dies for, which a dead-letter target may catch
+DEAD_LETTER_REASONS = {"expired", "rejected", "maxlen", "delivery-limit"}
 
 
 @dataclass(slots=True)
@@ -32,14 +48,14 @@ class DropLedger:
         self._interval = interval
         #: `dropped_<reason>` -> messages; `dead_letter_failed` counts those whose queue had a
         #: dead-letter target that did not take them
-        self.counts: dict[str, int] = {f"dropped_{r.replace('-', '_')}": 0 for r in DROP_REASONS}
+        self.counts: dict[str, int] = {_counter(r): 0 for r in REASONS}
         self.counts["dead_letter_failed"] = 0
         self._pending: dict[tuple[str, str, str], _Pending] = {}
 
     def note(self, effect: Dropped) -> None:
-        name = f"dropped_{effect.reason.replace('-', '_')}"
+        name = _counter(effect.reason)
         self.counts[name] = self.counts.get(name, 0) + effect.count
-        if effect.detail:
+        if effect.detail and effect.reason in DEAD_LETTER_REASONS:
             self.counts["dead_letter_failed"] += effect.count
         key = (effect.vhost, effect.source, effect.reason)
         pending = self._pending.get(key)
@@ -50,11 +66,12 @@ class DropLedger:
             pending.count += effect.count
             pending.detail = effect.detail or pending.detail
 
-    def flush(self) -> None:
-        """Log what accumulated for sources whose interval has passed (called periodically)."""
+    def flush(self, everything: bool = False) -> None:
+        """Log what accumulated for sources whose interval has passed (called periodically),
+        or for all of them (`everything`: the node stops)."""
         now = self._clock()
         for key, pending in list(self._pending.items()):
-            if now - pending.logged_at < self._interval:
+            if now - pending.logged_at < self._interval and not everything:
                 continue
             if pending.count:
                 self._log(*key, pending.count, pending.detail)
@@ -63,7 +80,7 @@ class DropLedger:
                 del self._pending[key]
 
     def _log(self, vhost: str, source: str, reason: str, count: int, detail: str) -> None:
-        asked_for = DROP_REASONS.get(reason, False) and not detail
+        asked_for = REASONS.get(reason, False) and not detail
         where = f"'{source}'" if source else "the default exchange"
         log.log(
             logging.INFO if asked_for else logging.WARNING,
@@ -75,3 +92,7 @@ class DropLedger:
             reason,
             f": {detail}" if detail else "",
         )
+
+
+def _counter(reason: str) -> str:
+    return f"dropped_{reason.replace('-', '_')}"

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from broker.core import commands as c
 from broker.core.errors import BrokerError
-from broker.core.model import ConsumerCancelled, Deliver, User
+from broker.core.model import ConsumerCancelled, Deliver, Dropped, User
 from broker.core.state import StateMachine
 
 #: Called once a command is applied (and durable when it was submitted as such).
@@ -103,6 +103,10 @@ class Gateway(Protocol):
     @property
     def blocked_reason(self) -> str | None:
         """Why publishers are blocked (memory or disk alarm), or None."""
+
+    def dropped(self, effect: Dropped) -> None:
+        """Count and log messages an adapter gave up (a push past its last retry), as the
+        node does those the core drops."""
 
     def new_name(self, prefix: str) -> str:
         """A unique broker-generated name (server-named queues, consumer tags, client ids)."""

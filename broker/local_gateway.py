@@ -135,6 +135,9 @@ class LocalGateway:
     def blocked_reason(self) -> str | None:
         return self._blocked
 
+    def dropped(self, effect: Dropped) -> None:
+        self.drops.note(effect)
+
     # -- effects -------------------------------------------------------------------------
 
     def on_effects(self, effects: list[Effect]) -> None:

@@ -272,6 +272,7 @@ class Node:
             await self.commit.close()
         if self.store is not None:
             self.store.close()
+        self.gateway.drops.flush(everything=True)
         log.info("stopped")
 
     async def _wait_connections_closed(self, timeout: float) -> None:

@@ -295,12 +295,14 @@ def test_backoff_retry_gives_up_after_three_retries(account, receiver, cmq_broke
     # Given up, and said so: one line naming the subscription, topic, endpoint and count.
     line = wait_until(lambda: dropped_lines(cmq_broker, name), timeout=5)
     assert len(line) == 1 and topic.topicName in line[0] and receiver.url("/down") in line[0]
-    assert "gave up 1 message(s)" in line[0]
+    assert "dropped 1 message (push-given-up" in line[0]
+    status = cmq_broker.process.cli("status").stdout
+    assert int(dict(ln.split("\t") for ln in status.splitlines())["dropped_push_given_up"]) >= 1
 
 
 def dropped_lines(cmq_broker, subscription: str) -> list[str]:
     log = cmq_broker.process.log_path.read_text(errors="replace")
-    return [ln for ln in log.splitlines() if "gave up" in ln and subscription in ln]
+    return [ln for ln in log.splitlines() if "push-given-up" in ln and subscription in ln]
 
 
 def test_a_push_subscription_whose_queue_is_deleted_says_so(account, cmq_broker, receiver):

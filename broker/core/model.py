@@ -251,24 +251,12 @@ class Dropped:
     vhost: str
     #: the queue the messages left, or the exchange that routed a publish nowhere
     source: str
-    #: why, one of DROP_REASONS
+    #: why: "expired", "maxlen", "rejected", "delivery-limit" (each with no dead-letter
+    #: target that took them), "queue-deleted", "purged", "unroutable", "not-persistent"
     reason: str
     count: int = 1
     #: why the queue's dead-letter target did not take them, when it has one
     detail: str = ""
-
-
-#: reason -> whether the user asked for it (logged at INFO) or not (WARNING)
-DROP_REASONS = {
-    "expired": True,
-    "rejected": True,
-    "purged": True,
-    "queue-deleted": True,
-    "not-persistent": True,
-    "unroutable": True,
-    "maxlen": False,
-    "delivery-limit": False,
-}
 
 
 @dataclass(slots=True)

@@ -3,8 +3,8 @@
 A message is received (hidden for the push timeout), POSTed to the endpoint, then deleted on a
 2xx answer. On failure its visibility is set to the retry delay of the subscription's strategy,
 so the retry time is on disk: after a restart the loop finds it when it comes due. Past the
-strategy's attempts the message is dropped for that subscriber, as CMQ does: counted per
-subscription and logged, one WARNING line per subscription and DROP_LOG_INTERVAL at most.
+strategy's attempts the message is dropped for that subscriber, as CMQ does: counted with the
+node's other drops (`dropped_push_given_up` in `broker status`) and logged.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import contextlib
 import json
 import logging
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from broker.core import commands as c
 from broker.core.errors import BrokerError, ClusterUnavailable, NotFound, StoreFailed
-from broker.core.model import Received
+from broker.core.model import Dropped, Received
 from broker.protocols.http import retry
 from broker.protocols.http.bodies import body_fields
 from broker.protocols.http.service import CmqService, message_id
@@ -38,21 +37,6 @@ log = logging.getLogger(__name__)
 STORE_RETRY_S = 1.0
 
 BATCH = 16
-#: seconds between two log lines about one subscription's dropped pushes
-DROP_LOG_INTERVAL = 60.0
-
-
-@dataclass(slots=True)
-class Dropped:
-    """One subscription's pushes given up after their last retry."""
-
-    endpoint: str
-    #: since the last log line
-    pending: int = 0
-    #: since the node started
-    total: int = 0
-    #: the next log line, while one is due
-    timer: asyncio.TimerHandle | None = None
 
 
 class PushManager:
@@ -63,8 +47,6 @@ class PushManager:
         self._rng = random.Random()
         #: pushers run on one node only: a cluster's leader (see set_active)
         self.active = True
-        #: (vhost, topic, subscription) -> its pushes given up
-        self.dropped: dict[tuple[str, str, str], Dropped] = {}
 
     def set_active(self, active: bool) -> None:
         """Run the pushers here (this node leads its cluster), or stop them."""
@@ -105,10 +87,6 @@ class PushManager:
             task.cancel()
 
     async def close(self) -> None:
-        for key, dropped in self.dropped.items():
-            if dropped.timer is not None:
-                dropped.timer.cancel()
-                self._log_dropped(key, reschedule=False)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -199,7 +177,8 @@ class PushManager:
         if await self._post(sub["endpoint"], data, headers):
             command = c.DeleteByHandle(vhost, queue, received.handle)
         elif attempt >= retry.attempts_allowed(strategy):
-            self._count_dropped((vhost, topic, name), sub["endpoint"])
+            detail = f"pushing to {sub['endpoint']} failed after its last retry"
+            self.svc.gateway.dropped(Dropped(vhost, f"{topic}/{name}", "push-given-up", 1, detail))
             command = c.DeleteByHandle(vhost, queue, received.handle)
         else:
             unit = self.svc.config.http_push_retry_unit_ms
@@ -207,37 +186,6 @@ class PushManager:
             command = c.ChangeVisibility(vhost, queue, received.handle, delay)
         with contextlib.suppress(BrokerError):  # unsubscribed, or the handle ran out meanwhile
             await self.svc.call(command)
-
-    def _count_dropped(self, key: tuple[str, str, str], endpoint: str) -> None:
-        dropped = self.dropped.get(key)
-        if dropped is None:
-            dropped = self.dropped[key] = Dropped(endpoint)
-        dropped.pending += 1
-        dropped.total += 1
-        if dropped.timer is None:
-            self._log_dropped(key)
-
-    def _log_dropped(self, key: tuple[str, str, str], reschedule: bool = True) -> None:
-        """Log the pushes given up since the last line; then wait before the next one."""
-        dropped = self.dropped[key]
-        dropped.timer = None
-        if not dropped.pending:
-            return
-        vhost, topic, name = key
-        log.warning(
-            "subscription %s of topic %s in vhost '%s' gave up %d message(s) after the last "
-            "retry to %s (%d since the node started)",
-            name,
-            topic,
-            vhost,
-            dropped.pending,
-            dropped.endpoint,
-            dropped.total,
-        )
-        dropped.pending = 0
-        if reschedule:
-            loop = asyncio.get_running_loop()
-            dropped.timer = loop.call_later(DROP_LOG_INTERVAL, self._log_dropped, key)
 
     async def _post(self, url: str, data: bytes, headers: dict[str, str]) -> bool:
         if self._session is None:
