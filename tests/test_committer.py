@@ -12,6 +12,7 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError, NotFound, StoreFailed
 from broker.core.model import Deliver
 from broker.core.state import StateMachine
+from broker.store import committer as committer_module
 from broker.store import schema
 from broker.store.committer import UNSYNCED_WRITES, Committer, Write
 from broker.store.disk import Store
@@ -297,5 +298,25 @@ def test_writes_kept_for_a_recovery_are_bounded_by_a_sync() -> None:
     committer.propose(publish(b"more"), 5, None, durable=False)
     write = committer.next_write()
     assert write is not None and write.sync  # no reply waits, but memory would
+    committer.written(write)
+    assert committer.recovery_write().ops == []
+
+
+def test_writes_kept_for_a_recovery_are_bounded_in_bytes_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(committer_module, "UNSYNCED_BYTES", 10_000)
+    committer, replies = ready_committer()
+    committer.propose(publish(b"x" * 6_000), 5, None, durable=False)
+    write = committer.next_write()
+    assert write is not None and not write.sync
+    committer.written(write)
+    committer.propose(publish(b"y" * 6_000), 5, None, durable=False)
+    write = committer.next_write()
+    assert write is not None and not write.sync
+    committer.written(write)  # 12,000 bytes kept: the next write syncs
+    committer.propose(publish(b"z"), 5, None, durable=False)
+    write = committer.next_write()
+    assert write is not None and write.sync
     committer.written(write)
     assert committer.recovery_write().ops == []

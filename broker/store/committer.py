@@ -38,9 +38,11 @@ from broker.store.encoding import entry_wire
 
 log = logging.getLogger(__name__)
 
-#: Writes kept for a recovery beyond which a sync is asked for, though no reply waits for one
-#: (a stream of QoS 0 publishes and acks would otherwise keep every body in memory).
+#: Writes (or bytes of them) kept for a recovery beyond which a sync is asked for, though no
+#: reply waits for one (a stream of QoS 0 publishes and acks would otherwise keep every body
+#: in memory).
 UNSYNCED_WRITES = 64
+UNSYNCED_BYTES = 32 << 20
 
 
 @dataclass(slots=True)
@@ -93,6 +95,7 @@ class Committer(Applier):
         #: writes done and not yet synced: written again after a failure, as the disk may
         #: have lost them
         self._unsynced: list[Write] = []
+        self._unsynced_bytes = 0
         #: while the store has failed: commands waiting for it, numbered once it recovers
         self._held: list[_Entry] = []
         #: ops undoing the write that failed (deletion of its batch), for the recovery write
@@ -143,7 +146,7 @@ class Committer(Applier):
             last = self._writing[-1].index
             head = self._replies[0] if self._replies else None
             wants_sync = head is not None and head.durable and head.index <= last
-            sync = len(self._unsynced) >= UNSYNCED_WRITES
+            sync = self._too_much_unsynced()
             write = Write(ops, last, sync, entries=len(self._writing), wants_sync=wants_sync)
         elif self._needs_sync():
             write = Write([], self.written_index, sync=True)
@@ -173,6 +176,7 @@ class Committer(Applier):
         self.written_index = max(self.written_index, write.last_index)
         if write.ops and not write.sync:
             self._unsynced.append(write)
+            self._unsynced_bytes += sum(len(value) for _, value in write.ops if value)
         self._apply(entries)
         if write.sync:
             self.synced(write.last_index)
@@ -186,8 +190,10 @@ class Committer(Applier):
         self.synced_index = max(self.synced_index, index)
         if self._unsynced and self._unsynced[-1].last_index <= index:
             self._unsynced = []
-        else:
+            self._unsynced_bytes = 0
+        elif self._unsynced:
             self._unsynced = [w for w in self._unsynced if w.last_index > index]
+            self._unsynced_bytes = sum(len(v) for w in self._unsynced for _, v in w.ops if v)
         self._release_replies()
 
     def write_failed(self, exc: BaseException) -> None:
@@ -260,11 +266,14 @@ class Committer(Applier):
             else:
                 self.propose(entry.command, entry.time, entry.done, entry.durable)
 
+    def _too_much_unsynced(self) -> bool:
+        return len(self._unsynced) >= UNSYNCED_WRITES or self._unsynced_bytes >= UNSYNCED_BYTES
+
     def _failure(self) -> StoreFailed:
         return StoreFailed(f"the node's store failed ({self.failed!r}): nothing is acknowledged")
 
     def _needs_sync(self) -> bool:
-        if len(self._unsynced) >= UNSYNCED_WRITES:
+        if self._too_much_unsynced():
             return True
         return bool(self._replies) and self._replies[0].durable and self._replies[0].applied
 
