@@ -290,6 +290,21 @@ class StateMachine:
     def queue_info(self, q: MessageQueue) -> QueueInfo:
         return QueueInfo(q.name, q.message_count(), len(q.consumers), q.qid)
 
+    def has_binding(
+        self,
+        vhost: str,
+        source: str,
+        destination: str,
+        routing_key: str,
+        arguments: dict[str, Any],
+        to_queue: bool = True,
+    ) -> bool:
+        vh = self.vhosts.get(vhost)
+        if vh is None:
+            return False
+        key = BindingKey(source, destination, to_queue, routing_key, freeze_arguments(arguments))
+        return key in vh.bindings.get(source, {})
+
     def records_of(self, vhost: str, group: tuple[str, ...]) -> dict[str, Any]:
         """The records of one group (a copy)."""
         return dict(self.records.get((vhost, tuple(group)), {}))

@@ -12,8 +12,6 @@ import asyncio
 from typing import Any
 
 from broker.core import commands as c
-from broker.core.model import BindingKey
-from broker.core.routing import freeze_arguments
 from broker.protocols.http import errors, filters, retry
 from broker.protocols.http.bodies import sent_bodies
 from broker.protocols.http.errors import CmqError
@@ -70,11 +68,10 @@ def subscription_record(svc: CmqService, vhost: str, topic: str, name: str) -> d
 def is_bound(svc: CmqService, vhost: str, topic: str, name: str, sub: dict[str, Any]) -> bool:
     """Whether the subscription's bindings are all in place. They are not once its queue was
     deleted outside CMQ (over AMQP): it then delivers nothing, and says so."""
-    bindings = svc.vhost(vhost).bindings.get(topic, {})
-    args = freeze_arguments({SUBSCRIPTION_ARGUMENT: name})
+    args = {SUBSCRIPTION_ARGUMENT: name}
+    state = svc.state
     return all(
-        BindingKey(topic, sub["queue"], True, pattern, args) in bindings
-        for pattern in sub["patterns"]
+        state.has_binding(vhost, topic, sub["queue"], pattern, args) for pattern in sub["patterns"]
     )
 
 
