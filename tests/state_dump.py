@@ -94,6 +94,7 @@ def dump(sm: StateMachine) -> dict[str, Any]:
         "entry_refs": sorted(sm.entry_refs.items()),
         "users": sorted(repr(u) for u in sm.users.values()),
         "permissions": sorted(repr(item) for item in sm.permissions.items()),
+        "limits": sorted(repr(item) for item in sm.limits.items()),
         "access_keys": sorted(repr(k) for k in sm.access_keys.values()),
         "records": sorted(repr(item) for item in sm.records.items()),
         "sessions": sorted(repr(item) for item in sm.sessions.items()),

@@ -109,6 +109,7 @@ FORMAT_2 = {
     37: ("AddAccessKey", ("secret_id", "secret_key", "vhost")),
     38: ("DeleteAccessKey", ("secret_id",)),
     39: ("SetMembers", ("members",)),
+    40: ("SetLimits", ("scope", "name", "limits")),
 }
 
 

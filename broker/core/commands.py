@@ -67,6 +67,17 @@ class SetPermissions:
 
 
 @dataclass(slots=True)
+class SetLimits:
+    """Replace the limits of a vhost (`scope` "vhost": max-connections, max-queues) or a user
+    ("user": max-connections, max-channels), as rabbitmqctl set_vhost_limits and
+    set_user_limits do; a negative value or an absent name means no limit."""
+
+    scope: str
+    name: str
+    limits: dict[str, int]
+
+
+@dataclass(slots=True)
 class DeclareExchange:
     vhost: str
     name: str
@@ -462,6 +473,7 @@ Command = (
     | PutUser
     | DeleteUser
     | SetPermissions
+    | SetLimits
     | DeclareExchange
     | DeleteExchange
     | DeclareQueue

@@ -42,6 +42,13 @@ class ResourceLimit(BrokerError):
     """A configured limit (queue length, message size) refuses the request."""
 
 
+class ConnectionLimit(BrokerError):
+    """A connection or channel limit (the node's, a source address's, a vhost's or a user's)
+    refuses the session: AMQP 530, MQTT CONNACK 3."""
+
+    session_level = True
+
+
 class ReceiptHandleInvalid(BrokerError):
     """A pull-consumer receipt handle is stale, expired or unknown."""
 

@@ -81,6 +81,11 @@ PREDECLARED_EXCHANGES = (
     ("amq.match", "headers"),
 )
 _PREDECLARED = dict(PREDECLARED_EXCHANGES)
+#: the limits SetLimits knows, by scope (as rabbitmqctl set_vhost_limits / set_user_limits)
+LIMIT_NAMES = {
+    "vhost": ("max-connections", "max-queues"),
+    "user": ("max-connections", "max-channels"),
+}
 
 #: Routing keys remembered per exchange before the memo starts over.
 ROUTE_CACHE_SIZE = 4096
@@ -140,6 +145,9 @@ class StateMachine:
         self.vhosts: dict[str, Vhost] = {}
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
+        #: ("vhost" or "user", name) -> limit name -> value (SetLimits); adapters enforce the
+        #: connection and channel limits, the core the queue limit
+        self.limits: dict[tuple[str, str], dict[str, int]] = {}
         #: (owner, tag) -> consumer, in consume order
         self.consumers: dict[tuple[c.Owner, str], Consumer] = {}
         #: owner -> queues where it holds deliveries or consumers (may list a few it left)
@@ -180,6 +188,7 @@ class StateMachine:
             c.PutUser: self._put_user,
             c.DeleteUser: self._delete_user,
             c.SetPermissions: self._set_permissions,
+            c.SetLimits: self._set_limits,
             c.DeclareExchange: self._declare_exchange,
             c.DeleteExchange: self._delete_exchange,
             c.DeclareQueue: self._declare_queue,
@@ -371,6 +380,7 @@ class StateMachine:
         for key in sorted(k for k in self.permissions if k[1] == cmd.name):
             del self.permissions[key]
             self._record("permission", key, None)
+        self._drop_limits("vhost", cmd.name)
         for delayed in [d for d in self.delayed.values() if d.vhost == cmd.name]:
             self._drop_delayed(delayed)
         for routing_key in sorted(vh.retained):
@@ -398,6 +408,7 @@ class StateMachine:
         for key in sorted(k for k in self.permissions if k[0] == cmd.name):
             del self.permissions[key]
             self._record("permission", key, None)
+        self._drop_limits("user", cmd.name)
 
     def _set_permissions(self, cmd: c.SetPermissions) -> None:
         if cmd.user not in self.users:
@@ -406,6 +417,40 @@ class StateMachine:
         perm = Permission(cmd.configure, cmd.write, cmd.read)
         self.permissions[(cmd.user, cmd.vhost)] = perm
         self._record("permission", (cmd.user, cmd.vhost), perm)
+
+    def _set_limits(self, cmd: c.SetLimits) -> None:
+        known = LIMIT_NAMES.get(cmd.scope)
+        if known is None:
+            raise InvalidArgument(f"unknown limit scope '{cmd.scope}'")
+        if cmd.scope == "vhost":
+            self.vhost(cmd.name)
+        elif cmd.name not in self.users:
+            raise NotFound(f"no user '{cmd.name}'")
+        limits = {}
+        for name, value in sorted(cmd.limits.items()):
+            if name not in known:
+                raise InvalidArgument(
+                    f"unknown {cmd.scope} limit '{name}' (known: {', '.join(known)})"
+                )
+            if type(value) is not int:
+                raise InvalidArgument(f"{cmd.scope} limit '{name}' must be an integer")
+            if value >= 0:
+                limits[name] = value
+        key = (cmd.scope, cmd.name)
+        if limits:
+            self.limits[key] = limits
+            self._record("limits", key, limits)
+        else:
+            self._drop_limits(cmd.scope, cmd.name)
+
+    def _drop_limits(self, scope: str, name: str) -> None:
+        if self.limits.pop((scope, name), None) is not None:
+            self._record("limits", (scope, name), None)
+
+    def limit(self, scope: str, name: str, limit: str) -> int | None:
+        """The value of one limit of a vhost or user, None when it has none."""
+        limits = self.limits.get((scope, name))
+        return None if limits is None else limits.get(limit)
 
     # -- exchanges -----------------------------------------------------------------------
 
@@ -672,6 +717,12 @@ class StateMachine:
                 )
         if cmd.name.startswith("amq.") and not cmd.server_named:
             raise AccessRefused(f"queue name '{cmd.name}' contains reserved prefix 'amq.*'")
+        max_queues = self.limit("vhost", cmd.vhost, "max-queues")
+        if max_queues is not None and len(vh.queues) >= max_queues:
+            raise PreconditionFailed(
+                f"cannot declare queue '{cmd.name}' in vhost '{cmd.vhost}': vhost queue limit "
+                f"({max_queues}) is reached"
+            )
         q = MessageQueue(
             cmd.vhost,
             cmd.name,
@@ -1713,6 +1764,8 @@ class StateMachine:
             self.users[key] = value
         elif kind == "permission":
             self.permissions[key] = value
+        elif kind == "limits":
+            self.limits[key] = value
         elif kind == "exchange":
             self.vhosts[key[0]].exchanges[key[1]] = value
         elif kind == "queue":

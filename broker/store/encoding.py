@@ -115,6 +115,7 @@ COMMAND_CODES: dict[type, int] = {
     c.AddAccessKey: 37,
     c.DeleteAccessKey: 38,
     c.SetMembers: 39,
+    c.SetLimits: 40,
 }
 
 

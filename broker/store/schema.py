@@ -73,6 +73,7 @@ KINDS = {
     "session": b"e",
     "proposer": b"f",
     "member": b"g",
+    "limits": b"h",
 }
 _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
 _MESSAGE_PREFIX = KINDS["message"]
@@ -184,7 +185,7 @@ def _decode_key(kind: str, raw: bytes) -> Any:
     if kind == "record":
         parts = _split(raw)
         return parts[0], tuple(parts[1:-1]), parts[-1]
-    if kind in ("permission", "exchange", "queue", "retained", "session"):
+    if kind in ("permission", "exchange", "queue", "retained", "session", "limits"):
         return tuple(_split(raw))
     return raw.decode()
 
