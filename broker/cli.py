@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 import broker
+from broker.admission import raise_open_file_limit
 from broker.config import Config
 from broker.control import ControlError, request
 from broker.store.damage import StoreUnusable
@@ -87,6 +88,17 @@ def main() -> None:
 @click.option(
     "--http-timestamp-skew", type=int, help="Accepted CMQ request Timestamp skew, s. [300]"
 )
+@click.option(
+    "--max-connections",
+    type=int,
+    help="Client connections of all protocols the node takes; more are refused with the "
+    "protocol's error. [the file-descriptor limit less 256]",
+)
+@click.option(
+    "--max-connections-per-ip",
+    type=int,
+    help="Client connections from one source address, 0: no limit. [0]",
+)
 @click.option("--node-id", type=int, help="This node's id in its cluster. [1]")
 @click.option(
     "--cluster",
@@ -111,7 +123,7 @@ def serve(config_path: str | None, repair: bool, **flags: Any) -> None:
     )
     from broker.node import Node
 
-    _raise_open_file_limit()
+    raise_open_file_limit()
     # Every message allocates a few objects and few of them form cycles: collect young objects
     # far less often than CPython's default (700), which otherwise rescans deep queues. A
     # collection costs what is still alive, so the rarer, the more of a command's short-lived
@@ -137,18 +149,6 @@ def serve(config_path: str | None, repair: bool, **flags: Any) -> None:
         # What the operator must know, on one line: no traceback.
         click.echo(f"broker: refusing to start: {exc}", err=True)
         sys.exit(EXIT_STORE_UNUSABLE)
-
-
-def _raise_open_file_limit() -> None:
-    """Each client is a socket: allow as many as the hard limit permits, as RabbitMQ does."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):
-        pass
 
 
 def _admin(data_dir: str, op: str, **args: Any) -> Any:
@@ -191,6 +191,25 @@ def users_list(data_dir: str) -> None:
         click.echo(user["name"] + ("\t" + ",".join(user["tags"]) if user["tags"] else ""))
 
 
+@users.command("set-limits")
+@click.argument("name")
+@click.argument("limits", metavar="JSON")
+@data_dir_option
+def users_set_limits(name: str, limits: str, data_dir: str) -> None:
+    """Replace a user's limits, as rabbitmqctl set_user_limits: '{"max-connections": 10,
+    "max-channels": 100}'; '{}' (or -1) clears them."""
+    _admin(data_dir, "users.set_limits", name=name, limits=_json_object(limits))
+    click.echo(f"limits of user '{name}' set")
+
+
+@users.command("limits")
+@data_dir_option
+def users_limits(data_dir: str) -> None:
+    """One line per user with limits: name and its limits as JSON."""
+    for name, limits in _admin(data_dir, "users.limits").items():
+        click.echo(f"{name}\t{json.dumps(limits)}")
+
+
 @main.group()
 def vhosts() -> None:
     """Manage virtual hosts of a running node."""
@@ -217,6 +236,35 @@ def vhosts_delete(name: str, data_dir: str) -> None:
 def vhosts_list(data_dir: str) -> None:
     for name in _admin(data_dir, "vhosts.list"):
         click.echo(name)
+
+
+@vhosts.command("set-limits")
+@click.argument("name")
+@click.argument("limits", metavar="JSON")
+@data_dir_option
+def vhosts_set_limits(name: str, limits: str, data_dir: str) -> None:
+    """Replace a vhost's limits, as rabbitmqctl set_vhost_limits: '{"max-connections": 100,
+    "max-queues": 1000}'; '{}' (or -1) clears them."""
+    _admin(data_dir, "vhosts.set_limits", name=name, limits=_json_object(limits))
+    click.echo(f"limits of vhost '{name}' set")
+
+
+@vhosts.command("limits")
+@data_dir_option
+def vhosts_limits(data_dir: str) -> None:
+    """One line per vhost with limits: name and its limits as JSON."""
+    for name, limits in _admin(data_dir, "vhosts.limits").items():
+        click.echo(f"{name}\t{json.dumps(limits)}")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise click.BadParameter('expected a JSON object such as {"max-connections": 10}')
+    return value
 
 
 @main.group()

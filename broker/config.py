@@ -70,6 +70,12 @@ class Config:
     #: an HTTP push not answered within this many seconds failed
     http_push_timeout: float = 15.0
 
+    #: client connections of every protocol together; more are refused with the protocol's
+    #: error (0: the process's file-descriptor limit less admission.FD_RESERVE)
+    max_connections: int = 0
+    #: client connections from one source address (0: no limit)
+    max_connections_per_ip: int = 0
+
     #: a cluster: every member as "id=host:port" (this node's included), comma-separated;
     #: empty for a single node
     cluster: str = ""

@@ -55,6 +55,10 @@ class ControlServer:
             "vhosts.delete": self._vhosts_delete,
             "vhosts.list": self._vhosts_list,
             "permissions.set": self._permissions_set,
+            "vhosts.set_limits": self._vhosts_set_limits,
+            "vhosts.limits": self._vhosts_limits,
+            "users.set_limits": self._users_set_limits,
+            "users.limits": self._users_limits,
             "queues.list": self._queues_list,
             "limits.set": self._limits_set,
             "status": self._status,
@@ -137,6 +141,22 @@ class ControlServer:
             )
         )
 
+    async def _vhosts_set_limits(self, args: dict[str, Any]) -> None:
+        await self._call(c.SetLimits("vhost", args["name"], _limits(args["limits"])))
+
+    async def _users_set_limits(self, args: dict[str, Any]) -> None:
+        await self._call(c.SetLimits("user", args["name"], _limits(args["limits"])))
+
+    async def _vhosts_limits(self, args: dict[str, Any]) -> dict[str, dict[str, int]]:
+        return self._list_limits("vhost")
+
+    async def _users_limits(self, args: dict[str, Any]) -> dict[str, dict[str, int]]:
+        return self._list_limits("user")
+
+    def _list_limits(self, scope: str) -> dict[str, dict[str, int]]:
+        limits = self.node.gateway.committed.limits
+        return {name: dict(limits[(kind, name)]) for kind, name in sorted(limits) if kind == scope}
+
     async def _queues_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         vhost = self.node.gateway.committed.vhost(args.get("vhost") or "/")
         return [
@@ -182,6 +202,13 @@ class ControlServer:
 
     async def _cluster_transfer(self, args: dict[str, Any]) -> None:
         await self.node.cluster().transfer_leadership(int(args["node"]))
+
+
+def _limits(value: Any) -> dict[str, int]:
+    """A limits definition as rabbitmqctl takes it: a JSON object of integers."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise InvalidArgument('limits must be a JSON object such as {"max-connections": 10}')
+    return value
 
 
 def _random_text(length: int) -> str:

@@ -9,7 +9,7 @@ leads (direct reply-to routing, the request-signing replay guard) goes through h
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from broker.core import commands as c
@@ -49,6 +49,9 @@ class ClientConnection(Protocol):
 
     def abort(self) -> None: ...
 
+    def channel_count(self) -> int:
+        """Channels open on the connection (AMQP's; 0 for protocols without channels)."""
+
 
 class Gateway(Protocol):
     #: this node's id: the first part of every connection id and owner it hands out
@@ -58,6 +61,16 @@ class Gateway(Protocol):
 
     def connection_opened(self, conn: ClientConnection) -> c.ConnectionId:
         """Register a connection; returns its id (owners are (*id, session number))."""
+
+    def admit(self, connection: Hashable, peer: Any, abort: Callable[[], None]) -> str | None:
+        """Count a new connection (a connection id, or any key for connections the gateway
+        does not hold) from `peer` (its socket address) against the node's and its source
+        address's limits; the reason it is refused, for its protocol to answer with before
+        closing. A flood of refused connections is dropped at once with `abort`."""
+
+    def release(self, connection: Hashable) -> None:
+        """An admitted connection the gateway does not hold has closed (connection_closed
+        releases the others)."""
 
     def connection_closed(self, connection: c.ConnectionId) -> None: ...
 
@@ -92,10 +105,14 @@ class Gateway(Protocol):
         """A user admitted without a password (anonymous access); the loopback rule holds."""
 
     def vhost_access(self, user: User, vhost: str) -> None:
-        """Raises NotAllowed (no such vhost) or AccessRefused (no permission)."""
+        """Raises NotAllowed (no such vhost), AccessRefused (no permission) or ConnectionLimit
+        (the vhost's or the user's max-connections are open on this node)."""
 
     def check_permission(self, user: User, vhost: str, kind: str, resource: str, name: str) -> None:
         """Raises AccessRefused unless `user` has `kind` permission on the resource."""
+
+    def check_channel_limit(self, user: User) -> None:
+        """Raises ConnectionLimit when the user's max-channels are open (on this node)."""
 
     def first_use(self, secret_id: str, timestamp: int, nonce: int) -> bool:
         """True the first time a signed request's (key, Timestamp, Nonce) is seen."""

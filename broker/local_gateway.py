@@ -13,12 +13,13 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+from broker.admission import Admission
 from broker.core import commands as c
 from broker.core.auth import check_password, permits
-from broker.core.errors import AccessRefused, NotAllowed
+from broker.core.errors import AccessRefused, ConnectionLimit, NotAllowed
 from broker.core.model import (
     TOO_LARGE,
     CloseConnection,
@@ -72,6 +73,8 @@ class LocalGateway:
         timestamp_skew: int = 300,
         nonce_cache_size: int = 1_000_000,
         incarnation: int = 0,
+        max_connections: int = 0,
+        max_connections_per_ip: int = 0,
     ) -> None:
         self.node_id = node_id
         #: this run's connections are numbered from here up: ReleaseNode(node, before=this)
@@ -95,6 +98,7 @@ class LocalGateway:
         self._overflow_logged: dict[tuple[str, str], float] = {}
         #: messages dropped, by reason (also shown by `broker status`)
         self.drops = DropLedger(time.monotonic)
+        self.admission = Admission(max_connections, max_connections_per_ip, time.monotonic)
 
     def attach(self, commit: CommitPath) -> None:
         self.commit = commit
@@ -108,8 +112,19 @@ class LocalGateway:
         self.connections[connection] = conn
         return connection
 
+    def admit(self, connection: Hashable, peer: Any, abort: Callable[[], None]) -> str | None:
+        address = str(peer[0]) if peer else ""
+        reason = self.admission.admit(connection, address)
+        if reason is not None and self.admission.overloaded:
+            abort()
+        return reason
+
+    def release(self, connection: Hashable) -> None:
+        self.admission.released(connection)
+
     def connection_closed(self, connection: c.ConnectionId) -> None:
         self.connections.pop(connection, None)
+        self.admission.released(connection)
 
     def close_sessions(
         self, reason: str, vhost: str | None = None, user: str | None = None
@@ -238,6 +253,47 @@ class LocalGateway:
             raise NotAllowed(f"vhost {vhost} not found")
         if (user.name, vhost) not in state.permissions:
             raise AccessRefused(f"access to vhost '{vhost}' refused for user '{user.name}'")
+        self._check_session_limits(user.name, vhost)
+
+    def _check_session_limits(self, user: str, vhost: str) -> None:
+        """The vhost's and the user's max-connections, over this node's open sessions."""
+        state = self.committed
+        vhost_max = state.limit("vhost", vhost, "max-connections")
+        user_max = state.limit("user", user, "max-connections")
+        if vhost_max is None and user_max is None:
+            return
+        sessions = [conn.session() for conn in self.connections.values()]
+        reason = None
+        if vhost_max is not None and sum(1 for _, v in sessions if v == vhost) >= vhost_max:
+            reason = (
+                f"access to vhost '{vhost}' refused for user '{user}': "
+                f"connection limit ({vhost_max}) is reached"
+            )
+        elif user_max is not None and (
+            sum(1 for u, v in sessions if u == user and v is not None) >= user_max
+        ):
+            reason = (
+                f"Connection refused for user '{user}': user connection limit ({user_max}) "
+                "is reached"
+            )
+        if reason is not None:
+            self.admission.note_refusal("", reason)
+            raise ConnectionLimit(reason)
+
+    def check_channel_limit(self, user: User) -> None:
+        limit = self.committed.limit("user", user.name, "max-channels")
+        if limit is None:
+            return
+        opened = sum(
+            conn.channel_count()
+            for conn in self.connections.values()
+            if conn.session()[0] == user.name
+        )
+        if opened >= limit:
+            raise ConnectionLimit(
+                f"number of channels opened for user '{user.name}' has reached the maximum "
+                f"allowed user limit of ({limit})"
+            )
 
     def check_permission(self, user: User, vhost: str, kind: str, resource: str, name: str) -> None:
         permission = self.committed.permissions.get((user.name, vhost))

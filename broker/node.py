@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from broker.admission import default_max_connections, open_file_limit
 from broker.config import Config
 from broker.control import ControlServer
 from broker.core import commands as c
@@ -60,6 +61,8 @@ class Node:
             config.http_timestamp_skew,
             config.http_nonce_cache_size,
             incarnation=int(time.time() * 1000),
+            max_connections=config.max_connections or default_max_connections(open_file_limit()),
+            max_connections_per_ip=config.max_connections_per_ip,
         )
         self.store: Store | None = None
         self.commit: CommitDriver | ClusterCommit | None = None
@@ -293,6 +296,7 @@ class Node:
         gateway = self.gateway
         return {
             "connections": len(gateway.connections),
+            "connections_refused": gateway.admission.refused_total,
             **stats,
             **gateway.metrics,
             **gateway.drops.counts,

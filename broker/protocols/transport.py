@@ -102,6 +102,9 @@ class ClientProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def channel_count(self) -> int:
+        return 0
+
     def deliver_reply(
         self,
         channel: int,

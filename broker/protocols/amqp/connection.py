@@ -19,7 +19,7 @@ from pamqp.base import Frame
 
 import broker
 from broker.core import commands as c
-from broker.core.errors import AccessRefused, BrokerError, NotAllowed
+from broker.core.errors import AccessRefused, BrokerError, ConnectionLimit, NotAllowed
 from broker.core.model import ConsumerCancelled, Deliver, User
 from broker.gateway import Gateway
 from broker.protocols.amqp import codec
@@ -74,6 +74,7 @@ class AMQPConnection:
         settings: Settings,
         peer_is_loopback: bool,
         on_output: Callable[[], None] | None = None,
+        refusal: str | None = None,
     ) -> None:
         self.id = connection_id
         self.gateway = gateway
@@ -100,6 +101,9 @@ class AMQPConnection:
         #: set once the transport should close after flushing
         self.should_close = False
         self.close_reason = ""
+        #: why the node refuses this connection (its connection limits): told at
+        #: connection.open, where RabbitMQ checks its own
+        self.refusal = refusal
 
     # -- output --------------------------------------------------------------------------
 
@@ -343,6 +347,10 @@ class AMQPConnection:
     def _open(self, method: spec.Connection.Open) -> None:
         assert self.user is not None
         vhost = method.virtual_host or "/"
+        if self.refusal is not None:
+            raise ConnectionError_(
+                530, f"NOT_ALLOWED - connection refused: {self.refusal}", *_ids(method)
+            )
         try:
             self.gateway.vhost_access(self.user, vhost)
         except NotAllowed:
@@ -355,6 +363,8 @@ class AMQPConnection:
                 f"NOT_ALLOWED - access to vhost '{vhost}' refused for user '{self.user.name}'",
                 *_ids(method),
             ) from None
+        except ConnectionLimit as exc:
+            raise ConnectionError_(530, f"NOT_ALLOWED - {exc}", *_ids(method)) from None
         self.vhost = vhost
         self.state = State.OPEN
         self.send_method(0, spec.Connection.OpenOk())
@@ -374,6 +384,11 @@ class AMQPConnection:
                 20,
                 10,
             )
+        assert self.user is not None
+        try:
+            self.gateway.check_channel_limit(self.user)
+        except ConnectionLimit as exc:
+            raise ConnectionError_(530, f"NOT_ALLOWED - {exc}", 20, 10) from None
         self.channels[number] = Channel(self, number)
         self.send_method(number, spec.Channel.OpenOk())
 

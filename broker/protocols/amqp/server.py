@@ -36,8 +36,9 @@ class AMQPProtocol(ClientProtocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         conn_id = self.gateway.connection_opened(self)
+        refusal = self.gateway.admit(conn_id, peer, self.abort)
         self.conn = AMQPConnection(
-            conn_id, self.gateway, self.settings, is_loopback(peer), self.schedule_flush
+            conn_id, self.gateway, self.settings, is_loopback(peer), self.schedule_flush, refusal
         )
         self._timers.append(self.loop.call_later(self.handshake_timeout, self._check_handshake))
 
@@ -105,6 +106,9 @@ class AMQPProtocol(ClientProtocol):
         if self.conn is not None:
             self.conn.close_with(320, reason)
             self.flush()
+
+    def channel_count(self) -> int:
+        return 0 if self.conn is None else len(self.conn.channels)
 
     # -- timers --------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from aiohttp import hdrs, web
 from broker.config import Config
 from broker.gateway import Gateway
 from broker.protocols.http import errors, queues, topics
+from broker.protocols.http.admission import ConnectionAdmission
 from broker.protocols.http.pusher import PushManager
 from broker.protocols.http.service import CmqService
 
@@ -31,6 +32,7 @@ class HttpApi:
             gateway, config, {**queues.ACTIONS, **topics.ACTIONS}, PushManager
         )
         self._runner: web.AppRunner | None = None
+        self.admission = ConnectionAdmission(gateway)
 
     async def start(self) -> None:
         cfg = self.config
@@ -38,6 +40,8 @@ class HttpApi:
         app.router.add_route("*", PATH, self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
+        assert self._runner.server is not None
+        self.admission.attach(self._runner.server)
         sites = []
         if cfg.http_port:  # 0 turns plain HTTP off
             sites.append(web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True))
@@ -65,6 +69,17 @@ class HttpApi:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        refused = self.admission.refusal(request)
+        if refused is not None:
+            response = web.json_response(
+                {
+                    "code": refused.code,
+                    "message": refused.message,
+                    "requestId": self.service.new_request_id(),
+                }
+            )
+            response.force_close()
+            return response
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:

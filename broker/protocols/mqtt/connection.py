@@ -19,7 +19,7 @@ from enum import Enum
 from typing import Any
 
 from broker.core import commands as c
-from broker.core.errors import AccessRefused, BrokerError, PreconditionFailed
+from broker.core.errors import AccessRefused, BrokerError, ConnectionLimit, PreconditionFailed
 from broker.core.model import Deliver, User
 from broker.gateway import Gateway
 from broker.protocols.mqtt import codec
@@ -119,9 +119,12 @@ class MQTTConnection:
         settings: Settings,
         peer_is_loopback: bool,
         on_output: Callable[[], None] | None = None,
+        refusal: str | None = None,
     ) -> None:
         self.id = connection_id
         self.owner: c.Owner = (*connection_id, 0)
+        #: why the node refuses this connection (its connection limits): CONNACK 3
+        self.refusal = refusal
         self.gateway = gateway
         self.settings = settings
         self.loopback = peer_is_loopback
@@ -275,6 +278,8 @@ class MQTTConnection:
                 raise _Refused(
                     codec.UNACCEPTABLE_PROTOCOL_VERSION, f"protocol level {p.level} (not 3.1.1)"
                 )
+            if self.refusal is not None:
+                raise _Refused(codec.SERVER_UNAVAILABLE, self.refusal)
             client_id = self._client_id(p)
             self.user, self.vhost = self._login(p)
             queue = Session(self.vhost, client_id, False).queue
@@ -285,7 +290,11 @@ class MQTTConnection:
             except AccessRefused as exc:
                 raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
         except _Refused as refused:
-            log.info("mqtt connection %s refused (code %d): %s", self.id, refused.code, refused)
+            # Connection limits log their refusals themselves, once per interval.
+            level = logging.DEBUG if refused.code == codec.SERVER_UNAVAILABLE else logging.INFO
+            log.log(
+                level, "mqtt connection %s refused (code %d): %s", self.id, refused.code, refused
+            )
             self.write(codec.connack(False, refused.code))
             self._finish()
             return
@@ -340,6 +349,8 @@ class MQTTConnection:
                 raise _Refused(codec.BAD_USERNAME_OR_PASSWORD, str(exc)) from None
         try:
             self.gateway.vhost_access(user, vhost)
+        except ConnectionLimit as exc:
+            raise _Refused(codec.SERVER_UNAVAILABLE, str(exc)) from None
         except BrokerError as exc:
             raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
         return user, vhost

@@ -59,9 +59,10 @@ class MQTTProtocol(ClientProtocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         conn_id = self.gateway.connection_opened(self)
+        refusal = self.gateway.admit(conn_id, peer, self.abort)
         loopback = is_loopback(peer)
         self.conn = MQTTConnection(
-            conn_id, self.gateway, self.settings, loopback, self.schedule_flush
+            conn_id, self.gateway, self.settings, loopback, self.schedule_flush, refusal
         )
         self._timer = self.loop.call_later(self.handshake_timeout, self._check_connected)
 
