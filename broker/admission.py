@@ -4,7 +4,8 @@ A connection over a limit is still accepted, so that its protocol can say why it
 (AMQP connection.close 530, MQTT CONNACK 3) instead of the client seeing a reset; the limits
 are set below the process's file-descriptor limit so that accepting never fails. Refused
 connections still hold a descriptor until they close: past REFUSALS_IN_FLIGHT of them the
-next ones are dropped at once, so a flood cannot eat the reserve either. Refusals are logged
+oldest is dropped, so a flood cannot eat the reserve, and a client that speaks soon after it
+connects is still told why, however many silent ones hold their sockets. Refusals are logged
 as one WARNING line per LOG_INTERVAL, whatever the flood.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable, Hashable
 
 log = logging.getLogger(__name__)
 
-#: refused connections still answering before they close; more are dropped without a word
+#: refused connections kept open to be told why; past this the oldest is dropped unanswered
 REFUSALS_IN_FLIGHT = 64
 #: seconds between two log lines about refused connections
 LOG_INTERVAL = 10.0
@@ -71,14 +72,14 @@ class Admission:
         self._clock = clock
         self._address: dict[Hashable, str] = {}
         self._per_address: Counter[str] = Counter()
-        #: admitted-over-a-limit connections that have not closed yet
-        self.refused: set[Hashable] = set()
+        #: connections over a limit that have not closed yet, oldest first, and how to drop them
+        self.refused: dict[Hashable, Callable[[], None]] = {}
         #: connections refused since the node started (by any limit, `broker status`)
         self.refused_total = 0
         self._logged_at = -math.inf
         self._unlogged = 0
 
-    def admit(self, connection: Hashable, address: str) -> str | None:
+    def admit(self, connection: Hashable, address: str, abort: Callable[[], None]) -> str | None:
         """Count a new connection from `address`; the reason it is refused, if it is."""
         if self.max_connections and len(self._address) >= self.max_connections:
             reason = f"node connection limit ({self.max_connections}) is reached"
@@ -88,17 +89,15 @@ class Admission:
             self._address[connection] = address
             self._per_address[address] += 1
             return None
-        self.refused.add(connection)
+        if len(self.refused) >= REFUSALS_IN_FLIGHT:
+            oldest = next(iter(self.refused))
+            self.refused.pop(oldest)()
+        self.refused[connection] = abort
         self.note_refusal(address, reason)
         return reason
 
-    @property
-    def overloaded(self) -> bool:
-        """Too many refused connections are still open: drop new ones without answering."""
-        return len(self.refused) > REFUSALS_IN_FLIGHT
-
     def released(self, connection: Hashable) -> None:
-        self.refused.discard(connection)
+        self.refused.pop(connection, None)
         address = self._address.pop(connection, None)
         if address is not None:
             left = self._per_address[address] - 1

@@ -66,7 +66,8 @@ class Gateway(Protocol):
         """Count a new connection (a connection id, or any key for connections the gateway
         does not hold) from `peer` (its socket address) against the node's and its source
         address's limits; the reason it is refused, for its protocol to answer with before
-        closing. A flood of refused connections is dropped at once with `abort`."""
+        closing. Refused connections past a bound are dropped with their `abort`, oldest
+        first."""
 
     def release(self, connection: Hashable) -> None:
         """An admitted connection the gateway does not hold has closed (connection_closed

@@ -113,11 +113,7 @@ class LocalGateway:
         return connection
 
     def admit(self, connection: Hashable, peer: Any, abort: Callable[[], None]) -> str | None:
-        address = str(peer[0]) if peer else ""
-        reason = self.admission.admit(connection, address)
-        if reason is not None and self.admission.overloaded:
-            abort()
-        return reason
+        return self.admission.admit(connection, str(peer[0]) if peer else "", abort)
 
     def release(self, connection: Hashable) -> None:
         self.admission.released(connection)

@@ -16,6 +16,7 @@ import pytest
 from cmq.cmq_exception import CMQServerException
 
 from .cmq_helpers import CmqBroker, ok
+from .conftest import BrokerProcess
 from .helpers import channel, connection, expect_channel_close, uid, wait_until
 from .mqtt_helpers import Paho, RawMQTT, connect_packet
 
@@ -95,6 +96,56 @@ def test_a_node_at_its_limit_refuses_the_next_client_while_the_admin_socket_and_
     with connection(b) as again:
         assert again.is_open
     assert warnings_about(b, "node connection limit (2) is reached") == 1
+
+
+class FewDescriptorsBroker(BrokerProcess):
+    """A broker whose process may open only `FD_LIMIT` files (soft and hard)."""
+
+    FD_LIMIT = 300
+
+    def command(self):
+        return ["prlimit", f"--nofile={self.FD_LIMIT}:{self.FD_LIMIT}", "--", *super().command()]
+
+
+@pytest.fixture
+def few_descriptors_broker(tmp_path):
+    b = FewDescriptorsBroker(tmp_path / "data", ["--handshake-timeout", "60"])
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def test_more_clients_than_descriptors_are_refused_while_the_admin_socket_works(
+    few_descriptors_broker,
+):
+    """With no option at all, the node keeps descriptors in reserve: a client holding more
+    connections than the process may open files is refused, not the node starved."""
+    b = few_descriptors_broker
+    settled(b)
+    limit = FewDescriptorsBroker.FD_LIMIT - FewDescriptorsBroker.FD_LIMIT // 2
+    with connection(b) as existing:
+        ch = existing.channel()
+        q = ch.queue_declare("", exclusive=True).method.queue
+        hostile = []
+        try:
+            for n in range(2 * FewDescriptorsBroker.FD_LIMIT):
+                source = f"127.0.1.{n % 250 + 1}"
+                hostile.append(
+                    socket.create_connection((b.host, b.port), 10, source_address=(source, 0))
+                )
+            wait_until(lambda: status(b)["connections_refused"] > 0, message="a refusal")
+            assert f"node connection limit ({limit}) is reached" in refused_amqp(b)
+            ch.basic_publish("", q, b"still here")
+            assert wait_until(lambda: ch.basic_get(q, auto_ack=True)[2]) == b"still here"
+        finally:
+            for sock in hostile:
+                sock.close()
+    wait_until(lambda: status(b)["connections"] == 0, message="the flood gone")
+    with connection(b) as again:
+        assert again.is_open
+    assert "Too many open files" not in b.log_tail(200_000)
 
 
 def test_http_connections_count_and_over_the_limit_get_a_cmq_error(broker_factory):
