@@ -14,6 +14,7 @@ import pika
 import pika.exceptions
 import pytest
 from cmq.cmq_exception import CMQServerException
+from cmq.queue import QueueMeta
 
 from .cmq_helpers import CmqBroker, ok
 from .conftest import BrokerProcess
@@ -263,6 +264,17 @@ def test_vhost_queue_limit(fresh_broker):
             f"PRECONDITION_FAILED - cannot declare queue '{third}' in vhost '/': vhost queue "
             "limit (2) is reached"
         )
+
+
+def test_vhost_queue_limit_through_the_cmq_sdk(broker_factory):
+    b = broker_factory()
+    account = CmqBroker.attach(b).account()
+    b.cli("vhosts", "set-limits", "/", '{"max-queues": 1}')
+    account.get_queue(uid("q")).create(QueueMeta())
+    with pytest.raises(CMQServerException) as info:
+        account.get_queue(uid("q")).create(QueueMeta())
+    assert info.value.code == 4450
+    assert "vhost queue limit (1) is reached" in info.value.message
 
 
 def test_limits_survive_a_restart(fresh_broker):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.core import commands as c
-from broker.core.errors import InvalidArgument, NotAllowed, NotFound, PreconditionFailed
+from broker.core.errors import InvalidArgument, NotAllowed, NotFound, QueueLimitReached
 from tests.core_helpers import VH, Core, reloaded
 
 
@@ -36,7 +36,7 @@ def test_the_queue_limit_refuses_new_queues_but_not_redeclarations() -> None:
     core.apply(c.SetLimits("vhost", VH, {"max-queues": 1}))
     core.apply(c.DeclareQueue(VH, "a"))
     core.apply(c.DeclareQueue(VH, "a"))
-    with pytest.raises(PreconditionFailed, match=r"vhost queue limit \(1\) is reached"):
+    with pytest.raises(QueueLimitReached, match=r"vhost queue limit \(1\) is reached"):
         core.apply(c.DeclareQueue(VH, "b"))
 
 

@@ -24,6 +24,10 @@ class PreconditionFailed(BrokerError):
     """The request conflicts with the resource's current definition or state."""
 
 
+class QueueLimitReached(PreconditionFailed):
+    """The vhost's max-queues are declared (AMQP 406, as RabbitMQ; CMQ 4450)."""
+
+
 class InvalidArgument(BrokerError):
     """A value is malformed or out of range."""
 

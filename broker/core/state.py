@@ -38,6 +38,7 @@ from broker.core.errors import (
     NotAllowed,
     NotFound,
     PreconditionFailed,
+    QueueLimitReached,
     ReceiptHandleInvalid,
     ResourceLimit,
     ResourceLocked,
@@ -719,7 +720,7 @@ class StateMachine:
             raise AccessRefused(f"queue name '{cmd.name}' contains reserved prefix 'amq.*'")
         max_queues = self.limit("vhost", cmd.vhost, "max-queues")
         if max_queues is not None and len(vh.queues) >= max_queues:
-            raise PreconditionFailed(
+            raise QueueLimitReached(
                 f"cannot declare queue '{cmd.name}' in vhost '{cmd.vhost}': vhost queue limit "
                 f"({max_queues}) is reached"
             )

@@ -14,6 +14,7 @@ from broker.core.errors import (
     ClusterUnavailable,
     InternalError,
     NotFound,
+    QueueLimitReached,
     ReceiptHandleInvalid,
     ResourceLimit,
     ResourceLocked,
@@ -96,6 +97,8 @@ def from_core(exc: BrokerError) -> CmqError:
         return CmqError(NOT_FOUND, str(exc))
     if isinstance(exc, ResourceLimit):
         return CmqError(HEAP_FULL, str(exc))
+    if isinstance(exc, QueueLimitReached):
+        return CmqError(TOO_MANY, str(exc))
     if isinstance(exc, AccessRefused | ResourceLocked):
         return CmqError(INVALID, str(exc), 10110)
     if isinstance(exc, InternalError):
