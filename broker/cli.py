@@ -87,6 +87,17 @@ def main() -> None:
 @click.option(
     "--http-timestamp-skew", type=int, help="Accepted CMQ request Timestamp skew, s. [300]"
 )
+@click.option(
+    "--http-header-timeout",
+    type=float,
+    help="Seconds an HTTP request head has, from its first byte or the connection's opening. [10]",
+)
+@click.option(
+    "--http-idle-timeout", type=float, help="Seconds an idle HTTP keep-alive connection lasts. [60]"
+)
+@click.option(
+    "--http-body-timeout", type=float, help="Seconds an HTTP request has for its body. [30]"
+)
 @click.option("--node-id", type=int, help="This node's id in its cluster. [1]")
 @click.option(
     "--cluster",
