@@ -20,7 +20,7 @@ from compat_tests.conftest import BrokerProcess
 
 #: the broker's deadlines in these tests, s
 HEADER_TIMEOUT = 1.0
-IDLE_TIMEOUT = 2.5
+IDLE_TIMEOUT = 6.0
 BODY_TIMEOUT = 1.0
 #: how long past its deadline a connection may take to be closed, s (aiohttp's timers are
 #: coarse; a refused body is drained for up to 10 s before the close)
@@ -93,28 +93,49 @@ def test_a_connection_that_sends_nothing_is_closed(hardened):
 
 def test_an_idle_keep_alive_connection_is_closed_after_its_reply(hardened):
     with connect(hardened) as sock:
+        sent = time.monotonic()
         sock.sendall(signed_request(hardened, "ListQueue"))
         data, closed = read_until_closed(sock, IDLE_TIMEOUT + SLACK)
     assert reply_of(data)["code"] == 0
     head, _, _ = data.partition(b"\r\n\r\n")
     assert b"Connection: close" not in head  # kept alive, then closed for idling
+    assert closed - sent >= IDLE_TIMEOUT * 0.9  # idling is not held to the header deadline
+
+
+def trickle(sock: socket.socket, data: bytes) -> None:
+    """Send `data` a byte every 0.1 s, as a slow client does, until the broker closes."""
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        readable, _, _ = select.select([sock], [], [], 0.1)
+        if readable:
+            return
+
+
+SLOW_HEAD = b"POST /v2/index.php HTTP/1.1\r\nHost: h\r\nX-Slow: " + b"a" * 1000
 
 
 def test_headers_sent_a_byte_at_a_time_are_cut_off(hardened):
-    head = b"POST /v2/index.php HTTP/1.1\r\nHost: h\r\nX-Slow: " + b"a" * 1000
     with connect(hardened) as sock:
         opened = time.monotonic()
-        for byte in head:
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            # The pace of a slow client; the close is what is waited on.
-            readable, _, _ = select.select([sock], [], [], 0.1)
-            if readable:
-                break
+        trickle(sock, SLOW_HEAD)
         _, closed = read_until_closed(sock, HEADER_TIMEOUT + SLACK)
     assert closed - opened < HEADER_TIMEOUT + SLACK
+
+
+def test_a_slow_head_after_a_reply_is_cut_off_before_the_idle_timeout(hardened):
+    request = signed_request(hardened, "ListQueue")
+    with connect(hardened) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b'"requestId"' not in reply:  # the whole (small) JSON reply
+            reply += sock.recv(65536)
+        started = time.monotonic()
+        trickle(sock, SLOW_HEAD)
+        _, closed = read_until_closed(sock, HEADER_TIMEOUT + SLACK)
+    assert closed - started < HEADER_TIMEOUT + SLACK < IDLE_TIMEOUT
 
 
 def test_a_body_stuck_midway_is_refused_and_closed(hardened):
