@@ -99,6 +99,17 @@ def main() -> None:
     type=int,
     help="Client connections from one source address, 0: no limit. [0]",
 )
+@click.option(
+    "--http-header-timeout",
+    type=float,
+    help="Seconds an HTTP request head has, from its first byte or the connection's opening. [10]",
+)
+@click.option(
+    "--http-idle-timeout", type=float, help="Seconds an idle HTTP keep-alive connection lasts. [60]"
+)
+@click.option(
+    "--http-body-timeout", type=float, help="Seconds an HTTP request has for its body. [30]"
+)
 @click.option("--node-id", type=int, help="This node's id in its cluster. [1]")
 @click.option(
     "--cluster",

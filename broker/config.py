@@ -57,6 +57,14 @@ class Config:
     http_timestamp_skew: int = 300
     #: Nonces remembered for replay detection; past this the oldest are forgotten
     http_nonce_cache_size: int = 1_000_000
+    #: a connection whose request head is not whole within this many seconds of its first
+    #: byte (of the connection's opening, for its first request) is closed
+    http_header_timeout: float = 10.0
+    #: a keep-alive connection sending nothing for this many seconds after a reply is closed
+    http_idle_timeout: float = 60.0
+    #: a request body not received within this many seconds of its head is refused (4000)
+    #: and its connection closed
+    http_body_timeout: float = 30.0
     #: larger request bodies are refused (a batch of 16 x 64 KB, URL-encoded, fits)
     http_max_body_bytes: int = 8 * 1024 * 1024
     #: queues (and, separately, topics) one vhost may have through the CMQ API (error 4450)

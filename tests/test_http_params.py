@@ -148,15 +148,18 @@ def test_the_official_sdk_signer_is_accepted() -> None:
         assert not signature.verify("other", method, "h:1", "/v2/index.php", raw, made, method_name)
 
 
-def test_python_sdk_at_quirk() -> None:
-    """For POST the SDK leaves values starting with @ out of the signed string."""
+def test_python_sdk_at_quirk_is_verified_only_on_request() -> None:
+    """For POST the SDK leaves values starting with @ out of the signed string: that string
+    is checked only when asked (to explain a refusal), the full one is what verifies."""
     from cmq.sign import Sign
 
     values = {"Action": "SendMessage", "msgBody": "@home"}
     made = Sign("id", "key").make("h", "/v2/index.php", values, "POST").decode()
-    assert signature.verify("key", "POST", "h", "/v2/index.php", values, made, None)
+    assert not signature.verify("key", "POST", "h", "/v2/index.php", values, made, None)
+    assert signature.verify("key", "POST", "h", "/v2/index.php", values, made, None, True)
     full = signature.sign("key", signature.string_to_sign("POST", "h", "/v2/index.php", values))
     assert signature.verify("key", "POST", "h", "/v2/index.php", values, full, None)
+    assert not signature.verify("key", "POST", "h", "/v2/index.php", values, "é" * 28, None)
 
 
 # -- authentication ------------------------------------------------------------------------
@@ -194,6 +197,15 @@ def test_authenticate_and_replay() -> None:
         with pytest.raises(CmqError, match="Timestamp") as exc:
             auth(signed(stamp), guard, 1000)
         assert exc.value.code == 4100
+
+
+def test_an_added_at_value_is_refused_naming_it() -> None:
+    """Signed without `msgTag.1=@x` (as the Python SDK would sign it): refused, not run."""
+    good = signed(1000)
+    p = Params([*good.raw.items(), ("msgTag.1", "@x")])
+    with pytest.raises(CmqError, match="msgTag.1 not covered") as exc:
+        auth(p, ReplayGuard(300, 100), 1000)
+    assert exc.value.code == 4100
 
 
 def test_authentication_failures() -> None:

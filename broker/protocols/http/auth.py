@@ -77,15 +77,20 @@ def authenticate(
         raise CmqError(AUTH_FAILED, "Signature is missing")
     key = keys.get(secret_id)
     signed = {k: v for k, v in params.raw.items() if k != SIGNATURE and k != "signature"}
-    if key is None or not verify(
-        key.secret_key,
-        method,
-        host,
-        path,
-        signed,
-        signature,
-        params.optional_text("signatureMethod"),
-    ):
+    digest = params.optional_text("signatureMethod")
+    if key is None:
+        raise CmqError(AUTH_FAILED, "authentication failed: unknown SecretId or bad Signature")
+    if not verify(key.secret_key, method, host, path, signed, signature, digest):
+        unsigned = _unsigned_at_values(
+            key.secret_key, method, host, path, signed, signature, digest
+        )
+        if unsigned:
+            raise CmqError(
+                AUTH_FAILED,
+                f"authentication failed: {', '.join(unsigned)} not covered by the Signature "
+                "(values starting with '@' are left out of what the Python SDK signs for POST; "
+                "send them with GET or without a leading '@')",
+            )
         raise CmqError(AUTH_FAILED, "authentication failed: unknown SecretId or bad Signature")
     timestamp, nonce = params.optional_text("timestamp"), params.optional_text("nonce")
     if timestamp is None or nonce is None:
@@ -100,3 +105,26 @@ def authenticate(
     if not first_use(secret_id, stamp, number):
         raise CmqError(AUTH_FAILED, "replayed request: this Nonce was already used")
     return key
+
+
+def _unsigned_at_values(
+    secret_key: str,
+    method: str,
+    host: str,
+    path: str,
+    signed: Mapping[str, str],
+    signature: str,
+    digest: str | None,
+) -> list[str]:
+    """The `@`-valued parameters a POST was signed without (the Python SDK's way), or [].
+
+    Such a request is refused, never run without them: anyone on the path could have added
+    them (`msgTag.1=@x` changes which subscriptions a message reaches), and dropping the
+    ones the SDK sent would silently change the request.
+    """
+    names = sorted(k for k, v in signed.items() if v.startswith("@"))
+    if method.upper() != "POST" or not names:
+        return []
+    if verify(secret_key, method, host, path, signed, signature, digest, skip_at_values=True):
+        return names
+    return []

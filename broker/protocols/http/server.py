@@ -6,21 +6,26 @@ its reply dict comes back as JSON with HTTP 200, as CMQ answers even errors.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import ssl
 
 from aiohttp import hdrs, web
 
 from broker.config import Config
 from broker.gateway import Gateway
-from broker.protocols.http import errors, queues, topics
+from broker.protocols.http import deadlines, errors, queues, topics
 from broker.protocols.http.admission import ConnectionAdmission
 from broker.protocols.http.pusher import PushManager
+from broker.protocols.http.rejects import RejectLog
 from broker.protocols.http.service import CmqService
 
 PATH = "/v2/index.php"
 #: `json.dumps(reply, ensure_ascii=False)` without building an encoder per reply
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
+
+log = logging.getLogger(__name__)
 
 
 class HttpApi:
@@ -33,29 +38,51 @@ class HttpApi:
         )
         self._runner: web.AppRunner | None = None
         self.admission = ConnectionAdmission(gateway)
+        self.rejects = RejectLog(log)
+        self._servers: list[asyncio.Server] = []
+        #: open connections by transport, for the handler to tell when a head was whole
+        self._connections: dict[asyncio.BaseTransport, deadlines.HeaderDeadline] = {}
 
     async def start(self) -> None:
         cfg = self.config
         app = web.Application(client_max_size=cfg.http_max_body_bytes)
         app.router.add_route("*", PATH, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        # aiohttp closes a connection that has sent no whole request head for
+        # keepalive_timeout since it opened or had its last reply (the idle timeout);
+        # `deadlines` adds the shorter header deadline.
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=cfg.http_idle_timeout,
+            logger=self.rejects,
+        )
         await self._runner.setup()
         assert self._runner.server is not None
         self.admission.attach(self._runner.server)
-        sites = []
         if cfg.http_port:  # 0 turns plain HTTP off
-            sites.append(web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True))
+            await self._listen(cfg.http_port, None)
         if cfg.tls_cert and cfg.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            sites.append(
-                web.TCPSite(
-                    self._runner, cfg.host, cfg.https_port, ssl_context=context, reuse_address=True
-                )
-            )
-        for site in sites:
-            await site.start()
+            await self._listen(cfg.https_port, context)
         self.service.pushers.start_all()
+
+    async def _listen(self, port: int, context: ssl.SSLContext | None) -> None:
+        """Serve the runner's aiohttp protocol on `port`, each connection under its deadlines."""
+        assert self._runner is not None and self._runner.server is not None
+        timeout = self.config.http_header_timeout
+        factory = deadlines.watch(self._runner.server, timeout, self._connections)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            factory,
+            self.config.host,
+            port,
+            ssl=context,
+            ssl_handshake_timeout=timeout if context is not None else None,
+            reuse_address=True,
+        )
+        self._servers.append(server)
 
     def queue_gained_messages(self, vhost: str, queue: str) -> None:
         """Wake long polls and pushers waiting on the queue (the node's MessagesAvailable)."""
@@ -65,6 +92,8 @@ class HttpApi:
         self.service.closing = True
         self.service.waiters.wake_all()
         await self.service.pushers.close()
+        for server in self._servers:
+            server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -80,16 +109,34 @@ class HttpApi:
             )
             response.force_close()
             return response
+        deadline = self._connections.get(request.transport) if request.transport else None
+        if deadline is not None:
+            deadline.head_received()
         try:
-            body = await request.read()
+            return await self._reply(request)
+        finally:
+            if deadline is not None:
+                deadline.replied()
+
+    async def _reply(self, request: web.Request) -> web.Response:
+        try:
+            bad_header = _non_ascii_header(request)
+            if bad_header is not None:
+                raise errors.invalid_request(f"header {bad_header} holds non-ASCII bytes")
+            async with asyncio.timeout(self.config.http_body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             limit = self.config.http_max_body_bytes
-            err = errors.invalid_request(f"the request body is larger than {limit} bytes")
-            reply = {
-                "code": err.code,
-                "message": err.message,
-                "requestId": self.service.new_request_id(),
-            }
+            reply = self._refusal(
+                request, errors.invalid_request(f"the request body is larger than {limit} bytes")
+            )
+        except TimeoutError:
+            limit_s = self.config.http_body_timeout
+            reply = self._refusal(
+                request, errors.invalid_request(f"the request body took over {limit_s} s")
+            )
+        except errors.CmqError as exc:
+            reply = self._refusal(request, exc)
         else:
             reply = await self.service.handle(
                 request.method,
@@ -99,3 +146,24 @@ class HttpApi:
                 body,
             )
         return web.Response(body=_encode_json(reply).encode(), content_type="application/json")
+
+    def _refusal(self, request: web.Request, err: errors.CmqError) -> dict[str, object]:
+        """The reply to a request refused before the service sees it, logged as one."""
+        self.rejects.rejected(request.remote, err.message)
+        return {
+            "code": err.code,
+            "message": err.message,
+            "requestId": self.service.new_request_id(),
+        }
+
+
+def _non_ascii_header(request: web.Request) -> str | None:
+    """The name of the first header holding a non-ASCII byte (None if none does).
+
+    Headers are signed (Host) or ignored, and HTTP/1.1 headers are ASCII: anything else is
+    the client's error, not text for the signature to choke on.
+    """
+    for name, value in request.raw_headers:
+        if not (name.isascii() and value.isascii()):
+            return name.decode("ascii", "backslashreplace")
+    return None
