@@ -1,4 +1,4 @@
-"""The aiohttp layer: `/v2/index.php` over HTTP and, with a certificate, HTTPS.
+"""The aiohttp layer: `/v2/index.php` over HTTP and, with a TLS context, HTTPS.
 
 It only moves bytes: method, Host header, path, raw query string and body go to the service,
 its reply dict comes back as JSON with HTTP 200, as CMQ answers even errors.
@@ -6,6 +6,7 @@ its reply dict comes back as JSON with HTTP 200, as CMQ answers even errors.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 
@@ -16,6 +17,7 @@ from broker.gateway import Gateway
 from broker.protocols.http import errors, queues, topics
 from broker.protocols.http.pusher import PushManager
 from broker.protocols.http.service import CmqService
+from broker.tls import serve as serve_tls
 
 PATH = "/v2/index.php"
 #: `json.dumps(reply, ensure_ascii=False)` without building an encoder per reply
@@ -25,12 +27,14 @@ _encode_json = json.JSONEncoder(ensure_ascii=False).encode
 class HttpApi:
     """The CMQ API of a node: its service, listeners and pushers."""
 
-    def __init__(self, gateway: Gateway, config: Config) -> None:
+    def __init__(self, gateway: Gateway, config: Config, tls: ssl.SSLContext | None = None) -> None:
         self.config = config
+        self.tls = tls
         self.service = CmqService(
             gateway, config, {**queues.ACTIONS, **topics.ACTIONS}, PushManager
         )
         self._runner: web.AppRunner | None = None
+        self._https: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -38,19 +42,14 @@ class HttpApi:
         app.router.add_route("*", PATH, self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        sites = []
         if cfg.http_port:  # 0 turns plain HTTP off
-            sites.append(web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True))
-        if cfg.tls_cert and cfg.tls_key:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            sites.append(
-                web.TCPSite(
-                    self._runner, cfg.host, cfg.https_port, ssl_context=context, reuse_address=True
-                )
+            await web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True).start()
+        if self.tls is not None and cfg.https_port:  # 0 turns HTTPS off
+            server = self._runner.server
+            assert server is not None
+            self._https = await serve_tls(
+                server, self.tls, cfg.host, cfg.https_port, "https", cfg.handshake_timeout
             )
-        for site in sites:
-            await site.start()
         self.service.pushers.start_all()
 
     def queue_gained_messages(self, vhost: str, queue: str) -> None:
@@ -61,6 +60,8 @@ class HttpApi:
         self.service.closing = True
         self.service.waiters.wake_all()
         await self.service.pushers.close()
+        if self._https is not None:
+            self._https.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
