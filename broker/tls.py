@@ -101,7 +101,7 @@ class TlsListener(asyncio.AbstractServer):
                 conn, peer = await self._loop.sock_accept(self.sock)
             except OSError as exc:  # out of file descriptors, for one: try again shortly
                 log.warning("%s: accepting a connection failed: %s", self.label, exc)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)
                 continue
             task = self._loop.create_task(self._handshake(conn, peer))
             self._handshakes.add(task)

@@ -277,8 +277,10 @@ def test_certificate_reloaded_on_sighup_without_dropping_connections(pki, broker
     round_trip(kept_amqp)
     mqtt_round_trip(kept_mqtt)
 
-    # A broken file is not loaded: the certificate in use stays, and the broker says why.
-    pki.key_file.write_bytes(trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes())
+    # Half a renewal (a certificate without its key) is not loaded: the certificate in use
+    # stays, and the broker says why.
+    half = new_ca.issue_cert("127.0.0.1")
+    pki.cert_file.write_bytes(b"".join(blob.bytes() for blob in half.cert_chain_pems))
     b.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "TLS certificates not reloaded" in b.log_tail(), message="the error")
     assert server_certificate(b, context) == der(new_cert)
