@@ -144,13 +144,7 @@ class Node:
             cfg.mqtt_port,
             cfg.mqtt_ws_port,
             cfg.http_port,
-            (
-                f"; tls: amqps on {cfg.amqps_port}, mqtts on {cfg.mqtts_port}, mqtt over"
-                f" secure websocket on {cfg.mqtt_wss_port}, https on {cfg.https_port}"
-                f"{', client certificates required' if cfg.tls_verify_peer else ''}"
-                if tls is not None
-                else ""
-            ),
+            _tls_listeners(cfg) if tls is not None else "",
             cfg.data_dir,
         )
 
@@ -414,6 +408,18 @@ class Node:
                 log.exception("resource check failed")
             self.gateway.drops.flush()
             await asyncio.sleep(1.0)
+
+
+def _tls_listeners(cfg: Config) -> str:
+    ports = (
+        ("amqps", cfg.amqps_port),
+        ("mqtts", cfg.mqtts_port),
+        ("mqtt over secure websocket", cfg.mqtt_wss_port),
+        ("https", cfg.https_port),
+    )
+    listeners = ", ".join(f"{name} on {port}" for name, port in ports if port)
+    verify = ", client certificates required" if cfg.tls_verify_peer else ""
+    return f"; tls: {listeners or 'no listener'}{verify}"
 
 
 def _rss_bytes() -> int:
