@@ -83,8 +83,25 @@ def main() -> None:
 )
 @click.option("--http-port", type=int, help="CMQ API 2.0 over HTTP (/v2/index.php). [15680]")
 @click.option("--https-port", type=int, help="CMQ API over HTTPS, with --tls-cert. [15681]")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM certificate (chain): opens the TLS listeners. Reloaded on SIGHUP.",
+)
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA of client certificates."
+)
+@click.option(
+    "--tls-verify-peer/--no-tls-verify-peer",
+    default=None,
+    help="Require client certificates signed by --tls-ca. [no]",
+)
+@click.option("--amqps-port", type=int, help="AMQP 0-9-1 over TLS, with --tls-cert. [5671]")
+@click.option("--mqtts-port", type=int, help="MQTT over TLS, with --tls-cert. [8883]")
+@click.option(
+    "--mqtt-wss-port", type=int, help="MQTT over secure WebSocket, with --tls-cert. [15676]"
+)
 @click.option(
     "--http-timestamp-skew", type=int, help="Accepted CMQ request Timestamp skew, s. [300]"
 )

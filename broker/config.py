@@ -51,8 +51,18 @@ class Config:
     #: CMQ API 2.0 over HTTP (path /v2/index.php); HTTPS only when tls_cert and tls_key are set
     http_port: int = 15680
     https_port: int = 15681
+    #: the TLS listeners (amqps, mqtts, mqtt_wss, https; 0 turns one off) open when these are
+    #: set; the cluster links use them too unless cluster_tls_* are set
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: CA of client certificates (and of the other members' on cluster links)
+    tls_ca: str | None = None
+    #: require a client certificate signed by tls_ca on the client listeners
+    tls_verify_peer: bool = False
+    amqps_port: int = 5671
+    mqtts_port: int = 8883
+    #: MQTT over secure WebSocket (path /mqtt), RabbitMQ Web MQTT's TLS port
+    mqtt_wss_port: int = 15676
     #: requests whose Timestamp is further than this from the node's clock are refused, s
     http_timestamp_skew: int = 300
     #: Nonces remembered for replay detection; past this the oldest are forgotten

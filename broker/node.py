@@ -37,6 +37,8 @@ from broker.store.damage import StoreUnusable, disk_full
 from broker.store.disk import Store
 from broker.store.driver import CommitDriver
 from broker.store.recovery import recover
+from broker.tls import Reloader, TlsFiles, server_context
+from broker.tls import serve as serve_tls
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class Node:
         self._monitor: asyncio.Task[None] | None = None
         self._pushers: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        #: every TLS context of the node, reloaded on SIGHUP
+        self.tls = Reloader()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -103,15 +107,26 @@ class Node:
             if self.repair:
                 await self._finish_repair()
         await self._ensure_defaults()
+        tls = self._client_tls()
         # MQTT first: the AMQP port opening is what scripts and tests take as "ready".
-        self.servers.extend(await start_mqtt_listeners(self.gateway, cfg))
-        self.http = HttpApi(self.gateway, cfg)
+        self.servers.extend(await start_mqtt_listeners(self.gateway, cfg, tls))
+        self.http = HttpApi(self.gateway, cfg, tls)
         if isinstance(self.commit, ClusterCommit):
             self.http.service.pushers.active = self.commit.raft.role == "leader"
         self.gateway.queue_watchers.append(self.http.queue_gained_messages)
         await self.http.start()
         settings = Settings(cfg.channel_max, cfg.frame_max, cfg.heartbeat)
         loop = asyncio.get_running_loop()
+        if tls is not None and cfg.amqps_port:  # 0 turns it off
+            amqps = await serve_tls(
+                lambda: AMQPProtocol(self.gateway, settings, cfg.handshake_timeout),
+                tls,
+                cfg.host,
+                cfg.amqps_port,
+                "amqps",
+                cfg.handshake_timeout,
+            )
+            self.servers.append(amqps)
         server = await loop.create_server(
             lambda: AMQPProtocol(self.gateway, settings, cfg.handshake_timeout),
             cfg.host,
@@ -132,9 +147,27 @@ class Node:
             cfg.mqtt_port,
             cfg.mqtt_ws_port,
             cfg.http_port,
-            f" and https on {cfg.https_port}" if cfg.tls_cert and cfg.tls_key else "",
+            _tls_listeners(cfg) if tls is not None else "",
             cfg.data_dir,
         )
+
+    def _client_tls(self) -> ssl.SSLContext | None:
+        """The context of the client TLS listeners, when a certificate and key are set."""
+        cfg = self.config
+        if not (cfg.tls_cert and cfg.tls_key):
+            return None
+        files = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_verify_peer)
+        return self.tls.add(server_context(files), files)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: the certificates, keys and CAs are read again; open connections keep
+        the certificate they were made with."""
+        try:
+            self.tls.reload()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.error("TLS certificates not reloaded, the ones in use stay: %s", exc)
+        else:
+            log.info("TLS certificates reloaded")
 
     async def _finish_repair(self) -> None:
         """The repaired state goes to disk as a snapshot before any client comes, so the next
@@ -178,7 +211,7 @@ class Node:
             election_ticks=cfg.cluster_election_ticks,
             node_down_ms=cfg.cluster_node_down_ms,
             retain_entries=cfg.cluster_log_retain,
-            **_cluster_tls(cfg),
+            **self._cluster_tls(),
         )
         gateway = self.gateway
         commit = ClusterCommit(
@@ -211,6 +244,25 @@ class Node:
                 break
             except ClusterUnavailable:
                 log.warning("node %d still has no majority of its cluster: waiting", cfg.node_id)
+
+    def _cluster_tls(self) -> dict[str, Any]:
+        """TLS contexts for the links between members, from cluster_tls_* or else from the
+        client listeners' tls_* (a CA is needed either way): each side presents its
+        certificate and verifies the other's against the CA."""
+        cfg = self.config
+        cert, key, ca = cfg.cluster_tls_cert, cfg.cluster_tls_key, cfg.cluster_tls_ca
+        if not (cert and key and ca):
+            cert, key, ca = cfg.tls_cert, cfg.tls_key, cfg.tls_ca
+        if not (cert and key and ca):
+            return {}
+        files = TlsFiles(cert, key, ca, verify_peer=True)
+        server = self.tls.add(server_context(files), files)
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        client.minimum_version = ssl.TLSVersion.TLSv1_2
+        client.load_cert_chain(cert, key)
+        client.check_hostname = False
+        self.tls.add(client, files)
+        return {"ssl_server": server, "ssl_client": client}
 
     def _leadership_changed(self, leading: bool) -> None:
         if self._pushers is not None:
@@ -249,6 +301,7 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         await self._stopped.wait()
         await self.stop()
 
@@ -361,6 +414,18 @@ class Node:
             await asyncio.sleep(1.0)
 
 
+def _tls_listeners(cfg: Config) -> str:
+    ports = (
+        ("amqps", cfg.amqps_port),
+        ("mqtts", cfg.mqtts_port),
+        ("mqtt over secure websocket", cfg.mqtt_wss_port),
+        ("https", cfg.https_port),
+    )
+    listeners = ", ".join(f"{name} on {port}" for name, port in ports if port)
+    verify = ", client certificates required" if cfg.tls_verify_peer else ""
+    return f"; tls: {listeners or 'no listener'}{verify}"
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -374,17 +439,3 @@ def _total_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (OSError, ValueError):
         return 1 << 34
-
-
-def _cluster_tls(cfg: Config) -> dict[str, Any]:
-    """TLS contexts for the links between members, when certificates are configured: each
-    side presents its certificate and verifies the other's against the CA."""
-    if not (cfg.cluster_tls_cert and cfg.cluster_tls_key and cfg.cluster_tls_ca):
-        return {}
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cfg.cluster_tls_ca)
-    server.load_cert_chain(cfg.cluster_tls_cert, cfg.cluster_tls_key)
-    server.verify_mode = ssl.CERT_REQUIRED
-    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.cluster_tls_ca)
-    client.load_cert_chain(cfg.cluster_tls_cert, cfg.cluster_tls_key)
-    client.check_hostname = False
-    return {"ssl_server": server, "ssl_client": client}

@@ -75,7 +75,16 @@ class Cluster:
         #: members stopped with SIGSTOP (left out of the waits until resumed)
         self.paused: set[int] = set()
 
-    _PORT_ATTRS = ("port", "mqtt_port", "mqtt_ws_port", "http_port", "https_port")
+    _PORT_ATTRS = (
+        "port",
+        "mqtt_port",
+        "mqtt_ws_port",
+        "http_port",
+        "https_port",
+        "amqps_port",
+        "mqtts_port",
+        "mqtt_wss_port",
+    )
 
     def _distinct_ports(self) -> None:
         """free_port() checks each port alone: two of the 18 picked for a cluster may be

@@ -151,6 +151,9 @@ class BrokerProcess(_BrokerBase):
         self.mqtt_ws_port = free_port(host)
         self.http_port = free_port(host)
         self.https_port = free_port(host)
+        self.amqps_port = free_port(host)
+        self.mqtts_port = free_port(host)
+        self.mqtt_wss_port = free_port(host)
         self.data_dir = pathlib.Path(data_dir)
         self.extra_args = [str(a) for a in extra_args]
         self.log_path = (
@@ -182,6 +185,12 @@ class BrokerProcess(_BrokerBase):
             str(self.http_port),
             "--https-port",
             str(self.https_port),
+            "--amqps-port",
+            str(self.amqps_port),
+            "--mqtts-port",
+            str(self.mqtts_port),
+            "--mqtt-wss-port",
+            str(self.mqtt_wss_port),
             *self.extra_args,
         ]
 

@@ -327,6 +327,23 @@ def test_protocol_header_gets_connection_start() -> None:
     assert client.conn.state is State.AWAIT_START_OK
 
 
+def test_external_only_with_a_verified_certificate() -> None:
+    """EXTERNAL is offered, and logs in as the certificate's CN, only when the transport
+    verified a client certificate (the asyncio layer sets `cert_user`)."""
+    plain = Client()
+    ((_, start),) = plain.send(codec.PROTOCOL_HEADER)
+    assert "EXTERNAL" not in start.mechanisms.split()
+    refused = only_close(plain.method(0, spec.Connection.StartOk(mechanism="EXTERNAL")))
+    assert refused.reply_code == 403
+    tls = Client()
+    tls.conn.cert_user = "guest"
+    ((_, start),) = tls.send(codec.PROTOCOL_HEADER)
+    assert "EXTERNAL" in start.mechanisms.split()
+    ((_, tune),) = tls.method(0, spec.Connection.StartOk(mechanism="EXTERNAL"))
+    assert isinstance(tune, spec.Connection.Tune)
+    assert tls.conn.user is not None and tls.conn.user.name == "guest"
+
+
 def test_protocol_header_byte_by_byte() -> None:
     client = Client()
     for byte in codec.PROTOCOL_HEADER[:-1]:

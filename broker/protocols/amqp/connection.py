@@ -80,6 +80,8 @@ class AMQPConnection:
         self.gateway = gateway
         self.settings = settings
         self.loopback = peer_is_loopback
+        #: the common name of the client's verified TLS certificate: EXTERNAL logs in as it
+        self.cert_user: str | None = None
         self.on_output = on_output
         self.state = State.AWAIT_HEADER
         self.channel_max = settings.channel_max
@@ -268,7 +270,7 @@ class AMQPConnection:
                 version_major=0,
                 version_minor=9,
                 server_properties=props,
-                mechanisms="PLAIN AMQPLAIN",
+                mechanisms="PLAIN AMQPLAIN EXTERNAL" if self.cert_user else "PLAIN AMQPLAIN",
                 locales="en_US",
             ),
         )
@@ -310,11 +312,14 @@ class AMQPConnection:
         response = method.response
         raw = response.encode("latin-1") if isinstance(response, str) else bytes(response or b"")
         try:
-            username, password = _credentials(mechanism, raw)
+            if mechanism == "EXTERNAL" and self.cert_user:
+                # RabbitMQ's EXTERNAL: the certificate is the credential, its CN the user.
+                self.user = self.gateway.trusted_user(self.cert_user, self.loopback)
+            else:
+                username, password = _credentials(mechanism, raw)
+                self.user = self.gateway.authenticate(username, password, self.loopback)
         except ValueError as exc:
             raise ConnectionError_(403, f"ACCESS_REFUSED - {exc}", *_ids(method)) from None
-        try:
-            self.user = self.gateway.authenticate(username, password, self.loopback)
         except AccessRefused:
             self.close_with(
                 403,

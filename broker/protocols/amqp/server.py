@@ -12,6 +12,7 @@ from broker.gateway import Gateway
 from broker.protocols.amqp.codec import HEARTBEAT_FRAME
 from broker.protocols.amqp.connection import AMQPConnection, Settings, State
 from broker.protocols.transport import ClientProtocol, is_loopback
+from broker.tls import peer_user
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class AMQPProtocol(ClientProtocol):
         self.conn = AMQPConnection(
             conn_id, self.gateway, self.settings, is_loopback(peer), self.schedule_flush, refusal
         )
+        self.conn.cert_user = peer_user(transport)
         self._timers.append(self.loop.call_later(self.handshake_timeout, self._check_handshake))
 
     def data_received(self, data: bytes) -> None:

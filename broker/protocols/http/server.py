@@ -1,4 +1,4 @@
-"""The aiohttp layer: `/v2/index.php` over HTTP and, with a certificate, HTTPS.
+"""The aiohttp layer: `/v2/index.php` over HTTP and, with a TLS context, HTTPS.
 
 It only moves bytes: method, Host header, path, raw query string and body go to the service,
 its reply dict comes back as JSON with HTTP 200, as CMQ answers even errors.
@@ -20,6 +20,7 @@ from broker.protocols.http.admission import ConnectionAdmission
 from broker.protocols.http.pusher import PushManager
 from broker.protocols.http.rejects import RejectLog
 from broker.protocols.http.service import CmqService
+from broker.tls import serve as serve_tls
 
 PATH = "/v2/index.php"
 #: `json.dumps(reply, ensure_ascii=False)` without building an encoder per reply
@@ -31,15 +32,16 @@ log = logging.getLogger(__name__)
 class HttpApi:
     """The CMQ API of a node: its service, listeners and pushers."""
 
-    def __init__(self, gateway: Gateway, config: Config) -> None:
+    def __init__(self, gateway: Gateway, config: Config, tls: ssl.SSLContext | None = None) -> None:
         self.config = config
+        self.tls = tls
         self.service = CmqService(
             gateway, config, {**queues.ACTIONS, **topics.ACTIONS}, PushManager
         )
         self._runner: web.AppRunner | None = None
         self.admission = ConnectionAdmission(gateway)
         self.rejects = RejectLog(log)
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
         #: open connections by transport, for the handler to tell when a head was whole
         self._connections: dict[asyncio.BaseTransport, deadlines.HeaderDeadline] = {}
 
@@ -62,10 +64,8 @@ class HttpApi:
         self.admission.attach(self._runner.server)
         if cfg.http_port:  # 0 turns plain HTTP off
             await self._listen(cfg.http_port, None)
-        if cfg.tls_cert and cfg.tls_key:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            await self._listen(cfg.https_port, context)
+        if self.tls is not None and cfg.https_port:  # 0 turns HTTPS off
+            await self._listen(cfg.https_port, self.tls)
         self.service.pushers.start_all()
 
     async def _listen(self, port: int, context: ssl.SSLContext | None) -> None:
@@ -73,15 +73,12 @@ class HttpApi:
         assert self._runner is not None and self._runner.server is not None
         timeout = self.config.http_header_timeout
         factory = deadlines.watch(self._runner.server, timeout, self._connections)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            factory,
-            self.config.host,
-            port,
-            ssl=context,
-            ssl_handshake_timeout=timeout if context is not None else None,
-            reuse_address=True,
-        )
+        server: asyncio.AbstractServer
+        if context is not None:
+            server = await serve_tls(factory, context, self.config.host, port, "https", timeout)
+        else:
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(factory, self.config.host, port, reuse_address=True)
         self._servers.append(server)
 
     def queue_gained_messages(self, vhost: str, queue: str) -> None:

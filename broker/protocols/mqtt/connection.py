@@ -128,6 +128,9 @@ class MQTTConnection:
         self.gateway = gateway
         self.settings = settings
         self.loopback = peer_is_loopback
+        #: the common name of the client's verified TLS certificate: the user of a client
+        #: that sends no user name
+        self.cert_user: str | None = None
         self.on_output = on_output
         self.state = State.AWAIT_CONNECT
         self.reader = codec.PacketReader(settings.max_packet_size)
@@ -331,7 +334,13 @@ class MQTTConnection:
     def _login(self, p: Connect) -> tuple[User, str]:
         """The user and vhost: user names may name a vhost as RabbitMQ's do ("vhost:user")."""
         vhost = self.settings.default_vhost
-        if p.username is None:
+        if p.username is None and p.password is None and self.cert_user:
+            # RabbitMQ's ssl_cert_login: a user name and password sent take priority.
+            try:
+                user = self.gateway.trusted_user(self.cert_user, self.loopback)
+            except AccessRefused as exc:
+                raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
+        elif p.username is None:
             if not self.settings.allow_anonymous:
                 raise _Refused(codec.NOT_AUTHORIZED, "anonymous access is disabled")
             try:

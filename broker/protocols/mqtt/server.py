@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ from broker.protocols.mqtt.connection import (
 )
 from broker.protocols.mqtt.websocket import WebSocketServer
 from broker.protocols.transport import ClientProtocol, is_loopback
+from broker.tls import peer_user
+from broker.tls import serve as serve_tls
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class MQTTProtocol(ClientProtocol):
         self.conn = MQTTConnection(
             conn_id, self.gateway, self.settings, loopback, self.schedule_flush, refusal
         )
+        self.conn.cert_user = peer_user(transport)
         self._timer = self.loop.call_later(self.handshake_timeout, self._check_connected)
 
     def data_received(self, data: bytes) -> None:
@@ -140,8 +144,11 @@ class MQTTProtocol(ClientProtocol):
         self._timer = self.loop.call_later(grace - silent, self._watch_keepalive)
 
 
-async def start_listeners(gateway: Gateway, cfg: Any) -> list[asyncio.AbstractServer]:
-    """MQTT on the plain port and MQTT over WebSocket."""
+async def start_listeners(
+    gateway: Gateway, cfg: Any, tls: ssl.SSLContext | None = None
+) -> list[asyncio.AbstractServer]:
+    """MQTT on the plain port and over WebSocket, and with a TLS context over TLS and secure
+    WebSocket."""
     settings = settings_from_config(cfg)
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
@@ -156,6 +163,18 @@ async def start_listeners(gateway: Gateway, cfg: Any) -> list[asyncio.AbstractSe
             backlog=1024,
         )
         servers.append(server)
+    if tls is None:
+        return servers
+    for port, websocket, label in (
+        (cfg.mqtts_port, False, "mqtts"),
+        (cfg.mqtt_wss_port, True, "mqtt wss"),
+    ):
+        if not port:
+            continue
+        factory = functools.partial(
+            MQTTProtocol, gateway, settings, cfg.handshake_timeout, websocket
+        )
+        servers.append(await serve_tls(factory, tls, cfg.host, port, label, cfg.handshake_timeout))
     return servers
 
 
