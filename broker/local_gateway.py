@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from broker.core import commands as c
 from broker.core.auth import check_password, permits
@@ -33,6 +33,7 @@ from broker.core.model import (
 from broker.core.state import StateMachine
 from broker.drops import DropLedger
 from broker.gateway import ClientConnection, Done
+from broker.login_guard import LoginGuard
 from broker.protocols.http.auth import ReplayGuard
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class LocalGateway:
         self._overflow_logged: dict[tuple[str, str], float] = {}
         #: messages dropped, by reason (also shown by `broker status`)
         self.drops = DropLedger(time.monotonic)
+        self.logins = LoginGuard(time.monotonic)
 
     def attach(self, commit: CommitPath) -> None:
         self.commit = commit
@@ -214,23 +216,30 @@ class LocalGateway:
 
     # -- access --------------------------------------------------------------------------
 
-    def authenticate(self, username: str, password: str, loopback: bool) -> User:
+    def authenticate(self, username: str, password: str, loopback: bool, source: str = "") -> User:
         user = self.committed.users.get(username)
         if user is None or not check_password(password, user.password_hash):
-            raise AccessRefused(f"invalid credentials for user '{username}'")
-        self._check_loopback(username, loopback)
+            self._refuse(username, source, "invalid credentials")
+        self._check_loopback(username, loopback, source)
         return user
 
-    def trusted_user(self, username: str, loopback: bool) -> User:
+    def trusted_user(self, username: str, loopback: bool, source: str = "") -> User:
         user = self.committed.users.get(username)
         if user is None:
-            raise AccessRefused(f"no user '{username}'")
-        self._check_loopback(username, loopback)
+            self._refuse(username, source, "no such user")
+        self._check_loopback(username, loopback, source)
         return user
 
-    def _check_loopback(self, username: str, loopback: bool) -> None:
+    def _check_loopback(self, username: str, loopback: bool, source: str) -> None:
         if username in self.loopback_users and not loopback:
-            raise AccessRefused(f"user '{username}' can only connect via localhost")
+            self._refuse(username, source, "the user can only connect via localhost")
+
+    def _refuse(self, username: str, source: str, reason: str) -> NoReturn:
+        self.logins.refused(username, source, reason)
+        raise AccessRefused(f"login refused for user '{username}': {reason}")
+
+    def refusal_delay(self, source: str) -> float:
+        return self.logins.delay(source)
 
     def vhost_access(self, user: User, vhost: str) -> None:
         state = self.committed

@@ -7,13 +7,14 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import time
 
 import pika
 import pika.exceptions
 import pytest
 
-from .helpers import connection, uid
+from .helpers import connection, uid, wait_until
 from .mqtt_helpers import Paho
 
 pytestmark = pytest.mark.own_broker
@@ -128,3 +129,87 @@ def test_definitions_with_unknown_hashing_or_sections_are_refused(fresh_broker, 
         res = b.cli("definitions", "import", path, check=False)
         assert res.returncode != 0 and error in res.stderr
     assert "x" not in b.cli("users", "list").stdout.split()
+
+
+def test_wrong_password_refused_and_logged_once(fresh_broker):
+    b = fresh_broker
+    name = uid("victim")
+    b.cli("users", "add", name, "right")
+    amqp_refusal_seconds(b, user=name, password="wrong")
+    lines = wait_until(lambda: refusals_logged(b, name), message="the refusal logged")
+    assert len(lines) == 1 and " WARNING " in lines[0] and "from 127.0.0.1" in lines[0]
+
+    code, _ = mqtt_connack(b, name, "wrong", bind_address="127.0.0.2")
+    assert code == PAHO_BAD_CREDENTIALS
+    wait_until(lambda: len(refusals_logged(b, name)) == 2, message="the MQTT refusal logged")
+    assert "from 127.0.0.2" in refusals_logged(b, name)[1]
+
+
+def amqp_login_seconds(broker, **kw) -> float:
+    started = time.monotonic()
+    with connection(broker, **kw) as conn:
+        conn.channel().queue_declare("", exclusive=True)
+        return time.monotonic() - started
+
+
+def test_repeated_failures_from_one_address_get_slower(fresh_broker):
+    b = fresh_broker
+    name = uid("target")
+    b.cli("users", "add", name, "right")
+    b.cli("permissions", "set", name, ".*", ".*", ".*")
+    # the 2nd, 3rd, 4th, 5th refusal to one address wait 0.1, 0.2, 0.4, 0.8 s
+    timings = [amqp_refusal_seconds(b, user=name, password="wrong") for _ in range(5)]
+    assert timings[4] >= 0.75, timings
+    code, seconds = mqtt_connack(b, name, "wrong")
+    assert code == PAHO_BAD_CREDENTIALS and seconds >= 1.5  # the 6th: 1.6 s
+    # a user added by the CLI still logs in from that address, on both protocols
+    assert amqp_login_seconds(b, user=name, password="right") < 1.5
+    assert mqtt_connack(b, name, "right")[0] == 0
+    # another loopback address is not slowed: its first refusal comes at once
+    code, seconds = mqtt_connack(b, name, "wrong", bind_address="127.0.0.2")
+    assert code == PAHO_BAD_CREDENTIALS and seconds < 1.5
+    # the log holds one line for the six from 127.0.0.1 (rate-limited per address)
+    lines = refusals_logged(b, name)
+    assert [line for line in lines if "from 127.0.0.1" in line] == lines[:1]
+    assert len(lines) == 2 and "from 127.0.0.2" in lines[1]
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on a non-loopback interface, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_guest_is_loopback_only_on_amqp_and_mqtt(tmp_path):
+    from .conftest import BrokerProcess
+
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("no non-loopback interface")
+    b = BrokerProcess(tmp_path / "data", host="0.0.0.0")
+    b.start()
+    try:
+        b.host = address
+        # guest from a non-loopback address: refused on both protocols
+        amqp_refusal_seconds(b)
+        assert mqtt_connack(b, "guest", "guest")[0] == PAHO_BAD_CREDENTIALS
+        # any 127.x address is loopback: guest is admitted
+        assert mqtt_connack(b, "guest", "guest", "127.0.0.1", "127.0.0.3")[0] == 0
+        b.host = "127.0.0.1"
+        with connection(b) as conn:
+            conn.channel().queue_declare("", exclusive=True)
+        # another user from the same non-loopback address is admitted
+        b.cli("users", "add", "remote", "pw")
+        b.cli("permissions", "set", "remote", ".*", ".*", ".*")
+        b.host = address
+        with connection(b, user="remote", password="pw") as conn:
+            conn.channel().queue_declare("", exclusive=True)
+        assert mqtt_connack(b, "remote", "pw")[0] == 0
+        assert "the user can only connect via localhost" in b.log_tail(100_000)
+    finally:
+        b.stop()

@@ -1,11 +1,14 @@
-"""Password hashes in RabbitMQ's formats."""
+"""Password hashes in RabbitMQ's formats, and the slowing and logging of refused logins."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
 from broker.core.auth import check_password, hash_password, split_stored, stored_hash
 from broker.core.errors import InvalidArgument
+from broker.login_guard import FORGET_AFTER, LOG_INTERVAL, MAX_DELAY, LoginGuard
 
 # Worked examples of RabbitMQ's scheme (salt 908DC60A / CAD5089B, as in its documentation
 # and mailing list): base64(salt + digest(salt + UTF-8 password)).
@@ -48,3 +51,53 @@ def test_hashes_we_cannot_verify_are_refused(
 ) -> None:
     with pytest.raises(InvalidArgument, match=error):
         stored_hash(algorithm, password_hash)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refuse(guard: LoginGuard, source: str) -> float:
+    guard.refused("u", source, "bad")
+    return guard.delay(source)
+
+
+def test_refusals_from_one_address_wait_longer_each_time_up_to_a_cap() -> None:
+    clock = Clock()
+    guard = LoginGuard(clock)
+    delays = [refuse(guard, "10.0.0.1") for _ in range(8)]
+    assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.6, MAX_DELAY, MAX_DELAY]
+    assert refuse(guard, "10.0.0.2") == 0.0  # another address: not slowed
+    clock.now += FORGET_AFTER + 1
+    assert refuse(guard, "10.0.0.1") == 0.0  # forgotten after a quiet minute
+    assert refuse(guard, "10.0.0.1") == 0.1
+
+
+def test_refusals_are_logged_once_per_address_and_interval(caplog) -> None:
+    clock = Clock()
+    guard = LoginGuard(clock)
+    with caplog.at_level(logging.WARNING, "broker.login_guard"):
+        for _ in range(5):
+            guard.refused("u", "10.0.0.1", "bad")
+        guard.refused("v", "10.0.0.2", "bad")
+        clock.now += LOG_INTERVAL
+        guard.refused("u", "10.0.0.1", "bad")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "login refused for user 'u' from 10.0.0.1: bad",
+        "login refused for user 'v' from 10.0.0.2: bad",
+        "login refused for user 'u' from 10.0.0.1: bad (4 more refused from this address)",
+    ]
+
+
+def test_the_least_recently_failing_addresses_are_forgotten_first(monkeypatch) -> None:
+    monkeypatch.setattr("broker.login_guard.MAX_SOURCES", 2)
+    guard = LoginGuard(Clock())
+    for source in ("a", "a", "b", "a", "c"):  # "b" is the oldest when "c" comes
+        guard.refused("u", source, "bad")
+    assert refuse(guard, "a") == 0.4  # its fourth refusal
+    assert refuse(guard, "b") == 0.0  # as if it had never failed

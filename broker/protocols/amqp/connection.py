@@ -74,11 +74,16 @@ class AMQPConnection:
         settings: Settings,
         peer_is_loopback: bool,
         on_output: Callable[[], None] | None = None,
+        source: str = "",
     ) -> None:
         self.id = connection_id
         self.gateway = gateway
         self.settings = settings
         self.loopback = peer_is_loopback
+        #: the client's address, for the log and the per-address slowing of refused logins
+        self.source = source
+        #: seconds the transport holds what follows a refused login (broker.login_guard)
+        self.output_delay = 0.0
         self.on_output = on_output
         self.state = State.AWAIT_HEADER
         self.channel_max = settings.channel_max
@@ -310,8 +315,9 @@ class AMQPConnection:
         except ValueError as exc:
             raise ConnectionError_(403, f"ACCESS_REFUSED - {exc}", *_ids(method)) from None
         try:
-            self.user = self.gateway.authenticate(username, password, self.loopback)
+            self.user = self.gateway.authenticate(username, password, self.loopback, self.source)
         except AccessRefused:
+            self.output_delay = self.gateway.refusal_delay(self.source)
             self.close_with(
                 403,
                 f"ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}."

@@ -22,7 +22,7 @@ from broker.protocols.mqtt.connection import (
     State,
 )
 from broker.protocols.mqtt.websocket import WebSocketServer
-from broker.protocols.transport import ClientProtocol, is_loopback
+from broker.protocols.transport import ClientProtocol, is_loopback, source_of
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class MQTTProtocol(ClientProtocol):
         conn_id = self.gateway.connection_opened(self)
         loopback = is_loopback(peer)
         self.conn = MQTTConnection(
-            conn_id, self.gateway, self.settings, loopback, self.schedule_flush
+            conn_id, self.gateway, self.settings, loopback, self.schedule_flush, source_of(peer)
         )
         self._timer = self.loop.call_later(self.handshake_timeout, self._check_connected)
 
@@ -91,7 +91,7 @@ class MQTTProtocol(ClientProtocol):
     def flush(self) -> None:
         self._flush_scheduled = False
         conn, transport, ws = self.conn, self.transport, self.ws
-        if conn is None or transport is None or transport.is_closing():
+        if conn is None or transport is None or transport.is_closing() or self.output_held():
             return
         data = conn.data_to_send()
         if ws is not None:
