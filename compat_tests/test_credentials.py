@@ -154,17 +154,18 @@ def amqp_login_seconds(broker, **kw) -> float:
 
 def test_repeated_failures_from_one_address_get_slower(fresh_broker):
     b = fresh_broker
-    name = uid("target")
-    b.cli("users", "add", name, "right")
+    name, right = uid("target"), "rïght-パス"
+    b.cli("users", "add", name, right)
     b.cli("permissions", "set", name, ".*", ".*", ".*")
     # the 2nd, 3rd, 4th, 5th refusal to one address wait 0.1, 0.2, 0.4, 0.8 s
     timings = [amqp_refusal_seconds(b, user=name, password="wrong") for _ in range(5)]
     assert timings[4] >= 0.75, timings
     code, seconds = mqtt_connack(b, name, "wrong")
     assert code == PAHO_BAD_CREDENTIALS and seconds >= 1.5  # the 6th: 1.6 s
-    # a user added by the CLI still logs in from that address, on both protocols
-    assert amqp_login_seconds(b, user=name, password="right") < 1.5
-    assert mqtt_connack(b, name, "right")[0] == 0
+    # a user added by the CLI (a non-ASCII password) still logs in from that address, on both
+    # protocols
+    assert amqp_login_seconds(b, user=name, password=right) < 1.5
+    assert mqtt_connack(b, name, right)[0] == 0
     # another loopback address is not slowed: its first refusal comes at once
     code, seconds = mqtt_connack(b, name, "wrong", bind_address="127.0.0.2")
     assert code == PAHO_BAD_CREDENTIALS and seconds < 1.5

@@ -309,7 +309,9 @@ class AMQPConnection:
         self.client_properties = method.client_properties or {}
         mechanism = method.mechanism
         response = method.response
-        raw = response.encode("latin-1") if isinstance(response, str) else bytes(response or b"")
+        # pamqp hands a long string that is valid UTF-8 over as str (else as bytes): encode it
+        # back to the bytes the client sent, so non-ASCII passwords match.
+        raw = response.encode() if isinstance(response, str) else bytes(response or b"")
         try:
             username, password = _credentials(mechanism, raw)
         except ValueError as exc:
