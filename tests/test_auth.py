@@ -9,6 +9,7 @@ import pytest
 from broker.core.auth import check_password, hash_password, split_stored, stored_hash
 from broker.core.errors import InvalidArgument
 from broker.login_guard import FORGET_AFTER, LOG_INTERVAL, MAX_DELAY, LoginGuard
+from broker.protocols.transport import is_loopback
 
 # Worked examples of RabbitMQ's scheme (salt 908DC60A / CAD5089B, as in its documentation
 # and mailing list): base64(salt + digest(salt + UTF-8 password)).
@@ -101,3 +102,18 @@ def test_the_least_recently_failing_addresses_are_forgotten_first(monkeypatch) -
         guard.refused("u", source, "bad")
     assert refuse(guard, "a") == 0.4  # its fourth refusal
     assert refuse(guard, "b") == 0.0  # as if it had never failed
+
+
+@pytest.mark.parametrize(
+    "peer, loopback",
+    [
+        (("127.0.0.1", 1), True),
+        (("127.0.0.2", 1), True),
+        (("::1", 1, 0, 0), True),
+        (("192.0.2.7", 1), False),
+        (("fe80::1%eth0", 1, 0, 2), False),
+        (None, False),
+    ],
+)
+def test_loopback_addresses_are_those_guest_may_use(peer: object, loopback: bool) -> None:
+    assert is_loopback(peer) is loopback
