@@ -37,7 +37,7 @@ def import_commands(doc: Any, state: StateMachine) -> list[c.Command]:
     if unsupported:
         names = ", ".join(sorted(unsupported))
         raise InvalidArgument(f"definitions sections not supported: {names}")
-    commands: list[c.Command] = [c.DeclareVhost(_text(v, "name")) for v in _items(doc, "vhosts")]
+    commands: list[c.Command] = [_vhost(v) for v in _items(doc, "vhosts")]
     commands += [_user(u) for u in _items(doc, "users")]
     commands += [
         c.SetPermissions(
@@ -87,8 +87,16 @@ def export(state: StateMachine) -> dict[str, Any]:
     }
 
 
+def _vhost(entry: dict[str, Any]) -> c.DeclareVhost:
+    """A vhost; its metadata (description, tags) is informational, its limits are refused."""
+    name = _text(entry, "name")
+    _no_limits(entry, f"vhost '{name}'")
+    return c.DeclareVhost(name)
+
+
 def _user(entry: dict[str, Any]) -> c.PutUser:
     name = _text(entry, "name")
+    _no_limits(entry, f"user '{name}'")
     password_hash = entry.get("password_hash") or ""
     if not isinstance(password_hash, str):
         raise InvalidArgument(f"user '{name}': password_hash must be a string")
@@ -114,6 +122,11 @@ def _guess_algorithm(name: str, password_hash: str) -> str:
         if len(digest(b"")) == size:
             return algorithm
     raise InvalidArgument(f"user '{name}': password_hash of no known hashing algorithm")
+
+
+def _no_limits(entry: dict[str, Any], what: str) -> None:
+    if entry.get("limits"):
+        raise InvalidArgument(f"{what}: limits are not supported")
 
 
 def _items(doc: dict[str, Any], section: str) -> list[dict[str, Any]]:

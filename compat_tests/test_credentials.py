@@ -116,6 +116,10 @@ def test_definitions_with_unknown_hashing_or_sections_are_refused(fresh_broker, 
         ),
         ({"queues": [{"name": "q", "vhost": "/"}]}, "not supported: queues"),
         (
+            {"vhosts": [{"name": "v", "limits": {"max-connections": 10}}]},
+            "vhost 'v': limits are not supported",
+        ),
+        (
             {
                 "permissions": [
                     {"user": "nobody", "vhost": "/", "configure": "", "write": "", "read": ""}
