@@ -96,6 +96,7 @@ class LocalGateway:
         self._overflow_logged: dict[tuple[str, str], float] = {}
         #: messages dropped, by reason (also shown by `broker status`)
         self.drops = DropLedger(time.monotonic)
+        #: refused logins, logged and slowed per client address
         self.logins = LoginGuard(time.monotonic)
 
     def attach(self, commit: CommitPath) -> None:
