@@ -324,6 +324,32 @@ def permissions_set(
 
 
 @main.group()
+def definitions() -> None:
+    """Import or export users, vhosts and permissions as RabbitMQ definitions JSON."""
+
+
+@definitions.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@data_dir_option
+def definitions_import(path: str, data_dir: str) -> None:
+    """Import PATH (from `rabbitmqctl export_definitions` or the management UI)."""
+    with open(path, encoding="utf-8") as file:
+        try:
+            doc = json.load(file)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="PATH") from None
+    counts = _admin(data_dir, "definitions.import", definitions=doc)
+    click.echo(", ".join(f"{n} {kind}" for kind, n in counts.items()) + " imported")
+
+
+@definitions.command("export")
+@data_dir_option
+def definitions_export(data_dir: str) -> None:
+    """Print the node's users (with password hashes), vhosts and permissions as JSON."""
+    click.echo(json.dumps(_admin(data_dir, "definitions.export"), indent=2))
+
+
+@main.group()
 def queues() -> None:
     """Inspect queues of a running node."""
 

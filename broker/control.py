@@ -17,6 +17,7 @@ import string
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from broker import definitions
 from broker.core import commands as c
 from broker.core.auth import hash_password
 from broker.core.errors import BrokerError, InvalidArgument, PreconditionFailed
@@ -65,6 +66,8 @@ class ControlServer:
             "keys.create": self._keys_create,
             "keys.list": self._keys_list,
             "keys.delete": self._keys_delete,
+            "definitions.import": self._definitions_import,
+            "definitions.export": self._definitions_export,
             "cluster.status": self._cluster_status,
             "cluster.add": self._cluster_add,
             "cluster.remove": self._cluster_remove,
@@ -187,6 +190,20 @@ class ControlServer:
 
     async def _keys_delete(self, args: dict[str, Any]) -> None:
         await self._call(c.DeleteAccessKey(args["secret_id"]))
+
+    async def _definitions_import(self, args: dict[str, Any]) -> dict[str, int]:
+        """Everything is checked before anything is applied; then vhosts, users, permissions."""
+        commands = definitions.import_commands(args["definitions"], self.node.gateway.committed)
+        for command in commands:
+            await self._call(command)
+        counts = {"vhosts": 0, "users": 0, "permissions": 0}
+        for command in commands:
+            kind = {c.DeclareVhost: "vhosts", c.PutUser: "users"}.get(type(command), "permissions")
+            counts[kind] += 1
+        return counts
+
+    async def _definitions_export(self, args: dict[str, Any]) -> dict[str, Any]:
+        return definitions.export(self.node.gateway.committed)
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         return self.node.status()

@@ -99,10 +99,15 @@ class Gateway(Protocol):
 
     # -- access --------------------------------------------------------------------------
 
-    def authenticate(self, username: str, password: str, loopback: bool) -> User:
-        """Check credentials; raises AccessRefused."""
+    def authenticate(self, username: str, password: str, loopback: bool, source: str = "") -> User:
+        """Check credentials of a client at address `source`; raises AccessRefused (the
+        refusal is logged and counted against `source`)."""
 
-    def trusted_user(self, username: str, loopback: bool) -> User:
+    def refusal_delay(self, source: str) -> float:
+        """Seconds to hold the refusal of a login from `source` (asked once refused): the more
+        the address failed lately, the longer (broker.login_guard)."""
+
+    def trusted_user(self, username: str, loopback: bool, source: str = "") -> User:
         """A user admitted without a password (anonymous access); the loopback rule holds."""
 
     def vhost_access(self, user: User, vhost: str) -> None:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from broker.admission import Admission
 from broker.core import commands as c
@@ -34,6 +34,7 @@ from broker.core.model import (
 from broker.core.state import StateMachine
 from broker.drops import DropLedger
 from broker.gateway import ClientConnection, Done
+from broker.login_guard import LoginGuard
 from broker.protocols.http.auth import ReplayGuard
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class LocalGateway:
         #: messages dropped, by reason (also shown by `broker status`)
         self.drops = DropLedger(time.monotonic)
         self.admission = Admission(max_connections, max_connections_per_ip, time.monotonic)
+        #: refused logins, logged and slowed per client address
+        self.logins = LoginGuard(time.monotonic)
 
     def attach(self, commit: CommitPath) -> None:
         self.commit = commit
@@ -225,23 +228,30 @@ class LocalGateway:
 
     # -- access --------------------------------------------------------------------------
 
-    def authenticate(self, username: str, password: str, loopback: bool) -> User:
+    def authenticate(self, username: str, password: str, loopback: bool, source: str = "") -> User:
         user = self.committed.users.get(username)
         if user is None or not check_password(password, user.password_hash):
-            raise AccessRefused(f"invalid credentials for user '{username}'")
-        self._check_loopback(username, loopback)
+            self._refuse(username, source, "invalid credentials")
+        self._check_loopback(username, loopback, source)
         return user
 
-    def trusted_user(self, username: str, loopback: bool) -> User:
+    def trusted_user(self, username: str, loopback: bool, source: str = "") -> User:
         user = self.committed.users.get(username)
         if user is None:
-            raise AccessRefused(f"no user '{username}'")
-        self._check_loopback(username, loopback)
+            self._refuse(username, source, "no such user")
+        self._check_loopback(username, loopback, source)
         return user
 
-    def _check_loopback(self, username: str, loopback: bool) -> None:
+    def _check_loopback(self, username: str, loopback: bool, source: str) -> None:
         if username in self.loopback_users and not loopback:
-            raise AccessRefused(f"user '{username}' can only connect via localhost")
+            self._refuse(username, source, "the user can only connect via localhost")
+
+    def _refuse(self, username: str, source: str, reason: str) -> NoReturn:
+        self.logins.refused(username, source, reason)
+        raise AccessRefused(f"login refused for user '{username}': {reason}")
+
+    def refusal_delay(self, source: str) -> float:
+        return self.logins.delay(source)
 
     def vhost_access(self, user: User, vhost: str) -> None:
         state = self.committed

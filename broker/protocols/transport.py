@@ -25,6 +25,11 @@ def is_loopback(peer: Any) -> bool:
         return False
 
 
+def source_of(peer: Any) -> str:
+    """The client's address, as logged and as refused logins are counted by."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
 class ClientProtocol(asyncio.Protocol):
     """Subclasses create `self.conn` in `connection_made` and write its output in `flush`."""
 
@@ -39,10 +44,13 @@ class ClientProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._last_received = time.monotonic()
         self._reading_paused = False
+        self._hold_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
         self.cancel_timers()
         if self.conn is not None:
             self.conn.connection_lost()
@@ -72,6 +80,19 @@ class ClientProtocol(asyncio.Protocol):
 
     def flush(self) -> None:
         raise NotImplementedError
+
+    def output_held(self) -> bool:
+        """Whether the connection's output waits: a refused login is answered after the delay
+        the gateway gave (broker.login_guard), by a timer, never by blocking the loop."""
+        conn = self.conn
+        if conn is not None and conn.output_delay > 0:
+            self._hold_timer = self.loop.call_later(conn.output_delay, self._release_output)
+            conn.output_delay = 0.0
+        return self._hold_timer is not None
+
+    def _release_output(self) -> None:
+        self._hold_timer = None
+        self.flush()
 
     # -- flow control --------------------------------------------------------------------
 

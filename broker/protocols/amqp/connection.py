@@ -75,6 +75,7 @@ class AMQPConnection:
         peer_is_loopback: bool,
         on_output: Callable[[], None] | None = None,
         refusal: str | None = None,
+        source: str = "",
     ) -> None:
         self.id = connection_id
         self.gateway = gateway
@@ -82,6 +83,10 @@ class AMQPConnection:
         self.loopback = peer_is_loopback
         #: the common name of the client's verified TLS certificate: EXTERNAL logs in as it
         self.cert_user: str | None = None
+        #: the client's address, for the log and the per-address slowing of refused logins
+        self.source = source
+        #: seconds the transport holds what follows a refused login (broker.login_guard)
+        self.output_delay = 0.0
         self.on_output = on_output
         self.state = State.AWAIT_HEADER
         self.channel_max = settings.channel_max
@@ -310,17 +315,22 @@ class AMQPConnection:
         self.client_properties = method.client_properties or {}
         mechanism = method.mechanism
         response = method.response
-        raw = response.encode("latin-1") if isinstance(response, str) else bytes(response or b"")
+        # pamqp hands a long string that is valid UTF-8 over as str (else as bytes): encode it
+        # back to the bytes the client sent, so non-ASCII passwords match.
+        raw = response.encode() if isinstance(response, str) else bytes(response or b"")
         try:
             if mechanism == "EXTERNAL" and self.cert_user:
                 # RabbitMQ's EXTERNAL: the certificate is the credential, its CN the user.
-                self.user = self.gateway.trusted_user(self.cert_user, self.loopback)
+                self.user = self.gateway.trusted_user(self.cert_user, self.loopback, self.source)
             else:
                 username, password = _credentials(mechanism, raw)
-                self.user = self.gateway.authenticate(username, password, self.loopback)
+                self.user = self.gateway.authenticate(
+                    username, password, self.loopback, self.source
+                )
         except ValueError as exc:
             raise ConnectionError_(403, f"ACCESS_REFUSED - {exc}", *_ids(method)) from None
         except AccessRefused:
+            self.output_delay = self.gateway.refusal_delay(self.source)
             self.close_with(
                 403,
                 f"ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}."

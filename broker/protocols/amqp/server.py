@@ -11,7 +11,7 @@ from broker.core.model import ConsumerCancelled
 from broker.gateway import Gateway
 from broker.protocols.amqp.codec import HEARTBEAT_FRAME
 from broker.protocols.amqp.connection import AMQPConnection, Settings, State
-from broker.protocols.transport import ClientProtocol, is_loopback
+from broker.protocols.transport import ClientProtocol, is_loopback, source_of
 from broker.tls import peer_user
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,13 @@ class AMQPProtocol(ClientProtocol):
         conn_id = self.gateway.connection_opened(self)
         refusal = self.gateway.admit(conn_id, peer, self.abort)
         self.conn = AMQPConnection(
-            conn_id, self.gateway, self.settings, is_loopback(peer), self.schedule_flush, refusal
+            conn_id,
+            self.gateway,
+            self.settings,
+            is_loopback(peer),
+            self.schedule_flush,
+            refusal,
+            source=source_of(peer),
         )
         self.conn.cert_user = peer_user(transport)
         self._timers.append(self.loop.call_later(self.handshake_timeout, self._check_handshake))
@@ -66,6 +72,8 @@ class AMQPProtocol(ClientProtocol):
     def flush(self) -> None:
         self._flush_scheduled = False
         if self.conn is None or self.transport is None or self.transport.is_closing():
+            return
+        if self.output_held():
             return
         data = self.conn.data_to_send()
         if data:

@@ -106,9 +106,11 @@ class State(Enum):
 
 
 class _Refused(Exception):
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, logged: bool = False) -> None:
         super().__init__(reason)
         self.code = code
+        #: already logged (refused logins are, rate-limited per address, by the gateway)
+        self.logged = logged
 
 
 class MQTTConnection:
@@ -120,6 +122,7 @@ class MQTTConnection:
         peer_is_loopback: bool,
         on_output: Callable[[], None] | None = None,
         refusal: str | None = None,
+        source: str = "",
     ) -> None:
         self.id = connection_id
         self.owner: c.Owner = (*connection_id, 0)
@@ -131,6 +134,10 @@ class MQTTConnection:
         #: the common name of the client's verified TLS certificate: the user of a client
         #: that sends no user name
         self.cert_user: str | None = None
+        #: the client's address, for the log and the per-address slowing of refused logins
+        self.source = source
+        #: seconds the transport holds what follows a refused login (broker.login_guard)
+        self.output_delay = 0.0
         self.on_output = on_output
         self.state = State.AWAIT_CONNECT
         self.reader = codec.PacketReader(settings.max_packet_size)
@@ -293,11 +300,9 @@ class MQTTConnection:
             except AccessRefused as exc:
                 raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
         except _Refused as refused:
-            # Connection limits log their refusals themselves, once per interval.
-            level = logging.DEBUG if refused.code == codec.SERVER_UNAVAILABLE else logging.INFO
-            log.log(
-                level, "mqtt connection %s refused (code %d): %s", self.id, refused.code, refused
-            )
+            # Connection limits and refused logins log themselves, once per interval.
+            if not refused.logged and refused.code != codec.SERVER_UNAVAILABLE:
+                log.info("mqtt connection %s refused (code %d): %s", self.id, refused.code, refused)
             self.write(codec.connack(False, refused.code))
             self._finish()
             return
@@ -337,25 +342,32 @@ class MQTTConnection:
         if p.username is None and p.password is None and self.cert_user:
             # RabbitMQ's ssl_cert_login: a user name and password sent take priority.
             try:
-                user = self.gateway.trusted_user(self.cert_user, self.loopback)
+                user = self.gateway.trusted_user(self.cert_user, self.loopback, self.source)
             except AccessRefused as exc:
-                raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
+                self.output_delay = self.gateway.refusal_delay(self.source)
+                raise _Refused(codec.NOT_AUTHORIZED, str(exc), logged=True) from None
         elif p.username is None:
             if not self.settings.allow_anonymous:
                 raise _Refused(codec.NOT_AUTHORIZED, "anonymous access is disabled")
             try:
-                user = self.gateway.trusted_user(self.settings.anonymous_user, self.loopback)
+                user = self.gateway.trusted_user(
+                    self.settings.anonymous_user, self.loopback, self.source
+                )
             except AccessRefused as exc:
-                raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
+                self.output_delay = self.gateway.refusal_delay(self.source)
+                raise _Refused(codec.NOT_AUTHORIZED, str(exc), logged=True) from None
         else:
             name = p.username
             if ":" in name:
                 vhost, name = name.split(":", 1)
             try:
                 password = (p.password or b"").decode()
-                user = self.gateway.authenticate(name, password, self.loopback)
-            except (UnicodeDecodeError, AccessRefused) as exc:
+                user = self.gateway.authenticate(name, password, self.loopback, self.source)
+            except UnicodeDecodeError as exc:
                 raise _Refused(codec.BAD_USERNAME_OR_PASSWORD, str(exc)) from None
+            except AccessRefused as exc:
+                self.output_delay = self.gateway.refusal_delay(self.source)
+                raise _Refused(codec.BAD_USERNAME_OR_PASSWORD, str(exc), logged=True) from None
         try:
             self.gateway.vhost_access(user, vhost)
         except ConnectionLimit as exc:

@@ -23,7 +23,7 @@ from broker.protocols.mqtt.connection import (
     State,
 )
 from broker.protocols.mqtt.websocket import WebSocketServer
-from broker.protocols.transport import ClientProtocol, is_loopback
+from broker.protocols.transport import ClientProtocol, is_loopback, source_of
 from broker.tls import peer_user
 from broker.tls import serve as serve_tls
 
@@ -65,7 +65,13 @@ class MQTTProtocol(ClientProtocol):
         refusal = self.gateway.admit(conn_id, peer, self.abort)
         loopback = is_loopback(peer)
         self.conn = MQTTConnection(
-            conn_id, self.gateway, self.settings, loopback, self.schedule_flush, refusal
+            conn_id,
+            self.gateway,
+            self.settings,
+            loopback,
+            self.schedule_flush,
+            refusal,
+            source_of(peer),
         )
         self.conn.cert_user = peer_user(transport)
         self._timer = self.loop.call_later(self.handshake_timeout, self._check_connected)
@@ -96,7 +102,7 @@ class MQTTProtocol(ClientProtocol):
     def flush(self) -> None:
         self._flush_scheduled = False
         conn, transport, ws = self.conn, self.transport, self.ws
-        if conn is None or transport is None or transport.is_closing():
+        if conn is None or transport is None or transport.is_closing() or self.output_held():
             return
         data = conn.data_to_send()
         if ws is not None:
