@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import urllib.parse
 
 import pytest
@@ -157,6 +159,15 @@ def test_python_sdk_at_quirk() -> None:
     assert signature.verify("key", "POST", "h", "/v2/index.php", values, made, None)
     full = signature.sign("key", signature.string_to_sign("POST", "h", "/v2/index.php", values))
     assert signature.verify("key", "POST", "h", "/v2/index.php", values, full, None)
+
+
+def test_a_host_header_that_is_not_utf8_is_signed_as_its_bytes() -> None:
+    """aiohttp hands such bytes over as surrogates; the signature covers the bytes sent."""
+    values = {"Action": "ListQueue"}
+    raw = b"POSTh\x80/v2/index.php?Action=ListQueue"
+    made = base64.b64encode(hmac.new(b"key", raw, "sha1").digest()).decode()
+    host = b"h\x80".decode("utf-8", "surrogateescape")
+    assert signature.verify("key", "POST", host, "/v2/index.php", values, made, None)
 
 
 # -- authentication ------------------------------------------------------------------------

@@ -39,8 +39,10 @@ def _keyed(secret_key: str, digest: str) -> hmac.HMAC:
 
 
 def sign(secret_key: str, text: str, digest: str = "sha1") -> str:
+    """Signs the bytes the client sent: headers that are not UTF-8 reach us with their bytes
+    kept as surrogates (aiohttp decodes them so), which go back to those bytes here."""
     mac = _keyed(secret_key, digest).copy()
-    mac.update(text.encode())
+    mac.update(text.encode("utf-8", "surrogateescape"))
     return base64.b64encode(mac.digest()).decode()
 
 
