@@ -79,6 +79,17 @@ def test_bad_frame_end_marker_is_frame_error(broker):
     assert_broker_healthy(broker)
 
 
+def test_close_ok_nobody_asked_for_is_channel_error(broker):
+    """Found by the fuzz test: an unsolicited close-ok closed the socket without a word."""
+    with raw_connect(broker) as c:
+        c.open_channel(1)
+        c.send_method(commands.Connection.CloseOk())
+        close = recv_until_close(c)
+        assert close.reply_code == 504  # as RabbitMQ answers
+        assert (close.class_id, close.method_id) == (10, 51)
+    assert_broker_healthy(broker)
+
+
 def test_unknown_frame_type_is_frame_error(broker):
     with raw_connect(broker) as c:
         c.send(c.raw_frame(9, 0, b"abc"))

@@ -407,6 +407,12 @@ def test_framing_error_does_not_leave_the_connection_hanging() -> None:
     assert client.conn.should_close
 
 
+def test_close_ok_without_our_close_is_an_error() -> None:
+    client = Client()
+    client.handshake()
+    assert only_close(client.method(0, spec.Connection.CloseOk())).reply_code == 504
+
+
 def test_frame_max_applies_before_tune_too() -> None:
     client = Client(frame_max=4096)
     client.send(codec.PROTOCOL_HEADER)

@@ -283,7 +283,11 @@ class AMQPConnection:
             self.send_method(0, spec.Connection.CloseOk())
             self._finish("client closed the connection")
         elif isinstance(method, spec.Connection.CloseOk):
-            self._finish("closed")
+            # Only an answer to our connection.close (State.CLOSING, handled above); RabbitMQ
+            # too answers any other with CHANNEL_ERROR.
+            raise ConnectionError_(
+                504, "connection.close-ok without connection.close", *_ids(method)
+            )
         elif isinstance(method, spec.Connection.UpdateSecret):
             self._expect(State.OPEN, method)
             self._update_secret()
