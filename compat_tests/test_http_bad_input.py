@@ -89,6 +89,8 @@ def test_wrong_parameter_types_and_ranges(client, queue):
     error(client.call("ReceiveMessage", queueName=queue, pollingWaitSeconds=31), 4000, 10350)
     error(client.call("DeleteMessage", queueName=queue, receiptHandle="garbage"), 4430)
     error(client.call("ListQueue", limit=0), 4000, 10350)
+    # found by the fuzz test: a control character int() does not strip was an internal error
+    error(client.call("ListQueue", limit="\x1e99"), 4000, 10350)
 
 
 def test_oversized_and_non_consecutive_batches(client, queue):

@@ -69,8 +69,9 @@ def test_both_case_styles_and_no_duplicates() -> None:
 
 
 def test_integers_types_and_ranges() -> None:
-    p = params(a="12", b="x1", c="99", d=" 7 ")
+    p = params(a="12", b="x1", c="99", d=" 7 ", e="\x1e8")
     assert p.integer("a", 0, 20) == 12 and p.integer("d", 0, 10) == 7
+    assert p.integer("e", 0, 10) == 8  # stripped as " 7 " is; int() alone would not
     assert p.integer("missing", 0, 1, default=1) == 1
     assert p.optional_integer("missing", 0, 1) is None
     for name, code in (("b", "(10360)"), ("c", "(10350)"), ("missing", "(10390)")):
