@@ -37,6 +37,7 @@ def test_signature_failures(cmq_broker, client, queue):
     for change in (
         {"Signature": None},
         {"Signature": "AAAA" + params["Signature"][4:]},
+        {"Signature": "é" + params["Signature"][1:]},  # found by the fuzz test: was 6000
         {"SecretId": None},
         {"SecretId": "AKIDunknown"},
         {"queueName": queue + "x"},  # signed for another queue

@@ -171,6 +171,12 @@ def test_a_host_header_that_is_not_utf8_is_signed_as_its_bytes() -> None:
     assert signature.verify("key", "POST", host, "/v2/index.php", values, made, None)
 
 
+def test_a_signature_that_is_not_ascii_is_wrong_not_an_error() -> None:
+    values = {"Action": "ListQueue"}
+    for wrong in ("é" * 28, "\udc80"):
+        assert not signature.verify("key", "POST", "h", "/v2/index.php", values, wrong, None)
+
+
 # -- authentication ------------------------------------------------------------------------
 
 KEYS = {"AKID1": AccessKey("AKID1", "secret", "/")}

@@ -55,16 +55,18 @@ def verify(
     signature: str,
     signature_method: str | None,
 ) -> bool:
-    """True if `signature` signs the request.
+    """True if `signature` signs the request (compared as bytes: compare_digest refuses
+    strings that are not ASCII, and a client may send anything).
 
     For POST, a request whose values start with `@` is also accepted when signed without
     them, since the official Python SDK signs it that way.
     """
     digest = digest_name(signature_method)
+    given = signature.encode("utf-8", "surrogateescape")
     expected = sign(secret_key, string_to_sign(method, host, path, params), digest)
-    if hmac.compare_digest(expected, signature):
+    if hmac.compare_digest(expected.encode(), given):
         return True
     if method.upper() == "POST" and any(v.startswith("@") for v in params.values()):
         text = string_to_sign(method, host, path, params, skip_at_values=True)
-        return hmac.compare_digest(sign(secret_key, text, digest), signature)
+        return hmac.compare_digest(sign(secret_key, text, digest).encode(), given)
     return False
