@@ -90,6 +90,14 @@ def test_close_ok_nobody_asked_for_is_channel_error(broker):
     assert_broker_healthy(broker)
 
 
+def test_empty_method_frame_on_a_closed_channel_is_channel_error(broker):
+    """Found by the fuzz test: it was 541 INTERNAL_ERROR (a struct.error in the broker)."""
+    with raw_connect(broker) as c:
+        c.send(c.raw_frame(1, 5, b""))
+        assert recv_until_close(c).reply_code == 504
+    assert_broker_healthy(broker)
+
+
 def test_unknown_frame_type_is_frame_error(broker):
     with raw_connect(broker) as c:
         c.send(c.raw_frame(9, 0, b"abc"))

@@ -413,6 +413,13 @@ def test_close_ok_without_our_close_is_an_error() -> None:
     assert only_close(client.method(0, spec.Connection.CloseOk())).reply_code == 504
 
 
+def test_empty_method_frame_on_a_channel_never_opened() -> None:
+    client = Client()
+    client.handshake()
+    empty = codec.FRAME_HEADER_STRUCT.pack(codec.FRAME_METHOD, 5, 0) + b"\xce"
+    assert only_close(client.send(empty)).reply_code == 504
+
+
 def test_frame_max_applies_before_tune_too() -> None:
     client = Client(frame_max=4096)
     client.send(codec.PROTOCOL_HEADER)

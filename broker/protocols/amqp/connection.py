@@ -232,7 +232,8 @@ class AMQPConnection:
             raise ConnectionError_(504, f"channel {channel} used before connection.open")
         ch = self.channels.get(channel)
         if ch is None:
-            if ftype == codec.FRAME_METHOD and codec.method_id(payload) == (20 << 16) | 10:
+            is_method = ftype == codec.FRAME_METHOD and len(payload) >= 4
+            if is_method and codec.method_id(payload) == (20 << 16) | 10:
                 self._open_channel(channel)
                 return
             ids = (0, 0)
