@@ -420,6 +420,14 @@ def test_empty_method_frame_on_a_channel_never_opened() -> None:
     assert only_close(client.send(empty)).reply_code == 504
 
 
+def test_method_frame_too_short_for_its_ids_on_an_open_channel() -> None:
+    client = Client()
+    client.handshake()
+    client.method(1, spec.Channel.Open())
+    short = codec.FRAME_HEADER_STRUCT.pack(codec.FRAME_METHOD, 1, 2) + b"\x00\x3c\xce"
+    assert only_close(client.send(short)).reply_code == 502
+
+
 def test_frame_max_applies_before_tune_too() -> None:
     client = Client(frame_max=4096)
     client.send(codec.PROTOCOL_HEADER)

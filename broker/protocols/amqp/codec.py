@@ -49,6 +49,9 @@ class SyntaxError_(Exception):
 
 
 def method_id(payload: bytes | memoryview) -> int:
+    """The class and method ids of a method frame, as one number."""
+    if len(payload) < 4:
+        raise SyntaxError_(f"a method frame of {len(payload)} bytes has no class and method ids")
     return int(_METHOD_ID.unpack_from(payload, 0)[0])
 
 
