@@ -47,6 +47,11 @@ def case_count(ci: int, slow: bool = False) -> int:
     return ci * SLOW_FACTOR if slow else ci
 
 
+def time_limit(cases: int) -> float:
+    """Seconds a test of `cases` cases may take (pytest-timeout), with room for a busy host."""
+    return 120 + cases / 20
+
+
 # -- mutations ---------------------------------------------------------------------------------
 
 

@@ -111,7 +111,28 @@ def sessions() -> list[list[bytes]]:
             ),
         ),
     ]
-    return [consume, confirm, tx]
+    manage = [
+        *_handshake(),
+        *_frames(
+            (1, commands.Exchange.Declare(exchange="fuzz-h", exchange_type="headers")),
+            (1, commands.Queue.Declare(queue="fuzz-m", arguments={"x-message-ttl": 100})),
+            (1, commands.Queue.Bind(queue="fuzz-m", exchange="fuzz-h", arguments={"a": 1})),
+            (1, commands.Basic.Consume(queue="fuzz-m", no_ack=True, exclusive=True)),
+        ),
+        *_publish(1, "fuzz-h", "", b"y" * 5000),
+        *_frames(
+            (1, commands.Basic.Reject(delivery_tag=1, requeue=True)),
+            (1, commands.Basic.Recover(requeue=False)),
+            (1, commands.Channel.Flow(active=True)),
+            (1, commands.Queue.Unbind(queue="fuzz-m", exchange="fuzz-h", arguments={"a": 1})),
+            (1, commands.Exchange.Delete(exchange="fuzz-h")),
+            (1, commands.Queue.Delete(queue="fuzz-m", if_empty=True)),
+            (1, commands.Tx.Select()),
+            (1, commands.Tx.Rollback()),
+        ),
+        *_close(),
+    ]
+    return [consume, confirm, tx, manage]
 
 
 def _parse(data: bytes) -> list[tuple[int, object]]:
@@ -163,11 +184,12 @@ def _run(tmp_path_factory: pytest.TempPathFactory, count: int) -> None:
         fuzz.fuzz_alongside_client(broker, sessions(), lambda case: judge(broker, case), count)
 
 
+@pytest.mark.timeout(fuzz.time_limit(fuzz.case_count(1500)))
 def test_fuzz_amqp(tmp_path_factory):
     _run(tmp_path_factory, fuzz.case_count(1500))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(fuzz.time_limit(fuzz.case_count(1500, slow=True)))
 def test_fuzz_amqp_long(tmp_path_factory):
     _run(tmp_path_factory, fuzz.case_count(1500, slow=True))

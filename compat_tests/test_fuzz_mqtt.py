@@ -112,11 +112,12 @@ def _run(tmp_path_factory: pytest.TempPathFactory, count: int) -> None:
         )
 
 
+@pytest.mark.timeout(fuzz.time_limit(fuzz.case_count(1500)))
 def test_fuzz_mqtt(tmp_path_factory):
     _run(tmp_path_factory, fuzz.case_count(1500))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(fuzz.time_limit(fuzz.case_count(1500, slow=True)))
 def test_fuzz_mqtt_long(tmp_path_factory):
     _run(tmp_path_factory, fuzz.case_count(1500, slow=True))

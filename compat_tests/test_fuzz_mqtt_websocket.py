@@ -108,11 +108,12 @@ def _run(tmp_path_factory: pytest.TempPathFactory, count: int) -> None:
         fuzz.fuzz_alongside_client(broker, recorded, lambda case: judge(broker, case), count)
 
 
+@pytest.mark.timeout(fuzz.time_limit(fuzz.case_count(800)))
 def test_fuzz_mqtt_websocket(tmp_path_factory):
     _run(tmp_path_factory, fuzz.case_count(800))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(fuzz.time_limit(fuzz.case_count(800, slow=True)))
 def test_fuzz_mqtt_websocket_long(tmp_path_factory):
     _run(tmp_path_factory, fuzz.case_count(800, slow=True))
