@@ -222,7 +222,8 @@ def run_cases(
 ) -> Report:
     """Build `count` cases and judge each, in parallel.
 
-    `judge` sends the case and returns the outcome's name, or raises AssertionError."""
+    `judge` sends the case and returns the outcome's name, or raises (AssertionError for a
+    wrong answer; anything else, such as an unreadable reply, fails the case as well)."""
     only = os.environ.get("FUZZ_CASE")
     cases = [mutator.case(i) for i in ([int(only)] if only else range(count))]
     report = Report()
@@ -230,7 +231,7 @@ def run_cases(
     def one(case: Case) -> None:
         try:
             outcome = judge(case)
-        except (AssertionError, OSError) as exc:
+        except Exception as exc:
             with report.lock:
                 report.failures.append(
                     f"case {case.index} {case.ops}: {exc!r}\n  sent {case.data[:300]!r}"
