@@ -79,6 +79,34 @@ def test_bad_frame_end_marker_is_frame_error(broker):
     assert_broker_healthy(broker)
 
 
+def test_close_ok_nobody_asked_for_is_channel_error(broker):
+    """Found by the fuzz test: an unsolicited close-ok closed the socket without a word."""
+    with raw_connect(broker) as c:
+        c.open_channel(1)
+        c.send_method(commands.Connection.CloseOk())
+        close = recv_until_close(c)
+        assert close.reply_code == 504  # as RabbitMQ answers
+        assert (close.class_id, close.method_id) == (10, 51)
+    assert_broker_healthy(broker)
+
+
+def test_empty_method_frame_on_a_closed_channel_is_channel_error(broker):
+    """Found by the fuzz test: it was 541 INTERNAL_ERROR (a struct.error in the broker)."""
+    with raw_connect(broker) as c:
+        c.send(c.raw_frame(1, 5, b""))
+        assert recv_until_close(c).reply_code == 504
+    assert_broker_healthy(broker)
+
+
+def test_method_frame_too_short_for_its_ids_is_syntax_error(broker):
+    """Found by the fuzz test: it was 541 INTERNAL_ERROR (a struct.error in the broker)."""
+    with raw_connect(broker) as c:
+        c.open_channel(1)
+        c.send(c.raw_frame(1, 1, b"\x00\x3c"))
+        assert recv_until_close(c).reply_code == 502
+    assert_broker_healthy(broker)
+
+
 def test_unknown_frame_type_is_frame_error(broker):
     with raw_connect(broker) as c:
         c.send(c.raw_frame(9, 0, b"abc"))

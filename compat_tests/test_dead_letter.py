@@ -131,6 +131,24 @@ def test_dead_letter_to_default_exchange(ch):
     assert_x_death(props, queue=q, reason="rejected")
 
 
+@pytest.mark.timeout(20)  # before the fix, the dead letter's get-ok never came
+def test_dead_letter_keeps_properties_pamqp_would_refuse(ch):
+    """Found by the fuzz test: RabbitMQ passes any delivery-mode octet and a cluster-id on;
+    re-encoding a dead letter's properties refused them and the get-ok was never sent."""
+    q, dead = uid("src"), uid("dead")
+    ch.queue_declare(dead, exclusive=True)
+    ch.queue_declare(
+        q,
+        exclusive=True,
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
+    )
+    ch.basic_publish("", q, b"m", pika.BasicProperties(delivery_mode=0, cluster_id="c1"))
+    m, _, _ = wait_get(ch, q, auto_ack=False)
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    _m, props, body = wait_get(ch, dead)
+    assert (body, props.delivery_mode, props.cluster_id) == (b"m", 0, "c1")
+
+
 def test_queue_ttl_expiry_dead_letters(ch, dlx):
     x, dead = dlx
     q = uid("src")

@@ -37,6 +37,7 @@ def test_signature_failures(cmq_broker, client, queue):
     for change in (
         {"Signature": None},
         {"Signature": "AAAA" + params["Signature"][4:]},
+        {"Signature": "é" + params["Signature"][1:]},  # found by the fuzz test: was 6000
         {"SecretId": None},
         {"SecretId": "AKIDunknown"},
         {"queueName": queue + "x"},  # signed for another queue
@@ -51,6 +52,13 @@ def test_signature_failures(cmq_broker, client, queue):
     body = urllib.parse.urlencode(params).encode()
     error(client.send(body, headers={"Host": "example.com"}), 4100)
     ok(client.send(body))
+
+
+def test_host_header_not_utf8_fails_the_signature(client, queue):
+    """Found by the fuzz test: a Host header byte that is not UTF-8 was an internal error."""
+    body = urllib.parse.urlencode(client.signed("GetQueueAttributes", {"queueName": queue}))
+    host = f"{client.host}\x80:{client.port}"  # http.client sends it as the byte 0x80
+    error(client.send(body.encode(), headers={"Host": host}), 4100)
 
 
 def test_replayed_nonce_and_skewed_timestamps(client, queue):
@@ -82,6 +90,8 @@ def test_wrong_parameter_types_and_ranges(client, queue):
     error(client.call("ReceiveMessage", queueName=queue, pollingWaitSeconds=31), 4000, 10350)
     error(client.call("DeleteMessage", queueName=queue, receiptHandle="garbage"), 4430)
     error(client.call("ListQueue", limit=0), 4000, 10350)
+    # found by the fuzz test: a control character int() does not strip was an internal error
+    error(client.call("ListQueue", limit="\x1e99"), 4000, 10350)
 
 
 def test_oversized_and_non_consecutive_batches(client, queue):

@@ -59,6 +59,28 @@ def test_declare_ok_fields(ch):
     assert ok.consumer_count == 1
 
 
+@pytest.mark.timeout(20)  # before the fix, the client waited for declare-ok forever
+def test_names_of_any_utf8(ch):
+    """RabbitMQ takes any UTF-8 name; names outside pamqp's pattern broke our replies (found
+    by the fuzz test): declare-ok, get-ok and return all carry a name."""
+    q, x = uid("q-é;"), uid("x-ü\x01")
+    assert ch.queue_declare(q, exclusive=True).method.queue == q
+    ch.exchange_declare(x, "direct", auto_delete=True)
+    ch.queue_bind(q, x, "k")
+    returned = []
+    ch.add_on_return_callback(lambda _ch, method, _props, _body: returned.append(method))
+    ch.basic_publish(x, "k", b"routed")
+    ch.basic_publish(x, "nowhere", b"returned", mandatory=True)
+    method, _props, body = wait_get(ch, q)
+    assert (method.exchange, body) == (x, b"routed")
+    wait_until(
+        lambda: ch.connection.process_data_events(time_limit=0.05) or returned,
+        message="basic.return",
+    )
+    assert (returned[0].reply_code, returned[0].exchange) == (312, x)
+    ch.exchange_delete(x)
+
+
 def test_declare_ok_counts_ready_messages(ch):
     q = uid("q")
     ch.queue_declare(q, exclusive=True)

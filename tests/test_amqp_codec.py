@@ -424,6 +424,27 @@ def test_framing_error_does_not_leave_the_connection_hanging() -> None:
     assert client.conn.should_close
 
 
+def test_close_ok_without_our_close_is_an_error() -> None:
+    client = Client()
+    client.handshake()
+    assert only_close(client.method(0, spec.Connection.CloseOk())).reply_code == 504
+
+
+def test_empty_method_frame_on_a_channel_never_opened() -> None:
+    client = Client()
+    client.handshake()
+    empty = codec.FRAME_HEADER_STRUCT.pack(codec.FRAME_METHOD, 5, 0) + b"\xce"
+    assert only_close(client.send(empty)).reply_code == 504
+
+
+def test_method_frame_too_short_for_its_ids_on_an_open_channel() -> None:
+    client = Client()
+    client.handshake()
+    client.method(1, spec.Channel.Open())
+    short = codec.FRAME_HEADER_STRUCT.pack(codec.FRAME_METHOD, 1, 2) + b"\x00\x3c\xce"
+    assert only_close(client.send(short)).reply_code == 502
+
+
 def test_frame_max_applies_before_tune_too() -> None:
     client = Client(frame_max=4096)
     client.send(codec.PROTOCOL_HEADER)

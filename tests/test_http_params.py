@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import urllib.parse
 
 import pytest
@@ -67,8 +69,9 @@ def test_both_case_styles_and_no_duplicates() -> None:
 
 
 def test_integers_types_and_ranges() -> None:
-    p = params(a="12", b="x1", c="99", d=" 7 ")
+    p = params(a="12", b="x1", c="99", d=" 7 ", e="\x1e8")
     assert p.integer("a", 0, 20) == 12 and p.integer("d", 0, 10) == 7
+    assert p.integer("e", 0, 10) == 8  # stripped as " 7 " is; int() alone would not
     assert p.integer("missing", 0, 1, default=1) == 1
     assert p.optional_integer("missing", 0, 1) is None
     for name, code in (("b", "(10360)"), ("c", "(10350)"), ("missing", "(10390)")):
@@ -160,6 +163,21 @@ def test_python_sdk_at_quirk_is_verified_only_on_request() -> None:
     full = signature.sign("key", signature.string_to_sign("POST", "h", "/v2/index.php", values))
     assert signature.verify("key", "POST", "h", "/v2/index.php", values, full, None)
     assert not signature.verify("key", "POST", "h", "/v2/index.php", values, "é" * 28, None)
+
+
+def test_a_host_header_that_is_not_utf8_is_signed_as_its_bytes() -> None:
+    """aiohttp hands such bytes over as surrogates; the signature covers the bytes sent."""
+    values = {"Action": "ListQueue"}
+    raw = b"POSTh\x80/v2/index.php?Action=ListQueue"
+    made = base64.b64encode(hmac.new(b"key", raw, "sha1").digest()).decode()
+    host = b"h\x80".decode("utf-8", "surrogateescape")
+    assert signature.verify("key", "POST", host, "/v2/index.php", values, made, None)
+
+
+def test_a_signature_that_is_not_ascii_is_wrong_not_an_error() -> None:
+    values = {"Action": "ListQueue"}
+    for wrong in ("é" * 28, "\udc80"):
+        assert not signature.verify("key", "POST", "h", "/v2/index.php", values, wrong, None)
 
 
 # -- authentication ------------------------------------------------------------------------

@@ -331,7 +331,8 @@ class Channel:
             self.gateway.after(lambda: self._confirm(seq, True))
 
     def _basic_return(self, code: int, text: str, command: c.Publish) -> None:
-        frame = spec.Basic.Return(
+        frame = _frame(
+            spec.Basic.Return,
             reply_code=code,
             reply_text=text,
             exchange=command.exchange,
@@ -838,10 +839,18 @@ def _frame(cls: type[Frame], **values: Any) -> Frame:
     try:
         return cls(**values)
     except ValueError:
-        frame = cls.__new__(cls)
-        for key, value in values.items():
-            setattr(frame, key, value)
-        return frame
+        return _unvalidated(cls)(**values)
+
+
+_UNVALIDATED: dict[str, type[Frame]] = {}
+
+
+def _unvalidated(cls: type[Frame]) -> type[Frame]:
+    """`cls` without its `validate`, which pamqp runs when marshalling too."""
+    made = _UNVALIDATED.get(cls.name)
+    if made is None:
+        made = _UNVALIDATED[cls.name] = type(cls.__name__, (cls,), {"validate": lambda _: None})
+    return made
 
 
 def _text(value: str | bytes) -> str:

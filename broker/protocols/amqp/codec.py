@@ -49,6 +49,9 @@ class SyntaxError_(Exception):
 
 
 def method_id(payload: bytes | memoryview) -> int:
+    """The class and method ids of a method frame, as one number."""
+    if len(payload) < 4:
+        raise SyntaxError_(f"a method frame of {len(payload)} bytes has no class and method ids")
     return int(_METHOD_ID.unpack_from(payload, 0)[0])
 
 
@@ -140,10 +143,18 @@ def decode_content_header(payload: bytes) -> tuple[int, dict[str, Any], bytes]:
     return body_size, props, props.raw
 
 
+class _PassedOnProperties(spec.Basic.Properties):
+    """Basic.Properties without pamqp's checks (delivery-mode 1 or 2, no cluster-id): a
+    message goes on with the properties it was published with, as RabbitMQ passes them."""
+
+    def validate(self) -> None:
+        return None
+
+
 def encode_properties(properties: dict[str, Any]) -> bytes:
     """Property flags and values, as they follow weight and body size in a content header."""
     known = {k: v for k, v in properties.items() if k in PROPERTY_NAMES}
-    return spec.Basic.Properties(**known).marshal()
+    return _PassedOnProperties(**known).marshal()
 
 
 def method_frame(channel: int, method: Frame) -> bytes:

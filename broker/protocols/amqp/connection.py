@@ -243,7 +243,8 @@ class AMQPConnection:
             raise ConnectionError_(504, f"channel {channel} used before connection.open")
         ch = self.channels.get(channel)
         if ch is None:
-            if ftype == codec.FRAME_METHOD and codec.method_id(payload) == (20 << 16) | 10:
+            is_method = ftype == codec.FRAME_METHOD and len(payload) >= 4
+            if is_method and codec.method_id(payload) == (20 << 16) | 10:
                 self._open_channel(channel)
                 return
             ids = (0, 0)
@@ -294,7 +295,11 @@ class AMQPConnection:
             self.send_method(0, spec.Connection.CloseOk())
             self._finish("client closed the connection")
         elif isinstance(method, spec.Connection.CloseOk):
-            self._finish("closed")
+            # Only an answer to our connection.close (State.CLOSING, handled above); RabbitMQ
+            # too answers any other with CHANNEL_ERROR.
+            raise ConnectionError_(
+                504, "connection.close-ok without connection.close", *_ids(method)
+            )
         elif isinstance(method, spec.Connection.UpdateSecret):
             self._expect(State.OPEN, method)
             self._update_secret()

@@ -144,9 +144,11 @@ class Params:
 
 
 def parse_integer(name: str, value: str, low: int, high: int) -> int:
-    if _INTEGER.fullmatch(value.strip()) is None:
+    # int() strips less than str.strip() does (not "\x1e", say): parse what was checked
+    text = value.strip()
+    if _INTEGER.fullmatch(text) is None:
         raise errors.wrong_type(name)
-    number = int(value)
+    number = int(text)
     if not low <= number <= high:
         raise errors.out_of_range(name, f"{low}-{high}")
     return number

@@ -39,8 +39,10 @@ def _keyed(secret_key: str, digest: str) -> hmac.HMAC:
 
 
 def sign(secret_key: str, text: str, digest: str = "sha1") -> str:
+    """Signs the bytes the client sent: headers that are not UTF-8 reach us with their bytes
+    kept as surrogates (aiohttp decodes them so), which go back to those bytes here."""
     mac = _keyed(secret_key, digest).copy()
-    mac.update(text.encode())
+    mac.update(text.encode("utf-8", "surrogateescape"))
     return base64.b64encode(mac.digest()).decode()
 
 
@@ -54,12 +56,12 @@ def verify(
     signature_method: str | None,
     skip_at_values: bool = False,
 ) -> bool:
-    """True if `signature` signs the request, every parameter included.
+    """True if `signature` signs the request, every parameter included (compared as bytes:
+    compare_digest refuses strings that are not ASCII, and a client may send anything).
 
     `skip_at_values` checks the string the Python SDK signs for POST instead, without the
     values starting with `@`: only to tell its users why such a request is refused.
     """
     text = string_to_sign(method, host, path, params, skip_at_values)
     expected = sign(secret_key, text, digest_name(signature_method))
-    # bytes: compare_digest refuses str with non-ASCII characters, which a client may send
-    return hmac.compare_digest(expected.encode(), signature.encode())
+    return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape"))
