@@ -44,9 +44,13 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_timers()
-        if self.conn is not None:
-            self.conn.connection_lost()
-            self.gateway.connection_closed(self.conn.id)
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.connection_lost()
+            self.gateway.connection_closed(conn.id)
+        # Letting go of the connection breaks the cycle through its output callback (our
+        # schedule_flush): the node collects cycles rarely (cli.serve), reference counting
+        # frees the connection now.
 
     def eof_received(self) -> bool | None:
         return None
