@@ -52,9 +52,13 @@ class ClientProtocol(asyncio.Protocol):
         if self._hold_timer is not None:
             self._hold_timer.cancel()
         self.cancel_timers()
-        if self.conn is not None:
-            self.conn.connection_lost()
-            self.gateway.connection_closed(self.conn.id)
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.connection_lost()
+            self.gateway.connection_closed(conn.id)
+        # Letting go of the connection breaks the cycle through its output callback (our
+        # schedule_flush): the node collects cycles rarely (cli.serve), reference counting
+        # frees the connection now.
 
     def eof_received(self) -> bool | None:
         return None

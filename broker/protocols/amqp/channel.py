@@ -70,38 +70,6 @@ class Channel:
         self._confirms: list[tuple[int, bool]] = []
         #: acks received in the current read, settled together by one command
         self._acks: list[tuple[str, str, int]] = []
-        self._handlers: dict[type, Callable[[Any], None]] = {
-            spec.Channel.Close: self._on_close,
-            spec.Channel.CloseOk: self._on_close_ok,
-            spec.Channel.Flow: self._on_flow,
-            spec.Channel.FlowOk: lambda m: None,
-            spec.Exchange.Declare: self._on_exchange_declare,
-            spec.Exchange.Delete: self._on_exchange_delete,
-            spec.Exchange.Bind: self._on_exchange_bind,
-            spec.Exchange.Unbind: self._on_exchange_unbind,
-            spec.Queue.Declare: self._on_queue_declare,
-            spec.Queue.Bind: self._on_queue_bind,
-            spec.Queue.Unbind: self._on_queue_unbind,
-            spec.Queue.Purge: self._on_queue_purge,
-            spec.Queue.Delete: self._on_queue_delete,
-            spec.Basic.Qos: self._on_qos,
-            spec.Basic.Consume: self._on_consume,
-            spec.Basic.Cancel: self._on_cancel,
-            spec.Basic.Get: self._on_get,
-            spec.Basic.Ack: lambda m: self._settle(m.delivery_tag, m.multiple, "ack"),
-            spec.Basic.Reject: lambda m: self._settle(
-                m.delivery_tag, False, "requeue" if m.requeue else "reject"
-            ),
-            spec.Basic.Nack: lambda m: self._settle(
-                m.delivery_tag, m.multiple, "requeue" if m.requeue else "reject"
-            ),
-            spec.Basic.Recover: self._on_recover,
-            spec.Basic.RecoverAsync: self._on_recover,
-            spec.Confirm.Select: self._on_confirm_select,
-            spec.Tx.Select: self._on_tx_select,
-            spec.Tx.Commit: self._on_tx_commit,
-            spec.Tx.Rollback: self._on_tx_rollback,
-        }
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -186,7 +154,7 @@ class Channel:
                 return
             self.flush_acks()
             method = codec.decode_method(payload)
-            handler = self._handlers.get(type(method))
+            handler = _HANDLERS.get(type(method))
             if handler is None:
                 raise ConnectionError_(
                     503 if not isinstance(method, spec.Channel.Open) else 504,
@@ -194,7 +162,7 @@ class Channel:
                     (method.index >> 16),
                     method.index & 0xFFFF,
                 )
-            self._run(lambda: handler(method), method)
+            self._run(lambda: handler(self, method), method)
         elif ftype == codec.FRAME_HEADER:
             self.flush_acks()
             self._on_content_header(payload)
@@ -449,6 +417,18 @@ class Channel:
             self.gateway.submit(c.Settle(self.owner, self._acks, "ack"))
             self._acks = []
 
+    def _on_ack(self, method: spec.Basic.Ack) -> None:
+        self._settle(method.delivery_tag, method.multiple, "ack")
+
+    def _on_reject(self, method: spec.Basic.Reject) -> None:
+        tag = method.delivery_tag  # pamqp types it optional; a decoded reject always has one
+        self._settle(tag, False, "requeue" if method.requeue else "reject")  # type: ignore[arg-type]
+
+    def _on_nack(self, method: spec.Basic.Nack) -> None:
+        self._settle(
+            method.delivery_tag, method.multiple, "requeue" if method.requeue else "reject"
+        )
+
     def _settle(self, tag: int, multiple: bool, outcome: str) -> None:
         items = self._take(tag, multiple)
         command = c.Settle(self.owner, items, outcome)
@@ -504,6 +484,9 @@ class Channel:
         self.gateway.submit(
             c.ReleaseOwner(self.owner), None if then is None else lambda r, e: then(), False
         )
+
+    def _on_flow_ok(self, method: spec.Channel.FlowOk) -> None:
+        pass
 
     def _on_flow(self, method: spec.Channel.Flow) -> None:
         active = bool(method.active)
@@ -855,3 +838,35 @@ def _unvalidated(cls: type[Frame]) -> type[Frame]:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+#: Method handlers by method class: plain functions, not bound methods, so a channel holds
+#: no reference to itself and is freed by reference counting once its connection drops it.
+_HANDLERS: dict[type, Callable[[Channel, Any], None]] = {
+    spec.Channel.Close: Channel._on_close,
+    spec.Channel.CloseOk: Channel._on_close_ok,
+    spec.Channel.Flow: Channel._on_flow,
+    spec.Channel.FlowOk: Channel._on_flow_ok,
+    spec.Exchange.Declare: Channel._on_exchange_declare,
+    spec.Exchange.Delete: Channel._on_exchange_delete,
+    spec.Exchange.Bind: Channel._on_exchange_bind,
+    spec.Exchange.Unbind: Channel._on_exchange_unbind,
+    spec.Queue.Declare: Channel._on_queue_declare,
+    spec.Queue.Bind: Channel._on_queue_bind,
+    spec.Queue.Unbind: Channel._on_queue_unbind,
+    spec.Queue.Purge: Channel._on_queue_purge,
+    spec.Queue.Delete: Channel._on_queue_delete,
+    spec.Basic.Qos: Channel._on_qos,
+    spec.Basic.Consume: Channel._on_consume,
+    spec.Basic.Cancel: Channel._on_cancel,
+    spec.Basic.Get: Channel._on_get,
+    spec.Basic.Ack: Channel._on_ack,
+    spec.Basic.Reject: Channel._on_reject,
+    spec.Basic.Nack: Channel._on_nack,
+    spec.Basic.Recover: Channel._on_recover,
+    spec.Basic.RecoverAsync: Channel._on_recover,
+    spec.Confirm.Select: Channel._on_confirm_select,
+    spec.Tx.Select: Channel._on_tx_select,
+    spec.Tx.Commit: Channel._on_tx_commit,
+    spec.Tx.Rollback: Channel._on_tx_rollback,
+}

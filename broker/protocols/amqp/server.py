@@ -28,7 +28,10 @@ class AMQPProtocol(ClientProtocol):
         self.settings = settings
         self.handshake_timeout = handshake_timeout
         self._sent_since_tick = False
-        self._timers: list[asyncio.TimerHandle] = []
+        # One handle per timer, not a list of every one ever started: a long-lived connection
+        # starts a heartbeat timer per half interval.
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -48,7 +51,7 @@ class AMQPProtocol(ClientProtocol):
             source=source_of(peer),
         )
         self.conn.cert_user = peer_user(transport)
-        self._timers.append(self.loop.call_later(self.handshake_timeout, self._check_handshake))
+        self._handshake_timer = self.loop.call_later(self.handshake_timeout, self._check_handshake)
 
     def data_received(self, data: bytes) -> None:
         assert self.conn is not None
@@ -64,8 +67,9 @@ class AMQPProtocol(ClientProtocol):
             self.pause_reading()
 
     def cancel_timers(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
+        for timer in (self._handshake_timer, self._heartbeat_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
 
     # -- output --------------------------------------------------------------------------
 
@@ -84,7 +88,6 @@ class AMQPProtocol(ClientProtocol):
         elif self.conn.state is State.CLOSING and self._close_timer is None:
             # We sent connection.close: give the client a moment to answer close-ok.
             self._close_timer = self.loop.call_later(CLOSE_OK_TIMEOUT, self.abort)
-            self._timers.append(self._close_timer)
 
     # -- what the node asks of every connection ------------------------------------------
 
@@ -131,7 +134,7 @@ class AMQPProtocol(ClientProtocol):
         assert self.conn is not None
         interval = self.conn.heartbeat
         if interval > 0:
-            self._timers.append(self.loop.call_later(interval / 2, self._heartbeat_tick))
+            self._heartbeat_timer = self.loop.call_later(interval / 2, self._heartbeat_tick)
 
     def _heartbeat_tick(self) -> None:
         if self.conn is None or self.transport is None or self.transport.is_closing():
@@ -148,4 +151,4 @@ class AMQPProtocol(ClientProtocol):
         if not self._sent_since_tick:
             self.transport.write(HEARTBEAT_FRAME)
         self._sent_since_tick = False
-        self._timers.append(self.loop.call_later(interval / 2, self._heartbeat_tick))
+        self._heartbeat_timer = self.loop.call_later(interval / 2, self._heartbeat_tick)

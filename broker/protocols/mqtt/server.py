@@ -88,8 +88,12 @@ class MQTTProtocol(ClientProtocol):
         was_waiting = conn.state is State.AWAIT_CONNECT
         conn.receive_data(data)
         self.gateway.read_done()
-        if was_waiting and conn.state in _CONNECTED and conn.keepalive:
-            self._watch_keepalive()
+        if was_waiting and conn.state in _CONNECTED:
+            # The CONNECT came: stop the handshake timer, which would otherwise hold this
+            # protocol (and its connection) for the whole timeout after the client left.
+            self.cancel_timers()
+            if conn.keepalive:
+                self._watch_keepalive()
         if self.gateway.blocked_reason and conn.has_published:
             self.pause_reading()
 
