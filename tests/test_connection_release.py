@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from broker.core.model import User
 from broker.protocols.amqp.connection import Settings as AMQPSettings
 from broker.protocols.amqp.server import AMQPProtocol
 from broker.protocols.mqtt.connection import Settings as MQTTSettings
@@ -62,6 +63,7 @@ def test_a_lost_amqp_connection_is_freed_with_its_channels(no_collector: None) -
         protocol = AMQPProtocol(gateway, AMQPSettings(), handshake_timeout=60)
         protocol.connection_made(_Transport())
         assert protocol.conn is not None
+        protocol.conn.user = User("guest", "", ())  # as if logged in
         protocol.conn._open_channel(1)
         refs = [weakref.ref(o) for o in (protocol, protocol.conn, protocol.conn.channels[1])]
         protocol.connection_lost(None)
