@@ -226,16 +226,14 @@ def users_list(data_dir: str) -> None:
 def users_set_limits(name: str, limits: str, data_dir: str) -> None:
     """Replace a user's limits, as rabbitmqctl set_user_limits: '{"max-connections": 10,
     "max-channels": 100}'; '{}' (or -1) clears them."""
-    _admin(data_dir, "users.set_limits", name=name, limits=_json_object(limits))
-    click.echo(f"limits of user '{name}' set")
+    _set_limits("user", name, limits, data_dir)
 
 
 @users.command("limits")
 @data_dir_option
 def users_limits(data_dir: str) -> None:
     """One line per user with limits: name and its limits as JSON."""
-    for name, limits in _admin(data_dir, "users.limits").items():
-        click.echo(f"{name}\t{json.dumps(limits)}")
+    _show_limits("user", data_dir)
 
 
 @main.group()
@@ -273,15 +271,23 @@ def vhosts_list(data_dir: str) -> None:
 def vhosts_set_limits(name: str, limits: str, data_dir: str) -> None:
     """Replace a vhost's limits, as rabbitmqctl set_vhost_limits: '{"max-connections": 100,
     "max-queues": 1000}'; '{}' (or -1) clears them."""
-    _admin(data_dir, "vhosts.set_limits", name=name, limits=_json_object(limits))
-    click.echo(f"limits of vhost '{name}' set")
+    _set_limits("vhost", name, limits, data_dir)
 
 
 @vhosts.command("limits")
 @data_dir_option
 def vhosts_limits(data_dir: str) -> None:
     """One line per vhost with limits: name and its limits as JSON."""
-    for name, limits in _admin(data_dir, "vhosts.limits").items():
+    _show_limits("vhost", data_dir)
+
+
+def _set_limits(scope: str, name: str, limits: str, data_dir: str) -> None:
+    _admin(data_dir, f"{scope}s.set_limits", name=name, limits=_json_object(limits))
+    click.echo(f"limits of {scope} '{name}' set")
+
+
+def _show_limits(scope: str, data_dir: str) -> None:
+    for name, limits in _admin(data_dir, f"{scope}s.limits").items():
         click.echo(f"{name}\t{json.dumps(limits)}")
 
 
