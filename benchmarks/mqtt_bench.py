@@ -12,7 +12,11 @@ Modes:
            clean-session-0 subscriber at QoS 1 that acks each delivery; time until the last
            PUBACK, and until the subscriber has every message.
   latency  one message in flight at a time (QoS 0, then QoS 1): publish-to-delivery p50/p99.
-  all      the three in order.
+  pubsub   publish at QoS 1 as fast as the PUBACK window allows for --duration seconds, to a
+           clean-session-0 subscriber at QoS 1: the publish rate (PUBACKed), the rate at which
+           the subscriber keeps up, latency, and how many PUBACKed messages never arrived (a
+           broker whose deliveries fall behind may drop them when its queue overflows).
+  all      qos0, qos1 and latency in order.
 
 Every payload starts with a stamp (sequence number, send time on the host's monotonic clock);
 the subscriber counts duplicates and missing messages, and a run fails (exit 1) when a QoS 1
@@ -34,6 +38,8 @@ from typing import Any
 
 STAMP = struct.Struct(">Qd")
 MODES = ("qos0", "qos1", "latency")
+#: run only when asked for
+EXTRA_MODES = ("pubsub",)
 
 
 # -- a minimal MQTT client ------------------------------------------------------------------
@@ -65,6 +71,8 @@ class Client(asyncio.Protocol):
         self.buffer = bytearray()
         self.replies: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
         self.acked = 0
+        #: called with the packet id of each PUBACK, when the caller wants them
+        self.on_puback: Any = None
         self.on_ack: asyncio.Event = asyncio.Event()
         self.on_message: Any = None
         self.closed = asyncio.Event()
@@ -117,6 +125,8 @@ class Client(asyncio.Protocol):
             kind = first >> 4
             if kind == 4:
                 self.acked += 1
+                if self.on_puback is not None:
+                    self.on_puback((buf[i] << 8) | buf[i + 1])
                 self.on_ack.set()
             elif kind == 3:
                 size = (buf[i] << 8) | buf[i + 1]
@@ -285,13 +295,128 @@ def measure(args: Any, mode: str, qos: int, count: int, paced: bool) -> dict[str
     return out
 
 
+def pubsub_subscriber(
+    args: Any, topic: str, ready: Any, done: Any, total: Any, results: Any
+) -> None:
+    """Receive until every PUBACKed message is here, or --idle seconds pass without one."""
+
+    async def main() -> dict[str, Any]:
+        seen: set[int] = set()
+        latencies: list[float] = []
+        last = time.monotonic()
+        client_id = f"bench-sub-{uuid.uuid4().hex[:8]}"
+
+        def on_message(stamp: bytes) -> None:
+            nonlocal last
+            last = time.monotonic()
+            seq, sent = STAMP.unpack(stamp)
+            latencies.append(last - sent)
+            seen.add(seq)
+
+        client = await Client.open(args, client_id, clean=False)
+        client.on_message = on_message
+        await client.subscribe(topic, 1)
+        ready.set()
+        deadline = time.monotonic() + args.duration + args.timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if done.is_set() and (len(seen) >= total.value or time.monotonic() - last > args.idle):
+                break
+        client.close()
+        await asyncio.sleep(0.1)
+        (await Client.open(args, client_id, clean=True)).close()
+        return {"seen": seen, "finished": last, "latencies": latencies}
+
+    results.put(("sub", run(main())))
+
+
+def pubsub_publisher(args: Any, topic: str, go: Any, done: Any, total: Any, results: Any) -> None:
+    """Publish at QoS 1 within the PUBACK window for --duration seconds."""
+
+    async def main() -> dict[str, Any]:
+        client = await Client.open(args, f"bench-pub-{uuid.uuid4().hex[:8]}")
+        acked: set[int] = set()
+        name = topic.encode()
+        padding = b"x" * max(0, args.size - STAMP.size)
+        seq_of: dict[int, int] = {}
+        client.on_puback = lambda packet_id: acked.add(seq_of[packet_id])
+        go.wait()
+        start = time.monotonic()
+        stop = start + args.duration
+        seq = 0
+        while time.monotonic() < stop:
+            batch = []
+            while seq - client.acked < args.window and len(batch) < 64:
+                packet_id = seq % 0xFFFF + 1
+                seq_of[packet_id] = seq
+                batch.append(
+                    publish_packet(name, STAMP.pack(seq, time.monotonic()) + padding, 1, packet_id)
+                )
+                seq += 1
+            if batch:
+                client.write(b"".join(batch))
+            client.on_ack.clear()
+            if seq - client.acked >= args.window:
+                await client.on_ack.wait()
+            else:
+                await asyncio.sleep(0)
+        ended = time.monotonic()
+        # Acks still due count as published, once they come.
+        while client.acked < seq:
+            client.on_ack.clear()
+            try:
+                await asyncio.wait_for(client.on_ack.wait(), args.idle)
+            except TimeoutError:
+                break
+        total.value = len(acked)
+        done.set()
+        client.close()
+        return {"start": start, "ended": ended, "acked": acked, "sent": seq}
+
+    results.put(("pub", run(main())))
+
+
+def measure_pubsub(args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    ready, go, done, results = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+    total = ctx.Value("q", 1 << 62)
+    topic = f"bench/{uuid.uuid4().hex[:8]}/data"
+    sub = ctx.Process(target=pubsub_subscriber, args=(args, topic, ready, done, total, results))
+    sub.start()
+    if not ready.wait(30):
+        raise RuntimeError("the subscriber did not connect")
+    pub = ctx.Process(target=pubsub_publisher, args=(args, topic, go, done, total, results))
+    pub.start()
+    time.sleep(0.5)  # let the publisher connect before the clock starts
+    go.set()
+    got = dict(results.get(timeout=2 * args.timeout + args.duration) for _ in range(2))
+    sub.join(30)
+    pub.join(30)
+    p, s = got["pub"], got["sub"]
+    lat = sorted(s["latencies"])
+    acked = p["acked"]
+    return {
+        "mode": "pubsub",
+        "qos": 1,
+        "count": len(acked),
+        "received": len(s["seen"]),
+        "duplicates": len(s["latencies"]) - len(s["seen"]),
+        "lost": len(acked - s["seen"]),
+        "publish_rate": len(acked) / (p["ended"] - p["start"]),
+        "delivery_rate": len(s["seen"]) / max(1e-9, s["finished"] - p["start"]),
+        "p50_ms": 1000 * statistics.median(lat) if lat else 0.0,
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else 0.0,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--user", default="guest")
     parser.add_argument("--password", default="guest")
-    parser.add_argument("--mode", choices=(*MODES, "all"), default="all")
+    parser.add_argument("--mode", choices=(*MODES, *EXTRA_MODES, "all"), default="all")
+    parser.add_argument("--duration", type=float, default=5.0, help="pubsub mode: seconds")
     parser.add_argument("--count", type=int, default=50_000)
     parser.add_argument("--latency-count", type=int, default=2_000)
     parser.add_argument("--size", type=int, default=1024, help="payload bytes")
@@ -306,7 +431,9 @@ def main() -> int:
     runs = []
     modes = MODES if args.mode == "all" else (args.mode,)
     for mode in modes:
-        if mode == "latency":
+        if mode == "pubsub":
+            runs.append(measure_pubsub(args))
+        elif mode == "latency":
             runs.append(measure(args, "latency", 0, args.latency_count, paced=True))
             runs.append(measure(args, "latency", 1, args.latency_count, paced=True))
         else:
@@ -321,8 +448,10 @@ def main() -> int:
             line += f", latency p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms"
         if r["duplicates"]:
             line += f", {r['duplicates']} duplicates"
+        if "lost" in r:
+            line += f", {r['lost']} PUBACKed but not delivered"
         print(line, file=sys.stderr)
-        failed |= r["qos"] == 1 and r["received"] < r["count"]
+        failed |= r["qos"] == 1 and r.get("lost", r["count"] - r["received"]) > 0
     if args.json:
         print(json.dumps(runs))
     return 1 if failed else 0

@@ -87,6 +87,11 @@ class Gateway(Protocol):
     def after(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything submitted before it is applied and on disk."""
 
+    def wait_for_room(self, queues: list[tuple[str, str]], callback: Callable[[], None]) -> None:
+        """Run `callback` once none of `queues` (vhost, queue) is congested any more: a
+        publish's reply names the congested queues it fed (PublishResult.congested), and its
+        publisher holds back until then (broker.flow)."""
+
     def read_done(self) -> None:
         """A connection has handled what it read (the node may write and apply now)."""
 

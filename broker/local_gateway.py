@@ -33,6 +33,7 @@ from broker.core.model import (
 )
 from broker.core.state import StateMachine
 from broker.drops import DropLedger
+from broker.flow import RoomWaiters
 from broker.gateway import ClientConnection, Done
 from broker.login_guard import LoginGuard
 from broker.protocols.http.auth import ReplayGuard
@@ -45,6 +46,10 @@ REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 #: Connection numbers of one run of a node: its incarnation (ms since the epoch at start)
 #: above these bits.
 CONNECTION_BITS = 20
+
+#: how often publishers waiting for congested queues are checked when nothing is applied
+#: (the check also runs after every applied batch)
+ROOM_CHECK_INTERVAL = 0.1
 
 
 class CommitPath(Protocol):
@@ -102,6 +107,9 @@ class LocalGateway:
         self.admission = Admission(max_connections, max_connections_per_ip, time.monotonic)
         #: refused logins, logged and slowed per client address
         self.logins = LoginGuard(time.monotonic)
+        #: publishers waiting for congested queues to drain (credit flow)
+        self._room = RoomWaiters()
+        self._room_timer: asyncio.TimerHandle | None = None
 
     def attach(self, commit: CommitPath) -> None:
         self.commit = commit
@@ -181,6 +189,25 @@ class LocalGateway:
                 self.drops.note(effect)  # type: ignore[arg-type]
             elif kind is Overflowed:
                 self._count_overflow(effect)  # type: ignore[arg-type]
+        if self._room:
+            self._room.check(self.committed.has_room)
+
+    # -- credit flow ---------------------------------------------------------------------
+
+    def wait_for_room(self, queues: list[tuple[str, str]], callback: Callable[[], None]) -> None:
+        self._room.wait(queues, callback, self.committed.has_room)
+        self._watch_room()
+
+    def _watch_room(self) -> None:
+        """Queues also drain without effects (a consumer leaves, a purge): look now and then."""
+        if self._room and self._room_timer is None:
+            loop = asyncio.get_running_loop()
+            self._room_timer = loop.call_later(ROOM_CHECK_INTERVAL, self._room_tick)
+
+    def _room_tick(self) -> None:
+        self._room_timer = None
+        self._room.check(self.committed.has_room)
+        self._watch_room()
 
     def _count_overflow(self, effect: Overflowed) -> None:
         if effect.reason == TOO_LARGE:

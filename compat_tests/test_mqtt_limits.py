@@ -101,3 +101,33 @@ def test_offline_session_overflow_is_counted_and_logged(
     sub.connect()
     assert [sub.message().payload for _ in kept] == [b"%d" % i for i in kept]
     sub.close()
+
+
+def test_a_slow_subscriber_slows_its_publishers_instead_of_losing_messages(broker_factory):
+    # Queues hold 40 messages, so their flow limit is 20 ready messages.
+    b = broker_factory("--mqtt-max-queued", "40", "--mqtt-max-inflight", "5")
+    topic = uid("slow")
+    sub = RawMQTT(b)
+    sub.connect(uid())
+    sub.send(subscribe_packet(1, (topic, 1)))
+    assert sub.read().type == 9
+    pub = Paho(b)
+    pub.client.max_inflight_messages_set(10)
+    pub.connect()
+    # The subscriber reads nothing for now: 5 deliveries wait for its PUBACKs.
+    sent = [pub.client.publish(topic, b"%d" % i, qos=1) for i in range(200)]
+    wait_for(lambda: sum(info.is_published() for info in sent) >= 20, what="the first PUBACKs")
+    with pytest.raises(AssertionError):
+        # Without credit flow all would be acknowledged at once, and most of them dropped.
+        wait_for(lambda: all(info.is_published() for info in sent), timeout=3)
+    received = set()
+    while len(received) < 200:
+        packet = sub.read()
+        _, payload, qos, _, _, packet_id = packet.publish()
+        received.add(payload)
+        sub.send(ack_packet("puback", packet_id))
+    assert received == {b"%d" % i for i in range(200)}
+    wait_for(lambda: all(info.is_published() for info in sent), what="every PUBACK")
+    assert status(b)["dropped_maxlen"] == "0"
+    pub.close()
+    sub.close()

@@ -131,6 +131,8 @@ class PublishResult:
     routed: bool
     #: a target queue refused the message (overflow reject-publish)
     rejected: bool = False
+    #: (vhost, queue) of target queues congested with ready messages (MessageQueue.flow_limit)
+    congested: list[tuple[str, str]] | None = None
 
 
 @dataclass(slots=True)

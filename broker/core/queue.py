@@ -91,6 +91,10 @@ def _non_negative(args: dict[str, Any], key: str, positive: bool = False) -> int
     return value
 
 
+#: see MessageQueue.flow_limit
+FLOW_LIMIT = 1000
+
+
 class MessageQueue:
     """Messages of one queue plus the consumers attached to it."""
 
@@ -159,6 +163,21 @@ class MessageQueue:
 
     def is_empty(self) -> bool:
         return self.ready_count == 0
+
+    def flow_limit(self) -> int:
+        """Ready messages past which a queue that has consumers is congested: its publishers
+        should wait (credit flow) rather than fill it up to its length limit, where messages
+        would be dropped or refused. Half the length limit when that is lower."""
+        limit = self.settings.max_length
+        return FLOW_LIMIT if not limit else max(1, min(FLOW_LIMIT, limit // 2))
+
+    def congested(self) -> bool:
+        return bool(self.consumers) and self.ready_count >= self.flow_limit()
+
+    def has_room(self) -> bool:
+        """No longer congested: drained to half the flow limit, or nobody consumes (a queue
+        whose consumers are away fills up to its length limit, as its arguments say)."""
+        return not self.consumers or self.ready_count <= self.flow_limit() // 2
 
     def new_message_seq(self) -> int:
         seq = self.next_seq

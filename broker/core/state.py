@@ -322,6 +322,11 @@ class StateMachine:
     def consumers_of(self, owner: c.Owner) -> list[Consumer]:
         return [consumer for (o, _), consumer in self.consumers.items() if o == owner]
 
+    def has_room(self, vhost: str, name: str) -> bool:
+        """The queue is no longer congested (or is gone): its publishers may go on."""
+        q = self._find_queue(vhost, name)
+        return q is None or q.has_room()
+
     def _find_queue(self, vhost: str, name: str) -> MessageQueue | None:
         vh = self.vhosts.get(vhost)
         return vh.queues.get(name) if vh is not None else None
@@ -891,6 +896,10 @@ class StateMachine:
                 source,
             ):
                 result.rejected = True
+            elif q.congested():
+                if result.congested is None:
+                    result.congested = []
+                result.congested.append((q.vhost, q.name))
         return result
 
     def _enqueue(

@@ -20,7 +20,7 @@ from typing import Any
 
 from broker.core import commands as c
 from broker.core.errors import AccessRefused, BrokerError, ConnectionLimit, PreconditionFailed
-from broker.core.model import Deliver, User
+from broker.core.model import Deliver, PublishResult, User
 from broker.gateway import Gateway
 from broker.protocols.mqtt import codec
 from broker.protocols.mqtt.codec import (
@@ -157,6 +157,8 @@ class MQTTConnection:
         self._settles: list[tuple[str, str, int]] = []
         #: replies waiting for their commands to be durable, in submission order
         self._replies: deque[bytes] = deque()
+        #: replies withheld while a queue this client published to is congested
+        self._withheld: list[bytes] | None = None
         #: False while the transport is paused (the client does not read fast enough)
         self._writable = True
         self._consuming = False
@@ -226,13 +228,35 @@ class MQTTConnection:
     def _reply_done(self, result: Any, error: BrokerError | None) -> None:
         # The earlier commands of the reply are durable too (submission order).
         reply = self._replies.popleft()
-        if error is None:
-            self.write(reply)
-        else:
+        if error is not None:
             self._check_done(result, error)
+            return
+        congested = _congested(result)
+        if congested:
+            self._withhold_replies(congested)
+        self._send_reply(reply)
 
     def _reply_now(self) -> None:
-        self.write(self._replies.popleft())
+        self._send_reply(self._replies.popleft())
+
+    def _send_reply(self, reply: bytes) -> None:
+        if self._withheld is None:
+            self.write(reply)
+        else:
+            self._withheld.append(reply)
+
+    def _withhold_replies(self, queues: list[tuple[str, str]]) -> None:
+        """A message went to a congested queue: PUBACKs (and the replies after them) wait
+        until it drains, so a client with a bounded in-flight window stops publishing
+        instead of the queue growing to its limit (broker.flow)."""
+        if self._withheld is None:
+            self._withheld = []
+            self.gateway.wait_for_room(queues, self._release_replies)
+
+    def _release_replies(self) -> None:
+        withheld, self._withheld = self._withheld, None
+        for reply in withheld or ():
+            self.write(reply)
 
     def _check_done(self, result: Any, error: BrokerError | None) -> None:
         if error is not None and self.state is State.OPEN:
@@ -838,6 +862,17 @@ _NO_HEADERS: dict[str, Any] = {}
 def _atomic(commands: list[c.Command]) -> list[c.Command]:
     """Several commands as one that applies all of them or none (one stays as it is)."""
     return commands if len(commands) < 2 else [c.Batch(commands)]
+
+
+def _congested(result: Any) -> list[tuple[str, str]] | None:
+    """The congested queues a publish (alone or in a batch) fed."""
+    if type(result) is PublishResult:
+        return result.congested
+    if type(result) is list:
+        for item in result:
+            if type(item) is PublishResult and item.congested:
+                return item.congested
+    return None
 
 
 def _message_qos(headers: dict[str, Any], persistent: bool) -> int:
