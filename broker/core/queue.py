@@ -91,8 +91,16 @@ def _non_negative(args: dict[str, Any], key: str, positive: bool = False) -> int
     return value
 
 
-#: see MessageQueue.flow_limit
+#: see _flow_limit
 FLOW_LIMIT = 1000
+
+
+def _flow_limit(settings: QueueSettings) -> int:
+    """Ready messages past which a queue that has consumers is congested: its publishers
+    should wait (credit flow) rather than fill it up to its length limit, where messages
+    would be dropped or refused. Half the length limit when that is lower."""
+    limit = settings.max_length
+    return FLOW_LIMIT if not limit else max(1, min(FLOW_LIMIT, limit // 2))
 
 
 class MessageQueue:
@@ -116,6 +124,7 @@ class MessageQueue:
         self.auto_delete = auto_delete
         self.arguments = arguments
         self.settings = QueueSettings.from_arguments(arguments)
+        self.flow_limit = _flow_limit(self.settings)
         self.messages: dict[int, Message] = {}
         #: the highest priority level (fixed for the queue's life)
         self._top_level = self.settings.max_priority
@@ -164,20 +173,13 @@ class MessageQueue:
     def is_empty(self) -> bool:
         return self.ready_count == 0
 
-    def flow_limit(self) -> int:
-        """Ready messages past which a queue that has consumers is congested: its publishers
-        should wait (credit flow) rather than fill it up to its length limit, where messages
-        would be dropped or refused. Half the length limit when that is lower."""
-        limit = self.settings.max_length
-        return FLOW_LIMIT if not limit else max(1, min(FLOW_LIMIT, limit // 2))
-
     def congested(self) -> bool:
-        return bool(self.consumers) and self.ready_count >= self.flow_limit()
+        return self.ready_count >= self.flow_limit and bool(self.consumers)
 
     def has_room(self) -> bool:
         """No longer congested: drained to half the flow limit, or nobody consumes (a queue
         whose consumers are away fills up to its length limit, as its arguments say)."""
-        return not self.consumers or self.ready_count <= self.flow_limit() // 2
+        return not self.consumers or self.ready_count <= self.flow_limit // 2
 
     def new_message_seq(self) -> int:
         seq = self.next_seq
@@ -200,6 +202,7 @@ class MessageQueue:
             raise PreconditionFailed("x-max-priority of an existing queue cannot change")
         self.arguments = arguments
         self.settings = settings
+        self.flow_limit = _flow_limit(settings)
 
     # -- adding --------------------------------------------------------------------------
 
