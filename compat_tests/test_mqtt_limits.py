@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from compat_tests.conftest import BrokerProcess
@@ -131,3 +133,38 @@ def test_a_slow_subscriber_slows_its_publishers_instead_of_losing_messages(broke
     assert status(b)["dropped_maxlen"] == "0"
     pub.close()
     sub.close()
+
+
+def test_a_qos0_flood_does_not_push_acknowledged_messages_out_of_a_slow_subscribers_queue(
+    broker_factory,
+):
+    # Queues hold 2,000 messages; the flow limit is 1,000 ready ones.
+    b = broker_factory("--mqtt-max-queued", "2000", "--mqtt-max-inflight", "5")
+    topic = uid("flood")
+    sub = RawMQTT(b)
+    sub.connect(uid())
+    sub.send(subscribe_packet(1, (topic, 1)))
+    assert sub.read().type == 9
+    pub = Paho(b)
+    pub.connect()
+    for i in range(10):  # 5 go out, 5 wait in the queue: all acknowledged
+        pub.publish(topic, b"acked %d" % i, qos=1)
+    flood = RawMQTT(b)
+    flood.connect(uid())
+    packets = b"".join(publish_packet(topic, b"f" * 1024) for _ in range(10_000))
+    # The broker stops reading the flood while the subscriber's queue is congested.
+    sending = threading.Thread(target=flood.send, args=(packets,))
+    sending.start()
+    acked, flooded = set(), 0
+    while len(acked) < 10 or flooded < 10_000:
+        _, body, qos, _, _, packet_id = sub.read().publish()
+        if qos:
+            acked.add(body)
+            sub.send(ack_packet("puback", packet_id))
+        else:
+            flooded += 1
+    sending.join()
+    assert acked == {b"acked %d" % i for i in range(10)}
+    assert status(b)["dropped_maxlen"] == "0"
+    for client in (pub, flood, sub):
+        client.close()

@@ -67,6 +67,9 @@ _TOPIC_CACHE_SIZE = 4096
 MAX_PENDING_OUTPUT = 1024 * 1024
 #: bytes a client may send after CONNECT and before its CONNACK (MQTT lets it not wait)
 MAX_EARLY_INPUT = 1024 * 1024
+#: publishes of a client that may wait for an answer (a withheld PUBACK; for QoS 0, word
+#: of whether they fed a congested queue) before the client's input is not read any more
+MAX_UNANSWERED = 1000
 
 
 def _properties(qos: int, retain: bool) -> dict[str, Any]:
@@ -159,6 +162,10 @@ class MQTTConnection:
         self._replies: deque[bytes] = deque()
         #: replies withheld while a queue this client published to is congested
         self._withheld: list[bytes] | None = None
+        #: a QoS 0 publish waits for its reply, to learn whether it fed a congested queue
+        self._probing = False
+        #: QoS 0 publishes sent since that one (MAX_UNANSWERED while a queue is congested)
+        self._unanswered_qos0 = 0
         #: False while the transport is paused (the client does not read fast enough)
         self._writable = True
         self._consuming = False
@@ -248,15 +255,53 @@ class MQTTConnection:
     def _withhold_replies(self, queues: list[tuple[str, str]]) -> None:
         """A message went to a congested queue: PUBACKs (and the replies after them) wait
         until it drains, so a client with a bounded in-flight window stops publishing
-        instead of the queue growing to its limit (broker.flow)."""
+        instead of the queue growing to its limit (broker.flow). A client that sends on
+        regardless is not read any more once MAX_UNANSWERED replies wait."""
         if self._withheld is None:
             self._withheld = []
             self.gateway.wait_for_room(queues, self._release_replies)
+
+    def _qos0_applied(self, result: Any, error: BrokerError | None) -> None:
+        """QoS 0 publishes have no PUBACK to withhold: a connection that only publishes
+        is not read while a queue it feeds is congested. One that also subscribes is not
+        held back (it must go on reading its own PUBACKs); its QoS 0 messages meet the
+        queue's length limit instead, as they would on a broker without flow control."""
+        self._probing = False
+        congested = _congested(result)
+        if congested and not self._consuming and not self._joined:
+            self._unanswered_qos0 = MAX_UNANSWERED
+            self.gateway.wait_for_room(congested, self._qos0_room)
+        elif self._unanswered_qos0 >= MAX_UNANSWERED:
+            self._qos0_room()
+        else:
+            self._unanswered_qos0 = 0
+
+    def _qos0_room(self) -> None:
+        self._unanswered_qos0 = 0
+        self._go_on()
+
+    @property
+    def held_back(self) -> bool:
+        """Whether the client's input waits: too many of its publishes wait for an answer."""
+        withheld = self._withheld
+        return self._unanswered_qos0 >= MAX_UNANSWERED or (
+            withheld is not None and len(withheld) >= MAX_UNANSWERED
+        )
+
+    def _go_on(self) -> None:
+        """Read again what the client sent while held back (the transport resumes reading
+        as it flushes)."""
+        if self.held_back:
+            return
+        if self.on_output is not None:
+            self.on_output()
+        self._parse()
 
     def _release_replies(self) -> None:
         withheld, self._withheld = self._withheld, None
         for reply in withheld or ():
             self.write(reply)
+        self._go_on()
 
     def _check_done(self, result: Any, error: BrokerError | None) -> None:
         if error is not None and self.state is State.OPEN:
@@ -272,7 +317,9 @@ class MQTTConnection:
 
     def _parse(self) -> None:
         try:
-            while self.state is State.OPEN or self.state is State.AWAIT_CONNECT:
+            while (
+                self.state is State.OPEN or self.state is State.AWAIT_CONNECT
+            ) and not self.held_back:
                 packet = self.reader.next_packet()
                 if packet is None:
                     return
@@ -548,7 +595,14 @@ class MQTTConnection:
         if not p.retain and qos < 2:
             # The common case, without a list: one command, and at QoS 1 its PUBACK.
             if qos == 0:
-                self.gateway.submit(publish, durable=False)  # amq.topic cannot refuse it
+                # amq.topic cannot refuse it; one publish per commit round asks whether it
+                # fed a congested queue
+                if self._probing:
+                    self._unanswered_qos0 += 1
+                    self.gateway.submit(publish, durable=False)
+                else:
+                    self._probing = True
+                    self.gateway.submit(publish, self._qos0_applied, durable=False)
             else:
                 self._replies.append(codec.ack(PUBACK, p.packet_id))
                 self.gateway.submit(publish, self._reply_done)

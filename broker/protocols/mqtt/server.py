@@ -94,7 +94,7 @@ class MQTTProtocol(ClientProtocol):
             self.cancel_timers()
             if conn.keepalive:
                 self._watch_keepalive()
-        if self.gateway.blocked_reason and conn.has_published:
+        if conn.held_back or (self.gateway.blocked_reason and conn.has_published):
             self.pause_reading()
 
     def cancel_timers(self) -> None:
@@ -108,6 +108,8 @@ class MQTTProtocol(ClientProtocol):
         conn, transport, ws = self.conn, self.transport, self.ws
         if conn is None or transport is None or transport.is_closing() or self.output_held():
             return
+        if self._reading_paused and not conn.held_back and not self.gateway.blocked_reason:
+            self.resume_reading()  # the queues this publisher fed have room again
         data = conn.data_to_send()
         if ws is not None:
             head, payload = ws.data_to_send(), ws.wrap(data)
