@@ -237,13 +237,15 @@ async def run_mode(mode: str, target: Target, args: argparse.Namespace) -> str:
         client_cpu = (time.process_time() - cpu[1]) / elapsed
         messages = requests * per_request
         http_requests = requests * (2 if mode.endswith("receive") else 1)
+        rate = http_requests / elapsed
         return (
             f"{mode}: {messages} msgs in {elapsed:.2f} s = {messages / elapsed:.0f} msg/s "
-            f"({http_requests / elapsed:.0f} HTTP req/s, {args.connections} connections) | "
+            f"({rate:.0f} HTTP req/s, {args.connections} connections) | "
             f"per {'receive+delete' if mode.endswith('receive') else 'request'} "
             f"p50 {percentile(latencies, 0.5) * 1000:.2f} ms "
             f"p99 {percentile(latencies, 0.99) * 1000:.2f} ms | "
-            f"cpu broker {broker_cpu:.0%} client {client_cpu:.0%}"
+            f"cpu broker {broker_cpu:.0%} ({broker_cpu / rate * 1e6:.0f} us/req) "
+            f"client {client_cpu:.0%} ({client_cpu / rate * 1e6:.0f} us/req)"
         )
     finally:
         await admin.call("DeleteQueue", queueName=queue)
