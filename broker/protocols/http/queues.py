@@ -145,16 +145,19 @@ async def _send(
         )
         for mid, body in zip(ids, bodies, strict=True)
     ]
-    full = CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
     if len(publishes) == 1:
         if (await svc.call(publishes[0])).rejected:
-            raise full
+            raise _heap_full(q)
         return ids
     try:
         await svc.call(c.Batch(list(publishes), refuse_when_full=True))
     except ResourceLimit:
-        raise full from None
+        raise _heap_full(q) from None
     return ids
+
+
+def _heap_full(q: MessageQueue) -> CmqError:
+    return CmqError(errors.HEAP_FULL, f"queue {q.name} holds maxMsgHeapNum messages")
 
 
 async def send_message(svc: CmqService, req: Request) -> dict[str, Any]:

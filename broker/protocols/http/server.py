@@ -2,6 +2,11 @@
 
 It only moves bytes: method, Host header, path, raw query string and body go to the service,
 its reply dict comes back as JSON with HTTP 200, as CMQ answers even errors.
+
+The API has one path, so it is served by aiohttp's low-level `web.Server` rather than an
+`Application`: no router, match info or middleware chain per request (they cost more than
+the signature check). What an Application did for us is here instead: 404 for any other
+path, `Expect: 100-continue`, and the body size limit.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ import json
 import logging
 import ssl
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 
 from broker.config import Config
 from broker.gateway import Gateway
@@ -38,7 +47,7 @@ class HttpApi:
         self.service = CmqService(
             gateway, config, {**queues.ACTIONS, **topics.ACTIONS}, PushManager
         )
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self.admission = ConnectionAdmission(gateway)
         self.rejects = RejectLog(log)
         self._servers: list[asyncio.AbstractServer] = []
@@ -47,18 +56,17 @@ class HttpApi:
 
     async def start(self) -> None:
         cfg = self.config
-        app = web.Application(client_max_size=cfg.http_max_body_bytes)
-        app.router.add_route("*", PATH, self._handle)
         # aiohttp closes a connection that has sent no whole request head for
         # keepalive_timeout since it opened or had its last reply (the idle timeout);
         # `deadlines` adds the shorter header deadline.
-        self._runner = web.AppRunner(
-            app,
+        server = web.Server(
+            self._handle,
+            request_factory=self._make_request,
             access_log=None,
-            shutdown_timeout=2.0,
             keepalive_timeout=cfg.http_idle_timeout,
             logger=self.rejects,
         )
+        self._runner = web.ServerRunner(server, shutdown_timeout=2.0)
         await self._runner.setup()
         assert self._runner.server is not None
         self.admission.attach(self._runner.server)
@@ -94,7 +102,25 @@ class HttpApi:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        loop = asyncio.get_running_loop()
+        limit = self.config.http_max_body_bytes
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, loop, client_max_size=limit
+        )
+
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
+        if request.headers.get(hdrs.EXPECT):
+            await _expect(request)
+        if request.rel_url.path_safe != PATH:  # what aiohttp's router matches a path on
+            raise web.HTTPNotFound()
         refused = self.admission.refusal(request)
         if refused is not None:
             response = web.json_response(
@@ -115,13 +141,12 @@ class HttpApi:
             if deadline is not None:
                 deadline.replied()
 
-    async def _reply(self, request: web.Request) -> web.Response:
+    async def _reply(self, request: web.BaseRequest) -> web.Response:
         try:
             bad_header = _non_ascii_header(request)
             if bad_header is not None:
                 raise errors.invalid_request(f"header {bad_header} holds non-ASCII bytes")
-            async with asyncio.timeout(self.config.http_body_timeout):
-                body = await request.read()
+            body = await self._read_body(request)
         except web.HTTPRequestEntityTooLarge:
             limit = self.config.http_max_body_bytes
             reply = self._refusal(
@@ -144,7 +169,15 @@ class HttpApi:
             )
         return web.Response(body=_encode_json(reply).encode(), content_type="application/json")
 
-    def _refusal(self, request: web.Request, err: errors.CmqError) -> dict[str, object]:
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        """The whole body, within the body deadline; a body that came with its head (most do)
+        is read without arming a timer for it."""
+        if request.content.is_eof():
+            return await request.read()
+        async with asyncio.timeout(self.config.http_body_timeout):
+            return await request.read()
+
+    def _refusal(self, request: web.BaseRequest, err: errors.CmqError) -> dict[str, object]:
         """The reply to a request refused before the service sees it, logged as one."""
         self.rejects.rejected(request.remote, err.message)
         return {
@@ -154,7 +187,19 @@ class HttpApi:
         }
 
 
-def _non_ascii_header(request: web.Request) -> str | None:
+async def _expect(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` before the body is read, as an aiohttp Application does;
+    any other expectation of an HTTP/1.1 request is refused (417)."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11:
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the reply's own size starts after it
+    await request.writer.drain()
+
+
+def _non_ascii_header(request: web.BaseRequest) -> str | None:
     """The name of the first header holding a non-ASCII byte (None if none does).
 
     Headers are signed (Host) or ignored, and HTTP/1.1 headers are ASCII: anything else is
