@@ -149,8 +149,21 @@ def serve(config_path: str | None, repair: bool, **flags: Any) -> None:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from broker import compiled
     from broker.node import Node
 
+    stale = compiled.stale()
+    if stale:
+        click.echo(
+            "broker: refusing to start: compiled modules older than their sources "
+            f"({', '.join(stale)}): build them again or delete them (README, Compiled build)",
+            err=True,
+        )
+        sys.exit(1)
+    if compiled.compiled():
+        logging.getLogger("broker").info(
+            "running %d modules compiled with mypyc", len(compiled.compiled())
+        )
     raise_open_file_limit()
     # Every message allocates a few objects and few of them form cycles: collect young objects
     # far less often than CPython's default (700), which otherwise rescans deep queues. A

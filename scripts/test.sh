@@ -13,3 +13,7 @@ echo "== ruff check"; .venv/bin/ruff check broker tests compat_tests benchmarks
 echo "== ruff format --check"; .venv/bin/ruff format --check broker tests compat_tests benchmarks
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/python -m pytest -q "$@"
+if [ "$#" -eq 0 ]; then
+    # The optional compiled build (README, "Compiled build") passes the same suite.
+    bash scripts/test-compiled.sh -q
+fi

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from broker.core import commands as c
-from broker.core.model import Deliver, Effect, Message
+from broker.core.model import READY, Deliver, Effect, Message
 from broker.core.queue import MessageQueue
 from broker.core.state import StateMachine
 from broker.store import schema
@@ -177,12 +176,16 @@ def restart(core: Core, path: str) -> Core:
 
 
 def ready_order(q: MessageQueue) -> list[Message]:
-    """The ready messages of `q` in the order consumers would get them, without taking them."""
-    clone = copy.deepcopy(q)
-    out = []
-    while (msg := clone.pop_head()) is not None:
-        out.append(msg)
-    return out
+    """The ready messages of `q` in the order consumers would get them, without taking them:
+    highest priority level first, in each the returned ones (by sequence) before the rest
+    (the queue's indexes skip entries of messages no longer ready)."""
+    out: dict[int, Message] = {}
+    for level in range(len(q._ready) - 1, -1, -1):
+        for seq in [*sorted(q._returned[level]), *q._ready[level]]:
+            msg = q.messages.get(seq)
+            if msg is not None and msg.state == READY:
+                out.setdefault(seq, msg)
+    return list(out.values())
 
 
 def ready_bodies(q: MessageQueue) -> list[bytes]:

@@ -32,6 +32,7 @@ from broker.store.committer import Committer
 from broker.store.disk import Store
 from broker.store.encoding import decode_entry
 from broker.store.recovery import recover
+from tests.pure_python import pure_python_only
 from tests.state_dump import dump
 from tests.test_core_properties import (
     CONSUMER,
@@ -246,6 +247,7 @@ def sometimes_failing(sm: StateMachine) -> list[Any]:
     ]
 
 
+@pure_python_only
 @PROPERTY_SETTINGS
 @given(cfg=configs, ops=operations, data=st.data())
 def test_a_command_that_fails_changes_nothing(
@@ -318,6 +320,7 @@ def fault(cls: type, name: str, at_call: int) -> Iterator[list[bool]]:
         setattr(cls, name, original)
 
 
+@pure_python_only
 @PROPERTY_SETTINGS
 @given(cfg=configs, ops=operations, data=st.data())
 def test_a_command_failing_half_way_is_undone(
@@ -355,6 +358,7 @@ def test_a_command_failing_half_way_is_undone(
     assert after_restart == live
 
 
+@pure_python_only
 def test_an_injected_fault_does_fire() -> None:
     """The fault helper itself: the failing call raises, the others behave."""
     sm = StateMachine()

@@ -24,6 +24,7 @@ from broker.protocols.mqtt.connection import Settings as MQTTSettings
 from broker.protocols.mqtt.server import MQTTProtocol
 
 from .memory_gateway import memory_gateway
+from .pure_python import pure_python_only
 from .test_mqtt_connection import connect
 
 
@@ -72,6 +73,7 @@ def test_a_lost_amqp_connection_is_freed_with_its_channels(no_collector: None) -
     assert _run(scenario) == [None, None, None]
 
 
+@pure_python_only
 def test_an_mqtt_connection_is_freed_once_its_client_left(no_collector: None) -> None:
     async def scenario() -> list[weakref.ref[Any]]:
         gateway, commit = memory_gateway()

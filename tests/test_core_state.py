@@ -428,7 +428,7 @@ def test_exclusive_consumer(core: Core) -> None:
     core.apply(c.Cancel((1, 1, 1), "first"))
     core.consume("q", "second", owner=(1, 2, 1))
     with pytest.raises(AccessRefused):
-        core.consume("q", "third", owner=(3, 1), exclusive=True)
+        core.consume("q", "third", owner=(3, 1, 1), exclusive=True)
 
 
 def test_consumer_tag_reuse_is_refused(core: Core) -> None:

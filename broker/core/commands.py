@@ -74,7 +74,8 @@ class SetLimits:
 
     scope: str
     name: str
-    limits: dict[str, int]
+    #: checked by the core (a client may send anything)
+    limits: dict[str, Any]
 
 
 @dataclass(slots=True)

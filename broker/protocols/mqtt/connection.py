@@ -434,17 +434,17 @@ class MQTTConnection:
             try:
                 password = (p.password or b"").decode()
                 user = self.gateway.authenticate(name, password, self.loopback, self.source)
-            except UnicodeDecodeError as exc:
-                raise _Refused(codec.BAD_USERNAME_OR_PASSWORD, str(exc)) from None
+            except UnicodeDecodeError as undecodable:
+                raise _Refused(codec.BAD_USERNAME_OR_PASSWORD, str(undecodable)) from None
             except AccessRefused as exc:
                 self.output_delay = self.gateway.refusal_delay(self.source)
                 raise _Refused(codec.BAD_USERNAME_OR_PASSWORD, str(exc), logged=True) from None
         try:
             self.gateway.vhost_access(user, vhost)
-        except ConnectionLimit as exc:
-            raise _Refused(codec.SERVER_UNAVAILABLE, str(exc)) from None
-        except BrokerError as exc:
-            raise _Refused(codec.NOT_AUTHORIZED, str(exc)) from None
+        except ConnectionLimit as limit:
+            raise _Refused(codec.SERVER_UNAVAILABLE, str(limit)) from None
+        except BrokerError as refused:
+            raise _Refused(codec.NOT_AUTHORIZED, str(refused)) from None
         return user, vhost
 
     def _open_session(self, clean: bool, will: codec.Will | None) -> None:
