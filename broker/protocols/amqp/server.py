@@ -21,6 +21,15 @@ CLOSE_OK_TIMEOUT = 3.0
 
 
 class AMQPProtocol(ClientProtocol):
+    __slots__ = (
+        "settings",
+        "handshake_timeout",
+        "_sent_since_tick",
+        "_handshake_timer",
+        "_heartbeat_timer",
+        "_close_timer",
+    )
+
     conn: AMQPConnection | None
 
     def __init__(self, gateway: Gateway, settings: Settings, handshake_timeout: float) -> None:
