@@ -110,6 +110,16 @@ async def connect(args: Any, client_id: str, clean: bool, keepalive: int) -> Cli
     return client
 
 
+def by_second(received: dict[int, float]) -> list[list[float]]:
+    """The delivery latencies of each second's publishes (a device's n-th is in second n)."""
+    seconds: list[list[float]] = []
+    for key, latency in received.items():
+        seq = key & 0xFFFFFFFF
+        seconds.extend([] for _ in range(seq + 1 - len(seconds)))
+        seconds[seq].append(latency)
+    return seconds
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -299,6 +309,9 @@ def fleet(args: Any) -> dict[str, Any]:
         "closed_by_broker": sum(d["closed_by_broker"] for d in got["devices"]),
         "delivery_p50_ms": 1000 * statistics.median(latencies) if latencies else None,
         "delivery_p99_ms": 1000 * percentile(latencies, 0.99) if latencies else None,
+        "delivery_p99_ms_by_second": [
+            round(1000 * percentile(second, 0.99), 1) for second in by_second(received) if second
+        ],
     }
     if args.pid:
         assert rss_before is not None and rss_idle is not None
@@ -325,7 +338,8 @@ def report(r: dict[str, Any]) -> str:
         f"telemetry: {r['attempted']} attempted, {r['pubacked']} PUBACKed, {r['delivered']} "
         f"delivered, {r['pubacked_not_delivered']} PUBACKed but not delivered, "
         f"{r['duplicates']} duplicates, {r['closed_by_broker']} devices closed by the broker",
-        f"delivery latency p50 {ms('delivery_p50_ms')} p99 {ms('delivery_p99_ms')}",
+        f"delivery latency p50 {ms('delivery_p50_ms')} p99 {ms('delivery_p99_ms')}; p99 of "
+        f"each second, ms: {' '.join(f'{x:.0f}' for x in r['delivery_p99_ms_by_second'])}",
     ]
     if "rss_before_kb" in r:
         lines.append(
