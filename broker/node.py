@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from broker.admission import default_max_connections, open_file_limit
+from broker.admission import LISTEN_BACKLOG, default_max_connections, open_file_limit
 from broker.config import Config
 from broker.control import ControlServer
 from broker.core import commands as c
@@ -132,7 +132,7 @@ class Node:
             cfg.host,
             cfg.amqp_port,
             reuse_address=True,
-            backlog=1024,
+            backlog=LISTEN_BACKLOG,
         )
         self.servers.append(server)
         self.control = ControlServer(self, os.path.join(cfg.data_dir, "control.sock"))

@@ -15,6 +15,7 @@ import ssl
 import time
 from typing import Any
 
+from broker.admission import LISTEN_BACKLOG
 from broker.core.model import ConsumerCancelled
 from broker.gateway import Gateway
 from broker.protocols.mqtt.connection import (
@@ -181,7 +182,7 @@ async def start_listeners(
             cfg.host,
             port,
             reuse_address=True,
-            backlog=1024,
+            backlog=LISTEN_BACKLOG,
         )
         servers.append(server)
     if tls is None:
