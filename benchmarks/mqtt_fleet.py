@@ -165,7 +165,9 @@ def subscriber(args: Any, ready: Any, expected: Any, results: Any) -> None:
     results.put(("sub", run(main())))
 
 
-def devices(args: Any, first: int, count: int, go: Any, publish_at: Any, results: Any) -> None:
+def devices(
+    args: Any, first: int, count: int, go: Any, publish_at: Any, closing: Any, results: Any
+) -> None:
     """Devices first..first+count-1: connect them all, then publish once a second each."""
 
     async def main() -> dict[str, Any]:
@@ -206,11 +208,14 @@ def devices(args: Any, first: int, count: int, go: Any, publish_at: Any, results
             await asyncio.sleep(0.1)
         acked = {n: (c.acked if args.qos else sent[n]) for n, c in fleet}
         closed = sum(c.closed.is_set() for _, c in fleet)
+        results.put(("devices", {"sent": sent, "acked": acked, "closed_by_broker": closed}))
+        # Connected until the subscriber is done: the disconnect storm of a process that is
+        # through would otherwise delay the last deliveries of the others.
+        await asyncio.get_running_loop().run_in_executor(None, closing.wait)
         for _, c in fleet:
             c.close()
-        return {"sent": sent, "acked": acked, "closed_by_broker": closed}
 
-    results.put(("devices", run(main())))
+    run(main())
 
 
 async def publish_telemetry(
@@ -244,7 +249,8 @@ async def publish_telemetry(
 def fleet(args: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     meter = BrokerMeter(args.pid)
-    ready, go, expected, results = ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Queue()
+    ready, go, closing = ctx.Event(), ctx.Event(), ctx.Event()
+    expected, results = ctx.Queue(), ctx.Queue()
     sub = ctx.Process(target=subscriber, args=(args, ready, expected, results))
     sub.start()
     if not ready.wait(30):
@@ -256,7 +262,9 @@ def fleet(args: Any) -> dict[str, Any]:
     workers = []
     for i in range(processes):
         first, count = i * share, min(share, args.devices - i * share)
-        worker = ctx.Process(target=devices, args=(args, first, count, go, publish_at[i], results))
+        worker = ctx.Process(
+            target=devices, args=(args, first, count, go, publish_at[i], closing, results)
+        )
         worker.start()
         workers.append(worker)
     time.sleep(1.0)  # the client processes start (imports) before the clock does
@@ -286,6 +294,7 @@ def fleet(args: Any) -> dict[str, Any]:
     acked = {n: k for d in got["devices"] for n, k in d["acked"].items()}
     expected.put(sum(acked.values()))
     kind, sub_result = results.get(timeout=args.duration + args.drain + 600)
+    closing.set()
     for process in (*workers, sub):
         process.join(30)
     received: dict[int, float] = sub_result["received"]
