@@ -61,7 +61,9 @@ def _run(scenario: Callable[[], Awaitable[list[weakref.ref[Any]]]]) -> list[Any]
 def test_a_lost_amqp_connection_is_freed_with_its_channels(no_collector: None) -> None:
     async def scenario() -> list[weakref.ref[Any]]:
         gateway, _ = memory_gateway()
-        protocol = AMQPProtocol(gateway, AMQPSettings(), handshake_timeout=60)
+        protocol = AMQPProtocol(
+            gateway, AMQPSettings(), handshake_timeout=60, deadlines=TimerWheel()
+        )
         protocol.connection_made(_Transport())
         assert protocol.conn is not None
         protocol.conn.user = User("guest", "", ())  # as if logged in
