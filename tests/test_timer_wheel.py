@@ -128,3 +128,31 @@ def test_a_failing_check_does_not_stop_the_others() -> None:
         assert {name for name, _ in asked} == {"broken", "fine"}
 
     asyncio.run(main())
+
+
+def test_an_item_forgotten_by_another_in_the_same_slot_is_not_asked() -> None:
+    async def main() -> None:
+        wheel = TimerWheel(RESOLUTION)
+        asked: list[tuple[str, float]] = []
+        start = time.monotonic()
+        items = [Item(f"item{n}", asked, []) for n in range(50)]
+
+        class Forgetting(Item):
+            def deadline_due(self, now: float) -> float | None:
+                for other in items:
+                    wheel.forget(other)
+                return super().deadline_due(now)
+
+        forgetting = Forgetting("forgetting", asked, [])
+        for item in (*items, forgetting):
+            wheel.watch(item, start + 0.1)
+        marker = Item("marker", asked, [])
+        wheel.watch(marker, start + 0.3)
+        await until(lambda: any(name == "marker" for name, _ in asked))
+        # Whichever order the slot's set gave (with 50 items, some came after the one that
+        # forgets them), no item was asked after being forgotten.
+        names = [name for name, _ in asked]
+        assert names[-1] == "marker" and "forgetting" in names
+        assert names.index("forgetting") == len(names) - 2
+
+    asyncio.run(main())

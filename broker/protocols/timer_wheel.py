@@ -89,8 +89,10 @@ class TimerWheel:
         order = self._order
         # New deadlines are after `now`, so the slots they add are never due in this pass.
         while order and order[0] * self.resolution <= now:
-            due = self._slots.pop(heapq.heappop(order), None)
-            for item in due or ():
+            slot = heapq.heappop(order)
+            for item in self._slots.pop(slot, ()):
+                if item.deadline_slot != slot:
+                    continue  # forgotten or moved by another item's check in this pass
                 item.deadline_slot = None
                 try:
                     deadline = item.deadline_due(now)
