@@ -27,6 +27,11 @@ LOG_INTERVAL = 10.0
 FD_RESERVE = 256
 
 
+#: connections the kernel may hold accepted but not yet taken by the node, per listener (it
+#: caps this at net.core.somaxconn): a thousand devices reconnecting at once after an outage
+#: overflow a short queue, and each one dropped waits a second for its SYN to be sent again
+LISTEN_BACKLOG = 4096
+
 #: the soft descriptor limit asked for when the hard one is unlimited (macOS caps it lower)
 UNLIMITED_TARGET = 65536
 

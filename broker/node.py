@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from broker.admission import default_max_connections, open_file_limit
+from broker.admission import LISTEN_BACKLOG, default_max_connections, open_file_limit
 from broker.config import Config
 from broker.control import ControlServer
 from broker.core import commands as c
@@ -31,6 +31,7 @@ from broker.protocols.amqp.connection import Settings
 from broker.protocols.amqp.server import AMQPProtocol
 from broker.protocols.http.server import HttpApi
 from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
+from broker.protocols.timer_wheel import TimerWheel
 from broker.replication.cluster import ClusterCommit, ClusterSettings
 from broker.replication.wire import ReplyTo
 from broker.store.damage import StoreUnusable, disk_full
@@ -116,10 +117,11 @@ class Node:
         self.gateway.queue_watchers.append(self.http.queue_gained_messages)
         await self.http.start()
         settings = Settings(cfg.channel_max, cfg.frame_max, cfg.heartbeat)
+        deadlines = TimerWheel()
         loop = asyncio.get_running_loop()
         if tls is not None and cfg.amqps_port:  # 0 turns it off
             amqps = await serve_tls(
-                lambda: AMQPProtocol(self.gateway, settings, cfg.handshake_timeout),
+                lambda: AMQPProtocol(self.gateway, settings, cfg.handshake_timeout, deadlines),
                 tls,
                 cfg.host,
                 cfg.amqps_port,
@@ -128,11 +130,11 @@ class Node:
             )
             self.servers.append(amqps)
         server = await loop.create_server(
-            lambda: AMQPProtocol(self.gateway, settings, cfg.handshake_timeout),
+            lambda: AMQPProtocol(self.gateway, settings, cfg.handshake_timeout, deadlines),
             cfg.host,
             cfg.amqp_port,
             reuse_address=True,
-            backlog=1024,
+            backlog=LISTEN_BACKLOG,
         )
         self.servers.append(server)
         self.control = ControlServer(self, os.path.join(cfg.data_dir, "control.sock"))

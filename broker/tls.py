@@ -19,6 +19,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from broker.admission import LISTEN_BACKLOG
+
 log = logging.getLogger(__name__)
 
 
@@ -154,7 +156,7 @@ async def serve(
     """A TLS listener whose connections reach `factory`'s protocols once their handshake is
     done; a failed handshake is logged (one line) and the connection closed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
     sock.setblocking(False)
     return TlsListener(sock, factory, context, label, handshake_timeout)
 

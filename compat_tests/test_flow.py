@@ -303,3 +303,28 @@ def test_mqtt_puback_withheld_while_an_alarm_blocks_publishers(fresh_broker):
     second.wait_for_publish(10)
     assert second.is_published()
     pub.close()
+
+
+@pytest.mark.own_broker
+def test_a_blocked_publisher_is_not_closed_for_the_heartbeats_it_could_not_send(fresh_broker):
+    b = fresh_broker
+    events = []
+    conn = pika.BlockingConnection(b.params(heartbeat=1))
+    conn.add_on_connection_blocked_callback(lambda c, m: events.append("blocked"))
+    conn.add_on_connection_unblocked_callback(lambda c, m: events.append("unblocked"))
+    try:
+        ch = conn.channel()
+        q = uid("q")
+        ch.queue_declare(q, exclusive=True)
+        b.cli("set-memory-high-watermark", "1")
+        ch.basic_publish("", q, b"x")
+        _pump_until(conn, lambda: "blocked" in events)
+        # The broker reads nothing from it now, heartbeats included, for 3 heartbeat intervals.
+        with pytest.raises(AssertionError, match="timed out"):
+            _pump_until(conn, lambda: "missed heartbeats" in b.log_tail(), timeout=3)
+        b.cli("set-memory-high-watermark", str(10**15))
+        _pump_until(conn, lambda: "unblocked" in events)
+        assert wait_get(ch, q, timeout=10)[2] == b"x"
+    finally:
+        if conn.is_open:
+            conn.close()

@@ -150,11 +150,14 @@ def test_a_qos0_flood_does_not_push_acknowledged_messages_out_of_a_slow_subscrib
     for i in range(10):  # 5 go out, 5 wait in the queue: all acknowledged
         pub.publish(topic, b"acked %d" % i, qos=1)
     flood = RawMQTT(b)
-    flood.connect(uid())
+    flood.connect(uid(), keepalive=1)
     packets = b"".join(publish_packet(topic, b"f" * 1024) for _ in range(10_000))
-    # The broker stops reading the flood while the subscriber's queue is congested.
+    # The broker stops reading the flood while the subscriber's queue is congested...
     sending = threading.Thread(target=flood.send, args=(packets,))
     sending.start()
+    with pytest.raises(AssertionError):
+        # ... and the time it is not read does not count against its keepalive.
+        wait_for(lambda: "1.5 x keepalive" in b.log_tail(), timeout=3)
     acked, flooded = set(), 0
     while len(acked) < 10 or flooded < 10_000:
         _, body, qos, _, _, packet_id = sub.read().publish()

@@ -22,6 +22,7 @@ from broker.protocols.amqp.connection import Settings as AMQPSettings
 from broker.protocols.amqp.server import AMQPProtocol
 from broker.protocols.mqtt.connection import Settings as MQTTSettings
 from broker.protocols.mqtt.server import MQTTProtocol
+from broker.protocols.timer_wheel import TimerWheel
 
 from .memory_gateway import memory_gateway
 from .pure_python import pure_python_only
@@ -61,7 +62,9 @@ def _run(scenario: Callable[[], Awaitable[list[weakref.ref[Any]]]]) -> list[Any]
 def test_a_lost_amqp_connection_is_freed_with_its_channels(no_collector: None) -> None:
     async def scenario() -> list[weakref.ref[Any]]:
         gateway, _ = memory_gateway()
-        protocol = AMQPProtocol(gateway, AMQPSettings(), handshake_timeout=60)
+        protocol = AMQPProtocol(
+            gateway, AMQPSettings(), handshake_timeout=60, deadlines=TimerWheel()
+        )
         protocol.connection_made(_Transport())
         assert protocol.conn is not None
         protocol.conn.user = User("guest", "", ())  # as if logged in
@@ -77,7 +80,9 @@ def test_a_lost_amqp_connection_is_freed_with_its_channels(no_collector: None) -
 def test_an_mqtt_connection_is_freed_once_its_client_left(no_collector: None) -> None:
     async def scenario() -> list[weakref.ref[Any]]:
         gateway, commit = memory_gateway()
-        protocol = MQTTProtocol(gateway, MQTTSettings(), handshake_timeout=60, websocket=False)
+        protocol = MQTTProtocol(
+            gateway, MQTTSettings(), handshake_timeout=60, websocket=False, deadlines=TimerWheel()
+        )
         protocol.connection_made(_Transport())
         packet = bytearray(connect("release", clean=True))
         packet[10:12] = (60).to_bytes(2, "big")  # a keepalive, as paho's default
@@ -88,5 +93,5 @@ def test_an_mqtt_connection_is_freed_once_its_client_left(no_collector: None) ->
         commit.run()
         return refs
 
-    # nor does the handshake timer, still pending after the CONNECT, hold them
+    # nor does the node's timer wheel, which held the connection for its keepalive
     assert _run(scenario) == [None, None]

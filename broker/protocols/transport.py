@@ -33,6 +33,19 @@ def source_of(peer: Any) -> str:
 class ClientProtocol(asyncio.Protocol):
     """Subclasses create `self.conn` in `connection_made` and write its output in `flush`."""
 
+    # Slots: a node holds one per client connection, thousands of them.
+    __slots__ = (
+        "gateway",
+        "loop",
+        "transport",
+        "conn",
+        "_flush_scheduled",
+        "_last_received",
+        "_reading_paused",
+        "_hold_timer",
+        "__weakref__",
+    )
+
     #: the sans-IO connection: id, user, vhost, has_published, deliver, set_writable, ...
     conn: Any
 

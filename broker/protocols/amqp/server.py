@@ -1,4 +1,8 @@
-"""The thin asyncio layer: sockets in and out of the sans-IO AMQP connection, plus timers."""
+"""The thin asyncio layer: sockets in and out of the sans-IO AMQP connection, plus timers.
+
+The handshake deadline and the heartbeats of every connection are kept by one TimerWheel per
+node (broker.protocols.timer_wheel), not by loop timers of their own.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from broker.core.model import ConsumerCancelled
 from broker.gateway import Gateway
 from broker.protocols.amqp.codec import HEARTBEAT_FRAME
 from broker.protocols.amqp.connection import AMQPConnection, Settings, State
+from broker.protocols.timer_wheel import TimerWheel
 from broker.protocols.transport import ClientProtocol, is_loopback, source_of
 from broker.tls import peer_user
 
@@ -18,20 +23,36 @@ log = logging.getLogger(__name__)
 
 #: seconds to wait for connection.close-ok after we sent connection.close
 CLOSE_OK_TIMEOUT = 3.0
+#: states before the connection is open: its deadline is the handshake's
+_HANDSHAKE = (State.AWAIT_HEADER, State.AWAIT_START_OK, State.AWAIT_TUNE_OK, State.AWAIT_OPEN)
 
 
 class AMQPProtocol(ClientProtocol):
+    __slots__ = (
+        "settings",
+        "handshake_timeout",
+        "deadlines",
+        "deadline_slot",
+        "_sent_since_tick",
+        "_close_timer",
+    )
+
     conn: AMQPConnection | None
 
-    def __init__(self, gateway: Gateway, settings: Settings, handshake_timeout: float) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        settings: Settings,
+        handshake_timeout: float,
+        deadlines: TimerWheel,
+    ) -> None:
         super().__init__(gateway)
         self.settings = settings
         self.handshake_timeout = handshake_timeout
+        #: the node's AMQP deadlines (handshake, heartbeat ticks), and this connection's slot
+        self.deadlines = deadlines
+        self.deadline_slot: int | None = None
         self._sent_since_tick = False
-        # One handle per timer, not a list of every one ever started: a long-lived connection
-        # starts a heartbeat timer per half interval.
-        self._handshake_timer: asyncio.TimerHandle | None = None
-        self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -51,7 +72,7 @@ class AMQPProtocol(ClientProtocol):
             source=source_of(peer),
         )
         self.conn.cert_user = peer_user(transport)
-        self._handshake_timer = self.loop.call_later(self.handshake_timeout, self._check_handshake)
+        self.deadlines.watch(self, time.monotonic() + self.handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         assert self.conn is not None
@@ -60,16 +81,21 @@ class AMQPProtocol(ClientProtocol):
         self.conn.receive_data(data)
         self.gateway.read_done()
         if not was_open and self.conn.state is State.OPEN:
-            self._start_heartbeats()
+            # The handshake deadline becomes the first heartbeat tick, if any.
+            interval = self.conn.heartbeat
+            if interval > 0:
+                self.deadlines.watch(self, time.monotonic() + interval / 2)
+            else:
+                self.deadlines.forget(self)
         reason = self.gateway.blocked_reason
         if reason and self.conn.has_published:
             self.conn.set_blocked(reason)
             self.pause_reading()
 
     def cancel_timers(self) -> None:
-        for timer in (self._handshake_timer, self._heartbeat_timer, self._close_timer):
-            if timer is not None:
-                timer.cancel()
+        self.deadlines.forget(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
 
     # -- output --------------------------------------------------------------------------
 
@@ -123,32 +149,35 @@ class AMQPProtocol(ClientProtocol):
     def channel_count(self) -> int:
         return 0 if self.conn is None else len(self.conn.channels)
 
-    # -- timers --------------------------------------------------------------------------
+    # -- deadlines -----------------------------------------------------------------------
 
-    def _check_handshake(self) -> None:
-        if self.conn is not None and self.conn.state is not State.OPEN and self.transport:
-            log.info("closing connection %s: handshake timeout", self.conn.id)
-            self.transport.close()
-
-    def _start_heartbeats(self) -> None:
-        assert self.conn is not None
-        interval = self.conn.heartbeat
-        if interval > 0:
-            self._heartbeat_timer = self.loop.call_later(interval / 2, self._heartbeat_tick)
-
-    def _heartbeat_tick(self) -> None:
-        if self.conn is None or self.transport is None or self.transport.is_closing():
-            return
-        interval = self.conn.heartbeat
-        if time.monotonic() - self._last_received > 2 * interval:
+    def deadline_due(self, now: float) -> float | None:
+        """The handshake deadline until the connection is open, then a heartbeat tick every
+        half interval: a heartbeat goes out unless something else did since the last tick,
+        and a client silent for two intervals is closed."""
+        conn, transport = self.conn, self.transport
+        if conn is None or transport is None or transport.is_closing():
+            return None
+        if conn.state in _HANDSHAKE:
+            log.info("closing connection %s: handshake timeout", conn.id)
+            transport.close()
+            return None
+        interval = conn.heartbeat
+        if interval <= 0:  # closing before it opened: the close-ok timer aborts it
+            return None
+        if self._reading_paused:
+            # Not read (a resource alarm): the silence is the broker's, not the client's
+            # (RabbitMQ pauses its heartbeat monitor while it blocks a connection too).
+            self._last_received = now
+        if now - self._last_received > 2 * interval:
             log.warning(
                 "closing connection %s: missed heartbeats from client, timeout: %ss",
-                self.conn.id,
+                conn.id,
                 interval,
             )
-            self.transport.close()
-            return
+            transport.close()
+            return None
         if not self._sent_since_tick:
-            self.transport.write(HEARTBEAT_FRAME)
+            transport.write(HEARTBEAT_FRAME)
         self._sent_since_tick = False
-        self._heartbeat_timer = self.loop.call_later(interval / 2, self._heartbeat_tick)
+        return now + interval / 2

@@ -1,8 +1,9 @@
 """The thin asyncio layer: sockets (plain or WebSocket) in and out of the sans-IO MQTT connection.
 
-Besides moving bytes it owns the timers: a connection that sends no CONNECT within the
+Besides moving bytes it owns the deadlines: a connection that sends no CONNECT within the
 handshake timeout is closed, and an open one that is silent for 1.5 x its keepalive is closed
-as a network failure (its will is published).
+as a network failure (its will is published). Every connection's deadline is kept by one
+TimerWheel per node (broker.protocols.timer_wheel), not by a loop timer of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ssl
 import time
 from typing import Any
 
+from broker.admission import LISTEN_BACKLOG
 from broker.core.model import ConsumerCancelled
 from broker.gateway import Gateway
 from broker.protocols.mqtt.connection import (
@@ -23,6 +25,7 @@ from broker.protocols.mqtt.connection import (
     State,
 )
 from broker.protocols.mqtt.websocket import WebSocketServer
+from broker.protocols.timer_wheel import TimerWheel
 from broker.protocols.transport import ClientProtocol, is_loopback, source_of
 from broker.tls import peer_user
 from broker.tls import serve as serve_tls
@@ -37,6 +40,9 @@ WS_SUBPROTOCOL = "mqtt"
 
 
 class MQTTProtocol(ClientProtocol):
+    # Slots: a node holds one per device, and thousands of devices sit idle.
+    __slots__ = ("settings", "handshake_timeout", "ws", "deadlines", "deadline_slot")
+
     conn: MQTTConnection | None
 
     def __init__(
@@ -45,6 +51,7 @@ class MQTTProtocol(ClientProtocol):
         settings: Settings,
         handshake_timeout: float,
         websocket: bool,
+        deadlines: TimerWheel,
     ) -> None:
         super().__init__(gateway)
         self.settings = settings
@@ -54,7 +61,9 @@ class MQTTProtocol(ClientProtocol):
             if websocket
             else None
         )
-        self._timer: asyncio.TimerHandle | None = None
+        #: the node's MQTT deadlines (handshake, keepalive), and this connection's slot in them
+        self.deadlines = deadlines
+        self.deadline_slot: int | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -74,7 +83,7 @@ class MQTTProtocol(ClientProtocol):
             source_of(peer),
         )
         self.conn.cert_user = peer_user(transport)
-        self._timer = self.loop.call_later(self.handshake_timeout, self._check_connected)
+        self.deadlines.watch(self, time.monotonic() + self.handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -89,17 +98,16 @@ class MQTTProtocol(ClientProtocol):
         conn.receive_data(data)
         self.gateway.read_done()
         if was_waiting and conn.state in _CONNECTED:
-            # The CONNECT came: stop the handshake timer, which would otherwise hold this
-            # protocol (and its connection) for the whole timeout after the client left.
-            self.cancel_timers()
+            # The CONNECT came: the handshake deadline becomes the keepalive's, if any.
             if conn.keepalive:
-                self._watch_keepalive()
+                self.deadlines.watch(self, self._last_received + 1.5 * conn.keepalive)
+            else:
+                self.deadlines.forget(self)
         if conn.held_back or (self.gateway.blocked_reason and conn.has_published):
             self.pause_reading()
 
     def cancel_timers(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self.deadlines.forget(self)
 
     # -- output --------------------------------------------------------------------------
 
@@ -135,25 +143,29 @@ class MQTTProtocol(ClientProtocol):
             self.conn.close(reason, publish_will=True)
             self.flush()
 
-    # -- timers --------------------------------------------------------------------------
+    # -- deadlines -----------------------------------------------------------------------
 
-    def _check_connected(self) -> None:
+    def deadline_due(self, now: float) -> float | None:
+        """The handshake deadline while CONNECT has not come, then the keepalive's: packets
+        only note when they came, and the deadline moves on when it is reached."""
         conn = self.conn
-        if conn is not None and conn.state is State.AWAIT_CONNECT and self.transport:
+        if conn is None or self.transport is None:
+            return None
+        if conn.state is State.AWAIT_CONNECT:
             log.info("closing mqtt connection %s: no CONNECT within the timeout", conn.id)
             conn.connection_lost()
             self.transport.close()
-
-    def _watch_keepalive(self) -> None:
-        conn = self.conn
-        if conn is None or conn.state not in _CONNECTED:
-            return
-        grace = 1.5 * conn.keepalive
-        silent = time.monotonic() - self._last_received
-        if silent >= grace:
+            return None
+        if conn.state not in _CONNECTED:
+            return None
+        if self._reading_paused:
+            # Not read (flow control, an alarm): the silence is the broker's, not the client's.
+            self._last_received = now
+        deadline = self._last_received + 1.5 * conn.keepalive
+        if now >= deadline:
             conn.keepalive_expired()
-            return
-        self._timer = self.loop.call_later(grace - silent, self._watch_keepalive)
+            return None
+        return deadline
 
 
 async def start_listeners(
@@ -162,17 +174,20 @@ async def start_listeners(
     """MQTT on the plain port and over WebSocket, and with a TLS context over TLS and secure
     WebSocket."""
     settings = settings_from_config(cfg)
+    deadlines = TimerWheel()
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
     for port, websocket in ((cfg.mqtt_port, False), (cfg.mqtt_ws_port, True)):
         if not port:  # 0 turns the listener off
             continue
         server = await loop.create_server(
-            functools.partial(MQTTProtocol, gateway, settings, cfg.handshake_timeout, websocket),
+            functools.partial(
+                MQTTProtocol, gateway, settings, cfg.handshake_timeout, websocket, deadlines
+            ),
             cfg.host,
             port,
             reuse_address=True,
-            backlog=1024,
+            backlog=LISTEN_BACKLOG,
         )
         servers.append(server)
     if tls is None:
@@ -184,7 +199,7 @@ async def start_listeners(
         if not port:
             continue
         factory = functools.partial(
-            MQTTProtocol, gateway, settings, cfg.handshake_timeout, websocket
+            MQTTProtocol, gateway, settings, cfg.handshake_timeout, websocket, deadlines
         )
         servers.append(await serve_tls(factory, tls, cfg.host, port, label, cfg.handshake_timeout))
     return servers

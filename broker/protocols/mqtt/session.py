@@ -14,6 +14,7 @@ the protocol needs after a restart is kept as core adapter records in the group
 
 from __future__ import annotations
 
+from collections.abc import Set
 from typing import Any
 
 from broker.core import commands as c
@@ -21,6 +22,9 @@ from broker.protocols.mqtt.topics import SHARE_PREFIX, shared_filter, subscribab
 
 QUEUE_PREFIX = "mqtt-subscription-"
 SHARED_QUEUE_PREFIX = "mqtt-shared-"
+#: the packet ids of a session that has none in a QoS 2 exchange (most: QoS 2 is rare), shared
+#: by all of them; a session gets a set of its own with its first
+_NO_IDS: frozenset[int] = frozenset()
 
 
 def shared_queue(group: str, topic_filter: str) -> str:
@@ -30,6 +34,18 @@ def shared_queue(group: str, topic_filter: str) -> str:
 
 
 class Session:
+    # Slots: a node holds one per connected device.
+    __slots__ = (
+        "vhost",
+        "client_id",
+        "persistent",
+        "group",
+        "queue",
+        "subscriptions",
+        "awaiting_release",
+        "awaiting_complete",
+    )
+
     def __init__(self, vhost: str, client_id: str, persistent: bool) -> None:
         self.vhost = vhost
         self.client_id = client_id
@@ -38,9 +54,9 @@ class Session:
         self.queue = QUEUE_PREFIX + client_id
         self.subscriptions: dict[str, int] = {}
         #: inbound QoS 2 packet ids between PUBLISH and PUBREL
-        self.awaiting_release: set[int] = set()
+        self.awaiting_release: Set[int] = _NO_IDS
         #: outbound QoS 2 packet ids between PUBREL and PUBCOMP
-        self.awaiting_complete: set[int] = set()
+        self.awaiting_complete: Set[int] = _NO_IDS
 
     def restore(self, records: dict[str, Any]) -> None:
         saved = records.get("session", {}).get("subscriptions", {})
@@ -49,9 +65,9 @@ class Session:
         for name in records:
             kind, _, number = name.partition(":")
             if kind == "in":
-                self.awaiting_release.add(int(number))
+                self.awaiting_release = _adding(self.awaiting_release, int(number))
             elif kind == "out":
-                self.awaiting_complete.add(int(number))
+                self.awaiting_complete = _adding(self.awaiting_complete, int(number))
 
     def patterns(self) -> set[str]:
         """The binding patterns of the session queue (shared subscriptions have their own)."""
@@ -73,25 +89,37 @@ class Session:
         return self._put("session", {"subscriptions": dict(self.subscriptions)})
 
     def received(self, packet_id: int) -> list[c.Command]:
-        self.awaiting_release.add(packet_id)
+        self.awaiting_release = _adding(self.awaiting_release, packet_id)
         return self._put(f"in:{packet_id}", True)
 
     def released_by_client(self, packet_id: int) -> list[c.Command]:
-        self.awaiting_release.discard(packet_id)
+        _discard(self.awaiting_release, packet_id)
         return self._put(f"in:{packet_id}", None)
 
     def released_by_us(self, packet_id: int) -> list[c.Command]:
-        self.awaiting_complete.add(packet_id)
+        self.awaiting_complete = _adding(self.awaiting_complete, packet_id)
         return self._put(f"out:{packet_id}", True)
 
     def completed(self, packet_id: int) -> list[c.Command]:
-        self.awaiting_complete.discard(packet_id)
+        _discard(self.awaiting_complete, packet_id)
         return self._put(f"out:{packet_id}", None)
 
     def _put(self, name: str, value: Any) -> list[c.Command]:
         if not self.persistent:
             return []
         return [c.PutRecord(self.vhost, self.group, name, value)]
+
+
+def _adding(ids: Set[int], packet_id: int) -> set[int]:
+    """`ids` with `packet_id` added: the shared empty one is replaced by a set of its own."""
+    own = ids if isinstance(ids, set) else set(ids)
+    own.add(packet_id)
+    return own
+
+
+def _discard(ids: Set[int], packet_id: int) -> None:
+    if isinstance(ids, set):
+        ids.discard(packet_id)
 
 
 def _still_valid(topic_filter: str) -> bool:
