@@ -105,14 +105,20 @@ def test_offline_session_overflow_is_counted_and_logged(
     sub.close()
 
 
-def test_a_slow_subscriber_slows_its_publishers_instead_of_losing_messages(broker_factory):
-    # Queues hold 40 messages, so their flow limit is 20 ready messages.
-    b = broker_factory("--mqtt-max-queued", "40", "--mqtt-max-inflight", "5")
-    topic = uid("slow")
+def raw_subscriber(b: BrokerProcess, topic: str) -> RawMQTT:
+    """A QoS 1 subscriber that reads (and acknowledges) only when the test makes it."""
     sub = RawMQTT(b)
     sub.connect(uid())
     sub.send(subscribe_packet(1, (topic, 1)))
     assert sub.read().type == 9
+    return sub
+
+
+def test_a_slow_subscriber_slows_its_publishers_instead_of_losing_messages(broker_factory):
+    # Queues hold 40 messages, so their flow limit is 20 ready messages.
+    b = broker_factory("--mqtt-max-queued", "40", "--mqtt-max-inflight", "5")
+    topic = uid("slow")
+    sub = raw_subscriber(b, topic)
     pub = Paho(b)
     pub.client.max_inflight_messages_set(10)
     pub.connect()
@@ -141,10 +147,7 @@ def test_a_qos0_flood_does_not_push_acknowledged_messages_out_of_a_slow_subscrib
     # Queues hold 2,000 messages; the flow limit is 1,000 ready ones.
     b = broker_factory("--mqtt-max-queued", "2000", "--mqtt-max-inflight", "5")
     topic = uid("flood")
-    sub = RawMQTT(b)
-    sub.connect(uid())
-    sub.send(subscribe_packet(1, (topic, 1)))
-    assert sub.read().type == 9
+    sub = raw_subscriber(b, topic)
     pub = Paho(b)
     pub.connect()
     for i in range(10):  # 5 go out, 5 wait in the queue: all acknowledged
