@@ -198,8 +198,9 @@ class MQTTConnection:
         #: bytes in `_out`
         self._out_size = 0
         self._settles: list[tuple[str, str, int]] = []
-        #: replies waiting for their commands to be durable, in submission order
-        self._replies: deque[bytes] = deque()
+        #: replies waiting for their commands to be durable, in submission order (made on
+        #: first use: a deque is 0.7 KB, and most devices of a fleet sit idle)
+        self._replies: deque[bytes] | None = None
         #: replies withheld while a queue this client published to is congested
         self._withheld: list[bytes] | None = None
         #: a QoS 0 publish waits for its reply, to learn whether it fed a congested queue
@@ -264,7 +265,7 @@ class MQTTConnection:
             return
         # Replies are released in submission order, so they wait in one queue rather than
         # each in a callback of its own.
-        self._replies.append(reply)
+        self._reply_later(reply)
         if not commands:
             self.gateway.after(self._reply_now)
             return
@@ -272,8 +273,15 @@ class MQTTConnection:
             submit(command, self._check_done)
         submit(commands[-1], self._reply_done)
 
+    def _reply_later(self, reply: bytes) -> None:
+        """`reply` goes out once the command submitted next is durable (`_reply_done`)."""
+        if self._replies is None:
+            self._replies = deque()
+        self._replies.append(reply)
+
     def _reply_done(self, result: Any, error: BrokerError | None) -> None:
         # The earlier commands of the reply are durable too (submission order).
+        assert self._replies is not None
         reply = self._replies.popleft()
         if error is not None:
             self._check_done(result, error)
@@ -284,6 +292,7 @@ class MQTTConnection:
         self._send_reply(reply)
 
     def _reply_now(self) -> None:
+        assert self._replies is not None
         self._send_reply(self._replies.popleft())
 
     def _send_reply(self, reply: bytes) -> None:
@@ -644,7 +653,7 @@ class MQTTConnection:
                     self._probing = True
                     self.gateway.submit(publish, self._qos0_applied, durable=False)
             else:
-                self._replies.append(codec.ack(PUBACK, p.packet_id))
+                self._reply_later(codec.ack(PUBACK, p.packet_id))
                 self.gateway.submit(publish, self._reply_done)
             return
         commands: list[c.Command] = []
