@@ -138,6 +138,9 @@ class PacketReader:
     packet arriving in many reads is not copied again on every read).
     """
 
+    # One per connection, and a fleet's devices are many.
+    __slots__ = ("max_packet_size", "_data", "_pos", "_more", "_more_size", "_need", "_topics")
+
     def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH + 5) -> None:
         self.max_packet_size = max_packet_size
         #: the chunk being decoded, from `_pos` on
