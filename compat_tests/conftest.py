@@ -146,14 +146,24 @@ class BrokerProcess(_BrokerBase):
     def __init__(self, data_dir, extra_args=(), host="127.0.0.1", port=None, log_path=None):
         self.host = host
         self.port = port or free_port(host)
-        # Every listener gets a free port, so brokers of parallel tests never collide.
-        self.mqtt_port = free_port(host)
-        self.mqtt_ws_port = free_port(host)
-        self.http_port = free_port(host)
-        self.https_port = free_port(host)
-        self.amqps_port = free_port(host)
-        self.mqtts_port = free_port(host)
-        self.mqtt_wss_port = free_port(host)
+        # Every listener gets a free port, so brokers of parallel tests never collide, and
+        # each its own: a port nothing listens on yet may come up twice (or be `port`, given
+        # for a restart), and the broker could not bind the second listener.
+        taken = {self.port}
+
+        def pick() -> int:
+            while (chosen := free_port(host)) in taken:
+                pass
+            taken.add(chosen)
+            return chosen
+
+        self.mqtt_port = pick()
+        self.mqtt_ws_port = pick()
+        self.http_port = pick()
+        self.https_port = pick()
+        self.amqps_port = pick()
+        self.mqtts_port = pick()
+        self.mqtt_wss_port = pick()
         self.data_dir = pathlib.Path(data_dir)
         self.extra_args = [str(a) for a in extra_args]
         self.log_path = (
