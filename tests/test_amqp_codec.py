@@ -424,6 +424,23 @@ def test_framing_error_does_not_leave_the_connection_hanging() -> None:
     assert client.conn.should_close
 
 
+def test_a_method_that_does_not_decode_while_closing_is_discarded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = Client()
+    client.handshake(frame_max=4096)
+    oversized = codec.FRAME_HEADER_STRUCT.pack(codec.FRAME_BODY, 1, 5000) + b"x" * 5000 + b"\xce"
+    assert only_close(client.send(oversized)).reply_code == 501
+    # A connection.close whose reply text is not UTF-8: not an internal error, just ignored.
+    bad_close = b"\x00\x0a\x00\x32\x00\xc8\x02\xe2\x28\x00\x00\x00\x00"
+    frame_bytes = codec.FRAME_HEADER_STRUCT.pack(codec.FRAME_METHOD, 0, len(bad_close))
+    assert client.send(frame_bytes + bad_close + b"\xce") == []
+    assert "unexpected error" not in caplog.text
+    assert client.conn.state is State.CLOSING
+    client.method(0, spec.Connection.CloseOk())
+    assert client.conn.should_close
+
+
 def test_close_ok_without_our_close_is_an_error() -> None:
     client = Client()
     client.handshake()

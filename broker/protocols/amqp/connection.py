@@ -220,8 +220,13 @@ class AMQPConnection:
                 raise ConnectionError_(501, "heartbeat frame on a non-zero channel")
             return
         if self.state is State.CLOSING:
+            # Everything but close and close-ok is discarded until the close-ok comes
+            # (AMQP 0-9-1 4.2.2), frames that do not decode included.
             if ftype == codec.FRAME_METHOD and channel == 0:
-                method = codec.decode_method(payload)
+                try:
+                    method = codec.decode_method(payload)
+                except codec.SyntaxError_:
+                    return
                 if isinstance(method, spec.Connection.CloseOk):
                     self._finish("closed")
                 elif isinstance(method, spec.Connection.Close):
