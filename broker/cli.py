@@ -144,7 +144,10 @@ def main() -> None:
 )
 def serve(config_path: str | None, repair: bool, **flags: Any) -> None:
     """Start a node with embedded defaults."""
-    config = Config.load(config_path, flags)
+    try:
+        config = Config.load(config_path, flags)
+    except ValueError as exc:  # a configuration that cannot work: one line, no traceback
+        raise click.UsageError(str(exc)) from None
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

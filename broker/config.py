@@ -139,4 +139,10 @@ class Config:
                     raise ValueError(f"unknown configuration key '{key}' in {path}")
                 values[key] = tuple(value) if isinstance(value, list) else value
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        config = cls(**values)
+        if config.tls_verify_peer and not config.tls_ca:
+            raise ValueError(
+                "tls_verify_peer (--tls-verify-peer) needs tls_ca (--tls-ca): the CA whose "
+                "signature client certificates must carry"
+            )
+        return config
