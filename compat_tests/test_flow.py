@@ -69,9 +69,9 @@ def test_channel_flow_false_pauses_deliveries(broker):
         assert got_flow_ok and got_deliver
 
 
-def _blocked_client(broker):
+def _blocked_client(broker, **params):
     events = []
-    conn = pika.BlockingConnection(broker.params())
+    conn = pika.BlockingConnection(broker.params(**params))
     conn.add_on_connection_blocked_callback(lambda c, m: events.append(("blocked", m.method)))
     conn.add_on_connection_unblocked_callback(lambda c, m: events.append(("unblocked", m.method)))
     return conn, events
@@ -308,22 +308,19 @@ def test_mqtt_puback_withheld_while_an_alarm_blocks_publishers(fresh_broker):
 @pytest.mark.own_broker
 def test_a_blocked_publisher_is_not_closed_for_the_heartbeats_it_could_not_send(fresh_broker):
     b = fresh_broker
-    events = []
-    conn = pika.BlockingConnection(b.params(heartbeat=1))
-    conn.add_on_connection_blocked_callback(lambda c, m: events.append("blocked"))
-    conn.add_on_connection_unblocked_callback(lambda c, m: events.append("unblocked"))
+    conn, events = _blocked_client(b, heartbeat=1)
     try:
         ch = conn.channel()
         q = uid("q")
         ch.queue_declare(q, exclusive=True)
         b.cli("set-memory-high-watermark", "1")
         ch.basic_publish("", q, b"x")
-        _pump_until(conn, lambda: "blocked" in events)
+        _pump_until(conn, lambda: any(e[0] == "blocked" for e in events))
         # The broker reads nothing from it now, heartbeats included, for 3 heartbeat intervals.
         with pytest.raises(AssertionError, match="timed out"):
             _pump_until(conn, lambda: "missed heartbeats" in b.log_tail(), timeout=3)
         b.cli("set-memory-high-watermark", str(10**15))
-        _pump_until(conn, lambda: "unblocked" in events)
+        _pump_until(conn, lambda: any(e[0] == "unblocked" for e in events))
         assert wait_get(ch, q, timeout=10)[2] == b"x"
     finally:
         if conn.is_open:
