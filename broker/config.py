@@ -47,6 +47,8 @@ class Config:
     mqtt_max_queued: int = 100_000
     #: "drop-oldest" or "refuse"; either way counted in `broker status` and logged
     mqtt_overflow: str = "drop-oldest"
+    #: how long message trace keeps what it recorded, s (broker trace)
+    trace_retention: int = 3 * 24 * 3600
 
     #: CMQ API 2.0 over HTTP (path /v2/index.php); HTTPS only when tls_cert and tls_key are set
     http_port: int = 15680

@@ -139,6 +139,10 @@ class Gateway(Protocol):
     def new_name(self, prefix: str) -> str:
         """A unique broker-generated name (server-named queues, consumer tags, client ids)."""
 
+    def note_publisher(self, command: c.Publish, who: Callable[[], dict[str, Any]]) -> None:
+        """Say who sends `command` (called before submitting it), for message trace: when
+        its vhost is traced, the trace of the publish names `who()`."""
+
     # -- direct reply-to -----------------------------------------------------------------
 
     def register_reply_to(self, connection: c.ConnectionId, channel: int, consumer_tag: str) -> str:

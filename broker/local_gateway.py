@@ -29,6 +29,7 @@ from broker.core.model import (
     Effect,
     MessagesAvailable,
     Overflowed,
+    Traced,
     User,
 )
 from broker.core.state import StateMachine
@@ -37,6 +38,7 @@ from broker.flow import RoomWaiters
 from broker.gateway import ClientConnection, Done
 from broker.login_guard import LoginGuard
 from broker.protocols.http.auth import ReplayGuard
+from broker.trace_log.recorder import TraceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,8 @@ class LocalGateway:
         #: publishers waiting for congested queues to drain (credit flow)
         self._room = RoomWaiters()
         self._room_timer: asyncio.TimerHandle | None = None
+        #: where traced steps go (the node sets it once its data dir is open)
+        self.trace: TraceRecorder | None = None
 
     def attach(self, commit: CommitPath) -> None:
         self.commit = commit
@@ -189,8 +193,15 @@ class LocalGateway:
                 self.drops.note(effect)  # type: ignore[arg-type]
             elif kind is Overflowed:
                 self._count_overflow(effect)  # type: ignore[arg-type]
+            elif kind is Traced and self.trace is not None:
+                self.trace.record(effect)  # type: ignore[arg-type]
         if self._room:
             self._room.check(self.committed.has_room)
+
+    def note_publisher(self, command: c.Publish, who: Callable[[], dict[str, Any]]) -> None:
+        trace = self.trace
+        if trace is not None and command.vhost in self.committed.tracing.traced_vhosts:
+            trace.note_publisher(command, who())
 
     # -- credit flow ---------------------------------------------------------------------
 

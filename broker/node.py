@@ -40,6 +40,7 @@ from broker.store.driver import CommitDriver
 from broker.store.recovery import recover
 from broker.tls import Reloader, TlsFiles, server_context
 from broker.tls import serve as serve_tls
+from broker.trace_log.recorder import TraceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class Node:
             if self.repair:
                 await self._finish_repair()
         await self._ensure_defaults()
+        self.gateway.trace = TraceRecorder(
+            os.path.join(cfg.data_dir, "trace"), cfg.trace_retention * 1000
+        )
         tls = self._client_tls()
         # MQTT first: the AMQP port opening is what scripts and tests take as "ready".
         self.servers.extend(await start_mqtt_listeners(self.gateway, cfg, tls))
@@ -328,6 +332,8 @@ class Node:
         await self._wait_connections_closed(2.0)
         if self.commit is not None:
             await self.commit.close()
+        if self.gateway.trace is not None:
+            await self.gateway.trace.close()
         if self.store is not None:
             self.store.close()
         self.gateway.drops.flush(everything=True)

@@ -102,6 +102,7 @@ def dump(sm: StateMachine) -> dict[str, Any]:
             (node, p.session, p.floor, sorted(p.seen)) for node, p in sm.proposers.items()
         ),
         "members": sorted(sm.members.items()),
+        "tracing": sm.tracing.settings(),
         "delayed": sorted(repr(d) for d in sm.delayed.values()),
         "consumer_order": [key for key in sm.consumers],
         "shared": sorted((o, s.limit, s.in_flight) for o, s in sm.shared_limits.items()),

@@ -110,6 +110,8 @@ FORMAT_2 = {
     38: ("DeleteAccessKey", ("secret_id",)),
     39: ("SetMembers", ("members",)),
     40: ("SetLimits", ("scope", "name", "limits")),
+    # Added within format 2: a data dir that never traced reads as before.
+    45: ("SetTracing", ("vhost", "kind", "enabled", "queue")),
 }
 
 

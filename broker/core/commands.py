@@ -455,6 +455,18 @@ class SetMembers:
 
 
 @dataclass(slots=True)
+class SetTracing:
+    """Turn message trace (`kind` "trace": every step of each message's life recorded, see
+    core/tracing.py) or RabbitMQ's firehose ("firehose": copies to amq.rabbitmq.trace) on or
+    off for a vhost, or message trace for one queue of it."""
+
+    vhost: str
+    kind: str
+    enabled: bool
+    queue: str = ""
+
+
+@dataclass(slots=True)
 class Batch:
     """Several commands applied as one: all of them, or none if one of them fails.
 
@@ -508,4 +520,5 @@ Command = (
     | SetQueueArguments
     | AddAccessKey
     | DeleteAccessKey
+    | SetTracing
 )

@@ -269,4 +269,31 @@ class CloseConnection:
     reason: str
 
 
-Effect = Deliver | ConsumerCancelled | MessagesAvailable | Overflowed | Dropped | CloseConnection
+@dataclass(slots=True)
+class Traced:
+    """One step in the life of a message whose vhost or queue is traced (SetTracing).
+
+    `event` is "published" (queue empty, seq 0; `detail` names the routes), "delivered",
+    "acked", "requeued", or a way out: "rejected", "expired", "maxlen", "delivery-limit"
+    (each with the dead-letter routes taken, if any), "purged", "queue-deleted".
+    """
+
+    event: str
+    vhost: str
+    queue: str
+    seq: int
+    time: int
+    detail: dict[str, Any]
+    #: the publish itself, for "published": the node it arrived at can say who sent it
+    command: Any = None
+
+
+Effect = (
+    Deliver
+    | ConsumerCancelled
+    | MessagesAvailable
+    | Overflowed
+    | Dropped
+    | CloseConnection
+    | Traced
+)

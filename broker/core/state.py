@@ -68,10 +68,12 @@ from broker.core.model import (
     RetainedMessage,
     SessionHolder,
     SharedLimit,
+    Traced,
     User,
 )
 from broker.core.queue import MessageQueue
 from broker.core.routing import EXCHANGE_TYPES, binding_matches, freeze_arguments, topic_matches
+from broker.core.tracing import FIREHOSE_EXCHANGE, Tracing, firehose_headers
 
 PREDECLARED_EXCHANGES = (
     ("", "direct"),
@@ -80,6 +82,7 @@ PREDECLARED_EXCHANGES = (
     ("amq.topic", "topic"),
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
+    (FIREHOSE_EXCHANGE, "topic"),
 )
 _PREDECLARED = dict(PREDECLARED_EXCHANGES)
 #: the limits SetLimits knows, by scope (as rabbitmqctl set_vhost_limits / set_user_limits)
@@ -176,6 +179,8 @@ class StateMachine:
         #: log index -> messages whose body is that entry's (Message.source); an entry with
         #: none is dropped with the log behind a snapshot, one with some is kept
         self.entry_refs: dict[int, int] = {}
+        #: vhosts and queues whose messages are traced, or copied to the firehose
+        self.tracing = Tracing()
         #: the log index being applied, and the position in it (inside a Batch)
         self.index = 0
         self._position = 0
@@ -224,6 +229,7 @@ class StateMachine:
             c.AddAccessKey: self._add_access_key,
             c.DeleteAccessKey: self._delete_access_key,
             c.SetMembers: self._set_members,
+            c.SetTracing: self._set_tracing,
         }
 
     # -- entry point ---------------------------------------------------------------------
@@ -366,7 +372,9 @@ class StateMachine:
     def _add_vhost(self, name: str) -> None:
         vh = Vhost(name)
         for ex_name, type_ in PREDECLARED_EXCHANGES:
-            vh.exchanges[ex_name] = Exchange(name, ex_name, type_)
+            vh.exchanges[ex_name] = Exchange(
+                name, ex_name, type_, internal=ex_name == FIREHOSE_EXCHANGE
+            )
         self.vhosts[name] = vh
 
     def _delete_vhost(self, cmd: c.DeleteVhost) -> None:
@@ -398,6 +406,8 @@ class StateMachine:
         ):
             del self.access_keys[secret_id]
             self._record("access_key", secret_id, None)
+        for _, kind, queue in self.tracing.forget_vhost(cmd.name):
+            self._record("tracing", (cmd.name, kind, queue), None)
         del self.vhosts[cmd.name]
         self._record("vhost", cmd.name, None)
 
@@ -782,6 +792,7 @@ class StateMachine:
             self._forget(q, msg)
         if lost:
             self._dropped(q.vhost, q.name, "queue-deleted", lost)
+            self._trace_queue(q, "queue-deleted", lost)
         for source in list(vh.bindings):
             for key in list(vh.bindings.get(source, ())):
                 if key.to_queue and key.destination == q.name:
@@ -802,7 +813,13 @@ class StateMachine:
             self._forget(q, msg)
         if purged:
             self._dropped(q.vhost, q.name, "purged", len(purged))
+            self._trace_queue(q, "purged", len(purged))
         return len(purged)
+
+    def _trace_queue(self, q: MessageQueue, event: str, count: int) -> None:
+        """Trace messages leaving a queue all at once (one step for all of them)."""
+        if self.tracing.covers(q.vhost, q.name):
+            self._effects.append(Traced(event, q.vhost, q.name, 0, self.now, {"count": count}))
 
     def _connection_closed(self, cmd: c.ConnectionClosed) -> None:
         for vhost, name in sorted(self.exclusive_queues.pop(cmd.connection, set())):
@@ -867,8 +884,12 @@ class StateMachine:
         if delay:
             self._hold_delayed(vh, ex, cmd, delay)
             return PublishResult(routed=True)
+        if vh.name in self.tracing.firehose:
+            self._firehose(vh, "publish." + ex.name, cmd.exchange, cmd.routing_key, cmd, None)
         targets = self._targets(vh, ex, cmd)
         result = PublishResult(routed=bool(targets))
+        #: (queue, seq) of each message the publish made, when its vhost has tracing on
+        routed: list[tuple[str, int]] | None = [] if vh.name in self.tracing.traced_vhosts else None
         if not targets and not cmd.mandatory:
             self._dropped(vh.name, ex.name, "unroutable", 1)  # (a mandatory one is returned)
         props = cmd.properties
@@ -884,6 +905,7 @@ class StateMachine:
                 self._effects.append(Overflowed(q.vhost, q.name, TOO_LARGE))
                 result.rejected = True
                 continue
+            seq = q.next_seq
             if not self._enqueue(
                 q,
                 cmd.exchange,
@@ -896,11 +918,64 @@ class StateMachine:
                 source,
             ):
                 result.rejected = True
-            elif q.congested():
+                continue
+            if routed is not None:
+                routed.append((q.name, seq))
+            if q.congested():
                 if result.congested is None:
                     result.congested = []
                 result.congested.append((q.vhost, q.name))
+        if routed is not None:
+            self._trace_publish(vh.name, cmd, routed)
         return result
+
+    def _trace_publish(self, vhost: str, cmd: c.Publish, routed: list[tuple[str, int]]) -> None:
+        covers = self.tracing.covers
+        if not covers(vhost, "") and not any(covers(vhost, q) for q, _ in routed):
+            return
+        props = cmd.properties
+        detail = {
+            "id": f"{self.index}.{self._position}",
+            "exchange": cmd.exchange,
+            "routing_key": cmd.routing_key,
+            "routed": [list(r) for r in routed],
+            "size": len(cmd.body),
+        }
+        if props.get("message_id") is not None:
+            detail["message_id"] = props["message_id"]
+        self._effects.append(Traced("published", vhost, "", 0, self.now, detail, cmd))
+
+    def _trace(self, q: MessageQueue, msg: Message, event: str, **detail: Any) -> None:
+        """Record a step of `msg` in `q` if the queue is traced."""
+        if self.tracing.covers(q.vhost, q.name):
+            self._effects.append(Traced(event, q.vhost, q.name, msg.seq, self.now, detail))
+
+    def _firehose(
+        self,
+        vh: Vhost,
+        routing_key: str,
+        exchange: str,
+        message_key: str,
+        message: c.Publish | Message,
+        redelivered: bool | None,
+    ) -> None:
+        """Copy a publish or delivery to the vhost's firehose exchange (never its own)."""
+        if exchange == FIREHOSE_EXCHANGE:
+            return
+        targets: dict[str, None] = {}
+        self._route(vh, vh.exchanges[FIREHOSE_EXCHANGE], routing_key, None, targets, set())
+        headers = firehose_headers(exchange, message_key, message.properties, "broker", redelivered)
+        persistent = message.properties.get("delivery_mode") == 2
+        for qname in targets:
+            self._enqueue(
+                vh.queues[qname],
+                FIREHOSE_EXCHANGE,
+                routing_key,
+                {"headers": headers, "delivery_mode": 2 if persistent else 1},
+                message.body,
+                persistent,
+                None,
+            )
 
     def _enqueue(
         self,
@@ -1080,19 +1155,36 @@ class StateMachine:
         """Remove `msg` from `q` and republish it to the queue's dead-letter exchange; a
         message that reaches no queue that way is reported dropped."""
         self._forget(q, msg)
-        failure = self._dead_letter_copy(q, msg, reason)
+        traced = self.tracing.covers(q.vhost, q.name)
+        routed: list[tuple[str, int]] | None = [] if traced else None
+        failure = self._dead_letter_copy(q, msg, reason, routed)
         if failure is not None:
             self._dropped(q.vhost, q.name, reason.replace("_", "-"), 1, failure)
+        if traced:
+            detail: dict[str, Any] = {"dead_lettered": [list(r) for r in routed or ()]}
+            if failure:
+                detail["dropped"] = failure
+            self._trace(q, msg, reason.replace("_", "-"), **detail)
 
-    def _dead_letter_copy(self, q: MessageQueue, msg: Message, reason: str) -> str | None:
+    def _dead_letter_copy(
+        self,
+        q: MessageQueue,
+        msg: Message,
+        reason: str,
+        routed: list[tuple[str, int]] | None = None,
+    ) -> str | None:
         """Republish a copy of `msg` to the dead-letter exchange of `q`; None when some queue
-        took it, else why none did ("" when the queue has no dead-letter exchange)."""
+        took it, else why none did ("" when the queue has no dead-letter exchange). The
+        (queue, seq) of each copy goes to `routed`, when given."""
         plan = self._dead_letter_plan(q, msg, reason)
         if isinstance(plan, str):
             return plan
         dlx, routing_key, props, queues = plan
         for target in queues:
-            self._enqueue(target, dlx, routing_key, props, msg.body, msg.persistent, None)
+            seq = target.next_seq
+            taken = self._enqueue(target, dlx, routing_key, props, msg.body, msg.persistent, None)
+            if taken and routed is not None:
+                routed.append((target.name, seq))
         return None
 
     def _dead_letter_plan(
@@ -1277,6 +1369,8 @@ class StateMachine:
         self._effects.append(
             Deliver(consumer.owner, consumer.tag, q.name, msg, redelivered, msg.returns)
         )
+        if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+            self._trace_delivery(q, msg, redelivered, consumer.tag, consumer.owner, consumer.no_ack)
         if consumer.no_ack or (consumer.settle_transient and not msg.persistent):
             self._forget(q, msg)
         else:
@@ -1301,12 +1395,36 @@ class StateMachine:
             break
         q.deliver(msg, cmd.owner, None, self.now)
         redelivered = msg.delivery_count > 1 or msg.returns > 0
+        if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+            self._trace_delivery(q, msg, redelivered, "", cmd.owner, cmd.no_ack)
         if cmd.no_ack:
             self._forget(q, msg)
         else:
             self._touch_message(q, msg)
             self.owner_queues.setdefault(cmd.owner, set()).add((cmd.vhost, cmd.queue))
         return GetResult(msg, msg.seq, redelivered, q.message_count())
+
+    def _trace_delivery(
+        self,
+        q: MessageQueue,
+        msg: Message,
+        redelivered: bool,
+        tag: str,
+        owner: c.Owner | None,
+        no_ack: bool,
+    ) -> None:
+        """Trace a delivery (push, get or pull receive), and copy it to the firehose."""
+        detail: dict[str, Any] = {"redelivered": redelivered, "count": msg.delivery_count}
+        if tag:
+            detail["consumer"] = tag
+        if owner is not None:
+            detail["connection"] = list(owner[:2])
+        if no_ack:
+            detail["no_ack"] = True
+        self._trace(q, msg, "delivered", **detail)
+        if q.vhost in self.tracing.firehose:
+            vh = self.vhosts[q.vhost]
+            self._firehose(vh, "deliver." + q.name, msg.exchange, msg.routing_key, msg, redelivered)
 
     def _settle(self, cmd: c.Settle) -> None:
         touched: dict[tuple[str, str], MessageQueue] = {}
@@ -1337,8 +1455,10 @@ class StateMachine:
             if consumer.shared is not None:
                 consumer.shared.in_flight -= 1
         if outcome == "ack":
+            self._trace(q, msg, "acked")
             self._acknowledge(q, msg)
         elif outcome == "requeue":
+            self._trace(q, msg, "requeued")
             msg.returns += 1
             limit = q.settings.delivery_limit
             if limit is not None and msg.returns > limit:
@@ -1538,6 +1658,8 @@ class StateMachine:
             q.hide_for_pull(msg, self.now, visibility)
             self._touch_message(q, msg)
             out.append(Received(msg, f"{msg.seq}.{msg.handle}", q.qid))
+            if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+                self._trace_delivery(q, msg, msg.delivery_count > 1, "", None, False)
         if out:
             self._schedule(q)
         return out
@@ -1564,6 +1686,7 @@ class StateMachine:
     def _delete_by_handle(self, cmd: c.DeleteByHandle) -> None:
         q = self.queue(cmd.vhost, cmd.queue)
         msg = self._held_message(q, cmd.handle)
+        self._trace(q, msg, "acked")
         self._acknowledge(q, msg)
 
     def _change_visibility(self, cmd: c.ChangeVisibility) -> int:
@@ -1701,6 +1824,14 @@ class StateMachine:
 
     # -- timers --------------------------------------------------------------------------
 
+    def _set_tracing(self, cmd: c.SetTracing) -> None:
+        vh = self.vhost(cmd.vhost)
+        if cmd.queue and cmd.queue not in vh.queues:
+            raise NotFound(f"no queue '{cmd.queue}' in vhost '{cmd.vhost}'")
+        if self.tracing.set(cmd.vhost, cmd.kind, cmd.enabled, cmd.queue):
+            key = (cmd.vhost, cmd.kind, cmd.queue)
+            self._record("tracing", key, True if cmd.enabled else None)
+
     def _schedule(self, q: MessageQueue) -> None:
         due = q.next_due()
         if due is not None:
@@ -1820,6 +1951,9 @@ class StateMachine:
             self.proposers[key] = value
         elif kind == "member":
             self.members[key] = value
+        elif kind == "tracing":
+            vhost, trace_kind, queue = key
+            self.tracing.set(vhost, trace_kind, True, queue)
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 

@@ -116,6 +116,7 @@ COMMAND_CODES: dict[type, int] = {
     c.DeleteAccessKey: 38,
     c.SetMembers: 39,
     c.SetLimits: 40,
+    c.SetTracing: 45,
 }
 
 

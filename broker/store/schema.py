@@ -74,6 +74,7 @@ KINDS = {
     "proposer": b"f",
     "member": b"g",
     "limits": b"h",
+    "tracing": b"t",
 }
 _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
 _MESSAGE_PREFIX = KINDS["message"]
@@ -185,7 +186,7 @@ def _decode_key(kind: str, raw: bytes) -> Any:
     if kind == "record":
         parts = _split(raw)
         return parts[0], tuple(parts[1:-1]), parts[-1]
-    if kind in ("permission", "exchange", "queue", "retained", "session", "limits"):
+    if kind in ("permission", "exchange", "queue", "retained", "session", "limits", "tracing"):
         return tuple(_split(raw))
     return raw.decode()
 
@@ -253,7 +254,7 @@ def record_value(kind: str, key: Any, value: Any, state: StateMachine) -> bytes:
         return pack([s.connection, s.owner, s.clean, s.queue, s.group, will])
     if kind == "proposer":
         return pack([value.session, value.floor, sorted(value.seen)])
-    # counter, vhost, binding (its number), record (an adapter's plain value), member
+    # counter, vhost, binding (its number), record (an adapter's plain value), member, tracing
     return pack(value)
 
 

@@ -264,10 +264,23 @@ class Channel:
             self.publish_seq += 1
             seq = self.publish_seq
         command = c.Publish(self.vhost, exchange, routing_key, properties, body, mandatory)
+        self.gateway.note_publisher(command, self._publisher)
         if self.tx:
             self.tx_commands.append(command)
             return
         self._submit_publish(command, seq)
+
+    def _publisher(self) -> dict[str, Any]:
+        """Who publishes on this channel, for message trace."""
+        conn = self.conn
+        return {
+            "protocol": "amqp",
+            "user": conn.user.name if conn.user else "",
+            "connection": list(conn.id),
+            "peer": conn.source,
+            "channel": self.number,
+            "client": str(conn.client_properties.get("product", "")),
+        }
 
     def _submit_publish(self, command: c.Publish, seq: int) -> None:
         def done(result: PublishResult | None, error: BrokerError | None) -> None:

@@ -641,6 +641,7 @@ class MQTTConnection:
         qos = p.qos
         properties = _PROPERTIES[(qos, p.retain)]
         publish = c.Publish(self.vhost, EXCHANGE, routing_key, properties, p.payload)
+        self.gateway.note_publisher(publish, self._publisher)
         if not p.retain and qos < 2:
             # The common case, without a list: one command, and at QoS 1 its PUBACK.
             if qos == 0:
@@ -923,6 +924,16 @@ class MQTTConnection:
             self.gateway.submit(c.SetFlow(self.owner, writable), durable=False)
 
     # -- closing -------------------------------------------------------------------------
+
+    def _publisher(self) -> dict[str, Any]:
+        """Who publishes on this connection, for message trace."""
+        return {
+            "protocol": "mqtt",
+            "user": self.user.name if self.user else "",
+            "connection": list(self.id),
+            "peer": self.source,
+            "client_id": self.client_id,
+        }
 
     def close(self, reason: str, publish_will: bool) -> None:
         """End the connection; the transport closes once pending output is written."""
