@@ -38,6 +38,12 @@ def _text(*parts: str) -> bytes:
     return bytes(out)
 
 
+#: ids of recent locations kept in memory, so that most steps need no read to find theirs
+IDS_KEPT = 100_000
+#: queue keys kept encoded
+PLACES_KEPT = 10_000
+
+
 class TraceStore:
     def __init__(self, path: str) -> None:
         self.db = plyvel.DB(path, create_if_missing=True)
@@ -45,6 +51,8 @@ class TraceStore:
         last = next(self.db.iterator(prefix=b"E", reverse=True, include_value=False), None)
         if last is not None:
             self._number = _TIME.unpack(last[1:])[1]
+        self._places: dict[tuple[str, str], bytes] = {}
+        self._ids: dict[bytes, str | None] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -53,44 +61,56 @@ class TraceStore:
 
     def write(self, steps: Iterable[dict[str, Any]]) -> None:
         """Store steps (in the order they happened), giving each its message's trace id."""
-        ids: dict[bytes, str | None] = {}  # S keys set or deleted in this batch
+        if len(self._ids) > IDS_KEPT:
+            self._ids.clear()
         with self.db.write_batch() as batch:
             for step in steps:
                 self._number += 1
                 stamp = _TIME.pack(step["time"], self._number)
                 vhost = step["vhost"]
                 if step["event"] == "published":
-                    for queue, seq in step["routed"]:
-                        key = b"S" + _text(vhost, queue) + _SEQ.pack(seq)
-                        ids[key] = step["id"]
-                        batch.put(key, pack([step["id"], step["time"]]))
-                    queues = [queue for queue, _ in step["routed"]]
-                    names = [step["id"], step.get("message_id")]
+                    trace_id = step["id"]
+                    places = [self._place(vhost, queue) for queue, _ in step["routed"]]
+                    for place, (_, seq) in zip(places, step["routed"], strict=True):
+                        self._locate(batch, b"S" + place + _SEQ.pack(seq), trace_id, step["time"])
+                    names = [trace_id, step.get("message_id")]
                 else:
-                    queues = [step["queue"]]
-                    names = [self._id_of(vhost, step["queue"], step["seq"], ids)]
-                    for queue, seq in step.get("dead_lettered", ()):
-                        key = b"S" + _text(vhost, queue) + _SEQ.pack(seq)
-                        ids[key] = names[0]
-                        batch.put(key, pack([names[0], step["time"]]))
+                    place = self._place(vhost, step["queue"])
+                    places = [place]
+                    location = b"S" + place + _SEQ.pack(step["seq"])
+                    trace_id = self._id_of(location)
+                    names = [trace_id]
+                    if trace_id is not None:
+                        step["id"] = trace_id
+                        for queue, seq in step.get("dead_lettered", ()):
+                            key = b"S" + self._place(vhost, queue) + _SEQ.pack(seq)
+                            self._locate(batch, key, trace_id, step["time"])
                     if step["event"] in _FINAL or step.get("no_ack"):
-                        key = b"S" + _text(vhost, step["queue"]) + _SEQ.pack(step["seq"])
-                        ids[key] = None
-                        batch.delete(key)
-                if names[0] is not None:
-                    step["id"] = names[0]
+                        self._ids.pop(location, None)
+                        batch.delete(location)
                 batch.put(b"E" + stamp, pack(step))
                 for name in names:
                     if isinstance(name, str) and name:
                         batch.put(b"I" + _text(name) + stamp, b"")
-                for queue in queues:
-                    batch.put(b"Q" + _text(vhost, queue) + stamp, b"")
+                for place in places:
+                    batch.put(b"Q" + place + stamp, b"")
 
-    def _id_of(self, vhost: str, queue: str, seq: int, ids: dict[bytes, str | None]) -> str | None:
-        key = b"S" + _text(vhost, queue) + _SEQ.pack(seq)
-        if key in ids:
-            return ids[key]
-        raw = self.db.get(key)
+    def _place(self, vhost: str, queue: str) -> bytes:
+        place = self._places.get((vhost, queue))
+        if place is None:
+            if len(self._places) > PLACES_KEPT:
+                self._places.clear()
+            place = self._places[(vhost, queue)] = _text(vhost, queue)
+        return place
+
+    def _locate(self, batch: Any, location: bytes, trace_id: str, time: int) -> None:
+        self._ids[location] = trace_id
+        batch.put(location, pack([trace_id, time]))
+
+    def _id_of(self, location: bytes) -> str | None:
+        if location in self._ids:
+            return self._ids[location]
+        raw = self.db.get(location)
         return None if raw is None else unpack(raw)[0]
 
     def prune(self, before: int) -> int:
