@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -22,12 +21,10 @@ class Context:
     counters: Callable[[], dict[str, int]]
     #: the node's client listeners: (protocol as RabbitMQ names it, port), open ones only
     listeners: Callable[[], list[tuple[str, int]]]
-    #: the owner of the messages the API gets from queues
+    #: hands out the owners of the messages the API gets from queues
     owners: OwnerNumbers
     #: when the node started, ms since the epoch
     started_at: int = 0
-    #: more facts other modules may need (e.g. a policies store), by name
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def node_name(self) -> str:

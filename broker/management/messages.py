@@ -112,7 +112,11 @@ def _shown_properties(message: Message) -> dict[str, Any]:
     }
 
 
-def _shown(message: Message, redelivered: bool, left: int, encoding: str, truncate: int | None):
+def _shown(
+    message: Message, redelivered: bool, left: int, encoding: str, truncate: int | None
+) -> dict[str, Any]:
+    """A message as RabbitMQ's get shows it: as text when `encoding` is auto and the (cut)
+    body is UTF-8, else base64."""
     raw = message.body
     payload_bytes = len(raw)
     if truncate is not None:
