@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from broker.config import Config
 from broker.gateway import Gateway
+from broker.management.rates import DepthRates
 from broker.management.session import OwnerNumbers
 
 
@@ -25,6 +26,8 @@ class Context:
     owners: OwnerNumbers
     #: when the node started, ms since the epoch
     started_at: int = 0
+    #: queue depth rates, sampled while the server runs
+    rates: DepthRates = field(default_factory=DepthRates)
 
     @property
     def node_name(self) -> str:
