@@ -16,6 +16,7 @@ from broker.core import commands as c
 from broker.core.auth import HASHING, split_stored, stored_hash
 from broker.core.errors import InvalidArgument
 from broker.core.state import PREDECLARED_EXCHANGES, StateMachine
+from broker.field_values import check_table
 
 #: exchanges every vhost has: not exported, as RabbitMQ leaves them out
 PREDECLARED = {name for name, _ in PREDECLARED_EXCHANGES}
@@ -313,10 +314,7 @@ def _flag(entry: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def _table(entry: dict[str, Any], key: str) -> dict[str, Any]:
-    value = entry.get(key) or {}
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"definitions entry {entry}: '{key}' must be an object")
-    return value
+    return check_table(entry.get(key) or {}, f"definitions entry {entry}: '{key}'")
 
 
 def _text(entry: dict[str, Any], key: str) -> str:
