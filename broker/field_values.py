@@ -13,7 +13,7 @@ from typing import Any
 from broker.core.errors import InvalidArgument
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-#: AMQP field names are short strings
+#: AMQP's short strings (field names, queue and exchange names, routing keys)
 MAX_KEY_BYTES = 255
 #: tables and arrays nested deeper than this are refused
 MAX_DEPTH = 32
@@ -24,6 +24,14 @@ def check_table(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidArgument(f"{what} must be a JSON object")
     _check(value, what, 0)
+    return value
+
+
+def check_short_string(value: str, what: str) -> str:
+    """`value` if it fits an AMQP short string: queue and exchange names and routing keys
+    travel in them (RabbitMQ refuses longer names too)."""
+    if len(value.encode()) > MAX_KEY_BYTES:
+        raise InvalidArgument(f"{what} is longer than {MAX_KEY_BYTES} bytes")
     return value
 
 

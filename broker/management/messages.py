@@ -18,7 +18,7 @@ from broker.management.auth import check_permission, user_of, writable_vhost
 from broker.management.context import CONTEXT_KEY, Context
 from broker.management.errors import bad_request, not_found
 from broker.management.jsonable import jsonable
-from broker.management.replies import body, integer, ok, segment, table, text
+from broker.management.replies import body, integer, ok, segment, short, table, text
 
 #: AMQP basic properties as the API names them -> as the core keeps them (pamqp's names)
 PROPERTIES = {
@@ -109,7 +109,7 @@ async def publish(request: web.Request) -> web.Response:
     if exchange not in ctx.gateway.committed.vhosts[vhost].exchanges:
         raise not_found()
     data = await body(request)
-    routing_key = text(data, "routing_key", "")
+    routing_key = short(text(data, "routing_key", ""), "routing_key")
     properties = _properties(request, table(data, "properties"))
     payload = _payload(data)
     check_permission(request, vhost, "write", "exchange", exchange or "amq.default")

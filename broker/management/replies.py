@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.core.errors import InvalidArgument
-from broker.field_values import check_table
+from broker.field_values import check_short_string, check_table
 from broker.management.errors import bad_request
 from broker.management.jsonable import dumps
 
@@ -44,6 +44,14 @@ def created_or_updated(existed: bool) -> web.Response:
 def segment(request: web.Request, key: str) -> str:
     """A path segment, percent-decoded (a vhost "/" is "%2F" in the path)."""
     return request.match_info[key]
+
+
+def short(value: str, what: str) -> str:
+    """A queue or exchange name or a routing key: at most 255 bytes, as AMQP carries them."""
+    try:
+        return check_short_string(value, what)
+    except InvalidArgument as exc:
+        raise bad_request(str(exc)) from None
 
 
 async def body(request: web.Request) -> dict[str, Any]:
