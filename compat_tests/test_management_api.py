@@ -474,5 +474,6 @@ def test_rewind_makes_acknowledged_messages_consumable_again(api):
     _, got = api.post(f"/api/queues/%2F/{q}/get", {"count": 2, "ackmode": "ack_requeue_false"})
     assert [m["payload"] for m in got] == ["a", "b"]
     assert api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"since": "x"})[0] == 400
+    assert api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"since": 2**62})[0] == 400
     assert api.call("POST", f"/api/cmq/queues/%2F/{uid('no')}/rewind", {"since": 0})[0] == 404
     api.delete(f"/api/queues/%2F/{q}")
