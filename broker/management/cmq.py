@@ -28,7 +28,6 @@ from broker.management.errors import bad_request, not_found
 from broker.management.replies import body, integer, listing, no_content, ok, segment
 from broker.protocols.http.topics import SUBSCRIPTIONS, TOPICS, subscriptions_group
 
-
 #: the latest time a rewind may start from: the year 9999, in seconds
 LATEST = 253_402_300_799
 
