@@ -477,3 +477,37 @@ def test_rewind_makes_acknowledged_messages_consumable_again(api):
     assert api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"since": 2**62})[0] == 400
     assert api.call("POST", f"/api/cmq/queues/%2F/{uid('no')}/rewind", {"since": 0})[0] == 404
     api.delete(f"/api/queues/%2F/{q}")
+
+
+def test_one_vhosts_definitions_export_and_import_into_another(api):
+    source, target = uid("src"), uid("dst")
+    for vhost in (source, target):
+        assert api.put(f"/api/vhosts/{vhost}", None) == 201
+    api.put(f"/api/exchanges/{source}/orders", {"type": "topic", "durable": True})
+    api.put(f"/api/queues/{source}/eu", {"arguments": {"x-message-ttl": 60000}})
+    api.post(f"/api/bindings/{source}/e/orders/q/eu", {"routing_key": "eu.#"})
+    exported = api.get(f"/api/definitions/{source}")
+    assert [q["name"] for q in exported["queues"]] == ["eu"]
+    assert "vhost" not in exported["queues"][0] and "users" not in exported
+    assert exported["bindings"] == [
+        {
+            "source": "orders",
+            "destination": "eu",
+            "destination_type": "queue",
+            "routing_key": "eu.#",
+            "arguments": {},
+        }
+    ]
+    status, _ = api.call("POST", f"/api/definitions/{target}", exported)
+    assert status == 204
+    assert api.get(f"/api/queues/{target}/eu")["arguments"] == {"x-message-ttl": 60000}
+    assert api.get(f"/api/exchanges/{target}/orders")["type"] == "topic"
+    status, reply = api.post(
+        f"/api/exchanges/{target}/orders/publish", {"routing_key": "eu.fr", "payload": "x"}
+    )
+    assert reply == {"routed": True}
+    status, error = api.call("POST", f"/api/definitions/{target}", {"users": [{"name": "u"}]})
+    assert status == 400 and "users" in error["reason"]
+    assert api.call("GET", f"/api/definitions/{uid('none')}")[0] == 404
+    for vhost in (source, target):
+        api.delete(f"/api/vhosts/{vhost}")
