@@ -99,6 +99,9 @@ def test_objects_have_rabbitmqs_fields(api, broker):
         [binding] = api.get(f"/api/bindings/%2F/e/{x}/q/{q}")
         assert binding.keys() >= BINDING_FIELDS and binding["properties_key"] == "k"
         assert api.get(f"/api/bindings/%2F/e/{x}/q/{q}/k") == binding
+        assert api.get(f"/api/exchanges/%2F/{x}/bindings/source") == [binding]
+        assert binding in api.get(f"/api/queues/%2F/{q}/bindings")
+        assert api.get(f"/api/exchanges/%2F/{x}/bindings/destination") == []
 
         consumers = [c for c in api.get("/api/consumers/%2F") if c["consumer_tag"] == tag]
         assert consumers[0].keys() >= CONSUMER_FIELDS
