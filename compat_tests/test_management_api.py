@@ -514,3 +514,30 @@ def test_one_vhosts_definitions_export_and_import_into_another(api):
     assert api.call("GET", f"/api/definitions/{uid('none')}")[0] == 404
     for vhost in (source, target):
         api.delete(f"/api/vhosts/{vhost}")
+
+
+def test_exchange_to_exchange_bindings(api):
+    front, back, q = uid("front"), uid("back"), uid("q")
+    api.put(f"/api/exchanges/%2F/{front}", {"type": "topic"})
+    api.put(f"/api/exchanges/%2F/{back}", {"type": "fanout"})
+    api.put(f"/api/queues/%2F/{q}", {})
+    api.post(f"/api/bindings/%2F/e/{back}/q/{q}", {})
+    status, _ = api.post(f"/api/bindings/%2F/e/{front}/e/{back}", {"routing_key": "a.*"})
+    assert status == 201
+    [binding] = api.get(f"/api/exchanges/%2F/{back}/bindings/destination")
+    assert (binding["source"], binding["destination_type"]) == (front, "exchange")
+    _, reply = api.post(
+        f"/api/exchanges/%2F/{front}/publish", {"routing_key": "a.b", "payload": "x"}
+    )
+    assert reply == {"routed": True}
+    assert api.get(f"/api/queues/%2F/{q}")["messages"] == 1
+    # the properties key is a path segment of its own: quoted once more ("a.%2A" as "a.%252A")
+    assert binding["properties_key"] == "a.%2A"
+    props = quote(binding["properties_key"])
+    assert api.delete(f"/api/bindings/%2F/e/{front}/e/{back}/{props}") == 204
+    _, reply = api.post(
+        f"/api/exchanges/%2F/{front}/publish", {"routing_key": "a.b", "payload": "x"}
+    )
+    assert reply == {"routed": False}
+    for kind, name in (("exchanges", front), ("exchanges", back), ("queues", q)):
+        api.delete(f"/api/{kind}/%2F/{name}")
