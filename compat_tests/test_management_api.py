@@ -541,3 +541,22 @@ def test_exchange_to_exchange_bindings(api):
     assert reply == {"routed": False}
     for kind, name in (("exchanges", front), ("exchanges", back), ("queues", q)):
         api.delete(f"/api/{kind}/%2F/{name}")
+
+
+def test_user_limits(api):
+    name = uid("u")
+    api.put(f"/api/users/{name}", {"password": "pw", "tags": ""})
+    assert api.put(f"/api/user-limits/{name}/max-channels", {"value": 5}) == 201
+    assert api.put(f"/api/user-limits/{name}/max-connections", {"value": 2}) == 201
+    assert api.put(f"/api/user-limits/{name}/max-channels", {"value": 6}) == 204
+    assert api.get(f"/api/user-limits/{name}") == [
+        {"user": name, "value": {"max-channels": 6, "max-connections": 2}}
+    ]
+    for limit, value in (("max-channels", 2**63), ("max-queues", 1), ("max-channels", "x")):
+        status, error = api.call("PUT", f"/api/user-limits/{name}/{limit}", {"value": value})
+        assert status == 400 and error["reason"], (limit, value)
+    assert api.call("PUT", f"/api/user-limits/{uid('none')}/max-channels", {"value": 1})[0] == 404
+    assert api.delete(f"/api/user-limits/{name}/max-channels") == 204
+    assert api.get(f"/api/user-limits/{name}")[0]["value"] == {"max-connections": 2}
+    assert api.delete(f"/api/user-limits/{name}/max-channels") == 404
+    api.delete(f"/api/users/{name}")

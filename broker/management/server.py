@@ -24,6 +24,7 @@ from broker.management import (
     definitions,
     exchanges,
     health,
+    limits,
     messages,
     overview,
     queues,
@@ -45,6 +46,7 @@ ROUTES: tuple[AddRoutes, ...] = (
     connections.add_routes,
     definitions.add_routes,
     health.add_routes,
+    limits.add_routes,
     cmq.add_routes,
 )
 
