@@ -146,6 +146,7 @@ def test_objects_have_rabbitmqs_fields(api, broker):
         "read": ".*",
     }
     assert api.delete(f"/api/queues/%2F/{q}") == 204
+    assert api.get("/api/parameters") == api.get("/api/parameters/shovel/%2F") == []
 
 
 def test_status_codes_and_error_shape(api):

@@ -27,6 +27,7 @@ from broker.management import (
     limits,
     messages,
     overview,
+    parameters,
     queues,
 )
 from broker.management.auth import Handler, authenticate
@@ -48,6 +49,7 @@ ROUTES: tuple[AddRoutes, ...] = (
     health.add_routes,
     limits.add_routes,
     cmq.add_routes,
+    parameters.add_routes,
 )
 
 #: requests larger than this are refused (definitions of a big broker fit)
