@@ -561,3 +561,20 @@ def test_user_limits(api):
     assert api.get(f"/api/user-limits/{name}")[0]["value"] == {"max-connections": 2}
     assert api.delete(f"/api/user-limits/{name}/max-channels") == 404
     api.delete(f"/api/users/{name}")
+
+
+def test_an_import_the_core_refuses_half_way_says_where_it_stopped(api):
+    q, x = uid("q"), uid("x")
+    api.put(f"/api/queues/%2F/{q}", {"durable": True})
+    doc = {
+        "exchanges": [{"name": x, "vhost": "/", "type": "fanout"}],
+        "queues": [{"name": q, "vhost": "/", "durable": False}],
+    }
+    status, error = api.call("POST", "/api/definitions", doc)
+    assert status == 400
+    assert f"queue '{q}' in vhost '/' refused" in error["reason"]
+    assert "inequivalent arg 'durable'" in error["reason"]
+    assert "1 of 2 definitions imported before it" in error["reason"]
+    assert api.get(f"/api/exchanges/%2F/{x}")["type"] == "fanout"
+    api.delete(f"/api/exchanges/%2F/{x}")
+    api.delete(f"/api/queues/%2F/{q}")
