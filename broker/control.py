@@ -21,6 +21,7 @@ from broker import definitions
 from broker.core import commands as c
 from broker.core.auth import hash_password
 from broker.core.errors import BrokerError, InvalidArgument, PreconditionFailed
+from broker.field_values import check_table
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -227,15 +228,11 @@ class ControlServer:
         await self._call(c.DeleteAccessKey(args["secret_id"]))
 
     async def _definitions_import(self, args: dict[str, Any]) -> dict[str, int]:
-        """Everything is checked before anything is applied; then vhosts, users, permissions."""
+        """Everything is checked before anything is applied; then applied in order."""
         commands = definitions.import_commands(args["definitions"], self.node.gateway.committed)
         for command in commands:
             await self._call(command)
-        counts = {"vhosts": 0, "users": 0, "permissions": 0}
-        for command in commands:
-            kind = {c.DeclareVhost: "vhosts", c.PutUser: "users"}.get(type(command), "permissions")
-            counts[kind] += 1
-        return counts
+        return definitions.counts(commands)
 
     async def _definitions_export(self, args: dict[str, Any]) -> dict[str, Any]:
         return definitions.export(self.node.gateway.committed)
@@ -257,10 +254,11 @@ class ControlServer:
 
 
 def _limits(value: Any) -> dict[str, int]:
-    """A limits definition as rabbitmqctl takes it: a JSON object of integers."""
+    """A limits definition as rabbitmqctl takes it: a JSON object of integers (the core
+    checks the names and types; what the log cannot carry is refused here)."""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise InvalidArgument('limits must be a JSON object such as {"max-connections": 10}')
-    return value
+    return check_table(value, "limits")
 
 
 def _random_text(length: int) -> str:

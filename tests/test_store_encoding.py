@@ -112,6 +112,7 @@ FORMAT_2 = {
     40: ("SetLimits", ("scope", "name", "limits")),
     # Added within format 2: a data dir that never traced reads as before.
     45: ("SetTracing", ("vhost", "kind", "enabled", "queue")),
+    50: ("ClearPermissions", ("user", "vhost")),
 }
 
 

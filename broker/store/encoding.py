@@ -117,6 +117,8 @@ COMMAND_CODES: dict[type, int] = {
     c.SetMembers: 39,
     c.SetLimits: 40,
     c.SetTracing: 45,
+    # 41-49 left to the policy commands being written alongside (issue 13)
+    c.ClearPermissions: 50,
 }
 
 
