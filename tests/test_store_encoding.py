@@ -110,6 +110,8 @@ FORMAT_2 = {
     38: ("DeleteAccessKey", ("secret_id",)),
     39: ("SetMembers", ("members",)),
     40: ("SetLimits", ("scope", "name", "limits")),
+    41: ("SetPolicy", ("vhost", "name", "pattern", "apply_to", "priority", "definition")),
+    42: ("DeletePolicy", ("vhost", "name")),
 }
 
 

@@ -116,6 +116,8 @@ COMMAND_CODES: dict[type, int] = {
     c.DeleteAccessKey: 38,
     c.SetMembers: 39,
     c.SetLimits: 40,
+    c.SetPolicy: 41,
+    c.DeletePolicy: 42,
 }
 
 
