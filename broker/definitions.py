@@ -1,7 +1,7 @@
-"""RabbitMQ definitions (`rabbitmqctl export_definitions`): the vhosts, users and permissions
-they hold, as core commands to import, and the same of a node's state to export.
+"""RabbitMQ definitions (`rabbitmqctl export_definitions`): the vhosts, users, permissions
+and policies they hold, as core commands to import, and the same of a node's state to export.
 
-Other sections (queues, exchanges, bindings, policies, ...) are refused, not skipped, unless
+Other sections (queues, exchanges, bindings, parameters, ...) are refused, not skipped, unless
 empty, so an import never looks complete when it is not.
 """
 
@@ -11,13 +11,15 @@ import base64
 import binascii
 from typing import Any
 
+from broker import policies
 from broker.core import commands as c
 from broker.core.auth import HASHING, split_stored, stored_hash
 from broker.core.errors import InvalidArgument
+from broker.core.policy import checked_policy
 from broker.core.state import StateMachine
 
 #: sections we import; the version fields are informational
-IMPORTED = ("users", "vhosts", "permissions")
+IMPORTED = ("users", "vhosts", "permissions", "policies")
 #: and the node identity (cluster_name, internal_cluster_id) of the exporting cluster
 INFORMATIONAL = (
     "rabbit_version",
@@ -30,7 +32,8 @@ INFORMATIONAL = (
 
 def import_commands(doc: Any, state: StateMachine) -> list[c.Command]:
     """The commands that apply `doc` to `state`: vhosts first, then users, then permissions
-    (each of a user and vhost that exists or is imported)."""
+    (each of a user and vhost that exists or is imported), then policies (checked here as
+    the core checks them, so a bad one refuses the import before anything is applied)."""
     if not isinstance(doc, dict):
         raise InvalidArgument("definitions must be a JSON object")
     unsupported = [k for k, v in doc.items() if k not in IMPORTED + INFORMATIONAL and v]
@@ -54,11 +57,25 @@ def import_commands(doc: Any, state: StateMachine) -> list[c.Command]:
     for p in commands:
         if isinstance(p, c.SetPermissions) and (p.user not in users or p.vhost not in vhosts):
             raise InvalidArgument(f"permissions of unknown user '{p.user}' or vhost '{p.vhost}'")
+    for entry in _items(doc, "policies"):
+        command = policies.set_command(_text(entry, "vhost"), _text(entry, "name"), entry)
+        if command.vhost not in vhosts:
+            raise InvalidArgument(f"policy '{command.name}' of unknown vhost '{command.vhost}'")
+        checked_policy(
+            command.vhost,
+            command.name,
+            command.pattern,
+            command.apply_to,
+            command.priority,
+            command.definition,
+        )
+        commands.append(command)
     return commands
 
 
 def export(state: StateMachine) -> dict[str, Any]:
-    """The node's vhosts, users (with their hashes) and permissions, in RabbitMQ's layout."""
+    """The node's vhosts, users (with their hashes), permissions and policies, in RabbitMQ's
+    layout."""
     users = []
     for user in sorted(state.users.values(), key=lambda u: u.name):
         algorithm, password_hash = split_stored(user.password_hash)
@@ -84,6 +101,7 @@ def export(state: StateMachine) -> dict[str, Any]:
             }
             for (user, vhost), p in sorted(state.permissions.items())
         ],
+        "policies": policies.listed(state),
     }
 
 
