@@ -184,3 +184,27 @@ def test_definitions_export_and_import_policies(fresh_broker, broker_factory, tm
     path.write_text(json.dumps({"policies": [{**exported["policies"][0], "vhost": "gone"}]}))
     res = other.cli("definitions", "import", path, check=False)
     assert res.returncode != 0 and "unknown vhost 'gone'" in res.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_policy_set_on_a_follower_applies_on_every_member(cluster):
+    from compat_tests.cluster import control, wait_for
+
+    leader = cluster.leader()
+    follower = cluster.followers(leader)[0]
+    body = {"pattern": "^capped$", "definition": {"max-length": 2}, "apply-to": "queues"}
+    control(cluster.nodes[follower].data_dir, "policies.set", {"name": "cap", "policy": body})
+    nodes = list(cluster.nodes.values())
+    for node in nodes:
+        wait_for(
+            lambda node=node: control(node.data_dir, "policies.list", timeout=5),
+            what="the policy on every member",
+        )
+    with connection(cluster.nodes[leader]) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("capped", durable=True)
+        for i in range(5):
+            ch.basic_publish("", "capped", f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    for node in nodes:
+        wait_until(lambda node=node: message_count(node, "capped") == 2, message="2 on each")
