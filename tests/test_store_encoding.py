@@ -112,6 +112,7 @@ FORMAT_2 = {
     40: ("SetLimits", ("scope", "name", "limits")),
     41: ("SetPolicy", ("vhost", "name", "pattern", "apply_to", "priority", "definition")),
     42: ("DeletePolicy", ("vhost", "name")),
+    50: ("ClearPermissions", ("user", "vhost")),
 }
 
 

@@ -118,6 +118,7 @@ COMMAND_CODES: dict[type, int] = {
     c.SetLimits: 40,
     c.SetPolicy: 41,
     c.DeletePolicy: 42,
+    c.ClearPermissions: 50,
 }
 
 
