@@ -178,7 +178,7 @@ def test_definitions_export_and_import_policies(fresh_broker, broker_factory, tm
     path = tmp_path / "definitions.json"
     path.write_text(json.dumps(exported))
     other = broker_factory()
-    assert "1 policies imported" in other.cli("definitions", "import", path).stdout
+    assert "1 policies," in other.cli("definitions", "import", path).stdout
     assert listed(other) == exported["policies"]
 
     path.write_text(json.dumps({"policies": [{**exported["policies"][0], "vhost": "gone"}]}))

@@ -24,6 +24,7 @@ from broker.management import (
     health,
     messages,
     overview,
+    policies,
     queues,
 )
 from broker.management.auth import Handler, authenticate
@@ -44,6 +45,7 @@ ROUTES: tuple[AddRoutes, ...] = (
     definitions.add_routes,
     health.add_routes,
     cmq.add_routes,
+    policies.add_routes,
 )
 
 #: requests larger than this are refused (definitions of a big broker fit)
