@@ -15,6 +15,7 @@ import broker
 from broker.admission import raise_open_file_limit
 from broker.config import Config
 from broker.control import ControlError, request
+from broker.core.policy import APPLY_TO
 from broker.store.damage import StoreUnusable
 
 #: `broker serve` exits with this when its data dir cannot be used as it is
@@ -405,7 +406,7 @@ def policies() -> None:
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option(
     "--apply-to",
-    type=click.Choice(["queues", "exchanges", "all", "classic_queues", "quorum_queues"]),
+    type=click.Choice(APPLY_TO),
     default="all",
     show_default=True,
 )

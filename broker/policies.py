@@ -7,6 +7,7 @@ a policy may say is the core's to check (core/policy.py).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from broker.core import commands as c
@@ -47,7 +48,7 @@ def set_command(vhost: str, name: str, body: Any) -> c.SetPolicy:
         if key not in body:
             raise InvalidArgument(f"policy '{name}': '{key}' is required")
     priority = body.get("priority", 0)
-    if isinstance(priority, str) and priority.lstrip("-").isdigit():
+    if isinstance(priority, str) and re.fullmatch(r"-?[0-9]{1,18}", priority):
         priority = int(priority)
     return c.SetPolicy(
         vhost, name, body["pattern"], body.get("apply-to", "all"), priority, body["definition"]

@@ -63,6 +63,7 @@ def test_bad_policies_are_400_with_the_reason_and_change_nothing(api, broker):
         ({"pattern": ".*"}, "'definition' is required"),
         ({"pattern": ".*", "definition": {"max-length": 1}, "apply-to": "x"}, "apply-to"),
         ({"pattern": ".*", "definition": {"max-length": 1}, "priority": "high"}, "priority"),
+        ({"pattern": ".*", "definition": {"max-length": 1}, "priority": "--5"}, "priority"),
     ):
         status, error = api.call("PUT", path, body)
         assert status == 400 and reason in error["reason"], (body, status, error)
