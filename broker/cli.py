@@ -17,6 +17,7 @@ from broker.admission import raise_open_file_limit
 from broker.cli_output import format_option, print_rows
 from broker.config import Config
 from broker.control import ControlError, request
+from broker.core.policy import APPLY_TO
 from broker.store.damage import StoreUnusable
 
 #: `broker serve` exits with this when its data dir cannot be used as it is
@@ -314,13 +315,13 @@ def _show_limits(scope: str, data_dir: str) -> None:
         click.echo(f"{name}\t{json.dumps(limits)}")
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def _json_object(text: str, example: str = '{"max-connections": 10}') -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise click.BadParameter('expected a JSON object such as {"max-connections": 10}')
+        raise click.BadParameter(f"expected a JSON object such as {example}")
     return value
 
 
@@ -392,6 +393,73 @@ def queues_list(vhost: str, data_dir: str) -> None:
     """One line per queue: name, messages (ready + unacked), consumers."""
     for q in _admin(data_dir, "queues.list", vhost=vhost):
         click.echo(f"{q['name']}\t{q['messages']}\t{q['consumers']}")
+
+
+@main.group()
+def policies() -> None:
+    """Manage policies (RabbitMQ's): optional arguments for every queue or exchange whose
+    name matches a pattern, applied at once without redeclaring."""
+
+
+@policies.command("set")
+@click.argument("name")
+@click.argument("pattern")
+@click.argument("definition", metavar="DEFINITION_JSON")
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option(
+    "--apply-to",
+    type=click.Choice(APPLY_TO),
+    default="all",
+    show_default=True,
+)
+@click.option("--vhost", default="/", show_default=True)
+@data_dir_option
+def policies_set(
+    name: str,
+    pattern: str,
+    definition: str,
+    priority: int,
+    apply_to: str,
+    vhost: str,
+    data_dir: str,
+) -> None:
+    """Create or replace policy NAME, as rabbitmqctl set_policy: PATTERN is a regular
+    expression searched in names, DEFINITION_JSON e.g. '{"max-length": 1000}'."""
+    body = {
+        "pattern": pattern,
+        "definition": _json_object(definition, '{"max-length": 1000}'),
+        "priority": priority,
+        "apply-to": apply_to,
+    }
+    _admin(data_dir, "policies.set", vhost=vhost, name=name, policy=body)
+    click.echo(f"policy '{name}' set on vhost '{vhost}'")
+
+
+@policies.command("list")
+@click.option("--vhost", help="Only this vhost's. [all]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@data_dir_option
+def policies_list(vhost: str | None, fmt: str, data_dir: str) -> None:
+    """The policies, as RabbitMQ's management API lists them (json), or one line each: vhost,
+    name, pattern, apply-to, priority, definition."""
+    listed = _admin(data_dir, "policies.list", vhost=vhost)
+    if fmt == "json":
+        click.echo(json.dumps(listed, indent=2))
+        return
+    click.echo("vhost\tname\tpattern\tapply-to\tpriority\tdefinition")
+    for p in listed:
+        definition = json.dumps(p["definition"], sort_keys=True)
+        fields = (p["vhost"], p["name"], p["pattern"], p["apply-to"], p["priority"], definition)
+        click.echo("\t".join(str(f) for f in fields))
+
+
+@policies.command("delete")
+@click.argument("name")
+@click.option("--vhost", default="/", show_default=True)
+@data_dir_option
+def policies_delete(name: str, vhost: str, data_dir: str) -> None:
+    _admin(data_dir, "policies.delete", vhost=vhost, name=name)
+    click.echo(f"policy '{name}' deleted from vhost '{vhost}'")
 
 
 @main.command("set-disk-free-limit")

@@ -17,7 +17,7 @@ import string
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from broker import definitions
+from broker import definitions, policies
 from broker.core import commands as c
 from broker.core.auth import hash_password
 from broker.core.errors import BrokerError, InvalidArgument, PreconditionFailed
@@ -63,6 +63,9 @@ class ControlServer:
             "users.set_limits": self._users_set_limits,
             "users.limits": self._users_limits,
             "queues.list": self._queues_list,
+            "policies.set": self._policies_set,
+            "policies.list": self._policies_list,
+            "policies.delete": self._policies_delete,
             "limits.set": self._limits_set,
             "status": self._status,
             "keys.create": self._keys_create,
@@ -206,6 +209,16 @@ class ControlServer:
         if trace is None:
             raise InvalidArgument("message trace is not open yet")
         return trace
+
+    async def _policies_set(self, args: dict[str, Any]) -> None:
+        vhost = args.get("vhost") or "/"
+        await self._call(policies.set_command(vhost, args["name"], args["policy"]))
+
+    async def _policies_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return policies.listed(self.node.gateway.committed, args.get("vhost"))
+
+    async def _policies_delete(self, args: dict[str, Any]) -> None:
+        await self._call(c.DeletePolicy(args.get("vhost") or "/", args["name"]))
 
     async def _limits_set(self, args: dict[str, Any]) -> None:
         self.node.set_limits(args.get("disk_free_limit"), args.get("memory_high_watermark"))

@@ -110,9 +110,10 @@ FORMAT_2 = {
     38: ("DeleteAccessKey", ("secret_id",)),
     39: ("SetMembers", ("members",)),
     40: ("SetLimits", ("scope", "name", "limits")),
-    # Added within format 2: a data dir that never traced reads as before.
-    45: ("SetTracing", ("vhost", "kind", "enabled", "queue")),
-    50: ("ClearPermissions", ("user", "vhost")),
+    41: ("SetPolicy", ("vhost", "name", "pattern", "apply_to", "priority", "definition")),
+    42: ("DeletePolicy", ("vhost", "name")),
+    43: ("SetTracing", ("vhost", "kind", "enabled", "queue")),
+    44: ("ClearPermissions", ("user", "vhost")),
 }
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.core.commands import ConnectionId, Owner, Will
+from broker.core.policy import Policy
 
 # Message states inside a queue.
 READY = 0  # waiting for a consumer
@@ -56,6 +57,8 @@ class Exchange:
     auto_delete: bool = False
     internal: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: the policy that applies to it (derived: set by the state machine, also on restore)
+    policy: Policy | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -15,13 +15,15 @@ from typing import Any
 from broker.core.commands import ConnectionId, Owner
 from broker.core.errors import PreconditionFailed
 from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Consumer, Message
+from broker.core.policy import Policy, effective_queue_arguments
 
 OVERFLOW_POLICIES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 
 @dataclass(slots=True)
 class QueueSettings:
-    """Behaviour parsed from declare arguments (x-*) and pull-API attributes."""
+    """Behaviour parsed from declare arguments (x-*) and pull-API attributes, combined with
+    the queue's policy (see core/policy.py)."""
 
     message_ttl: int | None = None
     expires: int | None = None
@@ -123,6 +125,8 @@ class MessageQueue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = arguments
+        #: the policy that applies to it (derived: StateMachine sets it, also on restore)
+        self.policy: Policy | None = None
         self.settings = QueueSettings.from_arguments(arguments)
         self.flow_limit = _flow_limit(self.settings)
         self.messages: dict[int, Message] = {}
@@ -197,10 +201,24 @@ class MessageQueue:
 
     def reconfigure(self, arguments: dict[str, Any]) -> None:
         """Take new arguments; raises PreconditionFailed, changing nothing, if invalid."""
-        settings = QueueSettings.from_arguments(arguments)
+        settings = self.settings_with(arguments, self.policy)
+        self.arguments = arguments
+        self._take_settings(settings)
+
+    def settings_with(self, arguments: dict[str, Any], policy: Policy | None) -> QueueSettings:
+        """The settings these arguments and this policy give; PreconditionFailed if invalid
+        (a policy cannot set x-max-priority, so the priority levels stay as they are)."""
+        settings = QueueSettings.from_arguments(effective_queue_arguments(arguments, policy))
         if settings.max_priority != self.settings.max_priority:
             raise PreconditionFailed("x-max-priority of an existing queue cannot change")
-        self.arguments = arguments
+        return settings
+
+    def apply_policy(self, policy: Policy | None, settings: QueueSettings) -> None:
+        """Take a new policy, with the settings `settings_with` gave for it."""
+        self.policy = policy
+        self._take_settings(settings)
+
+    def _take_settings(self, settings: QueueSettings) -> None:
         self.settings = settings
         self.flow_limit = _flow_limit(settings)
 

@@ -71,7 +71,8 @@ from broker.core.model import (
     Traced,
     User,
 )
-from broker.core.queue import MessageQueue
+from broker.core.policy import Policy, alternate_exchange, checked_policy, choose
+from broker.core.queue import MessageQueue, QueueSettings
 from broker.core.routing import EXCHANGE_TYPES, binding_matches, freeze_arguments, topic_matches
 from broker.core.tracing import FIREHOSE_EXCHANGE, Tracing, firehose_headers
 
@@ -125,6 +126,8 @@ class Vhost:
     retained: dict[str, RetainedMessage] = field(default_factory=dict)
     #: exchange -> routing key -> its matching bindings; derived, dropped when bindings change
     route_cache: dict[str, dict[str, list[BindingKey]]] = field(default_factory=dict)
+    #: policy name -> policy (SetPolicy)
+    policies: dict[str, Policy] = field(default_factory=dict)
 
     def bindings_changed(self, source: str) -> None:
         self.route_cache.pop(source, None)
@@ -196,6 +199,8 @@ class StateMachine:
             c.SetPermissions: self._set_permissions,
             c.ClearPermissions: self._clear_permissions,
             c.SetLimits: self._set_limits,
+            c.SetPolicy: self._set_policy,
+            c.DeletePolicy: self._delete_policy,
             c.DeclareExchange: self._declare_exchange,
             c.DeleteExchange: self._delete_exchange,
             c.DeclareQueue: self._declare_queue,
@@ -396,6 +401,8 @@ class StateMachine:
             del self.permissions[key]
             self._record("permission", key, None)
         self._drop_limits("vhost", cmd.name)
+        for policy_name in sorted(vh.policies):
+            self._record("policy", (cmd.name, policy_name), None)
         for delayed in [d for d in self.delayed.values() if d.vhost == cmd.name]:
             self._drop_delayed(delayed)
         for routing_key in sorted(vh.retained):
@@ -521,6 +528,7 @@ class StateMachine:
             cmd.internal,
             dict(cmd.arguments),
         )
+        ex.policy = choose(vh.policies.values(), "exchange", ex.name, ex.arguments)
         vh.exchanges[cmd.name] = ex
         self._record("exchange", (cmd.vhost, cmd.name), ex)
 
@@ -666,7 +674,7 @@ class StateMachine:
                 if dest is not None and dest.name not in seen:
                     self._route(vh, dest, routing_key, headers, out, seen)
         if len(out) == before:
-            alternate = _text(ex.arguments.get("alternate-exchange"))
+            alternate = _text(alternate_exchange(ex.arguments, ex.policy))
             if alternate:
                 ae = vh.exchanges.get(alternate)
                 if ae is not None and ae.name not in seen:
@@ -754,6 +762,9 @@ class StateMachine:
             cmd.auto_delete,
             dict(cmd.arguments),
         )  # raises PreconditionFailed for bad arguments, before anything changed
+        policy = choose(vh.policies.values(), "queue", q.name, q.arguments)
+        if policy is not None:
+            q.apply_policy(policy, q.settings_with(q.arguments, policy))
         self._count("qid")
         q.last_used = q.created_at = q.modified_at = self.now
         self._add_queue(q)
@@ -1390,15 +1401,16 @@ class StateMachine:
         self._check_exclusive(q, cmd.connection)
         q.last_used = self.now
         self._touch(q)
-        self._schedule(q)
         while True:
             msg = q.pop_head()
             if msg is None:
+                self._schedule(q)
                 return GetResult(None, message_count=0)
             if _expired(msg, self.now):
                 self._dead_letter(q, msg, "expired")
                 continue
             break
+        self._schedule(q)  # for the new head, whose TTL may be due before the old one's
         q.deliver(msg, cmd.owner, None, self.now)
         redelivered = msg.delivery_count > 1 or msg.returns > 0
         if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
@@ -1828,6 +1840,75 @@ class StateMachine:
             raise NotFound(f"no access key '{cmd.secret_id}'")
         self._record("access_key", cmd.secret_id, None)
 
+    # -- policies ------------------------------------------------------------------------
+
+    def _set_policy(self, cmd: c.SetPolicy) -> None:
+        vh = self.vhost(cmd.vhost)
+        policy = checked_policy(
+            cmd.vhost, cmd.name, cmd.pattern, cmd.apply_to, cmd.priority, cmd.definition
+        )
+        policies = {**vh.policies, cmd.name: policy}
+        plan = self._policy_plan(vh, policies)  # raises, changing nothing, if a queue refuses
+        vh.policies[cmd.name] = policy
+        self._record("policy", (cmd.vhost, cmd.name), policy)
+        self._apply_policy_plan(vh, plan)
+
+    def _delete_policy(self, cmd: c.DeletePolicy) -> None:
+        vh = self.vhost(cmd.vhost)
+        if cmd.name not in vh.policies:
+            raise NotFound(f"no policy '{cmd.name}' in vhost '{cmd.vhost}'")
+        policies = {k: v for k, v in vh.policies.items() if k != cmd.name}
+        plan = self._policy_plan(vh, policies)
+        del vh.policies[cmd.name]
+        self._record("policy", (cmd.vhost, cmd.name), None)
+        self._apply_policy_plan(vh, plan)
+
+    def _policy_plan(
+        self, vh: Vhost, policies: dict[str, Policy]
+    ) -> list[tuple[MessageQueue, Policy | None, QueueSettings]]:
+        """The queues whose policy changes with `policies`, each with its policy and the
+        settings it then has."""
+        plan = []
+        for name in sorted(vh.queues):
+            q = vh.queues[name]
+            policy = choose(policies.values(), "queue", q.name, q.arguments)
+            if policy is not q.policy:
+                plan.append((q, policy, q.settings_with(q.arguments, policy)))
+        return plan
+
+    def _apply_policy_plan(
+        self, vh: Vhost, plan: list[tuple[MessageQueue, Policy | None, QueueSettings]]
+    ) -> None:
+        """As with new arguments (SetQueueArguments), without redeclaring: a lower length
+        limit drops (or dead-letters) from the head, the expiry countdown starts over as
+        RabbitMQ's does. A new message TTL applies to messages published from now on."""
+        self._choose_exchange_policies(vh)
+        for q, policy, settings in plan:
+            expires = q.settings.expires
+            q.apply_policy(policy, settings)
+            if settings.expires is not None and settings.expires != expires:
+                q.last_used = self.now
+                self._touch(q)
+            if settings.overflow == "drop-head":
+                self._drop_over_limit(q)
+            self._schedule(q)
+
+    def _restore_policies(self) -> None:
+        """After loading: what applies to each queue and exchange is derived, not stored."""
+        for vh in self.vhosts.values():
+            if not vh.policies:
+                continue
+            for q in vh.queues.values():
+                policy = choose(vh.policies.values(), "queue", q.name, q.arguments)
+                if policy is not None:
+                    q.apply_policy(policy, q.settings_with(q.arguments, policy))
+            self._choose_exchange_policies(vh)
+
+    def _choose_exchange_policies(self, vh: Vhost) -> None:
+        for ex in vh.exchanges.values():
+            if ex.name:  # (the default exchange routes by queue name only)
+                ex.policy = choose(vh.policies.values(), "exchange", ex.name, ex.arguments)
+
     # -- timers --------------------------------------------------------------------------
 
     def _set_tracing(self, cmd: c.SetTracing) -> None:
@@ -1913,6 +1994,8 @@ class StateMachine:
             self.permissions[key] = value
         elif kind == "limits":
             self.limits[key] = value
+        elif kind == "policy":
+            self.vhosts[key[0]].policies[key[1]] = value
         elif kind == "exchange":
             self.vhosts[key[0]].exchanges[key[1]] = value
         elif kind == "queue":
@@ -1982,6 +2065,7 @@ class StateMachine:
     def finish_restore(self) -> None:
         """After loading: put consumers in consume order and schedule every timer."""
         self.consumers = dict(sorted(self.consumers.items(), key=lambda item: item[1].seq))
+        self._restore_policies()
         for vh in self.vhosts.values():
             for source, bindings in list(vh.bindings.items()):
                 vh.bindings[source] = dict(sorted(bindings.items(), key=lambda item: item[1]))

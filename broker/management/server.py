@@ -26,6 +26,7 @@ from broker.management import (
     messages,
     overview,
     parameters,
+    policies,
     queues,
 )
 from broker.management.auth import Handler, authenticate
@@ -48,6 +49,7 @@ ROUTES: tuple[AddRoutes, ...] = (
     limits.add_routes,
     cmq.add_routes,
     parameters.add_routes,
+    policies.add_routes,
 )
 
 #: requests larger than this are refused (definitions of a big broker fit)
