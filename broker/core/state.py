@@ -70,7 +70,7 @@ from broker.core.model import (
     SharedLimit,
     User,
 )
-from broker.core.queue import MessageQueue
+from broker.core.queue import MessageQueue, QueueCounters
 from broker.core.routing import EXCHANGE_TYPES, binding_matches, freeze_arguments, topic_matches
 
 PREDECLARED_EXCHANGES = (
@@ -179,6 +179,8 @@ class StateMachine:
         #: the log index being applied, and the position in it (inside a Batch)
         self.index = 0
         self._position = 0
+        #: the counters of deleted queues, summed: node-wide totals never go down
+        self.retired = QueueCounters()
         self._timers: list[tuple[int, str, str]] = []
         self._changes: list[Change] = []
         self._effects: list[Effect] = []
@@ -296,6 +298,13 @@ class StateMachine:
         if ex is None:
             raise NotFound(f"no exchange '{name}' in vhost '{vhost}'")
         return ex
+
+    def reset_counters(self) -> None:
+        """Start every queue's counters at 0 (after recovery replayed the log: what the
+        replay counted happened in an earlier run)."""
+        for q in self.queues_by_qid.values():
+            q.counters = QueueCounters()
+        self.retired = QueueCounters()
 
     def queue_info(self, q: MessageQueue) -> QueueInfo:
         return QueueInfo(q.name, q.message_count(), len(q.consumers), q.qid)
@@ -788,6 +797,7 @@ class StateMachine:
                     self._remove_binding(vh, key)
         del vh.queues[q.name]
         del self.queues_by_qid[q.qid]
+        self.retired.add(q.counters)
         if q.exclusive_owner is not None:
             self.exclusive_queues.get(q.exclusive_owner, set()).discard((q.vhost, q.name))
         self._record("queue", (q.vhost, q.name), None)
@@ -1082,7 +1092,10 @@ class StateMachine:
         self._forget(q, msg)
         failure = self._dead_letter_copy(q, msg, reason)
         if failure is not None:
+            q.counters.dropped += 1
             self._dropped(q.vhost, q.name, reason.replace("_", "-"), 1, failure)
+        else:
+            q.counters.dead_lettered += 1
 
     def _dead_letter_copy(self, q: MessageQueue, msg: Message, reason: str) -> str | None:
         """Republish a copy of `msg` to the dead-letter exchange of `q`; None when some queue
@@ -1352,6 +1365,7 @@ class StateMachine:
             self._dead_letter(q, msg, "rejected")
 
     def _acknowledge(self, q: MessageQueue, msg: Message) -> None:
+        q.counters.acked += 1
         if q.settings.rewind_ms:
             q.retain(msg, self.now)
             self._touch_message(q, msg)
