@@ -222,6 +222,7 @@ async def _publish(
     await _all(
         svc, [c.Publish(vhost, topic, key, p, body) for p, body in zip(props, bodies, strict=True)]
     )
+    svc.gateway.traffic["http"].received += len(ids)
     return ids
 
 

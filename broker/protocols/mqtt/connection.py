@@ -124,6 +124,7 @@ class MQTTConnection:
         "owner",
         "refusal",
         "gateway",
+        "traffic",
         "settings",
         "loopback",
         "cert_user",
@@ -172,6 +173,7 @@ class MQTTConnection:
         #: why the node refuses this connection (its connection limits): CONNACK 3
         self.refusal = refusal
         self.gateway = gateway
+        self.traffic = gateway.traffic["mqtt"]
         self.settings = settings
         self.loopback = peer_is_loopback
         #: the common name of the client's verified TLS certificate: the user of a client
@@ -228,6 +230,7 @@ class MQTTConnection:
             self.on_output()
         self._out.append(data)
         self._out_size += len(data)
+        self.traffic.packets_sent += 1
 
     def _write_publish(self, header: bytes, payload: bytes) -> None:
         """A PUBLISH as its header and its payload, joined with the rest of the turn's output."""
@@ -237,6 +240,9 @@ class MQTTConnection:
             self.on_output()
         self._out += (header, payload)
         self._out_size += len(header) + len(payload)
+        traffic = self.traffic
+        traffic.packets_sent += 1
+        traffic.delivered += 1
 
     def data_to_send(self) -> bytes:
         self._flush_settles()
@@ -379,6 +385,7 @@ class MQTTConnection:
             self.close(f"protocol error: {exc}", publish_will=True)
 
     def _handle(self, packet: codec.Packet) -> None:
+        self.traffic.packets_received += 1
         if self.state is State.AWAIT_CONNECT:
             if not isinstance(packet, Connect):
                 raise ProtocolError("the first packet must be CONNECT")
@@ -635,6 +642,7 @@ class MQTTConnection:
                 return
             self._may_publish = True
         self.has_published = True
+        self.traffic.received += 1
         session = self.session
         assert session is not None
         routing_key = to_routing_key(p.topic)
