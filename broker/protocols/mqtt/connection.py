@@ -43,6 +43,7 @@ from broker.protocols.mqtt.topics import (
     filter_matches,
     shared_filter,
     subscribable,
+    sys_filter,
     to_pattern,
     to_routing_key,
     to_topic,
@@ -70,6 +71,8 @@ MAX_EARLY_INPUT = 1024 * 1024
 #: publishes of a client that may wait for an answer (a withheld PUBACK; for QoS 0, word
 #: of whether they fed a congested queue) before the client's input is not read any more
 MAX_UNANSWERED = 256
+#: user tags that may subscribe to `$SYS` topics
+SYS_TAGS = frozenset(("monitoring", "administrator"))
 
 
 def _properties(qos: int, retain: bool) -> dict[str, Any]:
@@ -536,7 +539,7 @@ class MQTTConnection:
             return
         present = session.persistent and "session" in (records or {})
         if present:
-            session.restore(records or {})
+            session.restore(records or {}, self._monitoring())
         elif session.persistent:
             self._submit(session.save_subscriptions())
         self.state = State.OPEN
@@ -724,6 +727,11 @@ class MQTTConnection:
                 self._may_subscribe = False
         return self._may_subscribe
 
+    def _monitoring(self) -> bool:
+        """The user may read the `$SYS` topics (RabbitMQ's monitoring tag, or more)."""
+        assert self.user is not None
+        return not SYS_TAGS.isdisjoint(self.user.tags)
+
     def _shared_allowed(self, queue: str) -> bool:
         """A shared subscription's member reads amq.topic and declares, binds and reads the
         group's queue."""
@@ -745,6 +753,8 @@ class MQTTConnection:
         except ValueError:
             return None
         if shared is None:
+            if sys_filter(topic_filter):
+                return "" if self._monitoring() and self._subscribe_allowed() else None
             return "" if subscribable(topic_filter) and self._subscribe_allowed() else None
         queue = shared_queue(*shared)
         if len(queue.encode()) > MAX_QUEUE_NAME_BYTES or not self._shared_allowed(queue):
