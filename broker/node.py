@@ -163,6 +163,8 @@ class Node:
             await self.metrics.start()
         if cfg.mqtt_sys_interval > 0:
             self.sys_topics = SysTopics(self.gateway, cfg.mqtt_vhost, cfg.mqtt_sys_interval)
+            if isinstance(self.commit, ClusterCommit):
+                self.sys_topics.active = self.commit.raft.role == "leader"
             self.sys_topics.start()
         log.info(
             "broker ready: node %d, amqp on %s:%d, mqtt on %d, mqtt over websocket on %d, "
@@ -308,6 +310,8 @@ class Node:
             self._pushers = None
         if self.http is not None:
             self.http.service.pushers.set_active(leading)
+        if self.sys_topics is not None:
+            self.sys_topics.set_active(leading)
         if leading:
             self._pushers = asyncio.create_task(self._keep_pushers())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from broker.core import commands as c
 from broker.protocols.mqtt import codec
 from broker.protocols.mqtt.sys_topics import SysTopics
 from tests.test_mqtt_connection import Node, packets, subscribe
@@ -74,3 +75,31 @@ def test_nothing_is_published_to_a_vhost_that_does_not_exist() -> None:
     node.commit.run()
     assert "elsewhere" not in node.commit.state.vhosts
     assert not node.commit.state.vhosts["/"].retained
+
+
+def test_only_an_active_node_publishes_and_a_new_leader_publishes_everything() -> None:
+    node = Node()
+    sys_topics = SysTopics(node.gateway, "/", 10.0, Clock())
+    sys_topics.set_active(False)  # a follower: the leader publishes the cluster's values
+    sys_topics.publish()
+    node.commit.run()
+    assert not node.commit.state.vhosts["/"].retained
+
+    def batch_size() -> int:
+        node.commit.run()
+        last = node.commit.log[-1]
+        return len(last.commands) if isinstance(last, c.Batch) else 0
+
+    sys_topics.set_active(True)
+    sys_topics.publish()
+    everything = batch_size()
+    assert everything == 2 * len(sys_topics.values())  # StoreRetained and Publish each
+    sys_topics.publish()  # the retained count changed with the first round: it alone
+    assert batch_size() == 2
+    proposed = len(node.commit.log)
+    sys_topics.publish()  # nothing changed: nothing sent
+    assert len(node.commit.log) == proposed
+    sys_topics.set_active(False)
+    sys_topics.set_active(True)  # leader again: what it published before may be stale
+    sys_topics.publish()
+    assert batch_size() == everything

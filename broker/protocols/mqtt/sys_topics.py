@@ -8,7 +8,9 @@ monitoring or administrator may subscribe (connection.SYS_TAGS), and filters sta
 wildcard never match them (MQTT 3.1.1, 4.7.2).
 
 The values are node-wide: clients and retained messages from the core state (a cluster's),
-messages counted by this node's MQTT connections. `messages/*` count packets of every kind,
+messages counted by this node's MQTT connections. The retained values are cluster state, so in
+a cluster only the leader publishes them (`active`, set as leadership changes), as only it runs
+the CMQ pushers. `messages/*` count packets of every kind,
 `publish/messages/*` PUBLISH packets; `load/*/1min` (5min, 15min) are those per minute,
 averaged with an exponential decay over the window, as Mosquitto's are.
 """
@@ -70,6 +72,14 @@ class SysTopics:
         #: topic -> payload last published
         self._published: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        #: publish from this node (a cluster's leader only: see set_active)
+        self.active = True
+
+    def set_active(self, active: bool) -> None:
+        """Publish from this node or not; a new leader publishes every topic again."""
+        if active and not self.active:
+            self._published.clear()
+        self.active = active
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -129,7 +139,7 @@ class SysTopics:
 
     def publish(self) -> None:
         """One round: the topics whose payload changed go out, retained."""
-        if self.vhost not in self.gateway.committed.vhosts:
+        if not self.active or self.vhost not in self.gateway.committed.vhosts:
             return
         commands: list[c.Command] = []
         for topic, payload in self.values().items():
