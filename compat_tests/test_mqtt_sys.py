@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from compat_tests.cluster import Cluster
 from compat_tests.mqtt_helpers import TIMEOUT, Paho, uid
 
 pytestmark = pytest.mark.own_broker
@@ -88,3 +89,32 @@ def test_hash_does_not_match_sys_topics(sys_broker):
     marker = uid("marker").encode()
     client().publish("end", marker)
     assert [m.topic for m in everything.messages_until(marker)] == []
+
+
+def test_in_a_cluster_the_leader_publishes_the_clusters_clients(tmp_path):
+    """The values are retained cluster state: the leader publishes them, and a client of a
+    follower sees clients connecting to any member."""
+    cl = Cluster(tmp_path / "cluster", extra_args=("--mqtt-sys-interval", "0.2"))
+    made: list[Paho] = []
+    try:
+        cl.start()
+        leader = cl.leader()
+        follower, other = cl.followers(leader)
+        watcher = Paho(cl.nodes[follower])
+        watcher.connect()
+        made.append(watcher)
+        assert watcher.subscribe((CONNECTED, 0)) == [0]
+        next_value(watcher, CONNECTED, b"1")
+        for n in (other, leader):
+            client = Paho(cl.nodes[n])
+            client.connect()
+            made.append(client)
+        next_value(watcher, CONNECTED, b"3")
+        for n in cl.ids:
+            log = cl.log(n)
+            assert "Traceback" not in log, n
+    finally:
+        for client in made:
+            client.close()
+        problems = cl.close()
+        assert not problems, problems
