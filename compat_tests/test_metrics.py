@@ -1,6 +1,6 @@
 """Prometheus /metrics on --metrics-port, scraped over HTTP and parsed with prometheus_client's
-parser while pika and paho clients put load on the node: the counters move as the load does,
-never backwards; per-queue samples only when asked for; other paths get a JSON 404."""
+parser while pika, paho and CMQ clients put load on the node: the counters move as the load
+does, never backwards; per-queue samples only when asked for; other paths get a JSON 404."""
 
 from __future__ import annotations
 
@@ -185,3 +185,43 @@ def test_port_zero_turns_the_endpoint_off(broker_factory):
 
     b = broker_factory("--metrics-port", "0")
     assert not port_open(b.host, b.metrics_port)
+
+
+def test_cmq_pushes_and_retries_are_counted(cmq_broker):
+    from cmq.topic import Message
+
+    from compat_tests.cmq_helpers import PushReceiver
+    from compat_tests.test_http_topics import http_subscription, make_topic
+
+    broker = cmq_broker.process
+    account = cmq_broker.account()
+    before = scrape(broker)
+    with PushReceiver() as receiver:
+        topic = make_topic(account)
+        receiver.fail("/flaky", 2)
+        http_subscription(account, topic, receiver.url("/flaky"))
+        topic.publish_message(Message("counted"))
+        for _ in range(3):  # two failures, then the push that succeeds
+            receiver.get()
+
+        def delivered():
+            now = scrape(broker)
+            pushed = value(now, "broker_cmq_pushes_total", outcome="delivered")
+            return (
+                now
+                if pushed > value(before, "broker_cmq_pushes_total", outcome="delivered")
+                else None
+            )
+
+        now = wait_until(delivered, message="the push to be counted")
+
+    def grew(name: str, **labels: str) -> float:
+        return value(now, name, **labels) - value(before, name, **labels)
+
+    # (at least: the node is shared with other tests, whose subscriptions may still push)
+    assert grew("broker_cmq_pushes_total", outcome="delivered") >= 1
+    assert grew("broker_cmq_pushes_total", outcome="failed") >= 2
+    assert grew("broker_cmq_push_retries_total") >= 2
+    assert grew("rabbitmq_global_messages_received_total", protocol="http") >= 1
+    assert grew("rabbitmq_global_messages_delivered_total", protocol="http") >= 1
+    assert value(now, "broker_connections_opened_total", protocol="http") >= 1
