@@ -76,14 +76,10 @@ def read(traffic: dict[str, Traffic], state: StateMachine, at: float | None = No
             redelivered += n.redelivered
             dropped += n.dropped
             dead += n.dead_lettered
-    node = {
-        "publish": sum(t.received for t in traffic.values()),
-        "deliver_get": sum(t.delivered for t in traffic.values()),
-        "ack": acked,
-        "redeliver": redelivered,
-        "drop": dropped,
-        "dead_letter": dead,
-    }
+    published = sum(t.received for t in traffic.values())
+    delivered = sum(t.delivered for t in traffic.values())
+    counts = (published, delivered, acked, redelivered, dropped, dead)
+    node = dict(zip(NODE_FIELDS, counts, strict=True))
     return Sample(time.monotonic() if at is None else at, node, queues)
 
 
