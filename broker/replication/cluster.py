@@ -237,6 +237,8 @@ class ClusterCommit:
 
     def _recover(self) -> ClusterApplier:
         recovered = recover(self.store, upto=self.log.hard.commit)
+        # What the replay counted happened in an earlier run: counters start at 0.
+        recovered.state.reset_counters()
         return self._applier_from(recovered)
 
     def _applier_from(self, recovered: Recovered) -> ClusterApplier:
