@@ -225,3 +225,21 @@ def test_cmq_pushes_and_retries_are_counted(cmq_broker):
     assert grew("rabbitmq_global_messages_received_total", protocol="http") >= 1
     assert grew("rabbitmq_global_messages_delivered_total", protocol="http") >= 1
     assert value(now, "broker_connections_opened_total", protocol="http") >= 1
+
+
+def test_counters_start_at_zero_with_the_node(broker_factory):
+    """RabbitMQ's counters restart with the node: the replay of the log at start counts
+    nothing, while the gauges show what the node holds."""
+    b = broker_factory()
+    queue = uid("kept")
+    with channel(b) as ch:
+        ch.queue_declare(queue, durable=True)
+        ch.confirm_delivery()
+        for _ in range(5):
+            ch.basic_publish("", queue, b"x", pika.BasicProperties(delivery_mode=2))
+    assert value(scrape(b), "rabbitmq_queue_messages_published_total") == 5
+    b.restart(kill=True)  # the log since the last snapshot is replayed at start
+    after = scrape(b)
+    assert value(after, "rabbitmq_queue_messages_ready") == 5
+    assert value(after, "rabbitmq_queue_messages_published_total") == 0
+    assert value(after, "rabbitmq_global_messages_received_total", protocol="amqp091") == 0
