@@ -6,7 +6,8 @@ redelivered, acked, dead-lettered, dropped), per protocol in the adapters
 (`Gateway.traffic`: messages received from and delivered to clients). This module only reads
 them. Nothing here is core state: the counters start at 0 with the node, as RabbitMQ's do.
 
-API, for the management API and the console (RabbitMQ's message_stats):
+API, for the management API and the console (RabbitMQ's message_stats); a node runs one,
+`Node.rates`, sampling every 5 s from its start:
 
     sampler = RateSampler(lambda: read(gateway), interval=5.0)
     sampler.start()                 # samples every `interval` s on the running loop
