@@ -84,7 +84,22 @@ def main() -> None:
     type=click.Choice(["drop-oldest", "refuse"]),
     help="What a full MQTT session does with one more message. [drop-oldest]",
 )
+@click.option(
+    "--mqtt-sys-interval",
+    type=float,
+    help="Seconds between updates of the MQTT $SYS topics, 0: none. [10]",
+)
 @click.option("--http-port", type=int, help="CMQ API 2.0 over HTTP (/v2/index.php). [15680]")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Prometheus /metrics (and /metrics/per-object), 0: off. [15692]",
+)
+@click.option(
+    "--metrics-per-object/--no-metrics-per-object",
+    default=None,
+    help="/metrics shows each queue's metrics rather than their sums. [off]",
+)
 @click.option("--https-port", type=int, help="CMQ API over HTTPS, with --tls-cert. [15681]")
 @click.option(
     "--tls-cert",

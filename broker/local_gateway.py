@@ -35,7 +35,7 @@ from broker.core.model import (
 from broker.core.state import StateMachine
 from broker.drops import DropLedger
 from broker.flow import RoomWaiters
-from broker.gateway import ClientConnection, Done
+from broker.gateway import PROTOCOLS, ClientConnection, Done, Traffic
 from broker.login_guard import LoginGuard
 from broker.protocols.http.auth import ReplayGuard
 from broker.trace_log.recorder import TraceRecorder
@@ -100,6 +100,7 @@ class LocalGateway:
         self.relay_reply: Callable[[int, str, dict[str, Any], bytes, str], bool] | None = None
         self._nonces = ReplayGuard(timestamp_skew, nonce_cache_size)
         self._blocked: str | None = None
+        self.traffic = {protocol: Traffic() for protocol in PROTOCOLS}
         #: counters shown by `broker status`, next to the commit path's
         self.metrics: dict[str, int] = {"overflow_refused": 0, "oversized_refused": 0}
         #: when each queue's overflow was last logged, so a flood logs once a second

@@ -72,7 +72,7 @@ from broker.core.model import (
     User,
 )
 from broker.core.policy import Policy, alternate_exchange, checked_policy, choose
-from broker.core.queue import MessageQueue, QueueSettings
+from broker.core.queue import MessageQueue, QueueCounters, QueueSettings
 from broker.core.routing import EXCHANGE_TYPES, binding_matches, freeze_arguments, topic_matches
 from broker.core.tracing import FIREHOSE_EXCHANGE, Tracing, firehose_headers
 
@@ -187,6 +187,8 @@ class StateMachine:
         #: the log index being applied, and the position in it (inside a Batch)
         self.index = 0
         self._position = 0
+        #: the counters of deleted queues, summed: node-wide totals never go down
+        self.retired = QueueCounters()
         self._timers: list[tuple[int, str, str]] = []
         self._changes: list[Change] = []
         self._effects: list[Effect] = []
@@ -308,6 +310,13 @@ class StateMachine:
         if ex is None:
             raise NotFound(f"no exchange '{name}' in vhost '{vhost}'")
         return ex
+
+    def reset_counters(self) -> None:
+        """Start every queue's counters at 0 (after recovery replayed the log: what the
+        replay counted happened in an earlier run)."""
+        for q in self.queues_by_qid.values():
+            q.counters = QueueCounters()
+        self.retired = QueueCounters()
 
     def queue_info(self, q: MessageQueue) -> QueueInfo:
         return QueueInfo(q.name, q.message_count(), len(q.consumers), q.qid)
@@ -816,6 +825,7 @@ class StateMachine:
                     self._remove_binding(vh, key)
         del vh.queues[q.name]
         del self.queues_by_qid[q.qid]
+        self.retired.add(q.counters)
         if q.exclusive_owner is not None:
             self.exclusive_queues.get(q.exclusive_owner, set()).discard((q.vhost, q.name))
         self._record("queue", (q.vhost, q.name), None)
@@ -1176,7 +1186,10 @@ class StateMachine:
         routed: list[tuple[str, int]] | None = [] if traced else None
         failure = self._dead_letter_copy(q, msg, reason, routed)
         if failure is not None:
+            q.counters.dropped += 1
             self._dropped(q.vhost, q.name, reason.replace("_", "-"), 1, failure)
+        else:
+            q.counters.dead_lettered += 1
         if traced:
             detail: dict[str, Any] = {"dead_lettered": [list(r) for r in routed or ()]}
             if failure:
@@ -1490,6 +1503,7 @@ class StateMachine:
             self._dead_letter(q, msg, "rejected")
 
     def _acknowledge(self, q: MessageQueue, msg: Message) -> None:
+        q.counters.acked += 1
         if q.settings.rewind_ms:
             q.retain(msg, self.now)
             self._touch_message(q, msg)

@@ -42,6 +42,7 @@ class Channel:
         self.number = number
         self.owner: c.Owner = (*conn.id, number)
         self.gateway = conn.gateway
+        self.traffic = conn.gateway.traffic["amqp091"]
         self.closing = False
         self.released = False
         self.prefetch = 0
@@ -256,6 +257,7 @@ class Channel:
             properties = dict(props, reply_to=self.reply_to_key)
         else:
             properties = props
+        self.traffic.received += 1
         if exchange == "" and routing_key.startswith(REPLY_TO + "."):
             self._publish_reply(routing_key, properties, body)
             return
@@ -362,6 +364,7 @@ class Channel:
             return
         self.next_tag += 1
         tag = self.next_tag
+        self.traffic.delivered += 1
         info = self.consumers.get(effect.tag)
         msg = effect.message
         conn = self.conn
@@ -748,6 +751,7 @@ class Channel:
             if msg is None:
                 return spec.Basic.GetEmpty()
             self.next_tag += 1
+            self.traffic.delivered += 1
             if not m.no_ack:
                 self.unacked[self.next_tag] = (self.vhost, queue, msg.seq)
             frame = _frame(

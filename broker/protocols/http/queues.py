@@ -147,14 +147,17 @@ async def _send(
     ]
     for publish in publishes:
         svc.gateway.note_publisher(publish, req.publisher)
+    traffic = svc.gateway.traffic["http"]
     if len(publishes) == 1:
         if (await svc.call(publishes[0])).rejected:
             raise _heap_full(q)
+        traffic.received += 1
         return ids
     try:
         await svc.call(c.Batch(list(publishes), refuse_when_full=True))
     except ResourceLimit:
         raise _heap_full(q) from None
+    traffic.received += len(ids)
     return ids
 
 
@@ -209,6 +212,7 @@ async def _receive(svc: CmqService, req: Request, count: int) -> list[dict[str, 
         try:
             got: list[Received] = await svc.call(c.Receive(req.vhost, name, count))
             if got:
+                svc.gateway.traffic["http"].delivered += len(got)
                 return [_fields(r) for r in got]
             remaining = deadline - loop.time()
             if remaining <= 0 or svc.closing:

@@ -60,6 +60,8 @@ class Pushers(Protocol):
 
     #: whether they run on this node (a cluster runs them on its leader only)
     active: bool
+    #: push attempts delivered, failed, and retries among them (metrics)
+    counts: dict[str, int]
 
     def set_active(self, active: bool) -> None: ...
 

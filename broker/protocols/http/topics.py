@@ -230,6 +230,7 @@ async def _publish(
         svc.gateway.note_publisher(publish, req.publisher)
         commands.append(publish)
     await _all(svc, commands)
+    svc.gateway.traffic["http"].received += len(ids)
     return ids
 
 
