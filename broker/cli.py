@@ -103,6 +103,11 @@ def main() -> None:
     "--mqtt-wss-port", type=int, help="MQTT over secure WebSocket, with --tls-cert. [15676]"
 )
 @click.option(
+    "--management-port",
+    type=int,
+    help="RabbitMQ-compatible management HTTP API (/api), 0 turns it off. [15672]",
+)
+@click.option(
     "--http-timestamp-skew", type=int, help="Accepted CMQ request Timestamp skew, s. [300]"
 )
 @click.option(
@@ -347,7 +352,8 @@ def permissions_set(
 
 @main.group()
 def definitions() -> None:
-    """Import or export users, vhosts and permissions as RabbitMQ definitions JSON."""
+    """Import or export users, vhosts, permissions, exchanges, queues and bindings as RabbitMQ
+    definitions JSON."""
 
 
 @definitions.command("import")
@@ -367,7 +373,8 @@ def definitions_import(path: str, data_dir: str) -> None:
 @definitions.command("export")
 @data_dir_option
 def definitions_export(data_dir: str) -> None:
-    """Print the node's users (with password hashes), vhosts and permissions as JSON."""
+    """Print the node's users (with password hashes), vhosts, permissions, exchanges, queues
+    and bindings as JSON."""
     click.echo(json.dumps(_admin(data_dir, "definitions.export"), indent=2))
 
 

@@ -88,6 +88,9 @@ class Config:
     #: an HTTP push not answered within this many seconds failed
     http_push_timeout: float = 15.0
 
+    #: the RabbitMQ-compatible management HTTP API (broker/management), 0 turns it off
+    management_port: int = 15672
+
     #: client connections of every protocol together; more are refused with the protocol's
     #: error (0: the process's file-descriptor limit less admission.FD_RESERVE)
     max_connections: int = 0

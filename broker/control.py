@@ -192,15 +192,11 @@ class ControlServer:
         await self._call(c.DeleteAccessKey(args["secret_id"]))
 
     async def _definitions_import(self, args: dict[str, Any]) -> dict[str, int]:
-        """Everything is checked before anything is applied; then vhosts, users, permissions."""
+        """Everything is checked before anything is applied; then applied in order."""
         commands = definitions.import_commands(args["definitions"], self.node.gateway.committed)
         for command in commands:
             await self._call(command)
-        counts = {"vhosts": 0, "users": 0, "permissions": 0}
-        for command in commands:
-            kind = {c.DeclareVhost: "vhosts", c.PutUser: "users"}.get(type(command), "permissions")
-            counts[kind] += 1
-        return counts
+        return definitions.counts(commands)
 
     async def _definitions_export(self, args: dict[str, Any]) -> dict[str, Any]:
         return definitions.export(self.node.gateway.committed)

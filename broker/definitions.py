@@ -1,8 +1,9 @@
-"""RabbitMQ definitions (`rabbitmqctl export_definitions`): the vhosts, users and permissions
-they hold, as core commands to import, and the same of a node's state to export.
+"""RabbitMQ definitions (`rabbitmqctl export_definitions`, GET /api/definitions): the
+vhosts, users, permissions, exchanges, queues and bindings they hold, as core commands to
+import, and the same of a node's state to export, whole or for one vhost.
 
-Other sections (queues, exchanges, bindings, policies, ...) are refused, not skipped, unless
-empty, so an import never looks complete when it is not.
+Other sections (policies, parameters, ...) are refused, not skipped, unless empty, so an
+import never looks complete when it is not.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from typing import Any
 from broker.core import commands as c
 from broker.core.auth import HASHING, split_stored, stored_hash
 from broker.core.errors import InvalidArgument
-from broker.core.state import StateMachine
+from broker.core.state import PREDECLARED_EXCHANGES, StateMachine
+
+#: exchanges every vhost has: not exported, as RabbitMQ leaves them out
+PREDECLARED = {name for name, _ in PREDECLARED_EXCHANGES}
 
 #: sections we import; the version fields are informational
-IMPORTED = ("users", "vhosts", "permissions")
+IMPORTED = ("users", "vhosts", "permissions", "exchanges", "queues", "bindings")
+#: the sections of one vhost's definitions (GET /api/definitions/{vhost})
+VHOST_SECTIONS = ("exchanges", "queues", "bindings")
 #: and the node identity (cluster_name, internal_cluster_id) of the exporting cluster
 INFORMATIONAL = (
     "rabbit_version",
@@ -28,15 +34,22 @@ INFORMATIONAL = (
 )
 
 
-def import_commands(doc: Any, state: StateMachine) -> list[c.Command]:
-    """The commands that apply `doc` to `state`: vhosts first, then users, then permissions
-    (each of a user and vhost that exists or is imported)."""
+def import_commands(doc: Any, state: StateMachine, vhost: str | None = None) -> list[c.Command]:
+    """The commands that apply `doc` to `state`, in RabbitMQ's order: vhosts, users,
+    permissions (each of a user and vhost that exists or is imported), exchanges, queues,
+    bindings (between objects that exist or are imported). With `vhost`, `doc` is one
+    vhost's definitions and everything in it goes to that vhost."""
     if not isinstance(doc, dict):
         raise InvalidArgument("definitions must be a JSON object")
-    unsupported = [k for k, v in doc.items() if k not in IMPORTED + INFORMATIONAL and v]
+    sections = IMPORTED if vhost is None else VHOST_SECTIONS
+    unsupported = [k for k, v in doc.items() if k not in sections + INFORMATIONAL and v]
     if unsupported:
         names = ", ".join(sorted(unsupported))
         raise InvalidArgument(f"definitions sections not supported: {names}")
+    if vhost is not None:
+        if vhost not in state.vhosts:
+            raise InvalidArgument(f"vhost '{vhost}' does not exist")
+        doc = {k: [dict(item, vhost=vhost) for item in _items(doc, k)] for k in VHOST_SECTIONS}
     commands: list[c.Command] = [_vhost(v) for v in _items(doc, "vhosts")]
     commands += [_user(u) for u in _items(doc, "users")]
     commands += [
@@ -54,11 +67,98 @@ def import_commands(doc: Any, state: StateMachine) -> list[c.Command]:
     for p in commands:
         if isinstance(p, c.SetPermissions) and (p.user not in users or p.vhost not in vhosts):
             raise InvalidArgument(f"permissions of unknown user '{p.user}' or vhost '{p.vhost}'")
+    commands += _objects(doc, state, vhosts)
     return commands
 
 
-def export(state: StateMachine) -> dict[str, Any]:
-    """The node's vhosts, users (with their hashes) and permissions, in RabbitMQ's layout."""
+def _objects(doc: dict[str, Any], state: StateMachine, vhosts: set[str]) -> list[c.Command]:
+    """Exchanges, queues and bindings, each in a vhost that exists or is imported, each
+    binding between objects that exist or are imported."""
+    exchanges = [_exchange(e) for e in _items(doc, "exchanges")]
+    queues = [_queue(q) for q in _items(doc, "queues")]
+    bindings = [_binding(b) for b in _items(doc, "bindings")]
+    for command in exchanges + queues + bindings:
+        if command.vhost not in vhosts:
+            raise InvalidArgument(f"definitions refer to unknown vhost '{command.vhost}'")
+    known_exchanges = {(e.vhost, e.name) for e in exchanges} | {
+        (v, name) for v, vh in state.vhosts.items() for name in vh.exchanges
+    }
+    known_queues = {(q.vhost, q.name) for q in queues} | {
+        (v, name) for v, vh in state.vhosts.items() for name in vh.queues
+    }
+    for b in bindings:
+        if (b.vhost, b.source) not in known_exchanges:
+            raise InvalidArgument(f"binding from unknown exchange '{b.source}' in '{b.vhost}'")
+        known = known_queues if b.to_queue else known_exchanges
+        if (b.vhost, b.destination) not in known:
+            raise InvalidArgument(f"binding to unknown '{b.destination}' in '{b.vhost}'")
+    return [*exchanges, *queues, *bindings]
+
+
+def _exchange(entry: dict[str, Any]) -> c.DeclareExchange:
+    return c.DeclareExchange(
+        _text(entry, "vhost"),
+        _text(entry, "name"),
+        _text(entry, "type"),
+        durable=_flag(entry, "durable", True),
+        auto_delete=_flag(entry, "auto_delete", False),
+        internal=_flag(entry, "internal", False),
+        arguments=_table(entry, "arguments"),
+    )
+
+
+def _queue(entry: dict[str, Any]) -> c.DeclareQueue:
+    return c.DeclareQueue(
+        _text(entry, "vhost"),
+        _text(entry, "name"),
+        durable=_flag(entry, "durable", True),
+        auto_delete=_flag(entry, "auto_delete", False),
+        arguments=_table(entry, "arguments"),
+    )
+
+
+def _binding(entry: dict[str, Any]) -> c.Bind:
+    kind = entry.get("destination_type", "queue")
+    if kind not in ("queue", "exchange"):
+        raise InvalidArgument(f"binding destination_type must be queue or exchange: {entry}")
+    return c.Bind(
+        _text(entry, "vhost"),
+        _text(entry, "source"),
+        _text(entry, "destination"),
+        kind == "queue",
+        _text(dict(entry, routing_key=entry.get("routing_key") or ""), "routing_key"),
+        _table(entry, "arguments"),
+    )
+
+
+def counts(commands: list[c.Command]) -> dict[str, int]:
+    """How many of each section an import applied, in the sections' order."""
+    kinds = {
+        c.DeclareVhost: "vhosts",
+        c.PutUser: "users",
+        c.SetPermissions: "permissions",
+        c.DeclareExchange: "exchanges",
+        c.DeclareQueue: "queues",
+        c.Bind: "bindings",
+    }
+    found = {kind: 0 for kind in kinds.values()}
+    for command in commands:
+        found[kinds[type(command)]] += 1
+    return found
+
+
+def export(state: StateMachine, vhost: str | None = None) -> dict[str, Any]:
+    """The node's vhosts, users (with their hashes), permissions, exchanges, queues and
+    bindings in RabbitMQ's layout; with `vhost`, that vhost's objects (without their vhost
+    field), as RabbitMQ exports one vhost."""
+    if vhost is not None:
+        if vhost not in state.vhosts:
+            raise InvalidArgument(f"vhost '{vhost}' does not exist")
+        objects = _export_objects(state, [vhost])
+        for section in objects.values():
+            for item in section:
+                del item["vhost"]
+        return {"parameters": [], "policies": [], **objects}
     users = []
     for user in sorted(state.users.values(), key=lambda u: u.name):
         algorithm, password_hash = split_stored(user.password_hash)
@@ -84,7 +184,74 @@ def export(state: StateMachine) -> dict[str, Any]:
             }
             for (user, vhost), p in sorted(state.permissions.items())
         ],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [],
+        **_export_objects(state, sorted(state.vhosts)),
     }
+
+
+def _export_objects(state: StateMachine, vhosts: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """What clients declared: not the predeclared exchanges, not exclusive queues (they
+    belong to a connection), not the default exchange's implicit bindings."""
+    exchanges, queues, bindings = [], [], []
+    for name in vhosts:
+        vh = state.vhosts[name]
+        for ex in sorted(vh.exchanges.values(), key=lambda e: e.name):
+            if ex.name in PREDECLARED:
+                continue
+            exchanges.append(
+                {
+                    "name": ex.name,
+                    "vhost": name,
+                    "type": ex.type,
+                    "durable": ex.durable,
+                    "auto_delete": ex.auto_delete,
+                    "internal": ex.internal,
+                    "arguments": _plain(ex.arguments),
+                }
+            )
+        for q in sorted(vh.queues.values(), key=lambda q: q.name):
+            if q.exclusive_owner is not None:
+                continue
+            queues.append(
+                {
+                    "name": q.name,
+                    "vhost": name,
+                    "durable": q.durable,
+                    "auto_delete": q.auto_delete,
+                    "arguments": _plain(q.arguments),
+                }
+            )
+        for source in sorted(vh.bindings):
+            for key, _ in sorted(vh.bindings[source].items(), key=lambda item: item[1]):
+                if key.to_queue and (
+                    key.destination not in vh.queues
+                    or vh.queues[key.destination].exclusive_owner is not None
+                ):
+                    continue
+                bindings.append(
+                    {
+                        "source": key.source,
+                        "vhost": name,
+                        "destination": key.destination,
+                        "destination_type": "queue" if key.to_queue else "exchange",
+                        "routing_key": key.routing_key,
+                        "arguments": _plain(dict(key.arguments)),
+                    }
+                )
+    return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+
+def _plain(value: Any) -> Any:
+    """Declare arguments as JSON carries them (AMQP tables may hold bytes and tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
 
 
 def _vhost(entry: dict[str, Any]) -> c.DeclareVhost:
@@ -134,6 +301,22 @@ def _items(doc: dict[str, Any], section: str) -> list[dict[str, Any]]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise InvalidArgument(f"definitions section '{section}' must be a list of objects")
     return items
+
+
+def _flag(entry: dict[str, Any], key: str, default: bool) -> bool:
+    value = entry.get(key, default)
+    if isinstance(value, str) and value in ("true", "false"):
+        return value == "true"
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"definitions entry {entry}: '{key}' must be true or false")
+    return value
+
+
+def _table(entry: dict[str, Any], key: str) -> dict[str, Any]:
+    value = entry.get(key) or {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"definitions entry {entry}: '{key}' must be an object")
+    return value
 
 
 def _text(entry: dict[str, Any], key: str) -> str:

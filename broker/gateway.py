@@ -52,10 +52,19 @@ class ClientConnection(Protocol):
     def channel_count(self) -> int:
         """Channels open on the connection (AMQP's; 0 for protocols without channels)."""
 
+    def info(self) -> dict[str, Any]:
+        """What operators are shown of the connection (management API, CLI): `protocol`,
+        `user` and `vhost` (None before login), `peer_host`, `peer_port`, `host`, `port`,
+        `ssl`, `connected_at` (ms since the epoch), `channels`, plus the protocol's own:
+        AMQP's `client_properties`, `frame_max`, `channel_max`, `heartbeat`; MQTT's
+        `client_id`, `keepalive`, `websocket`."""
+
 
 class Gateway(Protocol):
     #: this node's id: the first part of every connection id and owner it hands out
     node_id: int
+    #: the client connections of every protocol on this node, to read (operators' views)
+    connections: dict[c.ConnectionId, ClientConnection]
 
     # -- connections ---------------------------------------------------------------------
 
@@ -74,6 +83,11 @@ class Gateway(Protocol):
         releases the others)."""
 
     def connection_closed(self, connection: c.ConnectionId) -> None: ...
+
+    def close_sessions(
+        self, reason: str, vhost: str | None = None, user: str | None = None
+    ) -> None:
+        """Force-close this node's connections of a deleted vhost or user."""
 
     # -- commands and state --------------------------------------------------------------
 

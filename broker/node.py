@@ -27,6 +27,9 @@ from broker.core import commands as c
 from broker.core.auth import hash_password
 from broker.core.errors import ClusterUnavailable, InvalidArgument
 from broker.local_gateway import CONNECTION_BITS, LocalGateway
+from broker.management.context import Context as ManagementContext
+from broker.management.server import ManagementServer
+from broker.management.session import OwnerNumbers
 from broker.protocols.amqp.connection import Settings
 from broker.protocols.amqp.server import AMQPProtocol
 from broker.protocols.http.server import HttpApi
@@ -34,6 +37,7 @@ from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
 from broker.protocols.timer_wheel import TimerWheel
 from broker.replication.cluster import ClusterCommit, ClusterSettings
 from broker.replication.wire import ReplyTo
+from broker.resources import memory_limit, rss_bytes
 from broker.store.damage import StoreUnusable, disk_full
 from broker.store.disk import Store
 from broker.store.driver import CommitDriver
@@ -72,6 +76,8 @@ class Node:
         self.servers: list[asyncio.AbstractServer] = []
         self.control: ControlServer | None = None
         self.http: HttpApi | None = None
+        self.management: ManagementServer | None = None
+        self.started_at = int(time.time() * 1000)
         self._monitor: asyncio.Task[None] | None = None
         self._pushers: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -116,6 +122,18 @@ class Node:
             self.http.service.pushers.active = self.commit.raft.role == "leader"
         self.gateway.queue_watchers.append(self.http.queue_gained_messages)
         await self.http.start()
+        if cfg.management_port:  # 0 turns it off
+            self.management = ManagementServer(
+                ManagementContext(
+                    self.gateway,
+                    cfg,
+                    self.status,
+                    self.listeners,
+                    OwnerNumbers(cfg.node_id),
+                    started_at=self.started_at,
+                )
+            )
+            await self.management.start()
         settings = Settings(cfg.channel_max, cfg.frame_max, cfg.heartbeat)
         deadlines = TimerWheel()
         loop = asyncio.get_running_loop()
@@ -142,13 +160,14 @@ class Node:
         self._monitor = asyncio.create_task(self._watch_resources())
         log.info(
             "broker ready: node %d, amqp on %s:%d, mqtt on %d, mqtt over websocket on %d, "
-            "cmq http on %d%s, data in %s",
+            "cmq http on %d, management on %d%s, data in %s",
             cfg.node_id,
             cfg.host,
             cfg.amqp_port,
             cfg.mqtt_port,
             cfg.mqtt_ws_port,
             cfg.http_port,
+            cfg.management_port,
             _tls_listeners(cfg) if tls is not None else "",
             cfg.data_dir,
         )
@@ -322,6 +341,8 @@ class Node:
             self.control.close()
         if self.http is not None:
             await self.http.stop()
+        if self.management is not None:
+            await self.management.stop()
         connections = self.gateway.connections
         for conn in list(connections.values()):
             conn.force_close("broker forced connection closure with reason 'shutdown'")
@@ -357,6 +378,26 @@ class Node:
             **gateway.drops.counts,
         }
 
+    def listeners(self) -> list[tuple[str, int]]:
+        """The open client listeners, (protocol as RabbitMQ names it, port)."""
+        cfg = self.config
+        tls = bool(cfg.tls_cert and cfg.tls_key)
+        ports = [
+            ("amqp", cfg.amqp_port, True),
+            ("amqp/ssl", cfg.amqps_port, tls),
+            ("mqtt", cfg.mqtt_port, True),
+            ("mqtt/ssl", cfg.mqtts_port, tls),
+            ("http/web-mqtt", cfg.mqtt_ws_port, True),
+            ("https/web-mqtt", cfg.mqtt_wss_port, tls),
+            ("http/cmq", cfg.http_port, True),
+            ("https/cmq", cfg.https_port, tls),
+            ("http", cfg.management_port, True),
+        ]
+        if cfg.cluster:
+            own = cfg.cluster_members()[cfg.node_id][1]
+            ports.append(("clustering", cfg.cluster_port or own, True))
+        return [(name, port) for name, port, on in ports if on and port]
+
     # -- resource alarms -----------------------------------------------------------------
 
     def set_limits(self, disk_free_limit: int | None, memory_high_watermark: int | None) -> None:
@@ -389,7 +430,7 @@ class Node:
             reason = "low on disk" if disk_full(store_error) else "disk write failed"
         elif free < cfg.disk_free_limit:
             reason = "low on disk"
-        elif _rss_bytes() > (cfg.memory_high_watermark or int(0.4 * _total_memory())):
+        elif rss_bytes() > memory_limit(cfg.memory_high_watermark):
             reason = "low on memory"
         if reason != self.gateway.blocked_reason:
             log.warning("resource alarm: %s", reason or "cleared")
@@ -426,18 +467,3 @@ def _tls_listeners(cfg: Config) -> str:
     listeners = ", ".join(f"{name} on {port}" for name, port in ports if port)
     verify = ", client certificates required" if cfg.tls_verify_peer else ""
     return f"; tls: {listeners or 'no listener'}{verify}"
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
-
-
-def _total_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError):
-        return 1 << 34

@@ -84,6 +84,7 @@ class Cluster:
         "amqps_port",
         "mqtts_port",
         "mqtt_wss_port",
+        "management_port",
     )
 
     def _distinct_ports(self) -> None:

@@ -164,6 +164,7 @@ class BrokerProcess(_BrokerBase):
         self.amqps_port = pick()
         self.mqtts_port = pick()
         self.mqtt_wss_port = pick()
+        self.management_port = pick()
         self.data_dir = pathlib.Path(data_dir)
         self.extra_args = [str(a) for a in extra_args]
         self.log_path = (
@@ -201,6 +202,8 @@ class BrokerProcess(_BrokerBase):
             str(self.mqtts_port),
             "--mqtt-wss-port",
             str(self.mqtt_wss_port),
+            "--management-port",
+            str(self.management_port),
             *self.extra_args,
         ]
 

@@ -114,7 +114,7 @@ def test_definitions_with_unknown_hashing_or_sections_are_refused(fresh_broker, 
             {"users": [{"name": "x", "password_hash": "", "hashing_algorithm": "bcrypt"}]},
             "unsupported hashing_algorithm 'bcrypt'",
         ),
-        ({"queues": [{"name": "q", "vhost": "/"}]}, "not supported: queues"),
+        ({"policies": [{"name": "p", "vhost": "/"}]}, "not supported: policies"),
         (
             {"vhosts": [{"name": "v", "limits": {"max-connections": 10}}]},
             "vhost 'v': limits are not supported",

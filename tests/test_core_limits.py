@@ -1,4 +1,5 @@
-"""Vhost and user limits (SetLimits): validated, durable, and the queue limit enforced."""
+"""Vhost and user limits (SetLimits): validated, durable, and the queue limit enforced;
+clearing permissions (ClearPermissions)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,15 @@ def test_limits_survive_a_snapshot_and_go_with_their_user() -> None:
     }
     core.apply(c.DeleteUser("bob"))
     assert ("user", "bob") not in reloaded(core).sm.limits
+
+
+def test_cleared_permissions_are_gone_after_a_reload_and_clearing_twice_is_fine() -> None:
+    """ClearPermissions (the management API's DELETE /api/permissions) is durable and
+    idempotent, as rabbitmqctl clear_permissions."""
+    core = Core()
+    core.apply(c.PutUser("u", ""))
+    core.apply(c.SetPermissions("u", VH, ".*", ".*", ".*"))
+    core.apply(c.ClearPermissions("u", VH))
+    core.apply(c.ClearPermissions("u", VH))
+    assert ("u", VH) not in core.sm.permissions
+    assert ("u", VH) not in reloaded(core).sm.permissions

@@ -110,6 +110,7 @@ FORMAT_2 = {
     38: ("DeleteAccessKey", ("secret_id",)),
     39: ("SetMembers", ("members",)),
     40: ("SetLimits", ("scope", "name", "limits")),
+    50: ("ClearPermissions", ("user", "vhost")),
 }
 
 

@@ -67,6 +67,15 @@ class SetPermissions:
 
 
 @dataclass(slots=True)
+class ClearPermissions:
+    """Take away a user's permissions in a vhost (idempotent, as rabbitmqctl
+    clear_permissions): the user can no longer open that vhost."""
+
+    user: str
+    vhost: str
+
+
+@dataclass(slots=True)
 class SetLimits:
     """Replace the limits of a vhost (`scope` "vhost": max-connections, max-queues) or a user
     ("user": max-connections, max-channels), as rabbitmqctl set_vhost_limits and
@@ -474,6 +483,7 @@ Command = (
     | PutUser
     | DeleteUser
     | SetPermissions
+    | ClearPermissions
     | SetLimits
     | DeclareExchange
     | DeleteExchange

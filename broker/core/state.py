@@ -189,6 +189,7 @@ class StateMachine:
             c.PutUser: self._put_user,
             c.DeleteUser: self._delete_user,
             c.SetPermissions: self._set_permissions,
+            c.ClearPermissions: self._clear_permissions,
             c.SetLimits: self._set_limits,
             c.DeclareExchange: self._declare_exchange,
             c.DeleteExchange: self._delete_exchange,
@@ -423,6 +424,11 @@ class StateMachine:
         perm = Permission(cmd.configure, cmd.write, cmd.read)
         self.permissions[(cmd.user, cmd.vhost)] = perm
         self._record("permission", (cmd.user, cmd.vhost), perm)
+
+    def _clear_permissions(self, cmd: c.ClearPermissions) -> None:
+        key = (cmd.user, cmd.vhost)
+        if self.permissions.pop(key, None) is not None:
+            self._record("permission", key, None)
 
     def _set_limits(self, cmd: c.SetLimits) -> None:
         known = LIMIT_NAMES.get(cmd.scope)

@@ -43,6 +43,7 @@ class ClientProtocol(asyncio.Protocol):
         "_last_received",
         "_reading_paused",
         "_hold_timer",
+        "connected_at",
         "__weakref__",
     )
 
@@ -58,6 +59,8 @@ class ClientProtocol(asyncio.Protocol):
         self._last_received = time.monotonic()
         self._reading_paused = False
         self._hold_timer: asyncio.TimerHandle | None = None
+        #: ms since the epoch, shown to operators (info)
+        self.connected_at = int(time.time() * 1000)
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -155,8 +158,47 @@ class ClientProtocol(asyncio.Protocol):
         """Direct reply-to is AMQP's: other protocols have no reply consumers."""
         return False
 
+    def info(self) -> dict[str, Any]:
+        """What operators see of the connection (gateway.ClientConnection.info)."""
+        transport, conn = self.transport, self.conn
+        peer = local = None
+        ssl = False
+        if transport is not None:
+            peer = transport.get_extra_info("peername")
+            local = transport.get_extra_info("sockname")
+            ssl = transport.get_extra_info("sslcontext") is not None
+        user = getattr(conn, "user", None)
+        return {
+            "protocol": self.protocol_name(),
+            "user": user.name if user is not None else None,
+            "vhost": (conn.vhost or None) if conn is not None else None,
+            "peer_host": _host(peer),
+            "peer_port": _port(peer),
+            "host": _host(local),
+            "port": _port(local),
+            "ssl": ssl,
+            "connected_at": self.connected_at,
+            "channels": self.channel_count(),
+            **self.protocol_info(),
+        }
+
+    def protocol_name(self) -> str:
+        raise NotImplementedError
+
+    def protocol_info(self) -> dict[str, Any]:
+        """The protocol's own fields of `info`."""
+        return {}
+
     def session(self) -> tuple[str | None, str | None]:
         conn = self.conn
         if conn is None or conn.user is None:
             return None, None
         return conn.user.name, conn.vhost or None
+
+
+def _host(address: Any) -> str | None:
+    return str(address[0]) if isinstance(address, tuple) and address else None
+
+
+def _port(address: Any) -> int | None:
+    return int(address[1]) if isinstance(address, tuple) and len(address) > 1 else None

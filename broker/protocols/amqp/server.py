@@ -149,6 +149,32 @@ class AMQPProtocol(ClientProtocol):
     def channel_count(self) -> int:
         return 0 if self.conn is None else len(self.conn.channels)
 
+    def protocol_name(self) -> str:
+        return "AMQP 0-9-1"
+
+    def protocol_info(self) -> dict[str, Any]:
+        conn = self.conn
+        if conn is None:
+            return {}
+        return {
+            "client_properties": conn.client_properties,
+            "frame_max": conn.frame_max,
+            "channel_max": conn.channel_max,
+            "heartbeat": conn.heartbeat,
+            "channel_details": [
+                {
+                    "number": ch.number,
+                    "prefetch_count": ch.prefetch,
+                    "global_prefetch_count": ch.global_prefetch,
+                    "confirm": ch.confirm,
+                    "transactional": ch.tx,
+                    "messages_unacknowledged": len(ch.unacked),
+                    "consumer_count": len(ch.consumers),
+                }
+                for ch in conn.channels.values()
+            ],
+        }
+
     # -- deadlines -----------------------------------------------------------------------
 
     def deadline_due(self, now: float) -> float | None:

@@ -143,6 +143,19 @@ class MQTTProtocol(ClientProtocol):
             self.conn.close(reason, publish_will=True)
             self.flush()
 
+    def protocol_name(self) -> str:
+        return "Web MQTT 3.1.1" if self.ws is not None else "MQTT 3.1.1"
+
+    def protocol_info(self) -> dict[str, Any]:
+        conn = self.conn
+        if conn is None:
+            return {}
+        return {
+            "client_id": conn.client_id,
+            "keepalive": conn.keepalive,
+            "websocket": self.ws is not None,
+        }
+
     # -- deadlines -----------------------------------------------------------------------
 
     def deadline_due(self, now: float) -> float | None:

@@ -1,0 +1,101 @@
+"""CMQ's objects under /api/cmq: topics, their subscriptions, and access keys.
+
+Topics are topic exchanges and subscriptions bindings (also listed under /api/exchanges and
+/api/bindings); here they are shown as the CMQ adapter keeps their settings (its records).
+CMQ queues are queues, under /api/queues. Keys are administrators' business: listed without
+their secrets and deleted here, created with `broker keys create`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from broker.core import commands as c
+from broker.management.auth import readable_vhost, require_admin, visible_vhosts
+from broker.management.context import CONTEXT_KEY, Context
+from broker.management.errors import not_found
+from broker.management.replies import listing, no_content, ok, segment
+from broker.protocols.http.topics import SUBSCRIPTIONS, TOPICS, subscriptions_group
+
+
+def add_routes(app: web.Application, ctx: Context) -> None:
+    app.router.add_get("/api/cmq/topics", topics)
+    app.router.add_get("/api/cmq/topics/{vhost}", topics)
+    app.router.add_get("/api/cmq/topics/{vhost}/{name}", topic)
+    app.router.add_get("/api/cmq/subscriptions", subscriptions)
+    app.router.add_get("/api/cmq/subscriptions/{vhost}", subscriptions)
+    app.router.add_get("/api/cmq/subscriptions/{vhost}/{topic}", subscriptions)
+    app.router.add_get("/api/cmq/keys", keys)
+    app.router.add_delete("/api/cmq/keys/{secret_id}", delete_key)
+
+
+def _vhosts(request: web.Request) -> list[str]:
+    if "vhost" in request.match_info:
+        return [readable_vhost(request, segment(request, "vhost"))]
+    return visible_vhosts(request)
+
+
+def _topics(request: web.Request, vhost: str) -> list[dict[str, Any]]:
+    state = request.app[CONTEXT_KEY].gateway.committed
+    return [
+        {
+            "name": name,
+            "vhost": vhost,
+            "subscriptions": len(state.records_of(vhost, subscriptions_group(name))),
+            **record,
+        }
+        for name, record in sorted(state.records_of(vhost, TOPICS).items())
+    ]
+
+
+async def topics(request: web.Request) -> web.Response:
+    return listing(request, [t for vhost in _vhosts(request) for t in _topics(request, vhost)])
+
+
+async def topic(request: web.Request) -> web.Response:
+    vhost = readable_vhost(request, segment(request, "vhost"))
+    for found in _topics(request, vhost):
+        if found["name"] == segment(request, "name"):
+            return ok(found)
+    raise not_found()
+
+
+async def subscriptions(request: web.Request) -> web.Response:
+    state = request.app[CONTEXT_KEY].gateway.committed
+    wanted = segment(request, "topic") if "topic" in request.match_info else None
+    found = []
+    for vhost in _vhosts(request):
+        for (owner, group), subs in sorted(state.records.items()):
+            if owner != vhost or group[:-1] != SUBSCRIPTIONS:
+                continue
+            if wanted is not None and group[-1] != wanted:
+                continue
+            found += [
+                {"name": name, "vhost": vhost, "topic": group[-1], **sub}
+                for name, sub in sorted(subs.items())
+            ]
+    return listing(request, found)
+
+
+async def keys(request: web.Request) -> web.Response:
+    require_admin(request)
+    state = request.app[CONTEXT_KEY].gateway.committed
+    return listing(
+        request,
+        [
+            {"secret_id": k.secret_id, "vhost": k.vhost, "created_at": k.created_at}
+            for k in sorted(state.access_keys.values(), key=lambda k: k.secret_id)
+        ],
+    )
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    ctx = request.app[CONTEXT_KEY]
+    secret_id = segment(request, "secret_id")
+    if secret_id not in ctx.gateway.committed.access_keys:
+        raise not_found()
+    await ctx.gateway.call(c.DeleteAccessKey(secret_id))
+    return no_content()

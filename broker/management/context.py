@@ -1,0 +1,44 @@
+"""What the endpoint modules are given: the gateway and a few facts about the node."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from broker.config import Config
+from broker.gateway import Gateway
+from broker.management.session import OwnerNumbers
+
+
+@dataclass
+class Context:
+    gateway: Gateway
+    config: Config
+    #: the node's counters (connections, commands, drops ...), as `broker status` shows them
+    counters: Callable[[], dict[str, int]]
+    #: the node's client listeners: (protocol as RabbitMQ names it, port), open ones only
+    listeners: Callable[[], list[tuple[str, int]]]
+    #: the owner of the messages the API gets from queues
+    owners: OwnerNumbers
+    #: when the node started, ms since the epoch
+    started_at: int = 0
+    #: more facts other modules may need (e.g. a policies store), by name
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def node_name(self) -> str:
+        """RabbitMQ names nodes name@host; ours are numbered."""
+        return f"broker-{self.gateway.node_id}@{_HOST}"
+
+
+_HOST = socket.gethostname()
+
+#: how endpoint modules register their routes
+AddRoutes = Callable[[web.Application, Context], None]
+
+#: where the Context is kept in the aiohttp application
+CONTEXT_KEY = web.AppKey("management-context", Context)
