@@ -19,12 +19,14 @@ from broker.management import (
     bindings,
     cmq,
     connections,
+    console,
     definitions,
     exchanges,
     health,
     messages,
     overview,
     queues,
+    rewind,
 )
 from broker.management.auth import Handler, authenticate
 from broker.management.context import CONTEXT_KEY, AddRoutes, Context
@@ -44,6 +46,8 @@ ROUTES: tuple[AddRoutes, ...] = (
     definitions.add_routes,
     health.add_routes,
     cmq.add_routes,
+    rewind.add_routes,
+    console.add_routes,
 )
 
 #: requests larger than this are refused (definitions of a big broker fit)

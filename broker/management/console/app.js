@@ -29,7 +29,11 @@ function basicToken(user, password) {
 }
 
 async function api(method, path, body) {
-  const headers = { Authorization: "Basic " + sessionStorage.getItem(AUTH_KEY) };
+  const headers = {
+    Authorization: "Basic " + sessionStorage.getItem(AUTH_KEY),
+    // no WWW-Authenticate on a 401 then: this page's login form, not the browser's dialog
+    "X-Requested-With": "XMLHttpRequest",
+  };
   const init = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -253,9 +257,11 @@ function chart(id, title, series, unit) {
   const legend = h(
     "div",
     { class: "legend" },
-    series.map((s, k) =>
-      h("span", {}, h("i", { style: "background:" + COLORS[k % COLORS.length] }), s.label),
-    ),
+    series.map((s, k) => {
+      const swatch = h("i");
+      swatch.style.background = COLORS[k % COLORS.length]; // not an attribute: the CSP allows it
+      return h("span", {}, swatch, s.label);
+    }),
   );
   const box = h("div", { class: "chart" }, h("h2", { text: title }), canvas, legend);
   requestAnimationFrame(() => drawChart(canvas, series, unit));
@@ -511,7 +517,7 @@ async function queuePage(vhost, name) {
       q.consumer_details || [],
     ),
     h("h2", { text: "Bindings" }),
-    bindings === null ? unavailable(path + "/bindings") : bindingsTable("queue-bindings", bindings),
+    bindings === null ? unavailable("/api" + path + "/bindings") : bindingsTable("queue-bindings", bindings),
   ];
 }
 
@@ -739,6 +745,12 @@ async function exchangesPage() {
   ];
 }
 
+const FILTER_TYPES = { 1: "tags", 2: "routing key" };
+
+function when(ms) {
+  return ms ? new Date(ms).toLocaleString() : "";
+}
+
 async function topicsPage() {
   const [topics, subs] = await Promise.all([
     optional("/cmq/topics"),
@@ -753,9 +765,10 @@ async function topicsPage() {
           [
             { title: "Virtual host", value: (t) => t.vhost },
             { title: "Topic", value: (t) => t.name },
-            { title: "Filter type", value: (t) => t.filter_type ?? t.filterType ?? "" },
-            { title: "Subscriptions", value: (t) => t.subscriptions ?? "", num: true },
-            { title: "Messages kept (s)", value: (t) => t.message_retention_seconds ?? t.msgRetentionSeconds ?? "", num: true },
+            { title: "Filter", value: (t) => FILTER_TYPES[t.filterType] || "" },
+            { title: "Max message size", value: (t) => t.maxMsgSize ?? 0, show: (t) => bytes(t.maxMsgSize), num: true },
+            { title: "Subscriptions", value: (t) => t.subscriptions ?? 0, num: true },
+            { title: "Created", value: (t) => t.createTime ?? 0, show: (t) => when(t.createTime * 1000) },
           ],
           topics,
         ),
@@ -770,8 +783,16 @@ async function topicsPage() {
             { title: "Subscription", value: (s) => s.name },
             { title: "Protocol", value: (s) => s.protocol || "" },
             { title: "Endpoint", value: (s) => s.endpoint || "" },
-            { title: "Filter", value: (s) => [].concat(s.filter_tags || s.bindingKey || []).join(", ") },
-            { title: "Pending", value: (s) => s.pending ?? s.messages ?? "", num: true },
+            {
+              title: "Filter",
+              value: (s) => [].concat(s.filterTags || [], s.bindingKeys || []).join(", "),
+            },
+            {
+              title: "Queue",
+              value: (s) => s.queue || "",
+              show: (s) => (s.queue ? queueLink({ vhost: s.vhost, name: s.queue }) : ""),
+            },
+            { title: "Retry", value: (s) => s.notifyStrategy || "" },
           ],
           subs,
         ),
@@ -882,9 +903,9 @@ async function keysPage() {
       : table(
           "keys-table",
           [
-            { title: "Secret id", value: (k) => k.secret_id ?? k.secretId ?? k.name ?? "" },
-            { title: "Virtual host", value: (k) => k.vhost || "" },
-            { title: "User", value: (k) => k.user || "" },
+            { title: "Secret id", value: (k) => k.secret_id },
+            { title: "Virtual host", value: (k) => k.vhost },
+            { title: "Created", value: (k) => k.created_at ?? 0, show: (k) => when(k.created_at) },
           ],
           keys,
         ),

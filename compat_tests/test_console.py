@@ -1,0 +1,332 @@
+"""The web console in headless Chromium, against a broker of our own.
+
+One browser for the module. Each test drives the console as a person would (log in, open a
+page, fill a form, press a button) and checks the outcome with real clients: pika for
+AMQP, paho for MQTT, and the management API itself. Waits are on what the page shows, with
+timeouts; the screenshots of the main pages go to test-artifacts/console/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pika
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+from compat_tests.browser import WAIT, chrome, screenshot
+from compat_tests.conftest import BrokerProcess, port_open
+from compat_tests.helpers import channel, collect, connection, uid, wait_until
+from compat_tests.mqtt_helpers import Paho
+
+pytestmark = [pytest.mark.own_broker, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def console_broker(tmp_path_factory):
+    base = tmp_path_factory.mktemp("console-broker")
+    b = BrokerProcess(base / "data")
+    b.start()
+    wait_until(lambda: port_open(b.host, b.management_port), message="the management port")
+    b.console_url = f"http://{b.host}:{b.management_port}/"
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(console_broker):
+    driver = chrome()
+    driver.console_url = console_broker.console_url
+    try:
+        driver.get(driver.console_url)
+        log_in(driver, "guest", "guest")
+        yield driver
+    finally:
+        driver.quit()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def wait(driver, condition, what: str):
+    return WebDriverWait(driver, WAIT, poll_frequency=0.05).until(condition, what)
+
+
+def log_in(driver, user: str, password: str) -> None:
+    field = wait(driver, ec.visibility_of_element_located((By.ID, "login-user")), "login form")
+    field.clear()
+    field.send_keys(user)
+    driver.find_element(By.ID, "login-pass").send_keys(password)
+    driver.find_element(By.ID, "login-submit").click()
+
+
+def open_page(driver, fragment: str):
+    """Go to `#/fragment` and wait until its data is shown; returns the page element."""
+    driver.get("about:blank")  # a fresh load: no refresh of the previous page is pending
+    driver.get(driver.console_url + "#/" + fragment)
+    wait(driver, lambda d: d.find_element(By.ID, "page").get_attribute("data-loaded"), fragment)
+    return driver.find_element(By.ID, "page")
+
+
+def text_of(driver, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def flash_says(driver, words: str) -> None:
+    wait(driver, ec.text_to_be_present_in_element((By.ID, "flash"), words), repr(words))
+
+
+def api(broker, method: str, path: str, body=None):
+    """The management API, as guest: the JSON answer."""
+    req = urllib.request.Request(
+        f"http://{broker.host}:{broker.management_port}/api{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={
+            "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def queue_path(name: str, vhost: str = "/") -> str:
+    return urllib.parse.quote(vhost, safe="") + "/" + urllib.parse.quote(name, safe="")
+
+
+# -- tests -----------------------------------------------------------------------------
+
+
+def test_overview_shows_live_numbers(browser, console_broker):
+    open_page(browser, "overview")
+    before = int(text_of(browser, "ov-messages").replace(",", ""))
+    q = uid("ov")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+        ch.confirm_delivery()
+        for i in range(7):
+            ch.basic_publish("", q, b"m%d" % i)
+    # no reload: the page's own 5 s poll must bring the new count
+    wait(
+        browser,
+        lambda d: d.find_element(By.ID, "ov-messages").text.replace(",", "") == str(before + 7),
+        "the overview to show 7 more messages",
+    )
+    assert int(text_of(browser, "ov-queues")) >= 1
+    assert browser.find_element(By.ID, "chart-messages").size["width"] > 100
+    screenshot(browser, "overview")
+
+
+def test_message_published_from_queue_page_reaches_pika_consumer(browser, console_broker):
+    q = uid("pub")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+    open_page(browser, "queue/" + queue_path(q))
+    assert text_of(browser, "queue-name") == q
+    body = "hello from the console " + uid()
+    browser.find_element(By.ID, "publish-payload").send_keys(body)
+    browser.find_element(By.ID, "publish-button").click()
+    flash_says(browser, "Message published.")
+    with channel(console_broker) as ch:
+        got = collect(ch, q, 1, auto_ack=True)
+    assert [b for _, _, b in got] == [body.encode()]
+    assert got[0][1].delivery_mode == 2
+    screenshot(browser, "queue")
+
+
+def test_purge_from_queue_page_empties_the_queue(browser, console_broker):
+    q = uid("purge")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+        ch.confirm_delivery()
+        for i in range(5):
+            ch.basic_publish("", q, b"p%d" % i)
+    open_page(browser, "queue/" + queue_path(q))
+    assert text_of(browser, "q-ready") == "5"
+    browser.find_element(By.ID, "purge-button").click()
+    wait(browser, ec.alert_is_present(), "the purge confirmation").accept()
+    flash_says(browser, "purged")
+    with channel(console_broker) as ch:
+        assert ch.queue_declare(q, passive=True).method.message_count == 0
+    assert api(console_broker, "GET", "/queues/" + queue_path(q))["messages"] == 0
+    wait(browser, lambda d: text_of(d, "q-ready") == "0", "the page to show an empty queue")
+
+
+def test_get_from_queue_page_requeues(browser, console_broker):
+    q = uid("get")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", q, b"look at me", pika.BasicProperties(headers={"k": "v"}))
+    open_page(browser, "queue/" + queue_path(q))
+    browser.find_element(By.ID, "get-button").click()
+    table = wait(browser, ec.visibility_of_element_located((By.ID, "get-table")), "messages")
+    assert "look at me" in table.text
+    assert "k" in table.text
+    with channel(console_broker) as ch:
+        assert ch.queue_declare(q, passive=True).method.message_count == 1
+
+
+def test_rewind_from_queue_page(browser, console_broker):
+    q = uid("rewind")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True, arguments={"x-rewind-ms": 3_600_000})
+        ch.confirm_delivery()
+        for i in range(3):
+            ch.basic_publish("", q, b"r%d" % i)
+        taken = collect(ch, q, 3)
+        assert len(taken) == 3
+        ch.basic_ack(taken[-1][0].delivery_tag, multiple=True)  # kept for rewind once acked
+        assert ch.queue_declare(q, passive=True).method.message_count == 0
+    open_page(browser, "queue/" + queue_path(q))
+    seconds = browser.find_element(By.CSS_SELECTOR, "#rewind-form input[name=seconds]")
+    seconds.clear()
+    seconds.send_keys("600")
+    browser.find_element(By.ID, "rewind-button").click()
+    flash_says(browser, "Rewound 3 message(s).")
+    with channel(console_broker) as ch:
+        got = collect(ch, q, 3, auto_ack=True)
+    assert [b for _, _, b in got] == [b"r0", b"r1", b"r2"]
+
+
+def test_rewind_of_a_queue_that_keeps_nothing_is_refused(browser, console_broker):
+    q = uid("norewind")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+    open_page(browser, "queue/" + queue_path(q))
+    browser.find_element(By.ID, "rewind-button").click()
+    flash_says(browser, "Rewind failed")
+    assert "x-rewind-ms" in text_of(browser, "flash")
+
+
+def test_delete_from_queue_page(browser, console_broker):
+    q = uid("del")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+    open_page(browser, "queue/" + queue_path(q))
+    browser.find_element(By.ID, "delete-button").click()
+    wait(browser, ec.alert_is_present(), "the delete confirmation").accept()
+    wait(browser, lambda d: d.current_url.endswith("#/queues"), "the queue list")
+    names = [x["name"] for x in api(console_broker, "GET", "/queues")]
+    assert q not in names
+
+
+def test_queues_table_sorts_by_depth(browser, console_broker):
+    names = [uid("sort") for _ in range(3)]
+    with channel(console_broker) as ch:
+        ch.confirm_delivery()
+        for depth, q in zip((2, 9, 4), names, strict=True):
+            ch.queue_declare(q, durable=True)
+            for i in range(depth):
+                ch.basic_publish("", q, b"%d" % i)
+    open_page(browser, "queues")
+    header = browser.find_element(By.CSS_SELECTOR, "#queues-table th[data-col=Total]")
+    header.click()
+    header = browser.find_element(By.CSS_SELECTOR, "#queues-table th[data-col=Total]")
+    header.click()  # again: largest first
+    rows = browser.find_elements(By.CSS_SELECTOR, "#queues-table tbody tr")
+    ours = [r.text for r in rows if any(n in r.text for n in names)]
+    assert [next(n for n in names if n in r) for r in ours] == [names[1], names[2], names[0]]
+    screenshot(browser, "queues")
+
+
+def test_connections_across_protocols(browser, console_broker):
+    mqtt = Paho(console_broker, client_id=uid("console-device"))
+    mqtt.connect()
+    props = {"connection_name": "console-test-app", "product": "console-test"}
+    try:
+        with connection(console_broker, client_properties=props):
+            page = open_page(browser, "connections")
+            wait(
+                browser,
+                lambda d: "console-test-app" in page.text and mqtt.client_id in page.text,
+                "both connections on the page",
+            )
+            rows = browser.find_elements(By.CSS_SELECTOR, "#connections-table tbody tr")
+            amqp = next(r.text for r in rows if "console-test-app" in r.text)
+            device = next(r.text for r in rows if mqtt.client_id in r.text)
+            assert "AMQP" in amqp and "guest" in amqp
+            assert "MQTT" in device and "guest" in device
+            screenshot(browser, "connections")
+    finally:
+        mqtt.close()
+
+
+def test_exchanges_page_shows_bindings(browser, console_broker):
+    x, q = uid("x"), uid("bound")
+    with channel(console_broker) as ch:
+        ch.exchange_declare(x, "topic", durable=True)
+        ch.queue_declare(q, durable=True)
+        ch.queue_bind(q, x, "sensors.#")
+    page = open_page(browser, "exchanges")
+    assert x in browser.find_element(By.ID, "exchanges-table").text
+    bindings = browser.find_element(By.ID, "bindings-table").text
+    assert any(x in line and q in line and "sensors.#" in line for line in bindings.splitlines())
+    assert "Could not load" not in page.text
+    screenshot(browser, "exchanges")
+
+
+@pytest.mark.parametrize("name", ["topics", "users", "vhosts", "keys", "policies"])
+def test_other_pages_load(browser, console_broker, name):
+    page = open_page(browser, name)
+    assert "Could not load" not in page.text, page.text
+    if name == "users":
+        assert "guest" in browser.find_element(By.ID, "users-table").text
+    if name == "vhosts":
+        assert "/" in browser.find_element(By.ID, "vhosts-table").text
+    screenshot(browser, name)
+
+
+def test_wrong_password_is_refused_and_nothing_else_shows(console_broker):
+    driver = chrome()
+    try:
+        driver.get(console_broker.console_url)
+        log_in(driver, "guest", "not-the-password")
+        wait(
+            driver,
+            ec.text_to_be_present_in_element((By.ID, "login-error"), "Login failed"),
+            "the login error",
+        )
+        assert not driver.find_element(By.ID, "nav").is_displayed()
+        assert driver.execute_script("return sessionStorage.length") == 0
+    finally:
+        driver.quit()
+
+
+def test_static_files_and_unknown_paths(console_broker):
+    base = console_broker.console_url
+    with urllib.request.urlopen(base, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/html")
+        assert b"console/app.js" in resp.read()
+    with urllib.request.urlopen(base + "console/app.js", timeout=10) as resp:
+        assert "javascript" in resp.headers["Content-Type"]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(base + "console/../../pyproject.toml", timeout=10)
+    assert err.value.code in (403, 404)
+
+
+def test_console_calls_get_no_login_challenge(console_broker):
+    """A browser opens its own login dialog on a 401 with WWW-Authenticate, even for a
+    script's call: the console's calls (marked X-Requested-With) get the 401 without it,
+    every other client with it."""
+    url = f"http://{console_broker.host}:{console_broker.management_port}/api/overview"
+    wrong = "Basic " + base64.b64encode(b"guest:wrong").decode()
+    for marked, challenged in ((False, True), (True, False)):
+        headers = {"Authorization": wrong}
+        if marked:
+            headers["X-Requested-With"] = "XMLHttpRequest"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
+        assert err.value.code == 401
+        assert ("WWW-Authenticate" in err.value.headers) is challenged
+        assert json.loads(err.value.read())["error"] == "not_authorised"
