@@ -64,7 +64,9 @@ def log_in(driver, user: str, password: str) -> None:
     field = wait(driver, ec.visibility_of_element_located((By.ID, "login-user")), "login form")
     field.clear()
     field.send_keys(user)
-    driver.find_element(By.ID, "login-pass").send_keys(password)
+    secret = driver.find_element(By.ID, "login-pass")
+    secret.clear()
+    secret.send_keys(password)
     driver.find_element(By.ID, "login-submit").click()
 
 
@@ -330,3 +332,36 @@ def test_console_calls_get_no_login_challenge(console_broker):
         assert err.value.code == 401
         assert ("WWW-Authenticate" in err.value.headers) is challenged
         assert json.loads(err.value.read())["error"] == "not_authorised"
+
+
+def test_a_management_user_sees_what_its_tags_allow(console_broker):
+    """A `management` user may not list keys (administrators only): the page says so and
+    the session goes on; a user without a management tag is refused at the login form."""
+    name, plain = uid("watcher"), uid("plain")
+    api(console_broker, "PUT", f"/users/{name}", {"password": "pw", "tags": "management"})
+    api(console_broker, "PUT", f"/users/{plain}", {"password": "pw", "tags": ""})
+    api(
+        console_broker,
+        "PUT",
+        f"/permissions/%2F/{name}",
+        {"configure": ".*", "write": ".*", "read": ".*"},
+    )
+    driver = chrome()
+    driver.console_url = console_broker.console_url
+    try:
+        driver.get(driver.console_url)
+        log_in(driver, plain, "pw")
+        wait(
+            driver,
+            ec.text_to_be_present_in_element((By.ID, "login-error"), "Not management user"),
+            "the refusal of a user without a management tag",
+        )
+        log_in(driver, name, "pw")
+        wait(driver, ec.visibility_of_element_located((By.ID, "nav")), "the console")
+        page = open_page(driver, "keys")
+        assert "Not administrator user" in page.text
+        assert driver.find_element(By.ID, "nav").is_displayed()
+        page = open_page(driver, "queues")
+        assert driver.find_element(By.ID, "queues-table").is_displayed()
+    finally:
+        driver.quit()

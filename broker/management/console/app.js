@@ -994,8 +994,8 @@ function show() {
       nodes = await PAGES[name].live(...params);
     } catch (e) {
       if (mine !== shown) return;
-      if (e.status === 401) {
-        logout("Your credentials were refused.");
+      if (loggedOut(e)) {
+        logout("Your credentials were refused: " + e.message);
         return;
       }
       nodes = [h("p", { class: "error", id: "page-error", text: "Could not load: " + e.message })];
@@ -1006,6 +1006,12 @@ function show() {
   };
   flash("", true);
   tick();
+}
+
+// RabbitMQ answers 401 both to credentials it refuses and to a user its tags do not allow
+// the call: only the first ends the session, the second is shown where it happened.
+function loggedOut(e) {
+  return e.status === 401 && /^(Login failed|Not management user)/.test(e.message);
 }
 
 function showLogin(message) {
@@ -1043,7 +1049,10 @@ async function login(ev) {
     await whoami();
   } catch (e) {
     sessionStorage.removeItem(AUTH_KEY);
-    const why = e.status === 401 ? "Login failed: wrong user name or password." : "Login failed: " + e.message;
+    const why =
+      e.message === "Login failed"
+        ? "Login failed: wrong user name or password."
+        : "Login failed: " + e.message;
     showLogin(why);
     return;
   }
