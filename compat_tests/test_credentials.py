@@ -92,7 +92,7 @@ def test_user_imported_from_rabbitmq_definitions_logs_in(fresh_broker, tmp_path)
     path = tmp_path / "definitions.json"
     path.write_text(json.dumps(definitions))
     out = b.cli("definitions", "import", path).stdout
-    assert "1 vhosts, 2 users, 2 permissions imported" in out
+    assert "1 vhosts, 2 users, 2 permissions, 0 exchanges, 0 queues, 0 bindings imported" in out
     with connection(b, user="sha256-user", password="first secret", virtual_host=vhost) as c:
         c.channel().queue_declare("", exclusive=True)
     with connection(b, user="md5-user", password="second secret", virtual_host=vhost) as c:

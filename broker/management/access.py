@@ -88,12 +88,15 @@ async def vhost(request: web.Request) -> web.Response:
 
 
 async def put_vhost(request: web.Request) -> web.Response:
-    require_admin(request)
+    """As RabbitMQ's API: the administrator creating a vhost gets full permissions in it."""
+    admin = require_admin(request)
     await body(request)  # checked, though its description and tags are not kept
     ctx = request.app[CONTEXT_KEY]
     name = segment(request, "vhost")
     existed = name in ctx.gateway.committed.vhosts
     await ctx.gateway.call(c.DeclareVhost(name))
+    if not existed:
+        await ctx.gateway.call(c.SetPermissions(admin.name, name, ".*", ".*", ".*"))
     return created_or_updated(existed)
 
 

@@ -15,7 +15,7 @@ from broker.core import commands as c
 from broker.core.model import Consumer
 from broker.gateway import ClientConnection
 from broker.management.auth import is_admin, is_monitor, readable_vhost, user_of, visible_vhosts
-from broker.management.context import CONTEXT_KEY, Context
+from broker.management.context import CONTEXT_KEY, Context, node_name
 from broker.management.errors import not_authorised, not_found
 from broker.management.replies import listing, no_content, ok, segment
 
@@ -95,7 +95,7 @@ def _find(request: web.Request) -> tuple[c.ConnectionId, ClientConnection, dict]
 
 async def connections(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    return listing(request, [connection_json(ctx, *entry[::2]) for entry in _visible(request)])
+    return listing(request, [connection_json(ctx, cid, info) for cid, _, info in _visible(request)])
 
 
 async def vhost_connections(request: web.Request) -> web.Response:
@@ -203,7 +203,7 @@ def consumer_json(ctx: Context, consumer: Consumer) -> dict[str, Any]:
             "name": f"{name} ({session})",
             "number": session,
             "connection_name": name,
-            "node": f"broker-{node}",
+            "node": node_name(node),
             "peer_host": info.get("peer_host"),
             "peer_port": info.get("peer_port"),
             "user": info.get("user"),

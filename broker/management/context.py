@@ -31,11 +31,17 @@ class Context:
 
     @property
     def node_name(self) -> str:
-        """RabbitMQ names nodes name@host; ours are numbered."""
-        return f"broker-{self.gateway.node_id}@{_HOST}"
+        return node_name(self.gateway.node_id)
 
 
 _HOST = socket.gethostname()
+
+
+def node_name(node_id: int) -> str:
+    """RabbitMQ names nodes name@host; ours are numbered (the host is this one's: the
+    members of a cluster are told apart by number)."""
+    return f"broker-{node_id}@{_HOST}"
+
 
 #: how endpoint modules register their routes
 AddRoutes = Callable[[web.Application, Context], None]

@@ -21,7 +21,13 @@ MAX_PAGE_SIZE = 500
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=dumps(data), content_type="application/json")
+    """A JSON reply; never cached (RabbitMQ's say so too): the numbers change."""
+    return web.Response(
+        status=status,
+        text=dumps(data),
+        content_type="application/json",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 def no_content() -> web.Response:
