@@ -10,7 +10,17 @@ const COLORS = ["#e8710a", "#1a73e8", "#188038", "#a142f4", "#d93025"];
 let refreshTimer = null;
 let currentRefresh = null;
 const sortState = {}; // table id -> {key, desc}: kept across refreshes
-const history = { t: [], publish: [], deliver: [], ack: [], conns: [], created: [], closed: [] };
+const history = {
+  t: [],
+  ready: [],
+  unacked: [],
+  publish: [],
+  deliver: [],
+  ack: [],
+  conns: [],
+  created: [],
+  closed: [],
+};
 let lastOverview = null;
 
 // -- the API ---------------------------------------------------------------------------
@@ -286,6 +296,8 @@ function record(ov) {
   const churn = ov.churn_rates || {};
   const pchurn = prev ? prev.data.churn_rates || {} : null;
   history.t.push(now);
+  history.ready.push((ov.queue_totals || {}).messages_ready || 0);
+  history.unacked.push((ov.queue_totals || {}).messages_unacknowledged || 0);
   history.publish.push(rateFrom(ms, pms, "publish", seconds));
   history.deliver.push(rateFrom(ms, pms, "deliver_get", seconds));
   history.ack.push(rateFrom(ms, pms, "ack", seconds));
@@ -300,11 +312,12 @@ function record(ov) {
 
 // -- pages -----------------------------------------------------------------------------
 
+// A number in a box; "–" when the node does not count it (no message_stats yet).
 function total(id, label, value) {
   return h(
     "div",
     { class: "total" },
-    h("div", { class: "value", id, text: num(value ?? 0) }),
+    h("div", { class: "value", id, text: value === undefined ? "–" : num(value) }),
     h("div", { class: "label", text: label }),
   );
 }
@@ -335,6 +348,15 @@ async function overviewPage() {
     h(
       "div",
       { class: "charts" },
+      chart(
+        "chart-queued",
+        "Queued messages",
+        [
+          { label: "Ready", values: history.ready },
+          { label: "Unacked", values: history.unacked },
+        ],
+        "",
+      ),
       chart(
         "chart-messages",
         "Message rates",
