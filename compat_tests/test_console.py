@@ -78,8 +78,26 @@ def open_page(driver, fragment: str):
     return driver.find_element(By.ID, "page")
 
 
-def text_of(driver, element_id: str) -> str:
-    return driver.find_element(By.ID, element_id).text
+# The live part of a page is rebuilt at every refresh: what is in it is read (or clicked)
+# in one script call, never through an element found earlier, which may be gone by then.
+
+
+def text_of(driver, element_id: str) -> str | None:
+    return driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e && e.innerText;", element_id
+    )
+
+
+def row_texts(driver, table_id: str) -> list[str]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#' + arguments[0] + ' tbody tr')]"
+        ".map((r) => r.innerText);",
+        table_id,
+    )
+
+
+def click(driver, css: str) -> None:
+    driver.execute_script("document.querySelector(arguments[0]).click();", css)
 
 
 def flash_says(driver, words: str) -> None:
@@ -121,11 +139,11 @@ def test_overview_shows_live_numbers(browser, console_broker):
     # no reload: the page's own 5 s poll must bring the new count
     wait(
         browser,
-        lambda d: d.find_element(By.ID, "ov-messages").text.replace(",", "") == str(before + 7),
+        lambda d: (text_of(d, "ov-messages") or "").replace(",", "") == str(before + 7),
         "the overview to show 7 more messages",
     )
     assert int(text_of(browser, "ov-queues")) >= 1
-    assert browser.find_element(By.ID, "chart-messages").size["width"] > 100
+    assert browser.execute_script("return document.getElementById('chart-queued').width") > 100
     screenshot(browser, "overview")
 
 
@@ -232,12 +250,9 @@ def test_queues_table_sorts_by_depth(browser, console_broker):
             for i in range(depth):
                 ch.basic_publish("", q, b"%d" % i)
     open_page(browser, "queues")
-    header = browser.find_element(By.CSS_SELECTOR, "#queues-table th[data-col=Total]")
-    header.click()
-    header = browser.find_element(By.CSS_SELECTOR, "#queues-table th[data-col=Total]")
-    header.click()  # again: largest first
-    rows = browser.find_elements(By.CSS_SELECTOR, "#queues-table tbody tr")
-    ours = [r.text for r in rows if any(n in r.text for n in names)]
+    click(browser, "#queues-table th[data-col=Total]")
+    click(browser, "#queues-table th[data-col=Total]")  # again: largest first
+    ours = [r for r in row_texts(browser, "queues-table") if any(n in r for n in names)]
     assert [next(n for n in names if n in r) for r in ours] == [names[1], names[2], names[0]]
     screenshot(browser, "queues")
 
@@ -254,9 +269,9 @@ def test_connections_across_protocols(browser, console_broker):
                 lambda d: "console-test-app" in page.text and mqtt.client_id in page.text,
                 "both connections on the page",
             )
-            rows = browser.find_elements(By.CSS_SELECTOR, "#connections-table tbody tr")
-            amqp = next(r.text for r in rows if "console-test-app" in r.text)
-            device = next(r.text for r in rows if mqtt.client_id in r.text)
+            rows = row_texts(browser, "connections-table")
+            amqp = next(r for r in rows if "console-test-app" in r)
+            device = next(r for r in rows if mqtt.client_id in r)
             assert "AMQP" in amqp and "guest" in amqp
             assert "MQTT" in device and "guest" in device
             screenshot(browser, "connections")
@@ -271,8 +286,8 @@ def test_exchanges_page_shows_bindings(browser, console_broker):
         ch.queue_declare(q, durable=True)
         ch.queue_bind(q, x, "sensors.#")
     page = open_page(browser, "exchanges")
-    assert x in browser.find_element(By.ID, "exchanges-table").text
-    bindings = browser.find_element(By.ID, "bindings-table").text
+    assert x in text_of(browser, "exchanges-table")
+    bindings = text_of(browser, "bindings-table")
     assert any(x in line and q in line and "sensors.#" in line for line in bindings.splitlines())
     assert "Could not load" not in page.text
     screenshot(browser, "exchanges")
@@ -283,9 +298,9 @@ def test_other_pages_load(browser, console_broker, name):
     page = open_page(browser, name)
     assert "Could not load" not in page.text, page.text
     if name == "users":
-        assert "guest" in browser.find_element(By.ID, "users-table").text
+        assert "guest" in text_of(browser, "users-table")
     if name == "vhosts":
-        assert "/" in browser.find_element(By.ID, "vhosts-table").text
+        assert "/" in text_of(browser, "vhosts-table")
     screenshot(browser, name)
 
 
@@ -362,6 +377,6 @@ def test_a_management_user_sees_what_its_tags_allow(console_broker):
         assert "Not administrator user" in page.text
         assert driver.find_element(By.ID, "nav").is_displayed()
         page = open_page(driver, "queues")
-        assert driver.find_element(By.ID, "queues-table").is_displayed()
+        assert text_of(driver, "queues-table")
     finally:
         driver.quit()
