@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 
 import pika
+import pika.exceptions
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -291,6 +292,54 @@ def test_exchanges_page_shows_bindings(browser, console_broker):
     assert any(x in line and q in line and "sensors.#" in line for line in bindings.splitlines())
     assert "Could not load" not in page.text
     screenshot(browser, "exchanges")
+
+
+def test_exchange_page_publishes_by_routing_key(browser, console_broker):
+    x, q = uid("xpub"), uid("xq")
+    with channel(console_broker) as ch:
+        ch.exchange_declare(x, "topic", durable=True)
+        ch.queue_declare(q, durable=True)
+        ch.queue_bind(q, x, "sensors.#")
+    page = open_page(browser, "exchange/" + queue_path(x))
+    assert text_of(browser, "exchange-name") == x
+    assert "sensors.#" in text_of(browser, "bindings-from")
+    key = browser.find_element(By.ID, "exchange-routing-key")
+    key.send_keys("lights.hall")
+    browser.find_element(By.ID, "exchange-payload").send_keys("nobody")
+    browser.find_element(By.ID, "exchange-publish-button").click()
+    flash_says(browser, "not routed")
+    key.clear()
+    key.send_keys("sensors.kitchen")
+    browser.find_element(By.ID, "exchange-publish-button").click()
+    flash_says(browser, "Message published.")
+    with channel(console_broker) as ch:
+        got = collect(ch, q, 1, auto_ack=True)
+        assert ch.queue_declare(q, passive=True).method.message_count == 0  # one, not two
+    assert [(m.routing_key, b) for m, _, b in got] == [("sensors.kitchen", b"nobody")]
+    assert "Could not load" not in page.text
+    screenshot(browser, "exchange")
+
+
+def test_close_a_connection_from_the_console(browser, console_broker):
+    app = uid("closing-app")
+    with connection(console_broker, client_properties={"connection_name": app}) as conn:
+        page = open_page(browser, "connections")
+        wait(browser, lambda d: app in page.text, "the connection on the page")
+        browser.execute_script(
+            "const row = [...document.querySelectorAll('#connections-table tbody tr')]"
+            "  .find((r) => r.innerText.includes(arguments[0]));"
+            "row.querySelector('button.close-connection').click();",
+            app,
+        )
+        wait(browser, ec.alert_is_present(), "the close confirmation").accept()
+        flash_says(browser, "closed")
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            wait_until(
+                lambda: conn.process_data_events(time_limit=0.1) and False,
+                message="the broker to close the connection",
+            )
+        assert closed.value.reply_code == 320
+    wait(browser, lambda d: app not in page.text, "the connection gone from the page")
 
 
 @pytest.mark.parametrize("name", ["topics", "users", "vhosts", "keys", "policies"])

@@ -740,7 +740,7 @@ async function exchangesPage() {
       "exchanges-table",
       [
         { title: "Virtual host", value: (x) => x.vhost },
-        { title: "Name", value: (x) => x.name || "(AMQP default)" },
+        { title: "Name", value: (x) => x.name, show: exchangeLink },
         { title: "Type", value: (x) => x.type },
         {
           title: "Features",
@@ -767,6 +767,82 @@ async function exchangesPage() {
   ];
 }
 
+function exchangeLink(x) {
+  const name = x.name || "amq.default";
+  return h("a", {
+    href: "#/exchange/" + enc(x.vhost) + "/" + enc(name),
+    text: x.name || "(AMQP default)",
+  });
+}
+
+function exchangePath(vhost, name) {
+  return "/exchanges/" + enc(vhost) + "/" + enc(name || "amq.default");
+}
+
+async function exchangePage(vhost, name) {
+  const path = exchangePath(vhost, name);
+  const [x, from, to] = await Promise.all([
+    api("GET", path),
+    optional(path + "/bindings/source"),
+    optional(path + "/bindings/destination"),
+  ]);
+  return [
+    h("h1", {}, "Exchange ", h("span", { id: "exchange-name", text: x.name || "(AMQP default)" })),
+    h("p", { class: "muted", text: "Virtual host " + x.vhost + " · type " + x.type }),
+    table(
+      "exchange-details",
+      [
+        { title: "Durable", value: () => (x.durable ? "yes" : "no") },
+        { title: "Auto delete", value: () => (x.auto_delete ? "yes" : "no") },
+        { title: "Internal", value: () => (x.internal ? "yes" : "no") },
+        { title: "Arguments", value: () => args(x.arguments) },
+      ],
+      [x],
+    ),
+    h("h2", { text: "Bindings from this exchange" }),
+    from === null ? unavailable("/api" + path + "/bindings/source") : bindingsTable("bindings-from", from),
+    h("h2", { text: "Bindings to this exchange" }),
+    to === null ? unavailable("/api" + path + "/bindings/destination") : bindingsTable("bindings-to", to),
+  ];
+}
+
+function exchangeActions(vhost, name) {
+  const form = h(
+    "form",
+    { class: "action", id: "exchange-publish-form" },
+    h("h2", { text: "Publish message" }),
+    h("label", {}, "Routing key ", h("input", { name: "routing_key", id: "exchange-routing-key" })),
+    h("label", {}, "Headers (JSON) ", h("input", { name: "headers", placeholder: '{"key": "value"}' })),
+    h("label", {}, "Payload ", h("textarea", { name: "payload", id: "exchange-payload" })),
+    h("button", { type: "submit", id: "exchange-publish-button", text: "Publish message" }),
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = form.elements;
+    const properties = { delivery_mode: 2 };
+    if (f.headers.value.trim()) {
+      try {
+        properties.headers = JSON.parse(f.headers.value);
+      } catch (e) {
+        flash("Headers are not JSON: " + e.message);
+        return;
+      }
+    }
+    try {
+      const res = await api("POST", exchangePath(vhost, name) + "/publish", {
+        properties,
+        routing_key: f.routing_key.value,
+        payload: f.payload.value,
+        payload_encoding: "string",
+      });
+      flash(res && res.routed === false ? "Message published, but not routed." : "Message published.", true);
+    } catch (e) {
+      flash("Publish failed: " + e.message);
+    }
+  });
+  return [form];
+}
+
 const FILTER_TYPES = { 1: "tags", 2: "routing key" };
 
 function when(ms) {
@@ -786,7 +862,11 @@ async function topicsPage() {
           "topics-table",
           [
             { title: "Virtual host", value: (t) => t.vhost },
-            { title: "Topic", value: (t) => t.name },
+            {
+              title: "Topic",
+              value: (t) => t.name,
+              show: (t) => exchangeLink({ vhost: t.vhost, name: t.name }),
+            },
             { title: "Filter", value: (t) => FILTER_TYPES[t.filterType] || "" },
             { title: "Max message size", value: (t) => t.maxMsgSize ?? 0, show: (t) => bytes(t.maxMsgSize), num: true },
             { title: "Subscriptions", value: (t) => t.subscriptions ?? 0, num: true },
@@ -860,10 +940,33 @@ async function connectionsPage() {
           show: (c) => (detail(c, "send_oct") === undefined ? "" : bytes(detail(c, "send_oct")) + "/s"),
           num: true,
         },
+        {
+          title: "",
+          value: () => "",
+          show: (c) =>
+            h("button", {
+              type: "button",
+              class: "danger close-connection",
+              "data-name": c.name,
+              text: "Close",
+              onclick: () => closeConnection(c.name),
+            }),
+        },
       ],
       conns,
     ),
   ];
+}
+
+async function closeConnection(name) {
+  if (!window.confirm("Close connection " + name + "?")) return;
+  try {
+    await api("DELETE", "/connections/" + enc(name));
+    flash("Connection " + name + " closed.", true);
+    await refreshNow();
+  } catch (e) {
+    flash("Close failed: " + e.message);
+  }
 }
 
 async function usersPage() {
@@ -963,6 +1066,7 @@ const PAGES = {
   queues: { live: queuesPage, actions: () => [addQueueForm()] },
   queue: { live: queuePage, actions: queueActions },
   exchanges: { live: exchangesPage },
+  exchange: { live: exchangePage, actions: exchangeActions },
   topics: { live: topicsPage },
   connections: { live: connectionsPage },
   users: { live: usersPage },
@@ -970,6 +1074,9 @@ const PAGES = {
   keys: { live: keysPage },
   policies: { live: policiesPage },
 };
+
+// the list page a detail page belongs to (for the highlighted menu entry)
+const PARENTS = { queue: "queues", exchange: "exchanges" };
 
 let shown = 0; // which show() the page belongs to: a late answer for a page left is dropped
 
@@ -1002,7 +1109,7 @@ function show() {
   const { name, params } = route();
   const mine = ++shown;
   for (const a of document.querySelectorAll("#nav a")) {
-    a.classList.toggle("active", a.dataset.page === (name === "queue" ? "queues" : name));
+    a.classList.toggle("active", a.dataset.page === (PARENTS[name] || name));
   }
   const page = document.getElementById("page");
   const live = h("div", { id: "live" }, h("p", { class: "muted", text: "Loading…" }));
