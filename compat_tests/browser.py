@@ -7,6 +7,7 @@ the tests skip when this machine has no apt-get to install them with, and fail o
 
 from __future__ import annotations
 
+import base64
 import pathlib
 import shutil
 
@@ -49,11 +50,11 @@ def chrome():
 
 
 def screenshot(driver, name: str) -> pathlib.Path:
-    """Save the whole page as test-artifacts/console/<name>.png."""
+    """Save the whole page, below the fold too, as test-artifacts/console/<name>.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, max(1000, min(int(height) + 120, 4000)))
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1400, 1000)
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
