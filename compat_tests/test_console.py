@@ -165,6 +165,29 @@ def test_message_published_from_queue_page_reaches_pika_consumer(browser, consol
     screenshot(browser, "queue")
 
 
+def test_odd_names_in_an_odd_vhost(browser, console_broker):
+    """Names with /, #, ? and % (a vhost with a slash too) survive the links, the page's
+    route and the API paths: the queue list leads to the queue's page, whose publish lands
+    in that queue."""
+    vhost, q = uid("dev/ops"), "odd/name #1?% " + uid()
+    api(console_broker, "PUT", "/vhosts/" + urllib.parse.quote(vhost, safe=""), {})
+    with channel(console_broker, virtual_host=vhost) as ch:
+        ch.queue_declare(q, durable=True)
+    open_page(browser, "queues")
+    browser.execute_script(
+        "[...document.querySelectorAll('#queues-table a')]"
+        "  .find((a) => a.textContent === arguments[0]).click();",
+        q,
+    )
+    wait(browser, lambda d: text_of(d, "queue-name") == q, "the queue's page")
+    browser.find_element(By.ID, "publish-payload").send_keys("to an odd place")
+    browser.find_element(By.ID, "publish-button").click()
+    flash_says(browser, "Message published.")
+    with channel(console_broker, virtual_host=vhost) as ch:
+        got = collect(ch, q, 1, auto_ack=True)
+    assert [b for _, _, b in got] == [b"to an odd place"]
+
+
 def test_purge_from_queue_page_empties_the_queue(browser, console_broker):
     q = uid("purge")
     with channel(console_broker) as ch:
@@ -228,6 +251,26 @@ def test_rewind_of_a_queue_that_keeps_nothing_is_refused(browser, console_broker
     browser.find_element(By.ID, "rewind-button").click()
     flash_says(browser, "Rewind failed")
     assert "x-rewind-ms" in text_of(browser, "flash")
+
+
+def test_rewind_api_refuses_bad_input(console_broker):
+    q = uid("rewind-api")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True, arguments={"x-rewind-ms": 60_000})
+    path = "/queues/" + queue_path(q) + "/rewind"
+    for body, status, words in (
+        ({"seconds": -1}, 400, "seconds"),
+        ({"seconds": "soon"}, 400, "seconds"),
+        ([1, 2], 400, "JSON object"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            api(console_broker, "POST", path, body)
+        assert err.value.code == status
+        assert words in json.loads(err.value.read())["reason"]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        api(console_broker, "POST", "/queues/" + queue_path(uid("missing")) + "/rewind", {})
+    assert err.value.code == 404
+    assert api(console_broker, "POST", path, {"seconds": 5}) == {"rewound": 0}
 
 
 def test_delete_from_queue_page(browser, console_broker):
