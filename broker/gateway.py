@@ -56,8 +56,9 @@ class ClientConnection(Protocol):
         """What operators are shown of the connection (management API, CLI): `protocol`,
         `user` and `vhost` (None before login), `peer_host`, `peer_port`, `host`, `port`,
         `ssl`, `connected_at` (ms since the epoch), `channels`, plus the protocol's own:
-        AMQP's `client_properties`, `frame_max`, `channel_max`, `heartbeat`; MQTT's
-        `client_id`, `keepalive`, `websocket`."""
+        AMQP's `client_properties`, `frame_max`, `channel_max`, `heartbeat` and
+        `channel_details` (per channel: number, prefetch, confirm and tx modes, unacked
+        deliveries, consumers); MQTT's `client_id`, `keepalive`, `websocket`."""
 
 
 class Gateway(Protocol):

@@ -396,3 +396,20 @@ def _closed(conn) -> bool:
     except pika.exceptions.AMQPError:
         return True
     return not conn.is_open
+
+
+def test_rewind_makes_acknowledged_messages_consumable_again(api):
+    q = uid("q")
+    assert api.put(f"/api/queues/%2F/{q}", {"arguments": {"x-rewind-ms": 600_000}}) == 201
+    for body in ("a", "b"):
+        api.post("/api/exchanges/%2F/amq.default/publish", {"routing_key": q, "payload": body})
+    _, got = api.post(f"/api/queues/%2F/{q}/get", {"count": 2, "ackmode": "ack_requeue_false"})
+    assert [m["payload"] for m in got] == ["a", "b"]
+    assert api.get(f"/api/queues/%2F/{q}")["messages"] == 0
+    status, reply = api.post(f"/api/cmq/queues/%2F/{q}/rewind", {"since": 0})
+    assert (status, reply) == (200, {"rewound": 2})
+    _, got = api.post(f"/api/queues/%2F/{q}/get", {"count": 2, "ackmode": "ack_requeue_false"})
+    assert [m["payload"] for m in got] == ["a", "b"]
+    assert api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"since": "x"})[0] == 400
+    assert api.call("POST", f"/api/cmq/queues/%2F/{uid('no')}/rewind", {"since": 0})[0] == 404
+    api.delete(f"/api/queues/%2F/{q}")

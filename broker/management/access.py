@@ -60,9 +60,9 @@ def _vhost_json(ctx: Context, name: str) -> dict[str, Any]:
     vh = ctx.gateway.committed.vhosts[name]
     ready = unacked = 0
     for q in vh.queues.values():
-        shown = formats.queue(q, ctx.node_name)
-        ready += shown["messages_ready"]
-        unacked += shown["messages_unacknowledged"]
+        _, queue_ready, queue_unacked = formats.counts(q)
+        ready += queue_ready
+        unacked += queue_unacked
     return {
         "name": name,
         "description": "",

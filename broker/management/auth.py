@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import ipaddress
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from broker.core.errors import AccessRefused
 from broker.core.model import User
 from broker.management.context import CONTEXT_KEY
 from broker.management.errors import ApiError, not_authorised, not_found
+from broker.protocols.transport import is_loopback, source_of
 
 ADMINISTRATOR = "administrator"
 MONITORING = "monitoring"
@@ -57,16 +57,13 @@ def _credentials(request: web.Request) -> tuple[str, str]:
 def _peer(request: web.Request) -> tuple[str, bool]:
     """(address, whether it is a loopback one) of the client."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-    try:
-        return host, ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host, False
+    return source_of(peer), is_loopback(peer)
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /api request but the open ones (static files) carries a management user."""
+    """Requests under /api/ must carry a management user's credentials; other paths (the
+    console's static files) are open."""
     if not request.path.startswith("/api/"):
         return await handler(request)
     gateway = request.app[CONTEXT_KEY].gateway

@@ -2,8 +2,11 @@
 
 Topics are topic exchanges and subscriptions bindings (also listed under /api/exchanges and
 /api/bindings); here they are shown as the CMQ adapter keeps their settings (its records).
-CMQ queues are queues, under /api/queues. Keys are administrators' business: listed without
-their secrets and deleted here, created with `broker keys create`.
+CMQ queues are queues, under /api/queues; rewinding one (CMQ's RewindQueue: messages
+enqueued since a time, acknowledged ones kept by its rewind window included, become
+consumable again) is POST /api/cmq/queues/{vhost}/{name}/rewind {"since": epoch seconds}.
+Keys are administrators' business: listed without their secrets and deleted here, created
+with `broker keys create`.
 """
 
 from __future__ import annotations
@@ -13,10 +16,16 @@ from typing import Any
 from aiohttp import web
 
 from broker.core import commands as c
-from broker.management.auth import readable_vhost, require_admin, visible_vhosts
+from broker.management.auth import (
+    check_permission,
+    readable_vhost,
+    require_admin,
+    visible_vhosts,
+    writable_vhost,
+)
 from broker.management.context import CONTEXT_KEY, Context
 from broker.management.errors import not_found
-from broker.management.replies import listing, no_content, ok, segment
+from broker.management.replies import body, integer, listing, no_content, ok, segment
 from broker.protocols.http.topics import SUBSCRIPTIONS, TOPICS, subscriptions_group
 
 
@@ -27,6 +36,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
     app.router.add_get("/api/cmq/subscriptions", subscriptions)
     app.router.add_get("/api/cmq/subscriptions/{vhost}", subscriptions)
     app.router.add_get("/api/cmq/subscriptions/{vhost}/{topic}", subscriptions)
+    app.router.add_post("/api/cmq/queues/{vhost}/{name}/rewind", rewind)
     app.router.add_get("/api/cmq/keys", keys)
     app.router.add_delete("/api/cmq/keys/{secret_id}", delete_key)
 
@@ -77,6 +87,19 @@ async def subscriptions(request: web.Request) -> web.Response:
                 for name, sub in sorted(subs.items())
             ]
     return listing(request, found)
+
+
+async def rewind(request: web.Request) -> web.Response:
+    """{"rewound": how many messages became consumable again}; needs read permission."""
+    ctx = request.app[CONTEXT_KEY]
+    vhost = writable_vhost(request, segment(request, "vhost"))
+    name = segment(request, "name")
+    if name not in ctx.gateway.committed.vhosts[vhost].queues:
+        raise not_found()
+    since = integer(await body(request), "since", 0)
+    check_permission(request, vhost, "read", "queue", name)
+    rewound = await ctx.gateway.call(c.Rewind(vhost, name, since * 1000))
+    return ok({"rewound": rewound})
 
 
 async def keys(request: web.Request) -> web.Response:

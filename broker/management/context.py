@@ -5,12 +5,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
 from broker.config import Config
 from broker.gateway import Gateway
+from broker.management.rates import DepthRates
 from broker.management.session import OwnerNumbers
 
 
@@ -22,12 +22,12 @@ class Context:
     counters: Callable[[], dict[str, int]]
     #: the node's client listeners: (protocol as RabbitMQ names it, port), open ones only
     listeners: Callable[[], list[tuple[str, int]]]
-    #: the owner of the messages the API gets from queues
+    #: hands out the owners of the messages the API gets from queues
     owners: OwnerNumbers
     #: when the node started, ms since the epoch
     started_at: int = 0
-    #: more facts other modules may need (e.g. a policies store), by name
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: queue depth rates, sampled while the server runs
+    rates: DepthRates = field(default_factory=DepthRates)
 
     @property
     def node_name(self) -> str:

@@ -47,13 +47,18 @@ def queue_type(q: MessageQueue) -> str:
     return qtype.decode() if isinstance(qtype, bytes) else str(qtype)
 
 
+def counts(q: MessageQueue) -> tuple[int, int, int]:
+    """(messages, ready, unacknowledged): unacknowledged are the deliveries awaiting
+    settlement and the messages pulled (CMQ receive) and not yet deleted; delayed ones are
+    not counted until they become visible."""
+    unacked = len(q.unacked) + q.hidden_count - q.delayed_count
+    return q.ready_count + unacked, q.ready_count, unacked
+
+
 def queue(q: MessageQueue, node: str) -> dict[str, Any]:
-    """A queue with its counts: unacknowledged are the deliveries awaiting settlement and
-    the messages pulled (CMQ receive) and not yet deleted; delayed ones are not counted
-    until they become visible."""
+    """A queue with its counts (see `counts`)."""
     unacked_bytes = sum(q.messages[seq].size for seq in q.unacked)
-    pulled = q.hidden_count - q.delayed_count
-    unacked = len(q.unacked) + pulled
+    messages, ready, unacked = counts(q)
     held = len(q.messages)
     return {
         "name": q.name,
@@ -65,8 +70,8 @@ def queue(q: MessageQueue, node: str) -> dict[str, Any]:
         "node": node,
         "type": queue_type(q),
         "state": "running",
-        "messages": q.ready_count + unacked,
-        "messages_ready": q.ready_count,
+        "messages": messages,
+        "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "messages_delayed": q.delayed_count,
         "message_bytes_ready": q.ready_bytes,

@@ -40,7 +40,13 @@ PROPERTIES = {
 _SHOWN = {core: api for api, core in PROPERTIES.items()}
 _INTEGERS = ("delivery_mode", "priority", "timestamp")
 
-ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
+#: each ackmode's settlement: an ack keeps a message for rewind when its queue does so
+OUTCOMES = {
+    "ack_requeue_true": "requeue",
+    "ack_requeue_false": "ack",
+    "reject_requeue_true": "requeue",
+    "reject_requeue_false": "reject",
+}
 #: most messages one get request takes
 MAX_GET = 10_000
 
@@ -112,7 +118,11 @@ def _shown_properties(message: Message) -> dict[str, Any]:
     }
 
 
-def _shown(message: Message, redelivered: bool, left: int, encoding: str, truncate: int | None):
+def _shown(
+    message: Message, redelivered: bool, left: int, encoding: str, truncate: int | None
+) -> dict[str, Any]:
+    """A message as RabbitMQ's get shows it: as text when `encoding` is auto and the (cut)
+    body is UTF-8, else base64."""
     raw = message.body
     payload_bytes = len(raw)
     if truncate is not None:
@@ -140,7 +150,8 @@ def _shown(message: Message, redelivered: bool, left: int, encoding: str, trunca
 async def get(request: web.Request) -> web.Response:
     """Take up to `count` messages, then settle them as `ackmode` says: requeued (in their
     order, marked redelivered), acknowledged, or rejected (dead-lettered if the queue has a
-    target). Whatever happens, the request's owner is released, so nothing stays held."""
+    target). Whatever happens, the request's owner is released, so nothing stays held:
+    messages it took and did not settle (a failure half-way) go back to their queue."""
     ctx = request.app[CONTEXT_KEY]
     vhost = writable_vhost(request, segment(request, "vhost"))
     name = segment(request, "name")
@@ -157,23 +168,21 @@ async def get(request: web.Request) -> web.Response:
     truncate = integer(data, "truncate", 0) if data.get("truncate") not in (None, "") else None
     check_permission(request, vhost, "read", "queue", name)
     owner = ctx.owners.new_owner()
-    no_ack = ackmode == "ack_requeue_false"
     taken: list[dict[str, Any]] = []
     seqs: list[tuple[str, str, int]] = []
     try:
         for _ in range(count):
-            result = await ctx.gateway.call(c.Get(vhost, name, owner, no_ack=no_ack))
+            result = await ctx.gateway.call(c.Get(vhost, name, owner))
             if result.message is None:
                 break
             seqs.append((vhost, name, result.seq))
             taken.append(
                 _shown(result.message, result.redelivered, result.message_count, encoding, truncate)
             )
-        if seqs and not no_ack:
-            outcome = "reject" if ackmode == "reject_requeue_false" else "requeue"
-            await ctx.gateway.call(c.Settle(owner, seqs, outcome))
+        if seqs:
+            await ctx.gateway.call(c.Settle(owner, seqs, OUTCOMES[ackmode]))
     finally:
-        if seqs and not no_ack:
+        if seqs:
             ctx.gateway.submit(c.ReleaseOwner(owner))
     return ok(taken)
 
@@ -184,6 +193,6 @@ def _ackmode(data: dict[str, Any]) -> str:
         requeue = data["requeue"] in (True, "true")
         return "ack_requeue_true" if requeue else "ack_requeue_false"
     ackmode = text(data, "ackmode", "ack_requeue_true")
-    if ackmode not in ACKMODES:
-        raise bad_request(f"ackmode must be one of {', '.join(ACKMODES)}")
+    if ackmode not in OUTCOMES:
+        raise bad_request(f"ackmode must be one of {', '.join(OUTCOMES)}")
     return ackmode

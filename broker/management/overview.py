@@ -16,6 +16,7 @@ from broker.management import formats
 from broker.management.auth import is_monitor, require_monitor, user_of, visible_vhosts
 from broker.management.context import CONTEXT_KEY, Context
 from broker.management.errors import not_found
+from broker.management.rates import FIELDS
 from broker.management.replies import ok, segment
 from broker.resources import memory_limit, open_fds, rss_bytes
 
@@ -42,15 +43,18 @@ async def overview(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     state = ctx.gateway.committed
     ready = unacked = queue_count = exchange_count = consumer_count = 0
+    rates = {field: 0.0 for field in FIELDS}
     for name in visible_vhosts(request):
         vh = state.vhosts[name]
         queue_count += len(vh.queues)
         exchange_count += len(vh.exchanges)
         for q in vh.queues.values():
-            shown = formats.queue(q, ctx.node_name)
-            ready += shown["messages_ready"]
-            unacked += shown["messages_unacknowledged"]
-            consumer_count += shown["consumers"]
+            _, queue_ready, queue_unacked = formats.counts(q)
+            ready += queue_ready
+            unacked += queue_unacked
+            consumer_count += len(q.consumers)
+            for key, detail in ctx.rates.details(name, q.name).items():
+                rates[key.removesuffix("_details")] += detail["rate"]
     connections = [conn.info() for conn in ctx.gateway.connections.values()]
     if not is_monitor(user_of(request)):
         connections = [i for i in connections if i.get("user") == user_of(request).name]
@@ -72,6 +76,7 @@ async def overview(request: web.Request) -> web.Response:
                 "messages": ready + unacked,
                 "messages_ready": ready,
                 "messages_unacknowledged": unacked,
+                **{f"{field}_details": {"rate": round(rate, 1)} for field, rate in rates.items()},
             },
             "object_totals": {
                 "connections": len(connections),

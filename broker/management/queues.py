@@ -35,7 +35,7 @@ def _queues(request: web.Request, vhosts: list[str]) -> list[dict]:
     ctx = request.app[CONTEXT_KEY]
     state = ctx.gateway.committed
     return [
-        formats.queue(q, ctx.node_name)
+        {**formats.queue(q, ctx.node_name), **ctx.rates.details(vhost, q.name)}
         for vhost in vhosts
         for q in sorted(state.vhosts[vhost].queues.values(), key=lambda q: q.name)
     ]
@@ -56,7 +56,7 @@ async def show(request: web.Request) -> web.Response:
     q = ctx.gateway.committed.vhosts[vhost].queues.get(segment(request, "name"))
     if q is None:
         raise not_found()
-    shown = formats.queue(q, ctx.node_name)
+    shown = {**formats.queue(q, ctx.node_name), **ctx.rates.details(vhost, q.name)}
     shown["consumer_details"] = [consumer_json(ctx, consumer) for consumer in q.consumers]
     return ok(shown)
 
