@@ -28,7 +28,6 @@ from broker.management import (
     messages,
     overview,
     queues,
-    rewind,
 )
 from broker.management.auth import Handler, authenticate
 from broker.management.context import CONTEXT_KEY, AddRoutes, Context
@@ -48,7 +47,6 @@ ROUTES: tuple[AddRoutes, ...] = (
     definitions.add_routes,
     health.add_routes,
     cmq.add_routes,
-    rewind.add_routes,
     console.add_routes,
 )
 

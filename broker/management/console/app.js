@@ -521,6 +521,10 @@ async function queuePage(vhost, name) {
         { title: "Memory", value: () => bytes(q.memory) },
         { title: "Arguments", value: () => args(q.arguments) },
         { title: "Policy", value: () => q.policy || "" },
+        {
+          title: "Rewind window",
+          value: () => (q.arguments && q.arguments["x-rewind-ms"] ? q.arguments["x-rewind-ms"] / 1000 + " s" : "none"),
+        },
       ],
       [q],
     ),
@@ -549,7 +553,7 @@ function queueActions(vhost, name) {
   return [
     publishForm(vhost, name),
     getForm(path),
-    rewindForm(path),
+    rewindForm(vhost, name),
     h(
       "div",
       { class: "action" },
@@ -670,22 +674,27 @@ function getForm(path) {
   return form;
 }
 
-function rewindForm(path) {
+// CMQ's rewind (the API's /api/cmq/queues/.../rewind): the messages enqueued since a time,
+// those acknowledged and kept by the queue's rewind window included, are consumable again.
+function rewindForm(vhost, name) {
   const form = h(
     "form",
     { class: "action", id: "rewind-form" },
     h("h2", { text: "Rewind" }),
     h("p", {
       class: "muted",
-      text: "Messages already consumed in the last seconds become ready again (CMQ rewind; the queue must keep them: rewindSeconds / x-rewind-ms).",
+      text:
+        "Messages enqueued in the last seconds (by this browser's clock) become ready again, " +
+        "consumed ones too while the queue keeps them (CMQ's rewindSeconds, x-rewind-ms).",
     }),
     h("label", {}, "Seconds back ", h("input", { name: "seconds", type: "number", min: "0", value: "60" })),
     h("button", { type: "submit", id: "rewind-button", text: "Rewind" }),
   );
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    const since = Math.floor(Date.now() / 1000) - Number(form.elements.seconds.value);
     try {
-      const res = await api("POST", path + "/rewind", { seconds: Number(form.elements.seconds.value) });
+      const res = await api("POST", "/cmq" + queuePath(vhost, name) + "/rewind", { since });
       flash("Rewound " + num(res.rewound) + " message(s).", true);
       await refreshNow();
     } catch (e) {
