@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium and chromium-driver for the console's browser tests
-# (compat_tests/test_console.py), unless both are there already. Needs root (or sudo) and
-# apt-get; without apt-get it says so and leaves the tests to skip.
+# Installs Debian's chromium and chromium-driver (and a font for readable screenshots) for the
+# console's browser tests (compat_tests/test_console.py), unless both are there already.
+# Needs root (or sudo) and apt-get; without apt-get it says so and the tests skip.
 set -euo pipefail
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
     exit 0
@@ -16,4 +16,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 $SUDO apt-get update -q
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-    chromium chromium-driver
+    chromium chromium-driver fonts-liberation
