@@ -331,9 +331,9 @@ def test_exchange_page_publishes_by_routing_key(browser, console_broker):
     page = open_page(browser, "exchange/" + queue_path(x))
     assert text_of(browser, "exchange-name") == x
     assert "sensors.#" in text_of(browser, "bindings-from")
-    key = browser.find_element(By.ID, "exchange-routing-key")
+    key = browser.find_element(By.ID, "exchange-publish-routing-key")
     key.send_keys("lights.hall")
-    browser.find_element(By.ID, "exchange-payload").send_keys("nobody")
+    browser.find_element(By.ID, "exchange-publish-payload").send_keys("nobody")
     browser.find_element(By.ID, "exchange-publish-button").click()
     flash_says(browser, "not routed")
     key.clear()

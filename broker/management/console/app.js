@@ -116,8 +116,13 @@ function bytes(v) {
   return (i ? n.toFixed(1) : String(n)) + " " + units[i];
 }
 
+function byteRate(v) {
+  return v === undefined ? "" : bytes(v) + "/s";
+}
+
 function args(obj) {
-  if (!obj || typeof obj !== "object") return obj === undefined ? "" : String(obj);
+  if (obj === undefined || obj === null) return "";
+  if (typeof obj !== "object") return String(obj);
   return Object.entries(obj)
     .map(([k, v]) => k + ": " + (typeof v === "object" ? JSON.stringify(v) : v))
     .join(", ");
@@ -431,7 +436,12 @@ async function queuesPage() {
         { title: "Features", value: features },
         { title: "Policy", value: (q) => q.policy || "" },
         { title: "State", value: (q) => q.state || "" },
-        { title: "Ready", value: (q) => q.messages_ready ?? 0, show: (q) => num(q.messages_ready), num: true },
+        {
+          title: "Ready",
+          value: (q) => q.messages_ready ?? 0,
+          show: (q) => num(q.messages_ready),
+          num: true,
+        },
         {
           title: "Unacked",
           value: (q) => q.messages_unacknowledged ?? 0,
@@ -523,7 +533,10 @@ async function queuePage(vhost, name) {
         { title: "Policy", value: () => q.policy || "" },
         {
           title: "Rewind window",
-          value: () => (q.arguments && q.arguments["x-rewind-ms"] ? q.arguments["x-rewind-ms"] / 1000 + " s" : "none"),
+          value: () => {
+            const ms = (q.arguments || {})["x-rewind-ms"];
+            return ms ? ms / 1000 + " s" : "none";
+          },
         },
       ],
       [q],
@@ -543,7 +556,9 @@ async function queuePage(vhost, name) {
       q.consumer_details || [],
     ),
     h("h2", { text: "Bindings" }),
-    bindings === null ? unavailable("/api" + path + "/bindings") : bindingsTable("queue-bindings", bindings),
+    bindings === null
+      ? unavailable("/api" + path + "/bindings")
+      : bindingsTable("queue-bindings", bindings),
   ];
 }
 
@@ -551,29 +566,42 @@ async function queuePage(vhost, name) {
 function queueActions(vhost, name) {
   const path = queuePath(vhost, name);
   return [
-    publishForm(vhost, name),
+    publishForm("publish", vhost, "", name),
     getForm(path),
     rewindForm(vhost, name),
     h(
       "div",
       { class: "action" },
-      h("button", { id: "purge-button", type: "button", onclick: () => purge(path, name) }, "Purge messages"),
+      h("button", {
+        id: "purge-button",
+        type: "button",
+        text: "Purge messages",
+        onclick: () => purge(path, name),
+      }),
       " ",
-      h(
-        "button",
-        { id: "delete-button", class: "danger", type: "button", onclick: () => deleteQueue(path, name) },
-        "Delete queue",
-      ),
+      h("button", {
+        id: "delete-button",
+        class: "danger",
+        type: "button",
+        text: "Delete queue",
+        onclick: () => deleteQueue(path, name),
+      }),
     ),
   ];
 }
 
-function publishForm(vhost, queue) {
+// A form publishing through POST /api/exchanges/{vhost}/{exchange}/publish: to a queue's
+// name on the default exchange (`routingKey` given), or with a routing key typed in. Element
+// ids start with `prefix`.
+function publishForm(prefix, vhost, exchange, routingKey) {
+  const fixed = routingKey !== undefined;
   const form = h(
     "form",
-    { class: "action", id: "publish-form" },
+    { class: "action", id: prefix + "-form" },
     h("h2", { text: "Publish message" }),
-    h("p", { class: "muted", text: "To the default exchange, with the queue's name as routing key." }),
+    fixed
+      ? h("p", { class: "muted", text: "Default exchange; the queue's name is the routing key." })
+      : h("label", {}, "Routing key ", h("input", { name: "key", id: prefix + "-routing-key" })),
     h(
       "label",
       {},
@@ -585,9 +613,9 @@ function publishForm(vhost, queue) {
         h("option", { value: "1", text: "1 - non-persistent" }),
       ),
     ),
-    h("label", {}, "Headers (JSON) ", h("input", { name: "headers", placeholder: '{"key": "value"}' })),
-    h("label", {}, "Payload ", h("textarea", { name: "payload", id: "publish-payload" })),
-    h("button", { type: "submit", id: "publish-button", text: "Publish message" }),
+    h("label", {}, "Headers (JSON) ", h("input", { name: "headers", placeholder: '{"k": "v"}' })),
+    h("label", {}, "Payload ", h("textarea", { name: "payload", id: prefix + "-payload" })),
+    h("button", { type: "submit", id: prefix + "-button", text: "Publish message" }),
   );
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -602,13 +630,14 @@ function publishForm(vhost, queue) {
       }
     }
     try {
-      const res = await api("POST", "/exchanges/" + enc(vhost) + "/amq.default/publish", {
+      const res = await api("POST", exchangePath(vhost, exchange) + "/publish", {
         properties,
-        routing_key: queue,
+        routing_key: fixed ? routingKey : f.key.value,
         payload: f.payload.value,
         payload_encoding: "string",
       });
-      flash(res && res.routed === false ? "Message published, but not routed." : "Message published.", true);
+      const routed = !res || res.routed !== false;
+      flash(routed ? "Message published." : "Message published, but not routed.", true);
       await refreshNow();
     } catch (e) {
       flash("Publish failed: " + e.message);
@@ -636,7 +665,7 @@ function getForm(path) {
         h("option", { value: "reject_requeue_false", text: "Reject requeue false" }),
       ),
     ),
-    h("label", {}, "Messages ", h("input", { name: "count", type: "number", min: "1", value: "1" })),
+    h("label", {}, "Messages ", h("input", { name: "count", type: "number", min: 1, value: 1 })),
     h("button", { type: "submit", id: "get-button", text: "Get messages" }),
     out,
   );
@@ -660,7 +689,11 @@ function getForm(path) {
                 { title: "Redelivered", value: (m) => (m.redelivered ? "yes" : "no") },
                 { title: "Properties", value: (m) => args(m.properties) },
                 { title: "Encoding", value: (m) => m.payload_encoding },
-                { title: "Payload", value: (m) => m.payload, show: (m) => h("pre", { text: m.payload }) },
+                {
+                  title: "Payload",
+                  value: (m) => m.payload,
+                  show: (m) => h("pre", { text: m.payload }),
+                },
               ],
               msgs,
             )
@@ -687,7 +720,12 @@ function rewindForm(vhost, name) {
         "Messages enqueued in the last seconds (by this browser's clock) become ready again, " +
         "consumed ones too while the queue keeps them (CMQ's rewindSeconds, x-rewind-ms).",
     }),
-    h("label", {}, "Seconds back ", h("input", { name: "seconds", type: "number", min: "0", value: "60" })),
+    h(
+      "label",
+      {},
+      "Seconds back ",
+      h("input", { name: "seconds", type: "number", min: 0, value: 60 }),
+    ),
     h("button", { type: "submit", id: "rewind-button", text: "Rewind" }),
   );
   form.addEventListener("submit", async (ev) => {
@@ -742,7 +780,10 @@ function bindingsTable(id, rows) {
 }
 
 async function exchangesPage() {
-  const [exchanges, bindings] = await Promise.all([api("GET", "/exchanges"), optional("/bindings")]);
+  const [exchanges, bindings] = await Promise.all([
+    api("GET", "/exchanges"),
+    optional("/bindings"),
+  ]);
   return [
     h("h1", { text: "Exchanges" }),
     table(
@@ -753,7 +794,10 @@ async function exchangesPage() {
         { title: "Type", value: (x) => x.type },
         {
           title: "Features",
-          value: (x) => [x.durable ? "D" : "", x.auto_delete ? "AD" : "", x.internal ? "I" : ""].filter(Boolean).join(" "),
+          value: (x) =>
+            [x.durable ? "D" : "", x.auto_delete ? "AD" : "", x.internal ? "I" : ""]
+              .filter(Boolean)
+              .join(" "),
         },
         { title: "Arguments", value: (x) => args(x.arguments) },
         {
@@ -809,47 +853,18 @@ async function exchangePage(vhost, name) {
       [x],
     ),
     h("h2", { text: "Bindings from this exchange" }),
-    from === null ? unavailable("/api" + path + "/bindings/source") : bindingsTable("bindings-from", from),
+    from === null
+      ? unavailable("/api" + path + "/bindings/source")
+      : bindingsTable("bindings-from", from),
     h("h2", { text: "Bindings to this exchange" }),
-    to === null ? unavailable("/api" + path + "/bindings/destination") : bindingsTable("bindings-to", to),
+    to === null
+      ? unavailable("/api" + path + "/bindings/destination")
+      : bindingsTable("bindings-to", to),
   ];
 }
 
 function exchangeActions(vhost, name) {
-  const form = h(
-    "form",
-    { class: "action", id: "exchange-publish-form" },
-    h("h2", { text: "Publish message" }),
-    h("label", {}, "Routing key ", h("input", { name: "routing_key", id: "exchange-routing-key" })),
-    h("label", {}, "Headers (JSON) ", h("input", { name: "headers", placeholder: '{"key": "value"}' })),
-    h("label", {}, "Payload ", h("textarea", { name: "payload", id: "exchange-payload" })),
-    h("button", { type: "submit", id: "exchange-publish-button", text: "Publish message" }),
-  );
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const f = form.elements;
-    const properties = { delivery_mode: 2 };
-    if (f.headers.value.trim()) {
-      try {
-        properties.headers = JSON.parse(f.headers.value);
-      } catch (e) {
-        flash("Headers are not JSON: " + e.message);
-        return;
-      }
-    }
-    try {
-      const res = await api("POST", exchangePath(vhost, name) + "/publish", {
-        properties,
-        routing_key: f.routing_key.value,
-        payload: f.payload.value,
-        payload_encoding: "string",
-      });
-      flash(res && res.routed === false ? "Message published, but not routed." : "Message published.", true);
-    } catch (e) {
-      flash("Publish failed: " + e.message);
-    }
-  });
-  return [form];
+  return [publishForm("exchange-publish", vhost, name)];
 }
 
 const FILTER_TYPES = { 1: "tags", 2: "routing key" };
@@ -877,9 +892,18 @@ async function topicsPage() {
               show: (t) => exchangeLink({ vhost: t.vhost, name: t.name }),
             },
             { title: "Filter", value: (t) => FILTER_TYPES[t.filterType] || "" },
-            { title: "Max message size", value: (t) => t.maxMsgSize ?? 0, show: (t) => bytes(t.maxMsgSize), num: true },
+            {
+              title: "Max message size",
+              value: (t) => t.maxMsgSize ?? 0,
+              show: (t) => bytes(t.maxMsgSize),
+              num: true,
+            },
             { title: "Subscriptions", value: (t) => t.subscriptions ?? 0, num: true },
-            { title: "Created", value: (t) => t.createTime ?? 0, show: (t) => when(t.createTime * 1000) },
+            {
+              title: "Created",
+              value: (t) => t.createTime ?? 0,
+              show: (t) => when(t.createTime * 1000),
+            },
           ],
           topics,
         ),
@@ -932,21 +956,28 @@ async function connectionsPage() {
         { title: "Protocol", value: (c) => c.protocol || "" },
         { title: "User", value: (c) => c.user || "" },
         { title: "Virtual host", value: (c) => c.vhost || "" },
-        { title: "Peer", value: (c) => (c.peer_host || "") + (c.peer_port ? ":" + c.peer_port : "") },
+        {
+          title: "Peer",
+          value: (c) => (c.peer_host || "") + (c.peer_port ? ":" + c.peer_port : ""),
+        },
         { title: "TLS", value: (c) => (c.ssl ? "yes" : "no") },
         { title: "Channels", value: (c) => c.channels ?? "", num: true },
         { title: "State", value: (c) => c.state || "" },
-        { title: "Client", value: (c) => JSON.stringify(c.client_properties || {}), show: clientProperties },
+        {
+          title: "Client",
+          value: (c) => JSON.stringify(c.client_properties || {}),
+          show: clientProperties,
+        },
         {
           title: "From client",
           value: (c) => detail(c, "recv_oct") ?? 0,
-          show: (c) => (detail(c, "recv_oct") === undefined ? "" : bytes(detail(c, "recv_oct")) + "/s"),
+          show: (c) => byteRate(detail(c, "recv_oct")),
           num: true,
         },
         {
           title: "To client",
           value: (c) => detail(c, "send_oct") ?? 0,
-          show: (c) => (detail(c, "send_oct") === undefined ? "" : bytes(detail(c, "send_oct")) + "/s"),
+          show: (c) => byteRate(detail(c, "send_oct")),
           num: true,
         },
         {
@@ -1202,7 +1233,8 @@ function start() {
   document.getElementById("login-form").hidden = true;
   document.getElementById("nav").hidden = false;
   document.getElementById("session").hidden = false;
-  document.getElementById("whoami").textContent = "User " + (sessionStorage.getItem(AUTH_KEY + "-user") || "");
+  const user = sessionStorage.getItem(AUTH_KEY + "-user") || "";
+  document.getElementById("whoami").textContent = "User " + user;
   show();
 }
 
