@@ -230,6 +230,10 @@ function drawChart(canvas, series, unit) {
     const t1 = times[times.length - 1];
     const t0 = t1 - HISTORY * currentInterval();
     const x = (t) => left + ((right - left) * (t - t0)) / Math.max(1, t1 - t0);
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, 0, right - left + 5, hgt); // samples older than the window stay out
+    ctx.clip();
     series.forEach((s, k) => {
       ctx.strokeStyle = COLORS[k % COLORS.length];
       ctx.lineWidth = 2;
@@ -248,6 +252,7 @@ function drawChart(canvas, series, unit) {
       ctx.arc(x(times[last]), y(s.values[last]), 3, 0, 2 * Math.PI);
       ctx.fill();
     });
+    ctx.restore();
     ctx.textAlign = "left";
     ctx.fillStyle = "#666";
     ctx.fillText(new Date(t1).toLocaleTimeString(), right - 60, hgt - 4);
