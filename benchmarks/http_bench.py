@@ -299,6 +299,7 @@ def spawn_broker(workdir: str) -> tuple[subprocess.Popen[bytes], Target]:
     ports = [free_port() for _ in range(4)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "broker", "serve", "--data-dir", data, "--host", "127.0.0.1"]
+    cmd += ["--management-port", "0"]  # RabbitMQ's may run beside it
     flags = ("--amqp-port", "--mqtt-port", "--mqtt-ws-port", "--http-port")
     for flag, port in zip(flags, ports, strict=True):
         cmd += [flag, str(port)]

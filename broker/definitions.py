@@ -16,6 +16,7 @@ from broker.core import commands as c
 from broker.core.auth import HASHING, split_stored, stored_hash
 from broker.core.errors import InvalidArgument
 from broker.core.state import PREDECLARED_EXCHANGES, StateMachine
+from broker.field_values import check_short_string, check_table
 
 #: exchanges every vhost has: not exported, as RabbitMQ leaves them out
 PREDECLARED = {name for name, _ in PREDECLARED_EXCHANGES}
@@ -98,7 +99,7 @@ def _objects(doc: dict[str, Any], state: StateMachine, vhosts: set[str]) -> list
 def _exchange(entry: dict[str, Any]) -> c.DeclareExchange:
     return c.DeclareExchange(
         _text(entry, "vhost"),
-        _text(entry, "name"),
+        check_short_string(_text(entry, "name"), "exchange name"),
         _text(entry, "type"),
         durable=_flag(entry, "durable", True),
         auto_delete=_flag(entry, "auto_delete", False),
@@ -110,7 +111,7 @@ def _exchange(entry: dict[str, Any]) -> c.DeclareExchange:
 def _queue(entry: dict[str, Any]) -> c.DeclareQueue:
     return c.DeclareQueue(
         _text(entry, "vhost"),
-        _text(entry, "name"),
+        check_short_string(_text(entry, "name"), "queue name"),
         durable=_flag(entry, "durable", True),
         auto_delete=_flag(entry, "auto_delete", False),
         arguments=_table(entry, "arguments"),
@@ -126,7 +127,10 @@ def _binding(entry: dict[str, Any]) -> c.Bind:
         _text(entry, "source"),
         _text(entry, "destination"),
         kind == "queue",
-        _text(dict(entry, routing_key=entry.get("routing_key") or ""), "routing_key"),
+        check_short_string(
+            _text(dict(entry, routing_key=entry.get("routing_key") or ""), "routing_key"),
+            "routing_key",
+        ),
         _table(entry, "arguments"),
     )
 
@@ -313,10 +317,7 @@ def _flag(entry: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def _table(entry: dict[str, Any], key: str) -> dict[str, Any]:
-    value = entry.get(key) or {}
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"definitions entry {entry}: '{key}' must be an object")
-    return value
+    return check_table(entry.get(key) or {}, f"definitions entry {entry}: '{key}'")
 
 
 def _text(entry: dict[str, Any], key: str) -> str:

@@ -99,6 +99,9 @@ def test_objects_have_rabbitmqs_fields(api, broker):
         [binding] = api.get(f"/api/bindings/%2F/e/{x}/q/{q}")
         assert binding.keys() >= BINDING_FIELDS and binding["properties_key"] == "k"
         assert api.get(f"/api/bindings/%2F/e/{x}/q/{q}/k") == binding
+        assert api.get(f"/api/exchanges/%2F/{x}/bindings/source") == [binding]
+        assert binding in api.get(f"/api/queues/%2F/{q}/bindings")
+        assert api.get(f"/api/exchanges/%2F/{x}/bindings/destination") == []
 
         consumers = [c for c in api.get("/api/consumers/%2F") if c["consumer_tag"] == tag]
         assert consumers[0].keys() >= CONSUMER_FIELDS
@@ -247,6 +250,69 @@ def test_bad_input_gets_a_clear_error_and_the_broker_goes_on(api, broker):
         ("POST", f"/api/bindings/%2F/e/amq.direct/q/{q}", b'{"routing_key": 5}', 400),
         ("POST", "/api/definitions", b'{"policies": [{"name": "p"}]}', 400),
         ("POST", "/api/definitions", b'{"queues": [{"name": "q", "vhost": "nowhere"}]}', 400),
+        # what AMQP (and the log) cannot carry: refused before it reaches the core
+        (
+            "PUT",
+            f"/api/queues/%2F/{uid('q')}",
+            b'{"arguments": {"x-big": 1180591620717411303424}}',
+            400,
+        ),
+        (
+            "PUT",
+            f"/api/exchanges/%2F/{uid('x')}",
+            b'{"type": "direct", "arguments": {"k": [[[1e999]]], "n": -9223372036854775809}}',
+            400,
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            b'{"properties": {"headers": {"big": 1180591620717411303424}}}',
+            400,
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            b'{"properties": {"priority": 300}}',
+            400,
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            b'{"properties": {"delivery_mode": 3}}',
+            400,
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            b'{"properties": {"timestamp": 1180591620717411303424}}',
+            400,
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            ('{"properties": {"message_id": "%s"}}' % ("x" * 256)).encode(),
+            400,
+        ),
+        (
+            "POST",
+            "/api/definitions",
+            b'{"queues": [{"name": "q", "vhost": "/", "arguments": {"x": 9223372036854775808}}]}',
+            400,
+        ),
+        ("PUT", "/api/queues/%2F/" + "q" * 256, b"{}", 400),
+        ("PUT", "/api/exchanges/%2F/" + "x" * 256, b'{"type": "direct"}', 400),
+        (
+            "POST",
+            f"/api/bindings/%2F/e/amq.direct/q/{q}",
+            b'{"routing_key": "%s"}' % (b"k" * 256),
+            400,
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            b'{"routing_key": "%s"}' % (b"k" * 256),
+            400,
+        ),
         ("GET", "/api/health/checks/port-listener/http", None, 400),
         ("GET", "/api/queues?page=0", None, 400),
         ("GET", "/api/queues?name=(&use_regex=true", None, 400),
@@ -411,5 +477,40 @@ def test_rewind_makes_acknowledged_messages_consumable_again(api):
     _, got = api.post(f"/api/queues/%2F/{q}/get", {"count": 2, "ackmode": "ack_requeue_false"})
     assert [m["payload"] for m in got] == ["a", "b"]
     assert api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"since": "x"})[0] == 400
+    assert api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"since": 2**62})[0] == 400
     assert api.call("POST", f"/api/cmq/queues/%2F/{uid('no')}/rewind", {"since": 0})[0] == 404
     api.delete(f"/api/queues/%2F/{q}")
+
+
+def test_one_vhosts_definitions_export_and_import_into_another(api):
+    source, target = uid("src"), uid("dst")
+    for vhost in (source, target):
+        assert api.put(f"/api/vhosts/{vhost}", None) == 201
+    api.put(f"/api/exchanges/{source}/orders", {"type": "topic", "durable": True})
+    api.put(f"/api/queues/{source}/eu", {"arguments": {"x-message-ttl": 60000}})
+    api.post(f"/api/bindings/{source}/e/orders/q/eu", {"routing_key": "eu.#"})
+    exported = api.get(f"/api/definitions/{source}")
+    assert [q["name"] for q in exported["queues"]] == ["eu"]
+    assert "vhost" not in exported["queues"][0] and "users" not in exported
+    assert exported["bindings"] == [
+        {
+            "source": "orders",
+            "destination": "eu",
+            "destination_type": "queue",
+            "routing_key": "eu.#",
+            "arguments": {},
+        }
+    ]
+    status, _ = api.call("POST", f"/api/definitions/{target}", exported)
+    assert status == 204
+    assert api.get(f"/api/queues/{target}/eu")["arguments"] == {"x-message-ttl": 60000}
+    assert api.get(f"/api/exchanges/{target}/orders")["type"] == "topic"
+    status, reply = api.post(
+        f"/api/exchanges/{target}/orders/publish", {"routing_key": "eu.fr", "payload": "x"}
+    )
+    assert reply == {"routed": True}
+    status, error = api.call("POST", f"/api/definitions/{target}", {"users": [{"name": "u"}]})
+    assert status == 400 and "users" in error["reason"]
+    assert api.call("GET", f"/api/definitions/{uid('none')}")[0] == 404
+    for vhost in (source, target):
+        api.delete(f"/api/vhosts/{vhost}")

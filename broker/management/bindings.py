@@ -12,7 +12,7 @@ from broker.management import formats
 from broker.management.auth import check_permission, readable_vhost, visible_vhosts, writable_vhost
 from broker.management.context import CONTEXT_KEY, Context
 from broker.management.errors import bad_request, not_found
-from broker.management.replies import body, listing, no_content, ok, segment, table
+from broker.management.replies import body, listing, no_content, ok, segment, short, table
 
 _E_Q = "/api/bindings/{vhost}/e/{source}/{kind:[qe]}/{destination}"
 
@@ -110,6 +110,7 @@ async def create(request: web.Request) -> web.Response:
     routing_key = data.get("routing_key", "")
     if not isinstance(routing_key, str):
         raise bad_request("routing_key must be a string")
+    short(routing_key, "routing_key")
     arguments = table(data, "arguments")
     _check(request, vhost, source, destination, to_queue)
     await request.app[CONTEXT_KEY].gateway.call(

@@ -24,9 +24,12 @@ from broker.management.auth import (
     writable_vhost,
 )
 from broker.management.context import CONTEXT_KEY, Context
-from broker.management.errors import not_found
+from broker.management.errors import bad_request, not_found
 from broker.management.replies import body, integer, listing, no_content, ok, segment
 from broker.protocols.http.topics import SUBSCRIPTIONS, TOPICS, subscriptions_group
+
+#: the latest time a rewind may start from: the year 9999, in seconds
+LATEST = 253_402_300_799
 
 
 def add_routes(app: web.Application, ctx: Context) -> None:
@@ -97,6 +100,8 @@ async def rewind(request: web.Request) -> web.Response:
     if name not in ctx.gateway.committed.vhosts[vhost].queues:
         raise not_found()
     since = integer(await body(request), "since", 0)
+    if since > LATEST:
+        raise bad_request(f"since must be at most {LATEST} (seconds since the epoch)")
     check_permission(request, vhost, "read", "queue", name)
     rewound = await ctx.gateway.call(c.Rewind(vhost, name, since * 1000))
     return ok({"rewound": rewound})

@@ -19,6 +19,7 @@ from broker.management.replies import (
     no_content,
     ok,
     segment,
+    short,
     table,
     text,
 )
@@ -71,7 +72,7 @@ async def show(request: web.Request) -> web.Response:
 async def declare(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     vhost = writable_vhost(request, segment(request, "vhost"))
-    name = _exchange_name(request)
+    name = short(_exchange_name(request), "exchange name")
     data = await body(request)
     check_permission(request, vhost, "configure", "exchange", name)
     existed = name in ctx.gateway.committed.vhosts[vhost].exchanges

@@ -18,7 +18,7 @@ from broker.management.auth import check_permission, user_of, writable_vhost
 from broker.management.context import CONTEXT_KEY, Context
 from broker.management.errors import bad_request, not_found
 from broker.management.jsonable import jsonable
-from broker.management.replies import body, integer, ok, segment, table, text
+from broker.management.replies import body, integer, ok, segment, short, table, text
 
 #: AMQP basic properties as the API names them -> as the core keeps them (pamqp's names)
 PROPERTIES = {
@@ -38,7 +38,10 @@ PROPERTIES = {
     "cluster_id": "cluster_id",
 }
 _SHOWN = {core: api for api, core in PROPERTIES.items()}
-_INTEGERS = ("delivery_mode", "priority", "timestamp")
+#: the integer properties and their ranges (a timestamp: seconds, up to the year 9999)
+_RANGES = {"delivery_mode": (1, 2), "priority": (0, 255), "timestamp": (0, 253_402_300_799)}
+#: AMQP's short strings, which most properties are
+SHORT_STRING = 255
 
 #: each ackmode's settlement: an ack keeps a message for rewind when its queue does so
 OUTCOMES = {
@@ -57,17 +60,21 @@ def add_routes(app: web.Application, ctx: Context) -> None:
 
 
 def _properties(request: web.Request, given: dict[str, Any]) -> dict[str, Any]:
+    """The message properties as the core keeps them, each within what AMQP can carry."""
     properties: dict[str, Any] = {}
     for key, value in given.items():
         core = PROPERTIES.get(key)
         if core is None:
             raise bad_request(f"unknown message property '{key}'")
-        if key in _INTEGERS:
-            value = integer(given, key, 0)
+        if key in _RANGES:
+            low, high = _RANGES[key]
+            value = integer(given, key, 0, minimum=low)
+            if value > high:
+                raise bad_request(f"message property '{key}' must be at most {high}")
         elif key == "headers":
             value = table(given, key)
-        elif not isinstance(value, str):
-            raise bad_request(f"message property '{key}' must be a string")
+        elif not isinstance(value, str) or len(value.encode()) > SHORT_STRING:
+            raise bad_request(f"message property '{key}' must be a string of at most 255 bytes")
         properties[core] = value
     if "timestamp" in properties:
         properties["timestamp"] = datetime.datetime.fromtimestamp(
@@ -102,7 +109,7 @@ async def publish(request: web.Request) -> web.Response:
     if exchange not in ctx.gateway.committed.vhosts[vhost].exchanges:
         raise not_found()
     data = await body(request)
-    routing_key = text(data, "routing_key", "")
+    routing_key = short(text(data, "routing_key", ""), "routing_key")
     properties = _properties(request, table(data, "properties"))
     payload = _payload(data)
     check_permission(request, vhost, "write", "exchange", exchange or "amq.default")

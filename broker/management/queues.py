@@ -18,6 +18,7 @@ from broker.management.replies import (
     no_content,
     ok,
     segment,
+    short,
     table,
 )
 
@@ -66,7 +67,7 @@ async def declare(request: web.Request) -> web.Response:
     existing queue is fine (204), a different one is refused (400, inequivalent arg)."""
     ctx = request.app[CONTEXT_KEY]
     vhost = writable_vhost(request, segment(request, "vhost"))
-    name = segment(request, "name")
+    name = short(segment(request, "name"), "queue name")
     data = await body(request)
     if flag(data, "exclusive", False):
         raise bad_request("exclusive queues cannot be declared through the API")

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from broker.core.errors import InvalidArgument
+from broker.field_values import check_short_string, check_table
 from broker.management.errors import bad_request
 from broker.management.jsonable import dumps
 
@@ -42,6 +44,14 @@ def created_or_updated(existed: bool) -> web.Response:
 def segment(request: web.Request, key: str) -> str:
     """A path segment, percent-decoded (a vhost "/" is "%2F" in the path)."""
     return request.match_info[key]
+
+
+def short(value: str, what: str) -> str:
+    """A queue or exchange name or a routing key: at most 255 bytes, as AMQP carries them."""
+    try:
+        return check_short_string(value, what)
+    except InvalidArgument as exc:
+        raise bad_request(str(exc)) from None
 
 
 async def body(request: web.Request) -> dict[str, Any]:
@@ -84,10 +94,11 @@ def text(data: dict[str, Any], key: str, default: str | None = None) -> str:
 
 
 def table(data: dict[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key) or {}
-    if not isinstance(value, dict):
-        raise bad_request(f"{key} must be a JSON object")
-    return value
+    """A field table (arguments, headers): what AMQP can carry (broker.field_values)."""
+    try:
+        return check_table(data.get(key) or {}, key)
+    except InvalidArgument as exc:
+        raise bad_request(str(exc)) from None
 
 
 def listing(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
