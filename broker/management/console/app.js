@@ -196,8 +196,8 @@ function unavailable(path) {
 
 // -- charts ----------------------------------------------------------------------------
 
-// A line chart of `series` ([{label, values}]) over the shared history timestamps.
-function drawChart(canvas, series, unit) {
+// A line chart of `series` ([{label, values}]) sampled at `times` (ms).
+function drawChart(canvas, times, series, unit) {
   const ratio = window.devicePixelRatio || 1;
   const w = canvas.clientWidth;
   const hgt = canvas.clientHeight;
@@ -225,7 +225,6 @@ function drawChart(canvas, series, unit) {
     ctx.stroke();
     ctx.fillText(formatTick((max * i) / 4) + unit, left - 4, y + 4);
   }
-  const times = history.t;
   if (times.length) {
     const t1 = times[times.length - 1];
     const t0 = t1 - HISTORY * currentInterval();
@@ -272,7 +271,7 @@ function formatTick(v) {
   return Number.isInteger(v) ? String(v) : String(Number(v.toFixed(2)));
 }
 
-function chart(id, title, series, unit) {
+function chart(id, title, times, series, unit) {
   const canvas = h("canvas", { id });
   const legend = h(
     "div",
@@ -284,7 +283,7 @@ function chart(id, title, series, unit) {
     }),
   );
   const box = h("div", { class: "chart" }, h("h2", { text: title }), canvas, legend);
-  requestAnimationFrame(() => drawChart(canvas, series, unit));
+  requestAnimationFrame(() => drawChart(canvas, times, series, unit));
   return box;
 }
 
@@ -314,10 +313,28 @@ function record(ov) {
   history.conns.push((ov.object_totals || {}).connections || 0);
   history.created.push(rateFrom(churn, pchurn, "connection_created", seconds));
   history.closed.push(rateFrom(churn, pchurn, "connection_closed", seconds));
-  for (const k of Object.keys(history)) {
-    if (history[k].length > HISTORY) history[k].shift();
-  }
+  trim(history);
   lastOverview = { at: now, data: ov };
+}
+
+function trim(samples) {
+  for (const k of Object.keys(samples)) {
+    if (samples[k].length > HISTORY) samples[k].shift();
+  }
+}
+
+// Each queue's depth as its page saw it, kept while the console is open.
+const queueHistories = new Map();
+
+function recordQueue(q) {
+  const key = q.vhost + "\u0000" + q.name;
+  if (!queueHistories.has(key)) queueHistories.set(key, { t: [], ready: [], unacked: [] });
+  const samples = queueHistories.get(key);
+  samples.t.push(Date.now());
+  samples.ready.push(q.messages_ready || 0);
+  samples.unacked.push(q.messages_unacknowledged || 0);
+  trim(samples);
+  return samples;
 }
 
 // -- pages -----------------------------------------------------------------------------
@@ -361,6 +378,7 @@ async function overviewPage() {
       chart(
         "chart-queued",
         "Queued messages",
+        history.t,
         [
           { label: "Ready", values: history.ready },
           { label: "Unacked", values: history.unacked },
@@ -370,6 +388,7 @@ async function overviewPage() {
       chart(
         "chart-messages",
         "Message rates",
+        history.t,
         [
           { label: "Publish", values: history.publish },
           { label: "Deliver / get", values: history.deliver },
@@ -380,6 +399,7 @@ async function overviewPage() {
       chart(
         "chart-connections",
         "Connections",
+        history.t,
         [
           { label: "Open", values: history.conns },
           { label: "Opened/s", values: history.created },
@@ -516,6 +536,7 @@ async function queuePage(vhost, name) {
   const q = await api("GET", path);
   const bindings = await optional(path + "/bindings");
   const ms = q.message_stats || {};
+  const samples = recordQueue(q);
   return [
     h("h1", {}, "Queue ", h("span", { id: "queue-name", text: q.name })),
     h("p", { class: "muted" }, "Virtual host " + q.vhost, features(q) ? " · " + features(q) : ""),
@@ -526,6 +547,20 @@ async function queuePage(vhost, name) {
       total("q-unacked", "Unacked", q.messages_unacknowledged),
       total("q-messages", "Total", q.messages),
       total("q-consumers", "Consumers", q.consumers),
+    ),
+    h(
+      "div",
+      { class: "charts" },
+      chart(
+        "chart-queue",
+        "Queued messages",
+        samples.t,
+        [
+          { label: "Ready", values: samples.ready },
+          { label: "Unacked", values: samples.unacked },
+        ],
+        "",
+      ),
     ),
     table(
       "queue-details",
