@@ -401,12 +401,15 @@ def test_static_files_and_unknown_paths(console_broker):
     base = console_broker.console_url
     with urllib.request.urlopen(base, timeout=10) as resp:
         assert resp.headers["Content-Type"].startswith("text/html")
+        assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
         assert b"console/app.js" in resp.read()
     with urllib.request.urlopen(base + "console/app.js", timeout=10) as resp:
         assert "javascript" in resp.headers["Content-Type"]
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(base + "console/../../pyproject.toml", timeout=10)
-    assert err.value.code in (403, 404)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("console/../../pyproject.toml", "console/%2E%2E%2Fconsole.py", "console/x.js"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + path, timeout=10)
+        assert err.value.code == 404, path
 
 
 def test_console_calls_get_no_login_challenge(console_broker):
