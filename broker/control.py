@@ -21,6 +21,7 @@ from broker import definitions
 from broker.core import commands as c
 from broker.core.auth import hash_password
 from broker.core.errors import BrokerError, InvalidArgument, PreconditionFailed
+from broker.field_values import check_table
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -218,10 +219,11 @@ class ControlServer:
 
 
 def _limits(value: Any) -> dict[str, int]:
-    """A limits definition as rabbitmqctl takes it: a JSON object of integers."""
+    """A limits definition as rabbitmqctl takes it: a JSON object of integers (the core
+    checks the names and types; what the log cannot carry is refused here)."""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise InvalidArgument('limits must be a JSON object such as {"max-connections": 10}')
-    return value
+    return check_table(value, "limits")
 
 
 def _random_text(length: int) -> str:

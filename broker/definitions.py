@@ -135,6 +135,20 @@ def _binding(entry: dict[str, Any]) -> c.Bind:
     )
 
 
+def describe(command: c.Command) -> str:
+    """One imported definition, as an error names it."""
+    if isinstance(command, c.SetPermissions):
+        return f"permissions of user '{command.user}' in vhost '{command.vhost}'"
+    if isinstance(command, c.Bind):
+        return (
+            f"binding from '{command.source}' to '{command.destination}' in vhost '{command.vhost}'"
+        )
+    kind = {c.DeclareVhost: "vhost", c.PutUser: "user", c.DeclareExchange: "exchange"}
+    name = getattr(command, "name", "")
+    where = f" in vhost '{command.vhost}'" if hasattr(command, "vhost") else ""
+    return f"{kind.get(type(command), 'queue')} '{name}'{where}"
+
+
 def counts(commands: list[c.Command]) -> dict[str, int]:
     """How many of each section an import applied, in the sections' order."""
     kinds = {

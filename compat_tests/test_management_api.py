@@ -146,6 +146,7 @@ def test_objects_have_rabbitmqs_fields(api, broker):
         "read": ".*",
     }
     assert api.delete(f"/api/queues/%2F/{q}") == 204
+    assert api.get("/api/parameters") == api.get("/api/parameters/shovel/%2F") == []
 
 
 def test_status_codes_and_error_shape(api):
@@ -514,3 +515,66 @@ def test_one_vhosts_definitions_export_and_import_into_another(api):
     assert api.call("GET", f"/api/definitions/{uid('none')}")[0] == 404
     for vhost in (source, target):
         api.delete(f"/api/vhosts/{vhost}")
+
+
+def test_exchange_to_exchange_bindings(api):
+    front, back, q = uid("front"), uid("back"), uid("q")
+    api.put(f"/api/exchanges/%2F/{front}", {"type": "topic"})
+    api.put(f"/api/exchanges/%2F/{back}", {"type": "fanout"})
+    api.put(f"/api/queues/%2F/{q}", {})
+    api.post(f"/api/bindings/%2F/e/{back}/q/{q}", {})
+    status, _ = api.post(f"/api/bindings/%2F/e/{front}/e/{back}", {"routing_key": "a.*"})
+    assert status == 201
+    [binding] = api.get(f"/api/exchanges/%2F/{back}/bindings/destination")
+    assert (binding["source"], binding["destination_type"]) == (front, "exchange")
+    _, reply = api.post(
+        f"/api/exchanges/%2F/{front}/publish", {"routing_key": "a.b", "payload": "x"}
+    )
+    assert reply == {"routed": True}
+    assert api.get(f"/api/queues/%2F/{q}")["messages"] == 1
+    # the properties key is a path segment of its own: quoted once more ("a.%2A" as "a.%252A")
+    assert binding["properties_key"] == "a.%2A"
+    props = quote(binding["properties_key"])
+    assert api.delete(f"/api/bindings/%2F/e/{front}/e/{back}/{props}") == 204
+    _, reply = api.post(
+        f"/api/exchanges/%2F/{front}/publish", {"routing_key": "a.b", "payload": "x"}
+    )
+    assert reply == {"routed": False}
+    for kind, name in (("exchanges", front), ("exchanges", back), ("queues", q)):
+        api.delete(f"/api/{kind}/%2F/{name}")
+
+
+def test_user_limits(api):
+    name = uid("u")
+    api.put(f"/api/users/{name}", {"password": "pw", "tags": ""})
+    assert api.put(f"/api/user-limits/{name}/max-channels", {"value": 5}) == 201
+    assert api.put(f"/api/user-limits/{name}/max-connections", {"value": 2}) == 201
+    assert api.put(f"/api/user-limits/{name}/max-channels", {"value": 6}) == 204
+    assert api.get(f"/api/user-limits/{name}") == [
+        {"user": name, "value": {"max-channels": 6, "max-connections": 2}}
+    ]
+    for limit, value in (("max-channels", 2**63), ("max-queues", 1), ("max-channels", "x")):
+        status, error = api.call("PUT", f"/api/user-limits/{name}/{limit}", {"value": value})
+        assert status == 400 and error["reason"], (limit, value)
+    assert api.call("PUT", f"/api/user-limits/{uid('none')}/max-channels", {"value": 1})[0] == 404
+    assert api.delete(f"/api/user-limits/{name}/max-channels") == 204
+    assert api.get(f"/api/user-limits/{name}")[0]["value"] == {"max-connections": 2}
+    assert api.delete(f"/api/user-limits/{name}/max-channels") == 404
+    api.delete(f"/api/users/{name}")
+
+
+def test_an_import_the_core_refuses_half_way_says_where_it_stopped(api):
+    q, x = uid("q"), uid("x")
+    api.put(f"/api/queues/%2F/{q}", {"durable": True})
+    doc = {
+        "exchanges": [{"name": x, "vhost": "/", "type": "fanout"}],
+        "queues": [{"name": q, "vhost": "/", "durable": False}],
+    }
+    status, error = api.call("POST", "/api/definitions", doc)
+    assert status == 400
+    assert f"queue '{q}' in vhost '/' refused" in error["reason"]
+    assert "inequivalent arg 'durable'" in error["reason"]
+    assert "1 of 2 definitions imported before it" in error["reason"]
+    assert api.get(f"/api/exchanges/%2F/{x}")["type"] == "fanout"
+    api.delete(f"/api/exchanges/%2F/{x}")
+    api.delete(f"/api/queues/%2F/{q}")

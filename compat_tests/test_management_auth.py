@@ -46,6 +46,11 @@ def test_no_or_wrong_credentials_are_401_with_a_basic_challenge(api, broker):
     assert info.value.headers["WWW-Authenticate"].startswith("Basic ")
     status, error = api.as_user("guest", "wrong").call("GET", "/api/overview")
     assert (status, error) == (401, {"error": "not_authorised", "reason": "Login failed"})
+    # a page's own scripts get no challenge (the browser would open its login dialog)
+    request.add_header("X-Requested-With", "XMLHttpRequest")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 401 and "WWW-Authenticate" not in info.value.headers
     status, _ = api.as_user(uid("ghost"), "pw").call("GET", "/api/overview")
     assert status == 401
 

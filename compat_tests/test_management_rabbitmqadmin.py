@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pika
+import pika.exceptions
 import pytest
 
 from .helpers import channel, collect, connection, uid, wait_until
@@ -193,3 +195,16 @@ def test_refusals_reach_rabbitmqadmin_as_its_errors(admin_script, broker):
     good = RabbitmqAdmin(admin_script, broker)
     out = good.run("declare", "queue", "name=x", 'arguments={"x-max-length": "ten"}', check=False)
     assert out.returncode != 0 and "x-max-length" in out.stderr
+
+
+def test_vhost_limits(admin_script, fresh_broker):
+    b = fresh_broker
+    admin = RabbitmqAdmin(admin_script, b)
+    admin.run("declare", "vhost_limit", "vhost=/", "name=max-connections", "value=1")
+    assert admin.json("list", "vhost_limits") == [{"vhost": "/", "value": {"max-connections": 1}}]
+    with connection(b), pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(b.params())
+    admin.run("delete", "vhost_limit", "vhost=/", "name=max-connections")
+    assert admin.json("list", "vhost_limits") == []
+    with connection(b), connection(b):
+        pass

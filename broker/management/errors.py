@@ -56,8 +56,10 @@ def from_core(exc: core.BrokerError) -> ApiError:
     return bad_request(str(exc))
 
 
-def response(exc: ApiError) -> web.Response:
-    headers = {"WWW-Authenticate": REALM} if exc.status == 401 else None
+def response(exc: ApiError, challenge: bool = True) -> web.Response:
+    """The JSON error; a 401 carries the Basic challenge unless `challenge` is False (a
+    browser would pop up its own login dialog over a page that has one)."""
+    headers = {"WWW-Authenticate": REALM} if exc.status == 401 and challenge else None
     return web.Response(
         status=exc.status,
         text=dumps({"error": exc.error, "reason": exc.reason}),

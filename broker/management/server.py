@@ -25,8 +25,10 @@ from broker.management import (
     definitions,
     exchanges,
     health,
+    limits,
     messages,
     overview,
+    parameters,
     queues,
 )
 from broker.management.auth import Handler, authenticate
@@ -46,7 +48,9 @@ ROUTES: tuple[AddRoutes, ...] = (
     connections.add_routes,
     definitions.add_routes,
     health.add_routes,
+    limits.add_routes,
     cmq.add_routes,
+    parameters.add_routes,
     console.add_routes,
 )
 
@@ -57,12 +61,14 @@ MAX_BODY = 64 * 1024 * 1024
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as RabbitMQ's JSON error, never a traceback."""
+    # Scripts from a page (the web console) say so; they get no Basic challenge.
+    challenge = request.headers.get("X-Requested-With") != "XMLHttpRequest"
     try:
         return await handler(request)
     except ApiError as exc:
-        return response(exc)
+        return response(exc, challenge)
     except BrokerError as exc:
-        return response(from_core(exc))
+        return response(from_core(exc), challenge)
     except web.HTTPNotFound:
         return response(not_found())
     except web.HTTPMethodNotAllowed as exc:
