@@ -412,23 +412,6 @@ def test_static_files_and_unknown_paths(console_broker):
         assert err.value.code == 404, path
 
 
-def test_console_calls_get_no_login_challenge(console_broker):
-    """A browser opens its own login dialog on a 401 with WWW-Authenticate, even for a
-    script's call: the console's calls (marked X-Requested-With) get the 401 without it,
-    every other client with it."""
-    url = f"http://{console_broker.host}:{console_broker.management_port}/api/overview"
-    wrong = "Basic " + base64.b64encode(b"guest:wrong").decode()
-    for marked, challenged in ((False, True), (True, False)):
-        headers = {"Authorization": wrong}
-        if marked:
-            headers["X-Requested-With"] = "XMLHttpRequest"
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
-        assert err.value.code == 401
-        assert ("WWW-Authenticate" in err.value.headers) is challenged
-        assert json.loads(err.value.read())["error"] == "not_authorised"
-
-
 def test_a_management_user_sees_what_its_tags_allow(console_broker):
     """A `management` user may not list keys (administrators only): the page says so and
     the session goes on; a user without a management tag is refused at the login form."""

@@ -35,23 +35,9 @@ HEADERS = {
 }
 
 
-#: what the console's own API calls carry (as the XMLHttpRequest convention has it)
-REQUESTED_WITH = "XMLHttpRequest"
-
-
 def add_routes(app: web.Application, ctx: Context) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/console/{file}", asset)
-    app.on_response_prepare.append(_no_login_dialog)
-
-
-async def _no_login_dialog(request: web.Request, response: web.StreamResponse) -> None:
-    """A 401 answered with WWW-Authenticate makes the browser open its own login dialog
-    (and a headless one wait on it forever) even for a script's call; the console shows
-    its login form instead, so its calls get the 401 without the challenge. Every other
-    client still gets the header, as RFC 7235 and RabbitMQ have it."""
-    if response.status == 401 and request.headers.get("X-Requested-With") == REQUESTED_WITH:
-        response.headers.pop("WWW-Authenticate", None)
 
 
 def _serve(name: str) -> web.FileResponse:
