@@ -18,6 +18,7 @@ import pika
 import pika.exceptions
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -284,6 +285,32 @@ def test_queues_table_sorts_by_depth(browser, console_broker):
     ours = [r for r in row_texts(browser, "queues-table") if any(n in r for n in names)]
     assert [next(n for n in names if n in r) for r in ours] == [names[1], names[2], names[0]]
     screenshot(browser, "queues")
+
+
+def test_queue_filter_survives_refreshes(browser, console_broker):
+    token = uid("flt")
+    names = [token + "-a", token + "-b", uid("other")]
+    with channel(console_broker) as ch:
+        for q in names:
+            ch.queue_declare(q, durable=True)
+    open_page(browser, "queues")
+    box = browser.find_element(By.ID, "filter")
+    box.send_keys(token.upper())  # any case
+    wait(
+        browser,
+        lambda d: sorted(r.split("\t")[1] for r in row_texts(d, "queues-table")) == names[:2],
+        "only the two matching queues",
+    )
+    loaded = browser.find_element(By.ID, "page").get_attribute("data-loaded")
+    wait(  # the next refresh keeps the filter
+        browser,
+        lambda d: d.find_element(By.ID, "page").get_attribute("data-loaded") != loaded,
+        "a refresh",
+    )
+    assert sorted(r.split("\t")[1] for r in row_texts(browser, "queues-table")) == names[:2]
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)  # typed away, as a person does: an input event
+    wait(browser, lambda d: any(names[2] in r for r in row_texts(d, "queues-table")), "all")
 
 
 def test_connections_across_protocols(browser, console_broker):

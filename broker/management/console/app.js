@@ -180,6 +180,30 @@ function table(id, columns, rows) {
   return h("table", { id }, h("thead", {}, head), h("tbody", {}, body, empty));
 }
 
+// What a list page's filter box holds, by page: kept across refreshes and visits.
+const filters = {};
+
+// The filter box of a list page, outside the part a refresh rebuilds (typing goes on).
+function filterBox(pageName) {
+  const input = h("input", {
+    id: "filter",
+    type: "search",
+    placeholder: "names containing…",
+    value: filters[pageName] || "",
+  });
+  input.addEventListener("input", () => {
+    filters[pageName] = input.value;
+    refreshNow();
+  });
+  return h("label", { class: "filter" }, "Filter ", input);
+}
+
+// The rows whose name contains the page's filter text (any case).
+function filtered(pageName, rows, name) {
+  const text = (filters[pageName] || "").toLowerCase();
+  return text ? rows.filter((r) => String(name(r)).toLowerCase().includes(text)) : rows;
+}
+
 // An API list that this broker may not serve yet (an older node): a note, not an error.
 async function optional(path) {
   try {
@@ -494,7 +518,7 @@ async function queuesPage() {
         },
         { title: "Consumers", value: (q) => q.consumers ?? 0, num: true },
       ],
-      queues,
+      filtered("queues", queues, (q) => q.name),
     ),
   ];
 }
@@ -853,7 +877,7 @@ async function exchangesPage() {
           num: true,
         },
       ],
-      exchanges,
+      filtered("exchanges", exchanges, (x) => x.name),
     ),
     h("h2", { text: "Bindings" }),
     bindings === null ? unavailable("/api/bindings") : bindingsTable("bindings-table", bindings),
@@ -1033,7 +1057,7 @@ async function connectionsPage() {
             }),
         },
       ],
-      conns,
+      filtered("connections", conns, (c) => c.name + " " + JSON.stringify(c.client_properties)),
     ),
   ];
 }
@@ -1143,12 +1167,12 @@ async function policiesPage() {
 // Each page: `live` (re-read on every refresh) and optional `actions` (forms made once).
 const PAGES = {
   overview: { live: overviewPage },
-  queues: { live: queuesPage, actions: () => [addQueueForm()] },
+  queues: { live: queuesPage, actions: () => [addQueueForm()], filter: true },
   queue: { live: queuePage, actions: queueActions },
-  exchanges: { live: exchangesPage },
+  exchanges: { live: exchangesPage, filter: true },
   exchange: { live: exchangePage, actions: exchangeActions },
   topics: { live: topicsPage },
-  connections: { live: connectionsPage },
+  connections: { live: connectionsPage, filter: true },
   users: { live: usersPage },
   vhosts: { live: vhostsPage },
   keys: { live: keysPage },
@@ -1196,7 +1220,11 @@ function show() {
   const actions = PAGES[name].actions;
   page.dataset.page = name;
   delete page.dataset.loaded;
-  page.replaceChildren(live, actions ? h("div", { id: "actions" }, actions(...params)) : "");
+  page.replaceChildren(
+    PAGES[name].filter ? filterBox(name) : "",
+    live,
+    actions ? h("div", { id: "actions" }, actions(...params)) : "",
+  );
   currentRefresh = async () => {
     let nodes;
     try {
