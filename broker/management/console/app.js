@@ -204,7 +204,7 @@ function filtered(pageName, rows, name) {
   return text ? rows.filter((r) => String(name(r)).toLowerCase().includes(text)) : rows;
 }
 
-// An API list that this broker may not serve yet (an older node): a note, not an error.
+// A list a node may not serve (policies, on a build without them): a note, not an error.
 async function optional(path) {
   try {
     return await api("GET", path);
@@ -558,7 +558,7 @@ function queuePath(vhost, name) {
 async function queuePage(vhost, name) {
   const path = queuePath(vhost, name);
   const q = await api("GET", path);
-  const bindings = await optional(path + "/bindings");
+  const bindings = await api("GET", path + "/bindings");
   const ms = q.message_stats || {};
   const samples = recordQueue(q);
   return [
@@ -620,9 +620,7 @@ async function queuePage(vhost, name) {
       q.consumer_details || [],
     ),
     h("h2", { text: "Bindings" }),
-    bindings === null
-      ? unavailable("/api" + path + "/bindings")
-      : bindingsTable("queue-bindings", bindings),
+    bindingsTable("queue-bindings", bindings),
   ];
 }
 
@@ -846,7 +844,7 @@ function bindingsTable(id, rows) {
 async function exchangesPage() {
   const [exchanges, bindings] = await Promise.all([
     api("GET", "/exchanges"),
-    optional("/bindings"),
+    api("GET", "/bindings"),
   ]);
   return [
     h("h1", { text: "Exchanges" }),
@@ -880,7 +878,7 @@ async function exchangesPage() {
       filtered("exchanges", exchanges, (x) => x.name),
     ),
     h("h2", { text: "Bindings" }),
-    bindings === null ? unavailable("/api/bindings") : bindingsTable("bindings-table", bindings),
+    bindingsTable("bindings-table", bindings),
   ];
 }
 
@@ -900,8 +898,8 @@ async function exchangePage(vhost, name) {
   const path = exchangePath(vhost, name);
   const [x, from, to] = await Promise.all([
     api("GET", path),
-    optional(path + "/bindings/source"),
-    optional(path + "/bindings/destination"),
+    api("GET", path + "/bindings/source"),
+    api("GET", path + "/bindings/destination"),
   ]);
   return [
     h("h1", {}, "Exchange ", h("span", { id: "exchange-name", text: x.name || "(AMQP default)" })),
@@ -917,13 +915,9 @@ async function exchangePage(vhost, name) {
       [x],
     ),
     h("h2", { text: "Bindings from this exchange" }),
-    from === null
-      ? unavailable("/api" + path + "/bindings/source")
-      : bindingsTable("bindings-from", from),
+    bindingsTable("bindings-from", from),
     h("h2", { text: "Bindings to this exchange" }),
-    to === null
-      ? unavailable("/api" + path + "/bindings/destination")
-      : bindingsTable("bindings-to", to),
+    bindingsTable("bindings-to", to),
   ];
 }
 
@@ -939,62 +933,58 @@ function when(ms) {
 
 async function topicsPage() {
   const [topics, subs] = await Promise.all([
-    optional("/cmq/topics"),
-    optional("/cmq/subscriptions"),
+    api("GET", "/cmq/topics"),
+    api("GET", "/cmq/subscriptions"),
   ]);
   return [
     h("h1", { text: "CMQ topics" }),
-    topics === null
-      ? unavailable("/api/cmq/topics")
-      : table(
-          "topics-table",
-          [
-            { title: "Virtual host", value: (t) => t.vhost },
-            {
-              title: "Topic",
-              value: (t) => t.name,
-              show: (t) => exchangeLink({ vhost: t.vhost, name: t.name }),
-            },
-            { title: "Filter", value: (t) => FILTER_TYPES[t.filterType] || "" },
-            {
-              title: "Max message size",
-              value: (t) => t.maxMsgSize ?? 0,
-              show: (t) => bytes(t.maxMsgSize),
-              num: true,
-            },
-            { title: "Subscriptions", value: (t) => t.subscriptions ?? 0, num: true },
-            {
-              title: "Created",
-              value: (t) => t.createTime ?? 0,
-              show: (t) => when(t.createTime * 1000),
-            },
-          ],
-          topics,
-        ),
+    table(
+      "topics-table",
+      [
+        { title: "Virtual host", value: (t) => t.vhost },
+        {
+          title: "Topic",
+          value: (t) => t.name,
+          show: (t) => exchangeLink({ vhost: t.vhost, name: t.name }),
+        },
+        { title: "Filter", value: (t) => FILTER_TYPES[t.filterType] || "" },
+        {
+          title: "Max message size",
+          value: (t) => t.maxMsgSize ?? 0,
+          show: (t) => bytes(t.maxMsgSize),
+          num: true,
+        },
+        { title: "Subscriptions", value: (t) => t.subscriptions ?? 0, num: true },
+        {
+          title: "Created",
+          value: (t) => t.createTime ?? 0,
+          show: (t) => when(t.createTime * 1000),
+        },
+      ],
+      topics,
+    ),
     h("h2", { text: "Subscriptions" }),
-    subs === null
-      ? unavailable("/api/cmq/subscriptions")
-      : table(
-          "subscriptions-table",
-          [
-            { title: "Virtual host", value: (s) => s.vhost },
-            { title: "Topic", value: (s) => s.topic },
-            { title: "Subscription", value: (s) => s.name },
-            { title: "Protocol", value: (s) => s.protocol || "" },
-            { title: "Endpoint", value: (s) => s.endpoint || "" },
-            {
-              title: "Filter",
-              value: (s) => [].concat(s.filterTags || [], s.bindingKeys || []).join(", "),
-            },
-            {
-              title: "Queue",
-              value: (s) => s.queue || "",
-              show: (s) => (s.queue ? queueLink({ vhost: s.vhost, name: s.queue }) : ""),
-            },
-            { title: "Retry", value: (s) => s.notifyStrategy || "" },
-          ],
-          subs,
-        ),
+    table(
+      "subscriptions-table",
+      [
+        { title: "Virtual host", value: (s) => s.vhost },
+        { title: "Topic", value: (s) => s.topic },
+        { title: "Subscription", value: (s) => s.name },
+        { title: "Protocol", value: (s) => s.protocol || "" },
+        { title: "Endpoint", value: (s) => s.endpoint || "" },
+        {
+          title: "Filter",
+          value: (s) => [].concat(s.filterTags || [], s.bindingKeys || []).join(", "),
+        },
+        {
+          title: "Queue",
+          value: (s) => s.queue || "",
+          show: (s) => (s.queue ? queueLink({ vhost: s.vhost, name: s.queue }) : ""),
+        },
+        { title: "Retry", value: (s) => s.notifyStrategy || "" },
+      ],
+      subs,
+    ),
   ];
 }
 
@@ -1074,7 +1064,7 @@ async function closeConnection(name) {
 }
 
 async function usersPage() {
-  const [users, perms] = await Promise.all([api("GET", "/users"), optional("/permissions")]);
+  const [users, perms] = await Promise.all([api("GET", "/users"), api("GET", "/permissions")]);
   return [
     h("h1", { text: "Users" }),
     table(
@@ -1087,19 +1077,17 @@ async function usersPage() {
       users,
     ),
     h("h2", { text: "Permissions" }),
-    perms === null
-      ? unavailable("/api/permissions")
-      : table(
-          "permissions-table",
-          [
-            { title: "User", value: (p) => p.user },
-            { title: "Virtual host", value: (p) => p.vhost },
-            { title: "Configure", value: (p) => p.configure },
-            { title: "Write", value: (p) => p.write },
-            { title: "Read", value: (p) => p.read },
-          ],
-          perms,
-        ),
+    table(
+      "permissions-table",
+      [
+        { title: "User", value: (p) => p.user },
+        { title: "Virtual host", value: (p) => p.vhost },
+        { title: "Configure", value: (p) => p.configure },
+        { title: "Write", value: (p) => p.write },
+        { title: "Read", value: (p) => p.read },
+      ],
+      perms,
+    ),
   ];
 }
 
@@ -1124,20 +1112,18 @@ async function vhostsPage() {
 }
 
 async function keysPage() {
-  const keys = await optional("/cmq/keys");
+  const keys = await api("GET", "/cmq/keys");
   return [
     h("h1", { text: "CMQ keys" }),
-    keys === null
-      ? unavailable("/api/cmq/keys")
-      : table(
-          "keys-table",
-          [
-            { title: "Secret id", value: (k) => k.secret_id },
-            { title: "Virtual host", value: (k) => k.vhost },
-            { title: "Created", value: (k) => k.created_at ?? 0, show: (k) => when(k.created_at) },
-          ],
-          keys,
-        ),
+    table(
+      "keys-table",
+      [
+        { title: "Secret id", value: (k) => k.secret_id },
+        { title: "Virtual host", value: (k) => k.vhost },
+        { title: "Created", value: (k) => k.created_at ?? 0, show: (k) => when(k.created_at) },
+      ],
+      keys,
+    ),
   ];
 }
 
@@ -1264,17 +1250,8 @@ function showLogin(message) {
 
 function logout(message) {
   sessionStorage.removeItem(AUTH_KEY);
+  sessionStorage.removeItem(AUTH_KEY + "-user");
   showLogin(message);
-}
-
-// RabbitMQ's /api/whoami checks the credentials; a node without it is asked its overview.
-async function whoami() {
-  try {
-    return await api("GET", "/whoami");
-  } catch (e) {
-    if (e.status !== 404) throw e;
-    return api("GET", "/overview");
-  }
 }
 
 async function login(ev) {
@@ -1283,7 +1260,7 @@ async function login(ev) {
   const password = document.getElementById("login-pass").value;
   sessionStorage.setItem(AUTH_KEY, basicToken(user, password));
   try {
-    await whoami();
+    await api("GET", "/whoami"); // RabbitMQ's check of the credentials
   } catch (e) {
     sessionStorage.removeItem(AUTH_KEY);
     const why =
