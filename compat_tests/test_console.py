@@ -145,6 +145,7 @@ def test_overview_shows_live_numbers(browser, console_broker):
         "the overview to show 7 more messages",
     )
     assert int(text_of(browser, "ov-queues")) >= 1
+    assert "connections refused" in text_of(browser, "counters-table")
     assert browser.execute_script("return document.getElementById('chart-queued').width") > 100
     screenshot(browser, "overview")
 

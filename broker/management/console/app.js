@@ -443,6 +443,23 @@ async function overviewPage() {
       total("ov-consumers", "Consumers", ot.consumers),
     ),
     listeners(ov.listeners),
+    counters(ov.counters),
+  ];
+}
+
+// The node's own counters (`broker status`), which RabbitMQ's overview does not have.
+function counters(values) {
+  if (!values || typeof values !== "object") return null;
+  return [
+    h("h2", { text: "Node counters (since start)" }),
+    table(
+      "counters-table",
+      [
+        { title: "Counter", value: ([name]) => name.replaceAll("_", " ") },
+        { title: "Value", value: ([, v]) => v, show: ([, v]) => num(v), num: true },
+      ],
+      Object.entries(values),
+    ),
   ];
 }
 
