@@ -23,6 +23,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from compat_tests.browser import WAIT, chrome, screenshot
+from compat_tests.cmq_helpers import CmqBroker, ok
 from compat_tests.conftest import BrokerProcess, port_open
 from compat_tests.helpers import channel, collect, connection, uid, wait_until
 from compat_tests.mqtt_helpers import Paho
@@ -398,7 +399,40 @@ def test_close_a_connection_from_the_console(browser, console_broker):
     wait(browser, lambda d: app not in page.text, "the connection gone from the page")
 
 
-@pytest.mark.parametrize("name", ["topics", "users", "vhosts", "keys", "policies"])
+def test_topics_page_shows_cmq_topics_and_subscriptions(browser, console_broker):
+    client = CmqBroker.attach(console_broker).client()
+    topic, q, sub = uid("topic"), uid("cmqq"), uid("sub")
+    try:
+        ok(client.call("CreateTopic", topicName=topic, filterType=2))
+        ok(client.call("CreateQueue", queueName=q))
+        ok(
+            client.call(
+                "Subscribe",
+                topicName=topic,
+                subscriptionName=sub,
+                protocol="queue",
+                endpoint=q,
+                **{"bindingKey.1": "orders.#"},
+            )
+        )
+    finally:
+        client.close()
+    open_page(browser, "topics")
+    (row,) = [r for r in row_texts(browser, "topics-table") if topic in r]
+    assert "routing key" in row
+    (row,) = [r for r in row_texts(browser, "subscriptions-table") if sub in r]
+    assert topic in row and q in row and "orders.#" in row and "queue" in row
+    screenshot(browser, "topics")
+    browser.execute_script(  # the topic is a topic exchange: the link leads to its page
+        "[...document.querySelectorAll('#topics-table a')]"
+        "  .find((a) => a.textContent === arguments[0]).click();",
+        topic,
+    )
+    wait(browser, lambda d: text_of(d, "exchange-name") == topic, "the topic's exchange")
+    assert "orders.#" in text_of(browser, "bindings-from")
+
+
+@pytest.mark.parametrize("name", ["users", "vhosts", "keys", "policies"])
 def test_other_pages_load(browser, console_broker, name):
     page = open_page(browser, name)
     assert "Could not load" not in page.text, page.text
