@@ -9,6 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+echo "== chromium (console tests)"; bash scripts/install-chromium.sh
 echo "== ruff check"; .venv/bin/ruff check broker tests compat_tests benchmarks
 echo "== ruff format --check"; .venv/bin/ruff format --check broker tests compat_tests benchmarks
 echo "== mypy"; .venv/bin/mypy

@@ -19,6 +19,7 @@ from broker.management import (
     bindings,
     cmq,
     connections,
+    console,
     definitions,
     exchanges,
     health,
@@ -50,6 +51,7 @@ ROUTES: tuple[AddRoutes, ...] = (
     cmq.add_routes,
     parameters.add_routes,
     policies.add_routes,
+    console.add_routes,
 )
 
 #: requests larger than this are refused (definitions of a big broker fit)
