@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
+
+from broker.core.errors import StoreFailed
+from broker.core.model import Traced
+from broker.trace_log.recorder import TraceRecorder
 from broker.trace_log.store import TraceStore
 
 
@@ -50,3 +56,25 @@ def test_numbering_goes_on_after_a_reopen_and_pruning_forgets_old_steps(tmp_path
     assert store.by_id("1.0") == []
     assert list(store.db.iterator(prefix=b"S")) != []  # the live one's id is kept
     store.close()
+
+
+def test_a_store_that_cannot_open_loses_steps_but_not_the_node(tmp_path) -> None:
+    blocked = tmp_path / "trace"
+    blocked.write_text("a file where the store's directory should be")
+    recorder = TraceRecorder(str(blocked), retention_ms=60_000)
+
+    async def run() -> None:
+        recorder.record(Traced("acked", "/", "q", 1, 10, {}))
+        with pytest.raises(StoreFailed):
+            await recorder.by_queue("/", "q")
+        await recorder.close()
+
+    asyncio.run(run())
+    assert recorder.lost == 1
+
+
+def test_nothing_is_opened_until_something_is_traced(tmp_path) -> None:
+    path = tmp_path / "trace"
+    recorder = TraceRecorder(str(path), retention_ms=60_000)
+    asyncio.run(recorder.close())
+    assert not path.exists()

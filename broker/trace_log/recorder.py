@@ -11,9 +11,11 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from broker.core.errors import StoreFailed
 from broker.core.model import Traced
 from broker.trace_log.store import TraceStore
 
@@ -27,10 +29,18 @@ PUBLISHERS_KEPT = 10_000
 
 
 class TraceRecorder:
+    """Its store is opened when first needed, by its thread: a node whose disk is full, or
+    whose trace store is broken, starts and serves all the same (its steps are then lost,
+    counted and logged)."""
+
     def __init__(self, path: str, retention_ms: int) -> None:
+        self.path = path
         self.retention_ms = retention_ms
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="trace")
-        self.store = TraceStore(path)
+        self._store: TraceStore | None = None
+        #: steps that could not be written
+        self.lost = 0
+        self._failure_logged = 0.0
         self._pending: list[dict[str, Any]] = []
         self._publishers: OrderedDict[int, tuple[Any, dict[str, Any]]] = OrderedDict()
         self._flush: asyncio.TimerHandle | None = None
@@ -72,39 +82,54 @@ class TraceRecorder:
             self._pruned = now
             prune_before = int(time.time() * 1000) - self.retention_ms
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._executor, self._write_steps, steps, prune_before)
-        done.add_done_callback(_log_failure)
-        return done
+        return loop.run_in_executor(self._executor, self._write_steps, steps, prune_before)
+
+    def _opened(self) -> TraceStore:
+        """The store (in the recorder's thread), opened now if it is not yet."""
+        if self._store is None:
+            try:
+                self._store = TraceStore(self.path)
+            except Exception as exc:
+                raise StoreFailed(f"message trace cannot open {self.path}: {exc}") from exc
+        return self._store
 
     def _write_steps(self, steps: list[dict[str, Any]], prune_before: int | None) -> None:
-        if steps:
-            self.store.write(steps)
-        if prune_before is not None:
-            gone = self.store.prune(prune_before)
-            if gone:
-                log.info("message trace: %d steps older than the retention period removed", gone)
+        if not steps and self._store is None:
+            return  # nothing traced yet: not even a directory
+        try:
+            store = self._opened()
+            if steps:
+                store.write(steps)
+            if prune_before is not None:
+                gone = store.prune(prune_before)
+                if gone:
+                    log.info("message trace: %d steps past the retention period removed", gone)
+        except Exception as exc:
+            self.lost += len(steps)
+            now = time.monotonic()
+            if now - self._failure_logged >= PRUNE_INTERVAL:
+                self._failure_logged = now
+                log.warning("message trace: %d steps lost so far: %s", self.lost, exc)
 
     async def by_id(self, trace_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         """The steps of one message, once what was traced so far is written."""
         await self._write()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.store.by_id, trace_id, limit)
+        return await self._query(lambda store: store.by_id(trace_id, limit))
 
     async def by_queue(
         self, vhost: str, queue: str, since: int = 0, until: int | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
         await self._write()
+        return await self._query(lambda store: store.by_queue(vhost, queue, since, until, limit))
+
+    async def _query(
+        self, query: Callable[[TraceStore], list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self.store.by_queue, vhost, queue, since, until, limit
-        )
+        return await loop.run_in_executor(self._executor, lambda: query(self._opened()))
 
     async def close(self) -> None:
         await self._write()
         self._executor.shutdown(wait=True)
-        self.store.close()
-
-
-def _log_failure(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.error("message trace: writing failed", exc_info=done.exception())
+        if self._store is not None:
+            self._store.close()
