@@ -20,7 +20,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from compat_tests.browser import WAIT, chrome, screenshot
 from compat_tests.cmq_helpers import CmqBroker, ok
@@ -282,8 +282,16 @@ def test_queues_table_sorts_by_depth(browser, console_broker):
             for i in range(depth):
                 ch.basic_publish("", q, b"%d" % i)
     open_page(browser, "queues")
-    click(browser, "#queues-table th[data-col=Total]")
-    click(browser, "#queues-table th[data-col=Total]")  # again: largest first
+    total = "#queues-table th[data-col=Total]"
+    click(browser, total)
+    click(browser, total)  # again: largest first
+    wait(
+        browser,
+        lambda d: d.execute_script(
+            "return document.querySelector(arguments[0]).classList.contains('sorted-desc')", total
+        ),
+        "the list sorted by total, descending",
+    )
     ours = [r for r in row_texts(browser, "queues-table") if any(n in r for n in names)]
     assert [next(n for n in names if n in r) for r in ours] == [names[1], names[2], names[0]]
     screenshot(browser, "queues")
@@ -313,6 +321,27 @@ def test_queue_filter_survives_refreshes(browser, console_broker):
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(Keys.DELETE)  # typed away, as a person does: an input event
     wait(browser, lambda d: any(names[2] in r for r in row_texts(d, "queues-table")), "all")
+
+
+def test_long_lists_come_a_page_at_a_time(browser, console_broker):
+    token = uid("many")
+    names = sorted("%s-%02d" % (token, i) for i in range(30))
+    with channel(console_broker) as ch:
+        for q in names:
+            ch.queue_declare(q, durable=True)
+    open_page(browser, "queues")
+    browser.find_element(By.ID, "filter").send_keys(token)
+    Select(browser.find_element(By.ID, "page-size")).select_by_value("25")
+    click(browser, "#queues-table th[data-col=Name]")  # the API sorts them, by name
+    wait(browser, lambda d: "Page 1 of 2 · 30 matching" in text_of(d, "pager"), "page 1 of 2")
+    first = [r.split("\t")[1] for r in row_texts(browser, "queues-table")]
+    click(browser, "#page-next")
+    wait(browser, lambda d: "Page 2 of 2" in text_of(d, "pager"), "page 2")
+    second = [r.split("\t")[1] for r in row_texts(browser, "queues-table")]
+    assert first + second == names
+    browser.find_element(By.ID, "filter").clear()
+    Select(browser.find_element(By.ID, "page-size")).select_by_value("100")  # back to page 1
+    wait(browser, lambda d: "Page 1 of" in text_of(d, "pager"), "the unfiltered list")
 
 
 def test_connections_across_protocols(browser, console_broker):
