@@ -578,3 +578,22 @@ def test_an_import_the_core_refuses_half_way_says_where_it_stopped(api):
     assert api.get(f"/api/exchanges/%2F/{x}")["type"] == "fanout"
     api.delete(f"/api/exchanges/%2F/{x}")
     api.delete(f"/api/queues/%2F/{q}")
+
+
+def test_depth_rates_appear_from_the_second_sample(api):
+    q = uid("q")
+    api.put(f"/api/queues/%2F/{q}", {})
+    assert "messages_details" not in api.get(f"/api/queues/%2F/{q}")  # the first sample
+    for i in range(20):
+        api.post("/api/exchanges/%2F/amq.default/publish", {"routing_key": q, "payload": str(i)})
+    shown = wait_until(
+        lambda: (item := api.get(f"/api/queues/%2F/{q}")).get("messages_details") and item,
+        timeout=15,
+        interval=0.5,
+        message="a second sample (taken 4 s or more after the first)",
+    )
+    assert 0 < shown["messages_details"]["rate"] <= 20 / 4
+    assert shown["messages_ready_details"] == shown["messages_details"]
+    assert shown["messages_unacknowledged_details"] == {"rate": 0.0}
+    assert "messages_details" in api.get("/api/overview")["queue_totals"]
+    api.delete(f"/api/queues/%2F/{q}")

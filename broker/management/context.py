@@ -26,7 +26,7 @@ class Context:
     owners: OwnerNumbers
     #: when the node started, ms since the epoch
     started_at: int = 0
-    #: queue depth rates, sampled while the server runs
+    #: queue depth rates, sampled when queues are looked at
     rates: DepthRates = field(default_factory=DepthRates)
 
     @property

@@ -16,7 +16,6 @@ from broker.management import formats
 from broker.management.auth import is_monitor, require_monitor, user_of, visible_vhosts
 from broker.management.context import CONTEXT_KEY, Context
 from broker.management.errors import not_found
-from broker.management.rates import FIELDS
 from broker.management.replies import ok, segment
 from broker.resources import memory_limit, open_fds, rss_bytes
 
@@ -43,8 +42,8 @@ async def overview(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     state = ctx.gateway.committed
     ready = unacked = queue_count = exchange_count = consumer_count = 0
-    rates = {field: 0.0 for field in FIELDS}
-    for name in visible_vhosts(request):
+    vhosts = visible_vhosts(request)
+    for name in vhosts:
         vh = state.vhosts[name]
         queue_count += len(vh.queues)
         exchange_count += len(vh.exchanges)
@@ -53,8 +52,7 @@ async def overview(request: web.Request) -> web.Response:
             ready += queue_ready
             unacked += queue_unacked
             consumer_count += len(q.consumers)
-            for key, detail in ctx.rates.details(name, q.name).items():
-                rates[key.removesuffix("_details")] += detail["rate"]
+    ctx.rates.refresh(state)
     connections = [conn.info() for conn in ctx.gateway.connections.values()]
     if not is_monitor(user_of(request)):
         connections = [i for i in connections if i.get("user") == user_of(request).name]
@@ -76,7 +74,7 @@ async def overview(request: web.Request) -> web.Response:
                 "messages": ready + unacked,
                 "messages_ready": ready,
                 "messages_unacknowledged": unacked,
-                **{f"{field}_details": {"rate": round(rate, 1)} for field, rate in rates.items()},
+                **ctx.rates.total_details(vhosts),
             },
             "object_totals": {
                 "connections": len(connections),

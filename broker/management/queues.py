@@ -35,6 +35,7 @@ def add_routes(app: web.Application, ctx: Context) -> None:
 def _queues(request: web.Request, vhosts: list[str]) -> list[dict]:
     ctx = request.app[CONTEXT_KEY]
     state = ctx.gateway.committed
+    ctx.rates.refresh(state)
     return [
         {**formats.queue(q, ctx.node_name), **ctx.rates.details(vhost, q.name)}
         for vhost in vhosts
@@ -57,6 +58,7 @@ async def show(request: web.Request) -> web.Response:
     q = ctx.gateway.committed.vhosts[vhost].queues.get(segment(request, "name"))
     if q is None:
         raise not_found()
+    ctx.rates.refresh(ctx.gateway.committed)
     shown = {**formats.queue(q, ctx.node_name), **ctx.rates.details(vhost, q.name)}
     shown["consumer_details"] = [consumer_json(ctx, consumer) for consumer in q.consumers]
     return ok(shown)

@@ -9,8 +9,6 @@ without authentication (the console's files; its page asks for credentials itsel
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from aiohttp import web
@@ -92,7 +90,6 @@ class ManagementServer:
         for add in ROUTES:
             add(self.app, ctx)
         self._runner: web.AppRunner | None = None
-        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.ctx.config
@@ -100,13 +97,7 @@ class ManagementServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.management_port, reuse_address=True)
         await site.start()
-        gateway = self.ctx.gateway
-        self._sampler = asyncio.create_task(self.ctx.rates.run(lambda: gateway.committed))
 
     async def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
         if self._runner is not None:
             await self._runner.cleanup()
