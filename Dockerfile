@@ -13,7 +13,7 @@ RUN pip install . \
 USER broker
 VOLUME ["/var/lib/broker/data"]
 # plain, then TLS (when a certificate is given): AMQP, MQTT, MQTT over WebSocket, HTTP; cluster
-EXPOSE 5672 1883 15672 15675 15680 5671 8883 15676 15681 25680
+EXPOSE 5672 1883 15672 15675 15680 5671 8883 15676 15681 15692 25680
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["broker", "status", "--data-dir", "/var/lib/broker/data"]

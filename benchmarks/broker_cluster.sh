@@ -35,7 +35,7 @@ start() {
         (cd "$here" && exec setsid nohup "$python" -m broker serve --data-dir "$base/node$n" \
             --host 127.0.0.1 --node-id "$n" --cluster "$members" --cluster-secret bench \
             --amqp-port "571$n" --mqtt-port "191$n" --mqtt-ws-port 0 --http-port "1571$n" \
-            --https-port 0 --management-port 0 >"$base/node$n.log" 2>&1 </dev/null) >/dev/null 2>&1 &
+            --https-port 0 --management-port 0 --metrics-port "1769$n" >"$base/node$n.log" 2>&1 </dev/null) >/dev/null 2>&1 &
     done
     for n in 1 2 3; do
         for _ in $(seq 300); do

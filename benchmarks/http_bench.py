@@ -296,11 +296,11 @@ def free_port() -> int:
 def spawn_broker(workdir: str) -> tuple[subprocess.Popen[bytes], Target]:
     """Our broker on free ports in `workdir`, with a fresh access key."""
     data = os.path.join(workdir, "data")
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(5)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "broker", "serve", "--data-dir", data, "--host", "127.0.0.1"]
     cmd += ["--management-port", "0"]  # RabbitMQ's may run beside it
-    flags = ("--amqp-port", "--mqtt-port", "--mqtt-ws-port", "--http-port")
+    flags = ("--amqp-port", "--mqtt-port", "--mqtt-ws-port", "--http-port", "--metrics-port")
     for flag, port in zip(flags, ports, strict=True):
         cmd += [flag, str(port)]
     log = open(os.path.join(workdir, "broker.log"), "wb")  # noqa: SIM115 (lives with the broker)

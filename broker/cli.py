@@ -7,14 +7,17 @@ import gc
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 import broker
 from broker.admission import raise_open_file_limit
+from broker.cli_output import format_option, print_rows
 from broker.config import Config
 from broker.control import ControlError, request
+from broker.core.policy import APPLY_TO
 from broker.store.damage import StoreUnusable
 
 #: `broker serve` exits with this when its data dir cannot be used as it is
@@ -81,7 +84,22 @@ def main() -> None:
     type=click.Choice(["drop-oldest", "refuse"]),
     help="What a full MQTT session does with one more message. [drop-oldest]",
 )
+@click.option(
+    "--mqtt-sys-interval",
+    type=float,
+    help="Seconds between updates of the MQTT $SYS topics, 0: none. [10]",
+)
 @click.option("--http-port", type=int, help="CMQ API 2.0 over HTTP (/v2/index.php). [15680]")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Prometheus /metrics (and /metrics/per-object), 0: off. [15692]",
+)
+@click.option(
+    "--metrics-per-object/--no-metrics-per-object",
+    default=None,
+    help="/metrics shows each queue's metrics rather than their sums. [off]",
+)
 @click.option("--https-port", type=int, help="CMQ API over HTTPS, with --tls-cert. [15681]")
 @click.option(
     "--tls-cert",
@@ -312,13 +330,13 @@ def _show_limits(scope: str, data_dir: str) -> None:
         click.echo(f"{name}\t{json.dumps(limits)}")
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def _json_object(text: str, example: str = '{"max-connections": 10}') -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise click.BadParameter('expected a JSON object such as {"max-connections": 10}')
+        raise click.BadParameter(f"expected a JSON object such as {example}")
     return value
 
 
@@ -390,6 +408,73 @@ def queues_list(vhost: str, data_dir: str) -> None:
     """One line per queue: name, messages (ready + unacked), consumers."""
     for q in _admin(data_dir, "queues.list", vhost=vhost):
         click.echo(f"{q['name']}\t{q['messages']}\t{q['consumers']}")
+
+
+@main.group()
+def policies() -> None:
+    """Manage policies (RabbitMQ's): optional arguments for every queue or exchange whose
+    name matches a pattern, applied at once without redeclaring."""
+
+
+@policies.command("set")
+@click.argument("name")
+@click.argument("pattern")
+@click.argument("definition", metavar="DEFINITION_JSON")
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option(
+    "--apply-to",
+    type=click.Choice(APPLY_TO),
+    default="all",
+    show_default=True,
+)
+@click.option("--vhost", default="/", show_default=True)
+@data_dir_option
+def policies_set(
+    name: str,
+    pattern: str,
+    definition: str,
+    priority: int,
+    apply_to: str,
+    vhost: str,
+    data_dir: str,
+) -> None:
+    """Create or replace policy NAME, as rabbitmqctl set_policy: PATTERN is a regular
+    expression searched in names, DEFINITION_JSON e.g. '{"max-length": 1000}'."""
+    body = {
+        "pattern": pattern,
+        "definition": _json_object(definition, '{"max-length": 1000}'),
+        "priority": priority,
+        "apply-to": apply_to,
+    }
+    _admin(data_dir, "policies.set", vhost=vhost, name=name, policy=body)
+    click.echo(f"policy '{name}' set on vhost '{vhost}'")
+
+
+@policies.command("list")
+@click.option("--vhost", help="Only this vhost's. [all]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@data_dir_option
+def policies_list(vhost: str | None, fmt: str, data_dir: str) -> None:
+    """The policies, as RabbitMQ's management API lists them (json), or one line each: vhost,
+    name, pattern, apply-to, priority, definition."""
+    listed = _admin(data_dir, "policies.list", vhost=vhost)
+    if fmt == "json":
+        click.echo(json.dumps(listed, indent=2))
+        return
+    click.echo("vhost\tname\tpattern\tapply-to\tpriority\tdefinition")
+    for p in listed:
+        definition = json.dumps(p["definition"], sort_keys=True)
+        fields = (p["vhost"], p["name"], p["pattern"], p["apply-to"], p["priority"], definition)
+        click.echo("\t".join(str(f) for f in fields))
+
+
+@policies.command("delete")
+@click.argument("name")
+@click.option("--vhost", default="/", show_default=True)
+@data_dir_option
+def policies_delete(name: str, vhost: str, data_dir: str) -> None:
+    _admin(data_dir, "policies.delete", vhost=vhost, name=name)
+    click.echo(f"policy '{name}' deleted from vhost '{vhost}'")
 
 
 @main.command("set-disk-free-limit")
@@ -500,3 +585,113 @@ def cluster_transfer(node: int, data_dir: str) -> None:
     """Hand leadership to another member."""
     _admin(data_dir, "cluster.transfer", node=node)
     click.echo(f"leadership handed to node {node}")
+
+
+@main.group()
+def trace() -> None:
+    """Message trace, and RabbitMQ's firehose (copies to amq.rabbitmq.trace)."""
+
+
+@trace.command("on")
+@click.option("--vhost", default="/", show_default=True)
+@data_dir_option
+def trace_on(vhost: str, data_dir: str) -> None:
+    """Turn the firehose on for a vhost (as rabbitmqctl trace_on)."""
+    _admin(data_dir, "trace.set", vhost=vhost, kind="firehose", enabled=True)
+    click.echo(f"firehose on for vhost '{vhost}'")
+
+
+@trace.command("off")
+@click.option("--vhost", default="/", show_default=True)
+@data_dir_option
+def trace_off(vhost: str, data_dir: str) -> None:
+    """Turn the firehose off for a vhost (as rabbitmqctl trace_off)."""
+    _admin(data_dir, "trace.set", vhost=vhost, kind="firehose", enabled=False)
+    click.echo(f"firehose off for vhost '{vhost}'")
+
+
+@trace.command("messages")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--vhost", default="/", show_default=True)
+@click.option("--queue", default="", help="Only this queue. [the whole vhost]")
+@data_dir_option
+def trace_messages(state: str, vhost: str, queue: str, data_dir: str) -> None:
+    """Record (or stop recording) every step of each message's life."""
+    _admin(data_dir, "trace.set", vhost=vhost, kind="trace", enabled=state == "on", queue=queue)
+    where = f"queue '{queue}' in vhost '{vhost}'" if queue else f"vhost '{vhost}'"
+    click.echo(f"message trace {state} for {where}")
+
+
+@trace.command("status")
+@format_option
+@data_dir_option
+def trace_status(fmt: str, data_dir: str) -> None:
+    """What is traced."""
+    print_rows(_admin(data_dir, "trace.status"), ("vhost", "kind", "queue"), fmt)
+
+
+@trace.command("show")
+@click.argument("message_id")
+@click.option("--limit", default=1000, show_default=True)
+@format_option
+@data_dir_option
+def trace_show(message_id: str, limit: int, fmt: str, data_dir: str) -> None:
+    """The life of one message, by trace id or message_id property."""
+    steps = _admin(data_dir, "trace.by_id", id=message_id, limit=limit)
+    print_rows([_step_row(s) for s in steps], TRACE_COLUMNS, fmt)
+
+
+@trace.command("queue")
+@click.argument("queue")
+@click.option("--vhost", default="/", show_default=True)
+@click.option("--since", help="From this time: ISO 8601 (UTC unless it says) or epoch ms.")
+@click.option("--until", help="Up to this time, included.")
+@click.option("--limit", default=1000, show_default=True)
+@format_option
+@data_dir_option
+def trace_queue(
+    queue: str,
+    vhost: str,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    fmt: str,
+    data_dir: str,
+) -> None:
+    """What happened in a queue between two times."""
+    steps = _admin(
+        data_dir,
+        "trace.by_queue",
+        vhost=vhost,
+        queue=queue,
+        since=_epoch_ms(since) if since else 0,
+        until=_epoch_ms(until) if until else None,
+        limit=limit,
+    )
+    print_rows([_step_row(s) for s in steps], TRACE_COLUMNS, fmt)
+
+
+TRACE_COLUMNS = ("time", "event", "queue", "seq", "id", "detail")
+_STEP_FIELDS = ("time", "event", "vhost", "queue", "seq", "id")
+
+
+def _step_row(step: dict[str, Any]) -> dict[str, Any]:
+    """A trace step as a table shows it: the time in ISO 8601, the rest as detail."""
+    row = {key: step.get(key) for key in _STEP_FIELDS}
+    row["time"] = datetime.fromtimestamp(step["time"] / 1000, UTC).isoformat(
+        timespec="milliseconds"
+    )
+    row["detail"] = {k: v for k, v in step.items() if k not in _STEP_FIELDS}
+    return row
+
+
+def _epoch_ms(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"not a time: {text!r} (ISO 8601 or epoch ms)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)

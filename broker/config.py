@@ -47,6 +47,8 @@ class Config:
     mqtt_max_queued: int = 100_000
     #: "drop-oldest" or "refuse"; either way counted in `broker status` and logged
     mqtt_overflow: str = "drop-oldest"
+    #: how long message trace keeps what it recorded, s (broker trace)
+    trace_retention: int = 3 * 24 * 3600
 
     #: CMQ API 2.0 over HTTP (path /v2/index.php); HTTPS only when tls_cert and tls_key are set
     http_port: int = 15680
@@ -90,6 +92,15 @@ class Config:
 
     #: the RabbitMQ-compatible management HTTP API (broker/management), 0 turns it off
     management_port: int = 15672
+    #: Prometheus metrics (GET /metrics, /metrics/per-object), rabbitmq_prometheus's port
+    #: (0 turns it off)
+    metrics_port: int = 15692
+    #: /metrics shows every queue's metrics, not their sums (for small installations: a
+    #: scrape grows with the queues), as prometheus.return_per_object_metrics
+    metrics_per_object: bool = False
+    #: seconds between publishes of the MQTT $SYS topics, as Mosquitto's sys_interval (0:
+    #: none)
+    mqtt_sys_interval: float = 10.0
 
     #: client connections of every protocol together; more are refused with the protocol's
     #: error (0: the process's file-descriptor limit less admission.FD_RESERVE)

@@ -17,7 +17,7 @@ import string
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from broker import definitions
+from broker import definitions, policies
 from broker.core import commands as c
 from broker.core.auth import hash_password
 from broker.core.errors import BrokerError, InvalidArgument, PreconditionFailed
@@ -25,6 +25,7 @@ from broker.field_values import check_table
 
 if TYPE_CHECKING:
     from broker.node import Node
+    from broker.trace_log.recorder import TraceRecorder
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -62,6 +63,9 @@ class ControlServer:
             "users.set_limits": self._users_set_limits,
             "users.limits": self._users_limits,
             "queues.list": self._queues_list,
+            "policies.set": self._policies_set,
+            "policies.list": self._policies_list,
+            "policies.delete": self._policies_delete,
             "limits.set": self._limits_set,
             "status": self._status,
             "keys.create": self._keys_create,
@@ -73,6 +77,10 @@ class ControlServer:
             "cluster.add": self._cluster_add,
             "cluster.remove": self._cluster_remove,
             "cluster.transfer": self._cluster_transfer,
+            "trace.set": self._trace_set,
+            "trace.status": self._trace_status,
+            "trace.by_id": self._trace_by_id,
+            "trace.by_queue": self._trace_by_queue,
         }
 
     async def start(self) -> None:
@@ -171,6 +179,46 @@ class ControlServer:
             }
             for q in sorted(vhost.queues.values(), key=lambda q: q.name)
         ]
+
+    async def _trace_set(self, args: dict[str, Any]) -> None:
+        await self._call(
+            c.SetTracing(
+                args.get("vhost") or "/", args["kind"], bool(args["enabled"]), args.get("queue", "")
+            )
+        )
+
+    async def _trace_status(self, args: dict[str, Any]) -> list[dict[str, str]]:
+        settings = self.node.gateway.committed.tracing.settings()
+        return [{"vhost": v, "kind": kind, "queue": q} for v, kind, q in settings]
+
+    async def _trace_by_id(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self._trace().by_id(str(args["id"]), int(args.get("limit", 1000)))
+
+    async def _trace_by_queue(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        until = args.get("until")
+        return await self._trace().by_queue(
+            args.get("vhost") or "/",
+            args["queue"],
+            int(args.get("since", 0)),
+            None if until is None else int(until),
+            int(args.get("limit", 1000)),
+        )
+
+    def _trace(self) -> TraceRecorder:
+        trace = self.node.gateway.trace
+        if trace is None:
+            raise InvalidArgument("message trace is not open yet")
+        return trace
+
+    async def _policies_set(self, args: dict[str, Any]) -> None:
+        vhost = args.get("vhost") or "/"
+        await self._call(policies.set_command(vhost, args["name"], args["policy"]))
+
+    async def _policies_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return policies.listed(self.node.gateway.committed, args.get("vhost"))
+
+    async def _policies_delete(self, args: dict[str, Any]) -> None:
+        await self._call(c.DeletePolicy(args.get("vhost") or "/", args["name"]))
 
     async def _limits_set(self, args: dict[str, Any]) -> None:
         self.node.set_limits(args.get("disk_free_limit"), args.get("memory_high_watermark"))

@@ -1,9 +1,9 @@
 """RabbitMQ definitions (`rabbitmqctl export_definitions`, GET /api/definitions): the
-vhosts, users, permissions, exchanges, queues and bindings they hold, as core commands to
-import, and the same of a node's state to export, whole or for one vhost.
+vhosts, users, permissions, policies, exchanges, queues and bindings they hold, as core
+commands to import, and the same of a node's state to export, whole or for one vhost.
 
-Other sections (policies, parameters, ...) are refused, not skipped, unless empty, so an
-import never looks complete when it is not.
+Other sections (parameters, ...) are refused, not skipped, unless empty, so an import never
+looks complete when it is not.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import base64
 import binascii
 from typing import Any
 
+from broker import policies
 from broker.core import commands as c
 from broker.core.auth import HASHING, split_stored, stored_hash
 from broker.core.errors import InvalidArgument
+from broker.core.policy import checked_policy
 from broker.core.state import PREDECLARED_EXCHANGES, StateMachine
 from broker.field_values import check_short_string, check_table
 
@@ -22,9 +24,9 @@ from broker.field_values import check_short_string, check_table
 PREDECLARED = {name for name, _ in PREDECLARED_EXCHANGES}
 
 #: sections we import; the version fields are informational
-IMPORTED = ("users", "vhosts", "permissions", "exchanges", "queues", "bindings")
+IMPORTED = ("users", "vhosts", "permissions", "policies", "exchanges", "queues", "bindings")
 #: the sections of one vhost's definitions (GET /api/definitions/{vhost})
-VHOST_SECTIONS = ("exchanges", "queues", "bindings")
+VHOST_SECTIONS = ("policies", "exchanges", "queues", "bindings")
 #: and the node identity (cluster_name, internal_cluster_id) of the exporting cluster
 INFORMATIONAL = (
     "rabbit_version",
@@ -37,9 +39,10 @@ INFORMATIONAL = (
 
 def import_commands(doc: Any, state: StateMachine, vhost: str | None = None) -> list[c.Command]:
     """The commands that apply `doc` to `state`, in RabbitMQ's order: vhosts, users,
-    permissions (each of a user and vhost that exists or is imported), exchanges, queues,
-    bindings (between objects that exist or are imported). With `vhost`, `doc` is one
-    vhost's definitions and everything in it goes to that vhost."""
+    permissions (each of a user and vhost that exists or is imported), policies (checked
+    here as the core checks them, so a bad one refuses the import before anything is
+    applied), exchanges, queues, bindings (between objects that exist or are imported).
+    With `vhost`, `doc` is one vhost's definitions and everything in it goes to that vhost."""
     if not isinstance(doc, dict):
         raise InvalidArgument("definitions must be a JSON object")
     sections = IMPORTED if vhost is None else VHOST_SECTIONS
@@ -68,7 +71,26 @@ def import_commands(doc: Any, state: StateMachine, vhost: str | None = None) -> 
     for p in commands:
         if isinstance(p, c.SetPermissions) and (p.user not in users or p.vhost not in vhosts):
             raise InvalidArgument(f"permissions of unknown user '{p.user}' or vhost '{p.vhost}'")
+    commands += _policies(doc, vhosts)
     commands += _objects(doc, state, vhosts)
+    return commands
+
+
+def _policies(doc: dict[str, Any], vhosts: set[str]) -> list[c.Command]:
+    commands: list[c.Command] = []
+    for entry in _items(doc, "policies"):
+        command = policies.set_command(_text(entry, "vhost"), _text(entry, "name"), entry)
+        if command.vhost not in vhosts:
+            raise InvalidArgument(f"policy '{command.name}' of unknown vhost '{command.vhost}'")
+        checked_policy(
+            command.vhost,
+            command.name,
+            command.pattern,
+            command.apply_to,
+            command.priority,
+            command.definition,
+        )
+        commands.append(command)
     return commands
 
 
@@ -155,6 +177,7 @@ def counts(commands: list[c.Command]) -> dict[str, int]:
         c.DeclareVhost: "vhosts",
         c.PutUser: "users",
         c.SetPermissions: "permissions",
+        c.SetPolicy: "policies",
         c.DeclareExchange: "exchanges",
         c.DeclareQueue: "queues",
         c.Bind: "bindings",
@@ -166,17 +189,17 @@ def counts(commands: list[c.Command]) -> dict[str, int]:
 
 
 def export(state: StateMachine, vhost: str | None = None) -> dict[str, Any]:
-    """The node's vhosts, users (with their hashes), permissions, exchanges, queues and
-    bindings in RabbitMQ's layout; with `vhost`, that vhost's objects (without their vhost
-    field), as RabbitMQ exports one vhost."""
+    """The node's vhosts, users (with their hashes), permissions, policies, exchanges, queues
+    and bindings in RabbitMQ's layout; with `vhost`, that vhost's policies and objects
+    (without their vhost field), as RabbitMQ exports one vhost."""
     if vhost is not None:
         if vhost not in state.vhosts:
             raise InvalidArgument(f"vhost '{vhost}' does not exist")
-        objects = _export_objects(state, [vhost])
+        objects = {"policies": policies.listed(state, vhost), **_export_objects(state, [vhost])}
         for section in objects.values():
             for item in section:
                 del item["vhost"]
-        return {"parameters": [], "policies": [], **objects}
+        return {"parameters": [], **objects}
     users = []
     for user in sorted(state.users.values(), key=lambda u: u.name):
         algorithm, password_hash = split_stored(user.password_hash)
@@ -204,7 +227,7 @@ def export(state: StateMachine, vhost: str | None = None) -> dict[str, Any]:
         ],
         "parameters": [],
         "global_parameters": [],
-        "policies": [],
+        "policies": policies.listed(state),
         **_export_objects(state, sorted(state.vhosts)),
     }
 

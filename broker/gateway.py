@@ -21,6 +21,29 @@ from broker.core.state import StateMachine
 Done = Callable[[Any, BrokerError | None], None]
 
 
+class Traffic:
+    """Messages one protocol's clients exchanged with this node, counted by its adapter
+    where it does the work: node-wide and per protocol, as RabbitMQ's global counters are
+    (queue counters, in the core, say what each queue did)."""
+
+    __slots__ = ("connections", "received", "delivered", "packets_received", "packets_sent")
+
+    def __init__(self) -> None:
+        #: connections opened since the node started
+        self.connections = 0
+        #: messages clients published
+        self.received = 0
+        #: messages sent to clients (pushed, got, received by pull)
+        self.delivered = 0
+        #: protocol packets of any kind, where the protocol counts them (MQTT's $SYS does)
+        self.packets_received = 0
+        self.packets_sent = 0
+
+
+#: the protocols of `Gateway.traffic`, named as RabbitMQ's metrics label them
+PROTOCOLS = ("amqp091", "mqtt", "http")
+
+
 class ClientConnection(Protocol):
     """What the node asks of a client connection, whatever its protocol."""
 
@@ -66,6 +89,8 @@ class Gateway(Protocol):
     node_id: int
     #: the client connections of every protocol on this node, to read (operators' views)
     connections: dict[c.ConnectionId, ClientConnection]
+    #: protocol (PROTOCOLS) -> what its clients exchanged with this node
+    traffic: dict[str, Traffic]
 
     # -- connections ---------------------------------------------------------------------
 
@@ -153,6 +178,10 @@ class Gateway(Protocol):
 
     def new_name(self, prefix: str) -> str:
         """A unique broker-generated name (server-named queues, consumer tags, client ids)."""
+
+    def note_publisher(self, command: c.Publish, who: Callable[[], dict[str, Any]]) -> None:
+        """Say who sends `command` (called before submitting it), for message trace: when
+        its vhost is traced, the trace of the publish names `who()`."""
 
     # -- direct reply-to -----------------------------------------------------------------
 

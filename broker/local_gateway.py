@@ -29,14 +29,16 @@ from broker.core.model import (
     Effect,
     MessagesAvailable,
     Overflowed,
+    Traced,
     User,
 )
 from broker.core.state import StateMachine
 from broker.drops import DropLedger
 from broker.flow import RoomWaiters
-from broker.gateway import ClientConnection, Done
+from broker.gateway import PROTOCOLS, ClientConnection, Done, Traffic
 from broker.login_guard import LoginGuard
 from broker.protocols.http.auth import ReplayGuard
+from broker.trace_log.recorder import TraceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class LocalGateway:
         self.relay_reply: Callable[[int, str, dict[str, Any], bytes, str], bool] | None = None
         self._nonces = ReplayGuard(timestamp_skew, nonce_cache_size)
         self._blocked: str | None = None
+        self.traffic = {protocol: Traffic() for protocol in PROTOCOLS}
         #: counters shown by `broker status`, next to the commit path's
         self.metrics: dict[str, int] = {"overflow_refused": 0, "oversized_refused": 0}
         #: when each queue's overflow was last logged, so a flood logs once a second
@@ -110,6 +113,8 @@ class LocalGateway:
         #: publishers waiting for congested queues to drain (credit flow)
         self._room = RoomWaiters()
         self._room_timer: asyncio.TimerHandle | None = None
+        #: where traced steps go (the node sets it once its data dir is open)
+        self.trace: TraceRecorder | None = None
 
     def attach(self, commit: CommitPath) -> None:
         self.commit = commit
@@ -189,8 +194,15 @@ class LocalGateway:
                 self.drops.note(effect)  # type: ignore[arg-type]
             elif kind is Overflowed:
                 self._count_overflow(effect)  # type: ignore[arg-type]
+            elif kind is Traced and self.trace is not None:
+                self.trace.record(effect)  # type: ignore[arg-type]
         if self._room:
             self._room.check(self.committed.has_room)
+
+    def note_publisher(self, command: c.Publish, who: Callable[[], dict[str, Any]]) -> None:
+        trace = self.trace
+        if trace is not None and command.vhost in self.committed.tracing.traced_vhosts:
+            trace.note_publisher(command, who())
 
     # -- credit flow ---------------------------------------------------------------------
 

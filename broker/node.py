@@ -30,20 +30,25 @@ from broker.local_gateway import CONNECTION_BITS, LocalGateway
 from broker.management.context import Context as ManagementContext
 from broker.management.server import ManagementServer
 from broker.management.session import OwnerNumbers
+from broker.metrics import Sources
+from broker.metrics_http import MetricsServer
 from broker.protocols.amqp.connection import Settings
 from broker.protocols.amqp.server import AMQPProtocol
 from broker.protocols.http.server import HttpApi
 from broker.protocols.mqtt.server import start_listeners as start_mqtt_listeners
+from broker.protocols.mqtt.sys_topics import SysTopics
 from broker.protocols.timer_wheel import TimerWheel
 from broker.replication.cluster import ClusterCommit, ClusterSettings
 from broker.replication.wire import ReplyTo
 from broker.resources import memory_limit, rss_bytes
+from broker.stats import RateSampler, read
 from broker.store.damage import StoreUnusable, disk_full
 from broker.store.disk import Store
 from broker.store.driver import CommitDriver
 from broker.store.recovery import recover
 from broker.tls import Reloader, TlsFiles, server_context
 from broker.tls import serve as serve_tls
+from broker.trace_log.recorder import TraceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ log = logging.getLogger(__name__)
 GIL_SWITCH_INTERVAL = 0.0005
 #: How often a cluster's leader looks for HTTP subscriptions without a pusher, s.
 PUSHERS_CHECK = 0.5
+#: Seconds between samples of the message counters (the rates of broker.stats).
+RATE_INTERVAL = 5.0
 CLUSTER_REPAIR = (
     "--repair works on a single node; a cluster member with a damaged store starts again "
     "from the others: move its data dir away and start it, and the leader sends it a snapshot"
@@ -83,6 +90,13 @@ class Node:
         self._stopped = asyncio.Event()
         #: every TLS context of the node, reloaded on SIGHUP
         self.tls = Reloader()
+        self.started = time.monotonic()
+        #: message rates (publish, deliver_get, ack ... per second; broker.stats)
+        self.rates = RateSampler(
+            lambda: read(self.gateway.traffic, self.gateway.committed), RATE_INTERVAL
+        )
+        self.metrics: MetricsServer | None = None
+        self.sys_topics: SysTopics | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -102,6 +116,8 @@ class Node:
                 recovered.snapshot_index,
                 recovered.entries,
             )
+            # What the replay counted happened in an earlier run: counters start at 0.
+            recovered.state.reset_counters()
             self.commit = CommitDriver(self.store, recovered, self.gateway.on_effects)
             self.commit.on_store_error = self._store_error_changed
             if cfg.disk_reserve and not self.store.make_reserve(cfg.disk_reserve):
@@ -114,6 +130,9 @@ class Node:
             if self.repair:
                 await self._finish_repair()
         await self._ensure_defaults()
+        self.gateway.trace = TraceRecorder(
+            os.path.join(cfg.data_dir, "trace"), cfg.trace_retention * 1000
+        )
         tls = self._client_tls()
         # MQTT first: the AMQP port opening is what scripts and tests take as "ready".
         self.servers.extend(await start_mqtt_listeners(self.gateway, cfg, tls))
@@ -158,9 +177,20 @@ class Node:
         self.control = ControlServer(self, os.path.join(cfg.data_dir, "control.sock"))
         await self.control.start()
         self._monitor = asyncio.create_task(self._watch_resources())
+        self.rates.start()
+        if cfg.metrics_port:  # 0 turns it off
+            self.metrics = MetricsServer(
+                self._metric_sources(), cfg.host, cfg.metrics_port, cfg.metrics_per_object
+            )
+            await self.metrics.start()
+        if cfg.mqtt_sys_interval > 0:
+            self.sys_topics = SysTopics(self.gateway, cfg.mqtt_vhost, cfg.mqtt_sys_interval)
+            if isinstance(self.commit, ClusterCommit):
+                self.sys_topics.active = self.commit.raft.role == "leader"
+            self.sys_topics.start()
         log.info(
             "broker ready: node %d, amqp on %s:%d, mqtt on %d, mqtt over websocket on %d, "
-            "cmq http on %d, management on %d%s, data in %s",
+            "cmq http on %d, management on %d, metrics on %d%s, data in %s",
             cfg.node_id,
             cfg.host,
             cfg.amqp_port,
@@ -168,8 +198,20 @@ class Node:
             cfg.mqtt_ws_port,
             cfg.http_port,
             cfg.management_port,
+            cfg.metrics_port,
             _tls_listeners(cfg) if tls is not None else "",
             cfg.data_dir,
+        )
+
+    def _metric_sources(self) -> Sources:
+        http = self.http
+        return Sources(
+            self.config,
+            self.gateway,
+            lambda: self.commit,
+            lambda: http.admission.open if http is not None else 0,
+            lambda: http.service.pushers.counts if http is not None else {},
+            self.started,
         )
 
     def _client_tls(self) -> ssl.SSLContext | None:
@@ -291,6 +333,8 @@ class Node:
             self._pushers = None
         if self.http is not None:
             self.http.service.pushers.set_active(leading)
+        if self.sys_topics is not None:
+            self.sys_topics.set_active(leading)
         if leading:
             self._pushers = asyncio.create_task(self._keep_pushers())
 
@@ -335,6 +379,11 @@ class Node:
             self._monitor.cancel()
         if self._pushers is not None:
             self._pushers.cancel()
+        await self.rates.stop()
+        if self.sys_topics is not None:
+            await self.sys_topics.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         for server in self.servers:
             server.close()
         if self.control is not None:
@@ -349,6 +398,8 @@ class Node:
         await self._wait_connections_closed(2.0)
         if self.commit is not None:
             await self.commit.close()
+        if self.gateway.trace is not None:
+            await self.gateway.trace.close()
         if self.store is not None:
             self.store.close()
         self.gateway.drops.flush(everything=True)

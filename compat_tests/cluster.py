@@ -85,6 +85,7 @@ class Cluster:
         "mqtts_port",
         "mqtt_wss_port",
         "management_port",
+        "metrics_port",
     )
 
     def _distinct_ports(self) -> None:

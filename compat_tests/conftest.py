@@ -165,6 +165,7 @@ class BrokerProcess(_BrokerBase):
         self.mqtts_port = pick()
         self.mqtt_wss_port = pick()
         self.management_port = pick()
+        self.metrics_port = pick()
         self.data_dir = pathlib.Path(data_dir)
         self.extra_args = [str(a) for a in extra_args]
         self.log_path = (
@@ -204,6 +205,8 @@ class BrokerProcess(_BrokerBase):
             str(self.mqtt_wss_port),
             "--management-port",
             str(self.management_port),
+            "--metrics-port",
+            str(self.metrics_port),
             *self.extra_args,
         ]
 

@@ -92,7 +92,10 @@ def test_user_imported_from_rabbitmq_definitions_logs_in(fresh_broker, tmp_path)
     path = tmp_path / "definitions.json"
     path.write_text(json.dumps(definitions))
     out = b.cli("definitions", "import", path).stdout
-    assert "1 vhosts, 2 users, 2 permissions, 0 exchanges, 0 queues, 0 bindings imported" in out
+    assert (
+        "1 vhosts, 2 users, 2 permissions, 0 policies, 0 exchanges, 0 queues, 0 bindings imported"
+        in out
+    )
     with connection(b, user="sha256-user", password="first secret", virtual_host=vhost) as c:
         c.channel().queue_declare("", exclusive=True)
     with connection(b, user="md5-user", password="second secret", virtual_host=vhost) as c:
@@ -114,7 +117,7 @@ def test_definitions_with_unknown_hashing_or_sections_are_refused(fresh_broker, 
             {"users": [{"name": "x", "password_hash": "", "hashing_algorithm": "bcrypt"}]},
             "unsupported hashing_algorithm 'bcrypt'",
         ),
-        ({"policies": [{"name": "p", "vhost": "/"}]}, "not supported: policies"),
+        ({"parameters": [{"name": "p", "vhost": "/"}]}, "not supported: parameters"),
         (
             {"vhosts": [{"name": "v", "limits": {"max-connections": 10}}]},
             "vhost 'v': limits are not supported",

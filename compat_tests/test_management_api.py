@@ -583,14 +583,22 @@ def test_an_import_the_core_refuses_half_way_says_where_it_stopped(api):
 def test_depth_rates_appear_from_the_second_sample(api):
     q = uid("q")
     api.put(f"/api/queues/%2F/{q}", {})
-    assert "messages_details" not in api.get(f"/api/queues/%2F/{q}")  # the first sample
+    assert "messages_details" not in api.get(f"/api/queues/%2F/{q}")  # its first sample
+    # Samples are taken when queues are looked at, at most every 4 s: wait for two that
+    # saw it empty (rate 0), so the next one is the first to see what is published now.
+    wait_until(
+        lambda: "messages_details" in api.get(f"/api/queues/%2F/{q}"),
+        timeout=15,
+        interval=0.5,
+        message="a second sample of the empty queue",
+    )
     for i in range(20):
         api.post("/api/exchanges/%2F/amq.default/publish", {"routing_key": q, "payload": str(i)})
     shown = wait_until(
-        lambda: (item := api.get(f"/api/queues/%2F/{q}")).get("messages_details") and item,
+        lambda: (item := api.get(f"/api/queues/%2F/{q}"))["messages_details"]["rate"] and item,
         timeout=15,
         interval=0.5,
-        message="a second sample (taken 4 s or more after the first)",
+        message="a sample taken after the publishes",
     )
     assert 0 < shown["messages_details"]["rate"] <= 20 / 4
     assert shown["messages_ready_details"] == shown["messages_details"]

@@ -54,6 +54,9 @@ def _queue(q: MessageQueue) -> dict[str, Any]:
             q.per_message_ttl,
         ),
         "cursors": (q.next_seq, q.next_position, q.round_robin, q.dispatch_pending),
+        # derived from the arguments and the vhost's policies, so rebuilt alike on restore
+        "policy": None if q.policy is None else q.policy.name,
+        "settings": repr(q.settings),
         "messages": [_message(q.messages[s]) for s in sorted(q.messages)],
         "order": [m.seq for m in ready_order(q)],
         # Kept for rewind until acked_at + the window: equal ack times expire together.
@@ -102,6 +105,7 @@ def dump(sm: StateMachine) -> dict[str, Any]:
             (node, p.session, p.floor, sorted(p.seen)) for node, p in sm.proposers.items()
         ),
         "members": sorted(sm.members.items()),
+        "tracing": sm.tracing.settings(),
         "delayed": sorted(repr(d) for d in sm.delayed.values()),
         "consumer_order": [key for key in sm.consumers],
         "shared": sorted((o, s.limit, s.in_flight) for o, s in sm.shared_limits.items()),
@@ -120,6 +124,7 @@ def dump(sm: StateMachine) -> dict[str, Any]:
                 if keys
             },
             "retained": sorted(repr(r) for r in vh.retained.values()),
+            "policies": sorted(repr(p) for p in vh.policies.values()),
             "queues": {name: _queue(vh.queues[name]) for name in sorted(vh.queues)},
         }
     return out

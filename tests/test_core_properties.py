@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from broker.core import commands as c
 from broker.core.errors import BrokerError, ReceiptHandleInvalid
-from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Deliver, Message
+from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Deliver, Message, Traced
 from broker.core.queue import MessageQueue
 from broker.core.state import StateMachine
 from broker.store.encoding import decode_entry, encode_entry
@@ -78,6 +78,12 @@ class Config:
         return args
 
 
+def _is_traced_push(effect: Any) -> bool:
+    return (
+        isinstance(effect, Traced) and effect.event == "delivered" and "consumer" in effect.detail
+    )
+
+
 def _pair(values: list[Any]) -> st.SearchStrategy[tuple[Any, Any]]:
     return st.tuples(st.sampled_from(values), st.sampled_from(values))
 
@@ -99,7 +105,7 @@ KINDS = (
     + ["receive"] * 3
     + ["delete"] * 2
     + ["tick"] * 3
-    + ["consume", "release", "get", "get", "wrong_settle", "chvis", "wait", "rewind"]
+    + ["consume", "release", "get", "get", "wrong_settle", "chvis", "wait", "rewind", "trace"]
 )
 
 
@@ -136,6 +142,13 @@ def operation(draw: st.DrawFn) -> tuple[Any, ...]:
         return (kind, draw(st.sampled_from([0, 1, 10, 50, 100, 300, 1000])))
     if kind == "wait":
         return (kind, draw(st.sampled_from([1, 10, 100, 500])))
+    if kind == "trace":
+        return (
+            kind,
+            draw(st.sampled_from(["trace", "firehose"])),
+            draw(st.booleans()),
+            draw(st.sampled_from(["", "q0"])),
+        )
     return (kind, draw(qi), draw(st.sampled_from([0, 100, 1000, 10**9])))
 
 
@@ -577,6 +590,12 @@ class Runner:
         elif kind == "wait":
             self.now += op[1]
             m.now = self.now
+        elif kind == "trace":
+            _, trace_kind, enabled, queue = op
+            if trace_kind == "firehose":
+                queue = ""
+            _, effects, error = self.apply(c.SetTracing(VH, trace_kind, enabled, queue))
+            assert error is None
         elif kind == "rewind":
             _, qi, back = op
             since = max(0, self.now - back)
@@ -588,6 +607,11 @@ class Runner:
         if self.check_model:
             pushed = [e.message.body for e in effects if isinstance(e, Deliver)]
             assert pushed == m.delivered, (op, pushed, m.delivered)
+        if self.sm.tracing.covers(VH, ""):
+            # Every push is traced as delivered, in the same order.
+            traced = [(t.queue, t.seq) for t in effects if _is_traced_push(t)]
+            pushes = [(e.queue, e.message.seq) for e in effects if isinstance(e, Deliver)]
+            assert traced == pushes, (op, traced, pushes)
 
     def compare(self) -> None:
         for qi in (0, 1):

@@ -208,3 +208,11 @@ def test_a_restored_session_drops_filters_no_longer_granted():
     assert session.subscriptions == {"a/#": 1, "$share/g/t": 2}
     assert session.patterns() == {"a.#"}
     assert session.shared() == {"mqtt-shared-g/t": ("$share/g/t", "t")}
+
+
+def test_a_restored_session_keeps_sys_filters_for_a_monitoring_user():
+    session = Session("/", "c", persistent=True)
+    saved = {"a/#": 1, "$SYS/#": 0, "$SYS/a/#/b": 0}
+    session.restore({"session": {"subscriptions": saved}}, monitoring=True)
+    assert session.subscriptions == {"a/#": 1, "$SYS/#": 0}
+    assert session.patterns() == {"a.#", "$SYS.#"}

@@ -10,6 +10,7 @@ import struct
 from typing import Any
 
 from broker.core import commands as c
+from broker.core.auth import hash_password
 from broker.core.model import Deliver
 from broker.protocols.mqtt import codec
 from broker.protocols.mqtt.connection import MQTTConnection, Settings
@@ -41,13 +42,20 @@ class Node:
     def __init__(self) -> None:
         self.gateway, self.commit = memory_gateway()
 
-    def client(self, client_id: str, clean: bool = True, will: bytes = b"") -> MQTTConnection:
+    def client(
+        self,
+        client_id: str,
+        clean: bool = True,
+        will: bytes = b"",
+        user: str = "guest",
+        password: str = "guest",
+    ) -> MQTTConnection:
         """A connection that sent CONNECT (its CONNACK waits in `sent`)."""
         wired = Wired()
         conn_id = self.gateway.connection_opened(wired)  # type: ignore[arg-type]
         conn = MQTTConnection(conn_id, self.gateway, Settings(), True)
         wired.conn = conn
-        conn.receive_data(connect(client_id, clean, will))
+        conn.receive_data(connect(client_id, clean, will, user, password))
         return conn
 
     def connected(self, client_id: str, clean: bool = True, will: bytes = b"") -> MQTTConnection:
@@ -69,12 +77,14 @@ def string(text: str) -> bytes:
     return struct.pack(">H", len(text)) + text.encode()
 
 
-def connect(client_id: str, clean: bool, will: bytes = b"") -> bytes:
+def connect(
+    client_id: str, clean: bool, will: bytes = b"", user: str = "guest", password: str = "guest"
+) -> bytes:
     flags = (0x02 if clean else 0) | 0xC0 | (0x04 if will else 0)
     body = string("MQTT") + bytes((4, flags)) + b"\x00\x00" + string(client_id)
     if will:
         body += string("wills") + string(will.decode())
-    body += string("guest") + string("guest")
+    body += string(user) + string(password)
     return bytes((0x10, len(body))) + body
 
 
@@ -228,10 +238,30 @@ def test_invalid_shared_and_sys_filters_are_refused():
     node = Node()
     sub = node.connected("sub")
     for n, topic_filter in enumerate(
-        ["$share//t", "$share/a+/t", "$share/g", "$share/g/", "$SYS/#"]
+        ["$share//t", "$share/a+/t", "$share/g", "$share/g/", "$share/g/$SYS/#", "$SYS/a/#/b"]
     ):
         sub.receive_data(subscribe(n + 1, topic_filter, 1))
         assert node.sent(sub) == [(codec.SUBACK, bytes((0, n + 1, 0x80)))], topic_filter
+
+
+def test_sys_filters_are_for_monitoring_users_only():
+    """`$SYS` topics are the broker's own: granted to users tagged monitoring or
+    administrator (guest is one), refused to the others."""
+    node = Node()
+    admin = node.connected("admin")
+    admin.receive_data(subscribe(1, "$SYS/#", 0))
+    assert node.sent(admin) == [(codec.SUBACK, b"\x00\x01\x00")]
+    password = hash_password("pw", b"salt")
+    node.commit.submit(c.PutUser("device", password, ()))
+    node.commit.submit(c.SetPermissions("device", "/", ".*", ".*", ".*"))
+    node.commit.submit(c.PutUser("watcher", password, ("monitoring",)))
+    node.commit.submit(c.SetPermissions("watcher", "/", ".*", ".*", ".*"))
+    node.commit.run()
+    for user, code in (("device", 0x80), ("watcher", 0x00)):
+        conn = node.client(user, user=user, password="pw")
+        assert node.sent(conn)[0] == (codec.CONNACK, b"\x00\x00")
+        conn.receive_data(subscribe(1, "$SYS/broker/uptime", 0))
+        assert node.sent(conn) == [(codec.SUBACK, bytes((0, 1, code)))], user
 
 
 def test_a_shared_filter_does_not_match_like_a_plain_one():

@@ -110,7 +110,10 @@ FORMAT_2 = {
     38: ("DeleteAccessKey", ("secret_id",)),
     39: ("SetMembers", ("members",)),
     40: ("SetLimits", ("scope", "name", "limits")),
-    50: ("ClearPermissions", ("user", "vhost")),
+    41: ("SetPolicy", ("vhost", "name", "pattern", "apply_to", "priority", "definition")),
+    42: ("DeletePolicy", ("vhost", "name")),
+    43: ("SetTracing", ("vhost", "kind", "enabled", "queue")),
+    44: ("ClearPermissions", ("user", "vhost")),
 }
 
 

@@ -88,6 +88,29 @@ class SetLimits:
 
 
 @dataclass(slots=True)
+class SetPolicy:
+    """Create or replace a policy of a vhost (rabbitmqctl set_policy): its definition applies
+    at once to every matching queue or exchange, and to those declared later."""
+
+    vhost: str
+    name: str
+    #: a regular expression searched in queue and exchange names
+    pattern: str
+    #: "queues", "exchanges", "all", "classic_queues" or "quorum_queues"
+    apply_to: str = "all"
+    #: of several matching policies, only the highest priority one applies
+    priority: int = 0
+    #: checked by the core (an operator may send anything)
+    definition: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DeletePolicy:
+    vhost: str
+    name: str
+
+
+@dataclass(slots=True)
 class DeclareExchange:
     vhost: str
     name: str
@@ -464,6 +487,18 @@ class SetMembers:
 
 
 @dataclass(slots=True)
+class SetTracing:
+    """Turn message trace (`kind` "trace": every step of each message's life recorded, see
+    core/tracing.py) or RabbitMQ's firehose ("firehose": copies to amq.rabbitmq.trace) on or
+    off for a vhost, or message trace for one queue of it."""
+
+    vhost: str
+    kind: str
+    enabled: bool
+    queue: str = ""
+
+
+@dataclass(slots=True)
 class Batch:
     """Several commands applied as one: all of them, or none if one of them fails.
 
@@ -485,6 +520,8 @@ Command = (
     | SetPermissions
     | ClearPermissions
     | SetLimits
+    | SetPolicy
+    | DeletePolicy
     | DeclareExchange
     | DeleteExchange
     | DeclareQueue
@@ -518,4 +555,5 @@ Command = (
     | SetQueueArguments
     | AddAccessKey
     | DeleteAccessKey
+    | SetTracing
 )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.core.commands import ConnectionId, Owner, Will
+from broker.core.policy import Policy
 
 # Message states inside a queue.
 READY = 0  # waiting for a consumer
@@ -56,6 +57,8 @@ class Exchange:
     auto_delete: bool = False
     internal: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: the policy that applies to it (derived: set by the state machine, also on restore)
+    policy: Policy | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -269,4 +272,31 @@ class CloseConnection:
     reason: str
 
 
-Effect = Deliver | ConsumerCancelled | MessagesAvailable | Overflowed | Dropped | CloseConnection
+@dataclass(slots=True)
+class Traced:
+    """One step in the life of a message whose vhost or queue is traced (SetTracing).
+
+    `event` is "published" (queue empty, seq 0; `detail` names the routes), "delivered",
+    "acked", "requeued", or a way out: "rejected", "expired", "maxlen", "delivery-limit"
+    (each with the dead-letter routes taken, if any), "purged", "queue-deleted".
+    """
+
+    event: str
+    vhost: str
+    queue: str
+    seq: int
+    time: int
+    detail: dict[str, Any]
+    #: the publish itself, for "published": the node it arrived at can say who sent it
+    command: Any = None
+
+
+Effect = (
+    Deliver
+    | ConsumerCancelled
+    | MessagesAvailable
+    | Overflowed
+    | Dropped
+    | CloseConnection
+    | Traced
+)

@@ -15,13 +15,15 @@ from typing import Any
 from broker.core.commands import ConnectionId, Owner
 from broker.core.errors import PreconditionFailed
 from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Consumer, Message
+from broker.core.policy import Policy, effective_queue_arguments
 
 OVERFLOW_POLICIES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 
 @dataclass(slots=True)
 class QueueSettings:
-    """Behaviour parsed from declare arguments (x-*) and pull-API attributes."""
+    """Behaviour parsed from declare arguments (x-*) and pull-API attributes, combined with
+    the queue's policy (see core/policy.py)."""
 
     message_ttl: int | None = None
     expires: int | None = None
@@ -103,6 +105,35 @@ def _flow_limit(settings: QueueSettings) -> int:
     return FLOW_LIMIT if not limit else max(1, min(FLOW_LIMIT, limit // 2))
 
 
+class QueueCounters:
+    """What a queue did since the node started: the source of per-queue rates (metrics,
+    the management API's message_stats). Plain ints bumped where the work is done; not in
+    snapshots, so they restart at 0 with the node, as RabbitMQ's do."""
+
+    __slots__ = ("published", "delivered", "redelivered", "acked", "dead_lettered", "dropped")
+
+    def __init__(self) -> None:
+        #: messages that entered the queue (from publishers or dead-lettered into it)
+        self.published = 0
+        #: deliveries of every kind: pushed to consumers, basic.get, pull receives
+        self.delivered = 0
+        #: of those, deliveries of a message delivered or returned before
+        self.redelivered = 0
+        self.acked = 0
+        #: messages that died here and went to the dead-letter exchange
+        self.dead_lettered = 0
+        #: messages that died here and went nowhere (no dead-letter target took them)
+        self.dropped = 0
+
+    def add(self, other: QueueCounters) -> None:
+        self.published += other.published
+        self.delivered += other.delivered
+        self.redelivered += other.redelivered
+        self.acked += other.acked
+        self.dead_lettered += other.dead_lettered
+        self.dropped += other.dropped
+
+
 class MessageQueue:
     """Messages of one queue plus the consumers attached to it."""
 
@@ -123,6 +154,8 @@ class MessageQueue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = arguments
+        #: the policy that applies to it (derived: StateMachine sets it, also on restore)
+        self.policy: Policy | None = None
         self.settings = QueueSettings.from_arguments(arguments)
         self.flow_limit = _flow_limit(self.settings)
         self.messages: dict[int, Message] = {}
@@ -154,6 +187,7 @@ class MessageQueue:
         self.round_robin = 0
         #: a no-ack dispatch stopped after its burst and continues on the next Tick
         self.dispatch_pending = False
+        self.counters = QueueCounters()
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -197,10 +231,24 @@ class MessageQueue:
 
     def reconfigure(self, arguments: dict[str, Any]) -> None:
         """Take new arguments; raises PreconditionFailed, changing nothing, if invalid."""
-        settings = QueueSettings.from_arguments(arguments)
+        settings = self.settings_with(arguments, self.policy)
+        self.arguments = arguments
+        self._take_settings(settings)
+
+    def settings_with(self, arguments: dict[str, Any], policy: Policy | None) -> QueueSettings:
+        """The settings these arguments and this policy give; PreconditionFailed if invalid
+        (a policy cannot set x-max-priority, so the priority levels stay as they are)."""
+        settings = QueueSettings.from_arguments(effective_queue_arguments(arguments, policy))
         if settings.max_priority != self.settings.max_priority:
             raise PreconditionFailed("x-max-priority of an existing queue cannot change")
-        self.arguments = arguments
+        return settings
+
+    def apply_policy(self, policy: Policy | None, settings: QueueSettings) -> None:
+        """Take a new policy, with the settings `settings_with` gave for it."""
+        self.policy = policy
+        self._take_settings(settings)
+
+    def _take_settings(self, settings: QueueSettings) -> None:
         self.settings = settings
         self.flow_limit = _flow_limit(settings)
 
@@ -209,6 +257,7 @@ class MessageQueue:
     def append(self, msg: Message) -> None:
         """A new message, at the tail (or hidden until `visible_at` if delayed)."""
         self.messages[msg.seq] = msg
+        self.counters.published += 1
         if msg.visible_at > msg.enqueued_at:
             self._hide(msg, msg.visible_at)
             self.delayed_count += 1
@@ -339,12 +388,20 @@ class MessageQueue:
     def deliver(self, msg: Message, owner: Owner, consumer: Consumer | None, now: int) -> None:
         msg.state = UNACKED
         msg.delivery_count += 1
+        counters = self.counters
+        counters.delivered += 1
+        if msg.delivery_count > 1 or msg.returns:
+            counters.redelivered += 1
         if not msg.first_delivered_at:
             msg.first_delivered_at = now
         self.unacked[msg.seq] = (owner, consumer)
 
     def hide_for_pull(self, msg: Message, now: int, visibility_ms: int) -> None:
         msg.delivery_count += 1
+        counters = self.counters
+        counters.delivered += 1
+        if msg.delivery_count > 1:
+            counters.redelivered += 1
         msg.handle += 1
         if not msg.first_delivered_at:
             msg.first_delivered_at = now

@@ -68,10 +68,13 @@ from broker.core.model import (
     RetainedMessage,
     SessionHolder,
     SharedLimit,
+    Traced,
     User,
 )
-from broker.core.queue import MessageQueue
+from broker.core.policy import Policy, alternate_exchange, checked_policy, choose
+from broker.core.queue import MessageQueue, QueueCounters, QueueSettings
 from broker.core.routing import EXCHANGE_TYPES, binding_matches, freeze_arguments, topic_matches
+from broker.core.tracing import FIREHOSE_EXCHANGE, Tracing, firehose_headers
 
 PREDECLARED_EXCHANGES = (
     ("", "direct"),
@@ -80,6 +83,7 @@ PREDECLARED_EXCHANGES = (
     ("amq.topic", "topic"),
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
+    (FIREHOSE_EXCHANGE, "topic"),
 )
 _PREDECLARED = dict(PREDECLARED_EXCHANGES)
 #: the limits SetLimits knows, by scope (as rabbitmqctl set_vhost_limits / set_user_limits)
@@ -122,6 +126,8 @@ class Vhost:
     retained: dict[str, RetainedMessage] = field(default_factory=dict)
     #: exchange -> routing key -> its matching bindings; derived, dropped when bindings change
     route_cache: dict[str, dict[str, list[BindingKey]]] = field(default_factory=dict)
+    #: policy name -> policy (SetPolicy)
+    policies: dict[str, Policy] = field(default_factory=dict)
 
     def bindings_changed(self, source: str) -> None:
         self.route_cache.pop(source, None)
@@ -176,9 +182,13 @@ class StateMachine:
         #: log index -> messages whose body is that entry's (Message.source); an entry with
         #: none is dropped with the log behind a snapshot, one with some is kept
         self.entry_refs: dict[int, int] = {}
+        #: vhosts and queues whose messages are traced, or copied to the firehose
+        self.tracing = Tracing()
         #: the log index being applied, and the position in it (inside a Batch)
         self.index = 0
         self._position = 0
+        #: the counters of deleted queues, summed: node-wide totals never go down
+        self.retired = QueueCounters()
         self._timers: list[tuple[int, str, str]] = []
         self._changes: list[Change] = []
         self._effects: list[Effect] = []
@@ -191,6 +201,8 @@ class StateMachine:
             c.SetPermissions: self._set_permissions,
             c.ClearPermissions: self._clear_permissions,
             c.SetLimits: self._set_limits,
+            c.SetPolicy: self._set_policy,
+            c.DeletePolicy: self._delete_policy,
             c.DeclareExchange: self._declare_exchange,
             c.DeleteExchange: self._delete_exchange,
             c.DeclareQueue: self._declare_queue,
@@ -225,6 +237,7 @@ class StateMachine:
             c.AddAccessKey: self._add_access_key,
             c.DeleteAccessKey: self._delete_access_key,
             c.SetMembers: self._set_members,
+            c.SetTracing: self._set_tracing,
         }
 
     # -- entry point ---------------------------------------------------------------------
@@ -298,6 +311,13 @@ class StateMachine:
             raise NotFound(f"no exchange '{name}' in vhost '{vhost}'")
         return ex
 
+    def reset_counters(self) -> None:
+        """Start every queue's counters at 0 (after recovery replayed the log: what the
+        replay counted happened in an earlier run)."""
+        for q in self.queues_by_qid.values():
+            q.counters = QueueCounters()
+        self.retired = QueueCounters()
+
     def queue_info(self, q: MessageQueue) -> QueueInfo:
         return QueueInfo(q.name, q.message_count(), len(q.consumers), q.qid)
 
@@ -367,7 +387,9 @@ class StateMachine:
     def _add_vhost(self, name: str) -> None:
         vh = Vhost(name)
         for ex_name, type_ in PREDECLARED_EXCHANGES:
-            vh.exchanges[ex_name] = Exchange(name, ex_name, type_)
+            vh.exchanges[ex_name] = Exchange(
+                name, ex_name, type_, internal=ex_name == FIREHOSE_EXCHANGE
+            )
         self.vhosts[name] = vh
 
     def _delete_vhost(self, cmd: c.DeleteVhost) -> None:
@@ -388,6 +410,8 @@ class StateMachine:
             del self.permissions[key]
             self._record("permission", key, None)
         self._drop_limits("vhost", cmd.name)
+        for policy_name in sorted(vh.policies):
+            self._record("policy", (cmd.name, policy_name), None)
         for delayed in [d for d in self.delayed.values() if d.vhost == cmd.name]:
             self._drop_delayed(delayed)
         for routing_key in sorted(vh.retained):
@@ -399,6 +423,8 @@ class StateMachine:
         ):
             del self.access_keys[secret_id]
             self._record("access_key", secret_id, None)
+        for _, kind, queue in self.tracing.forget_vhost(cmd.name):
+            self._record("tracing", (cmd.name, kind, queue), None)
         del self.vhosts[cmd.name]
         self._record("vhost", cmd.name, None)
 
@@ -511,6 +537,7 @@ class StateMachine:
             cmd.internal,
             dict(cmd.arguments),
         )
+        ex.policy = choose(vh.policies.values(), "exchange", ex.name, ex.arguments)
         vh.exchanges[cmd.name] = ex
         self._record("exchange", (cmd.vhost, cmd.name), ex)
 
@@ -656,7 +683,7 @@ class StateMachine:
                 if dest is not None and dest.name not in seen:
                     self._route(vh, dest, routing_key, headers, out, seen)
         if len(out) == before:
-            alternate = _text(ex.arguments.get("alternate-exchange"))
+            alternate = _text(alternate_exchange(ex.arguments, ex.policy))
             if alternate:
                 ae = vh.exchanges.get(alternate)
                 if ae is not None and ae.name not in seen:
@@ -744,6 +771,9 @@ class StateMachine:
             cmd.auto_delete,
             dict(cmd.arguments),
         )  # raises PreconditionFailed for bad arguments, before anything changed
+        policy = choose(vh.policies.values(), "queue", q.name, q.arguments)
+        if policy is not None:
+            q.apply_policy(policy, q.settings_with(q.arguments, policy))
         self._count("qid")
         q.last_used = q.created_at = q.modified_at = self.now
         self._add_queue(q)
@@ -788,12 +818,14 @@ class StateMachine:
             self._forget(q, msg)
         if lost:
             self._dropped(q.vhost, q.name, "queue-deleted", lost)
+            self._trace_queue(q, "queue-deleted", lost)
         for source in list(vh.bindings):
             for key in list(vh.bindings.get(source, ())):
                 if key.to_queue and key.destination == q.name:
                     self._remove_binding(vh, key)
         del vh.queues[q.name]
         del self.queues_by_qid[q.qid]
+        self.retired.add(q.counters)
         if q.exclusive_owner is not None:
             self.exclusive_queues.get(q.exclusive_owner, set()).discard((q.vhost, q.name))
         self._record("queue", (q.vhost, q.name), None)
@@ -808,7 +840,13 @@ class StateMachine:
             self._forget(q, msg)
         if purged:
             self._dropped(q.vhost, q.name, "purged", len(purged))
+            self._trace_queue(q, "purged", len(purged))
         return len(purged)
+
+    def _trace_queue(self, q: MessageQueue, event: str, count: int) -> None:
+        """Trace messages leaving a queue all at once (one step for all of them)."""
+        if self.tracing.covers(q.vhost, q.name):
+            self._effects.append(Traced(event, q.vhost, q.name, 0, self.now, {"count": count}))
 
     def _connection_closed(self, cmd: c.ConnectionClosed) -> None:
         for vhost, name in sorted(self.exclusive_queues.pop(cmd.connection, set())):
@@ -873,8 +911,12 @@ class StateMachine:
         if delay:
             self._hold_delayed(vh, ex, cmd, delay)
             return PublishResult(routed=True)
+        if vh.name in self.tracing.firehose:
+            self._firehose(vh, "publish." + ex.name, cmd.exchange, cmd.routing_key, cmd, None)
         targets = self._targets(vh, ex, cmd)
         result = PublishResult(routed=bool(targets))
+        #: (queue, seq) of each message the publish made, when its vhost has tracing on
+        routed: list[tuple[str, int]] | None = [] if vh.name in self.tracing.traced_vhosts else None
         if not targets and not cmd.mandatory:
             self._dropped(vh.name, ex.name, "unroutable", 1)  # (a mandatory one is returned)
         props = cmd.properties
@@ -890,6 +932,7 @@ class StateMachine:
                 self._effects.append(Overflowed(q.vhost, q.name, TOO_LARGE))
                 result.rejected = True
                 continue
+            seq = q.next_seq
             if not self._enqueue(
                 q,
                 cmd.exchange,
@@ -902,11 +945,64 @@ class StateMachine:
                 source,
             ):
                 result.rejected = True
-            elif q.congested():
+                continue
+            if routed is not None:
+                routed.append((q.name, seq))
+            if q.congested():
                 if result.congested is None:
                     result.congested = []
                 result.congested.append((q.vhost, q.name))
+        if routed is not None:
+            self._trace_publish(vh.name, cmd, routed)
         return result
+
+    def _trace_publish(self, vhost: str, cmd: c.Publish, routed: list[tuple[str, int]]) -> None:
+        covers = self.tracing.covers
+        if not covers(vhost, "") and not any(covers(vhost, q) for q, _ in routed):
+            return
+        props = cmd.properties
+        detail = {
+            "id": f"{self.index}.{self._position}",
+            "exchange": cmd.exchange,
+            "routing_key": cmd.routing_key,
+            "routed": [list(r) for r in routed],
+            "size": len(cmd.body),
+        }
+        if props.get("message_id") is not None:
+            detail["message_id"] = props["message_id"]
+        self._effects.append(Traced("published", vhost, "", 0, self.now, detail, cmd))
+
+    def _trace(self, q: MessageQueue, msg: Message, event: str, **detail: Any) -> None:
+        """Record a step of `msg` in `q` if the queue is traced."""
+        if self.tracing.covers(q.vhost, q.name):
+            self._effects.append(Traced(event, q.vhost, q.name, msg.seq, self.now, detail))
+
+    def _firehose(
+        self,
+        vh: Vhost,
+        routing_key: str,
+        exchange: str,
+        message_key: str,
+        message: c.Publish | Message,
+        redelivered: bool | None,
+    ) -> None:
+        """Copy a publish or delivery to the vhost's firehose exchange (never its own)."""
+        if exchange == FIREHOSE_EXCHANGE:
+            return
+        targets: dict[str, None] = {}
+        self._route(vh, vh.exchanges[FIREHOSE_EXCHANGE], routing_key, None, targets, set())
+        headers = firehose_headers(exchange, message_key, message.properties, "broker", redelivered)
+        persistent = message.properties.get("delivery_mode") == 2
+        for qname in targets:
+            self._enqueue(
+                vh.queues[qname],
+                FIREHOSE_EXCHANGE,
+                routing_key,
+                {"headers": headers, "delivery_mode": 2 if persistent else 1},
+                message.body,
+                persistent,
+                None,
+            )
 
     def _enqueue(
         self,
@@ -1086,19 +1182,39 @@ class StateMachine:
         """Remove `msg` from `q` and republish it to the queue's dead-letter exchange; a
         message that reaches no queue that way is reported dropped."""
         self._forget(q, msg)
-        failure = self._dead_letter_copy(q, msg, reason)
+        traced = self.tracing.covers(q.vhost, q.name)
+        routed: list[tuple[str, int]] | None = [] if traced else None
+        failure = self._dead_letter_copy(q, msg, reason, routed)
         if failure is not None:
+            q.counters.dropped += 1
             self._dropped(q.vhost, q.name, reason.replace("_", "-"), 1, failure)
+        else:
+            q.counters.dead_lettered += 1
+        if traced:
+            detail: dict[str, Any] = {"dead_lettered": [list(r) for r in routed or ()]}
+            if failure:
+                detail["dropped"] = failure
+            self._trace(q, msg, reason.replace("_", "-"), **detail)
 
-    def _dead_letter_copy(self, q: MessageQueue, msg: Message, reason: str) -> str | None:
+    def _dead_letter_copy(
+        self,
+        q: MessageQueue,
+        msg: Message,
+        reason: str,
+        routed: list[tuple[str, int]] | None = None,
+    ) -> str | None:
         """Republish a copy of `msg` to the dead-letter exchange of `q`; None when some queue
-        took it, else why none did ("" when the queue has no dead-letter exchange)."""
+        took it, else why none did ("" when the queue has no dead-letter exchange). The
+        (queue, seq) of each copy goes to `routed`, when given."""
         plan = self._dead_letter_plan(q, msg, reason)
         if isinstance(plan, str):
             return plan
         dlx, routing_key, props, queues = plan
         for target in queues:
-            self._enqueue(target, dlx, routing_key, props, msg.body, msg.persistent, None)
+            seq = target.next_seq
+            taken = self._enqueue(target, dlx, routing_key, props, msg.body, msg.persistent, None)
+            if taken and routed is not None:
+                routed.append((target.name, seq))
         return None
 
     def _dead_letter_plan(
@@ -1283,6 +1399,8 @@ class StateMachine:
         self._effects.append(
             Deliver(consumer.owner, consumer.tag, q.name, msg, redelivered, msg.returns)
         )
+        if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+            self._trace_delivery(q, msg, redelivered, consumer.tag, consumer.owner, consumer.no_ack)
         if consumer.no_ack or (consumer.settle_transient and not msg.persistent):
             self._forget(q, msg)
         else:
@@ -1296,23 +1414,48 @@ class StateMachine:
         self._check_exclusive(q, cmd.connection)
         q.last_used = self.now
         self._touch(q)
-        self._schedule(q)
         while True:
             msg = q.pop_head()
             if msg is None:
+                self._schedule(q)
                 return GetResult(None, message_count=0)
             if _expired(msg, self.now):
                 self._dead_letter(q, msg, "expired")
                 continue
             break
+        self._schedule(q)  # for the new head, whose TTL may be due before the old one's
         q.deliver(msg, cmd.owner, None, self.now)
         redelivered = msg.delivery_count > 1 or msg.returns > 0
+        if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+            self._trace_delivery(q, msg, redelivered, "", cmd.owner, cmd.no_ack)
         if cmd.no_ack:
             self._forget(q, msg)
         else:
             self._touch_message(q, msg)
             self.owner_queues.setdefault(cmd.owner, set()).add((cmd.vhost, cmd.queue))
         return GetResult(msg, msg.seq, redelivered, q.message_count())
+
+    def _trace_delivery(
+        self,
+        q: MessageQueue,
+        msg: Message,
+        redelivered: bool,
+        tag: str,
+        owner: c.Owner | None,
+        no_ack: bool,
+    ) -> None:
+        """Trace a delivery (push, get or pull receive), and copy it to the firehose."""
+        detail: dict[str, Any] = {"redelivered": redelivered, "count": msg.delivery_count}
+        if tag:
+            detail["consumer"] = tag
+        if owner is not None:
+            detail["connection"] = list(owner[:2])
+        if no_ack:
+            detail["no_ack"] = True
+        self._trace(q, msg, "delivered", **detail)
+        if q.vhost in self.tracing.firehose:
+            vh = self.vhosts[q.vhost]
+            self._firehose(vh, "deliver." + q.name, msg.exchange, msg.routing_key, msg, redelivered)
 
     def _settle(self, cmd: c.Settle) -> None:
         touched: dict[tuple[str, str], MessageQueue] = {}
@@ -1343,8 +1486,10 @@ class StateMachine:
             if consumer.shared is not None:
                 consumer.shared.in_flight -= 1
         if outcome == "ack":
+            self._trace(q, msg, "acked")
             self._acknowledge(q, msg)
         elif outcome == "requeue":
+            self._trace(q, msg, "requeued")
             msg.returns += 1
             limit = q.settings.delivery_limit
             if limit is not None and msg.returns > limit:
@@ -1358,6 +1503,7 @@ class StateMachine:
             self._dead_letter(q, msg, "rejected")
 
     def _acknowledge(self, q: MessageQueue, msg: Message) -> None:
+        q.counters.acked += 1
         if q.settings.rewind_ms:
             q.retain(msg, self.now)
             self._touch_message(q, msg)
@@ -1544,6 +1690,8 @@ class StateMachine:
             q.hide_for_pull(msg, self.now, visibility)
             self._touch_message(q, msg)
             out.append(Received(msg, f"{msg.seq}.{msg.handle}", q.qid))
+            if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+                self._trace_delivery(q, msg, msg.delivery_count > 1, "", None, False)
         if out:
             self._schedule(q)
         return out
@@ -1570,6 +1718,7 @@ class StateMachine:
     def _delete_by_handle(self, cmd: c.DeleteByHandle) -> None:
         q = self.queue(cmd.vhost, cmd.queue)
         msg = self._held_message(q, cmd.handle)
+        self._trace(q, msg, "acked")
         self._acknowledge(q, msg)
 
     def _change_visibility(self, cmd: c.ChangeVisibility) -> int:
@@ -1705,7 +1854,84 @@ class StateMachine:
             raise NotFound(f"no access key '{cmd.secret_id}'")
         self._record("access_key", cmd.secret_id, None)
 
+    # -- policies ------------------------------------------------------------------------
+
+    def _set_policy(self, cmd: c.SetPolicy) -> None:
+        vh = self.vhost(cmd.vhost)
+        policy = checked_policy(
+            cmd.vhost, cmd.name, cmd.pattern, cmd.apply_to, cmd.priority, cmd.definition
+        )
+        policies = {**vh.policies, cmd.name: policy}
+        plan = self._policy_plan(vh, policies)  # raises, changing nothing, if a queue refuses
+        vh.policies[cmd.name] = policy
+        self._record("policy", (cmd.vhost, cmd.name), policy)
+        self._apply_policy_plan(vh, plan)
+
+    def _delete_policy(self, cmd: c.DeletePolicy) -> None:
+        vh = self.vhost(cmd.vhost)
+        if cmd.name not in vh.policies:
+            raise NotFound(f"no policy '{cmd.name}' in vhost '{cmd.vhost}'")
+        policies = {k: v for k, v in vh.policies.items() if k != cmd.name}
+        plan = self._policy_plan(vh, policies)
+        del vh.policies[cmd.name]
+        self._record("policy", (cmd.vhost, cmd.name), None)
+        self._apply_policy_plan(vh, plan)
+
+    def _policy_plan(
+        self, vh: Vhost, policies: dict[str, Policy]
+    ) -> list[tuple[MessageQueue, Policy | None, QueueSettings]]:
+        """The queues whose policy changes with `policies`, each with its policy and the
+        settings it then has."""
+        plan = []
+        for name in sorted(vh.queues):
+            q = vh.queues[name]
+            policy = choose(policies.values(), "queue", q.name, q.arguments)
+            if policy is not q.policy:
+                plan.append((q, policy, q.settings_with(q.arguments, policy)))
+        return plan
+
+    def _apply_policy_plan(
+        self, vh: Vhost, plan: list[tuple[MessageQueue, Policy | None, QueueSettings]]
+    ) -> None:
+        """As with new arguments (SetQueueArguments), without redeclaring: a lower length
+        limit drops (or dead-letters) from the head, the expiry countdown starts over as
+        RabbitMQ's does. A new message TTL applies to messages published from now on."""
+        self._choose_exchange_policies(vh)
+        for q, policy, settings in plan:
+            expires = q.settings.expires
+            q.apply_policy(policy, settings)
+            if settings.expires is not None and settings.expires != expires:
+                q.last_used = self.now
+                self._touch(q)
+            if settings.overflow == "drop-head":
+                self._drop_over_limit(q)
+            self._schedule(q)
+
+    def _restore_policies(self) -> None:
+        """After loading: what applies to each queue and exchange is derived, not stored."""
+        for vh in self.vhosts.values():
+            if not vh.policies:
+                continue
+            for q in vh.queues.values():
+                policy = choose(vh.policies.values(), "queue", q.name, q.arguments)
+                if policy is not None:
+                    q.apply_policy(policy, q.settings_with(q.arguments, policy))
+            self._choose_exchange_policies(vh)
+
+    def _choose_exchange_policies(self, vh: Vhost) -> None:
+        for ex in vh.exchanges.values():
+            if ex.name:  # (the default exchange routes by queue name only)
+                ex.policy = choose(vh.policies.values(), "exchange", ex.name, ex.arguments)
+
     # -- timers --------------------------------------------------------------------------
+
+    def _set_tracing(self, cmd: c.SetTracing) -> None:
+        vh = self.vhost(cmd.vhost)
+        if cmd.queue and cmd.queue not in vh.queues:
+            raise NotFound(f"no queue '{cmd.queue}' in vhost '{cmd.vhost}'")
+        if self.tracing.set(cmd.vhost, cmd.kind, cmd.enabled, cmd.queue):
+            key = (cmd.vhost, cmd.kind, cmd.queue)
+            self._record("tracing", key, True if cmd.enabled else None)
 
     def _schedule(self, q: MessageQueue) -> None:
         due = q.next_due()
@@ -1782,6 +2008,8 @@ class StateMachine:
             self.permissions[key] = value
         elif kind == "limits":
             self.limits[key] = value
+        elif kind == "policy":
+            self.vhosts[key[0]].policies[key[1]] = value
         elif kind == "exchange":
             self.vhosts[key[0]].exchanges[key[1]] = value
         elif kind == "queue":
@@ -1826,6 +2054,9 @@ class StateMachine:
             self.proposers[key] = value
         elif kind == "member":
             self.members[key] = value
+        elif kind == "tracing":
+            vhost, trace_kind, queue = key
+            self.tracing.set(vhost, trace_kind, True, queue)
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 
@@ -1848,6 +2079,7 @@ class StateMachine:
     def finish_restore(self) -> None:
         """After loading: put consumers in consume order and schedule every timer."""
         self.consumers = dict(sorted(self.consumers.items(), key=lambda item: item[1].seq))
+        self._restore_policies()
         for vh in self.vhosts.values():
             for source, bindings in list(vh.bindings.items()):
                 vh.bindings[source] = dict(sorted(bindings.items(), key=lambda item: item[1]))

@@ -39,6 +39,7 @@ def exchange(vhost: str, ex: Exchange) -> dict[str, Any]:
         "internal": ex.internal,
         "arguments": jsonable(ex.arguments),
         "user_who_performed_action": "",
+        **({} if ex.policy is None else {"policy": ex.policy.name}),
     }
 
 
@@ -79,7 +80,8 @@ def queue(q: MessageQueue, node: str) -> dict[str, Any]:
         "message_bytes": q.ready_bytes + unacked_bytes,
         "consumers": len(q.consumers),
         "memory": QUEUE_OVERHEAD + held * MESSAGE_OVERHEAD + q.ready_bytes + unacked_bytes,
-        "policy": None,
+        "policy": None if q.policy is None else q.policy.name,
+        "effective_policy_definition": {} if q.policy is None else dict(q.policy.definition),
         "exclusive_consumer_tag": None,
         "single_active_consumer_tag": None,
         "head_message_timestamp": None,

@@ -27,6 +27,7 @@ from broker.management import (
     messages,
     overview,
     parameters,
+    policies,
     queues,
 )
 from broker.management.auth import Handler, authenticate
@@ -49,6 +50,7 @@ ROUTES: tuple[AddRoutes, ...] = (
     limits.add_routes,
     cmq.add_routes,
     parameters.add_routes,
+    policies.add_routes,
     console.add_routes,
 )
 

@@ -30,6 +30,7 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError, ClusterUnavailable, InvalidArgument
 from broker.core.model import Effect
 from broker.core.state import StateMachine
+from broker.histogram import CommitMetrics
 from broker.local_gateway import CONNECTION_BITS
 from broker.replication import wire
 from broker.replication.log_store import Proposal, RaftLog, entry_size, to_wire
@@ -224,6 +225,10 @@ class ClusterCommit:
         self._ticker: asyncio.TimerHandle | None = None
         self._timer = DueTimer(self.clock, self._fire_timer)
         self.stats = {"writes": 0, "syncs": 0, "snapshots": 0}
+        #: fsyncs, batch sizes and latency of the log writes
+        self.metrics = CommitMetrics()
+        #: when the synced write in progress was handed to the log's thread (perf_counter)
+        self._started = 0.0
         #: set by the node: a direct reply-to answer for a client connected here
         self.on_reply_to: Callable[[wire.ReplyTo], object] = lambda msg: None
         #: set by the node: close this node's client connections (it lost its cluster's
@@ -232,6 +237,8 @@ class ClusterCommit:
 
     def _recover(self) -> ClusterApplier:
         recovered = recover(self.store, upto=self.log.hard.commit)
+        # What the replay counted happened in an earlier run: counters start at 0.
+        recovered.state.reset_counters()
         return self._applier_from(recovered)
 
     def _applier_from(self, recovered: Recovered) -> ClusterApplier:
@@ -421,6 +428,7 @@ class ClusterCommit:
             hard = rd.hard_state or self.log.hard
             last = rd.entries[-1].index if rd.entries else self.log.last_index()
             write = functools.partial(self.store.write_log, ops, True, last, hard.term, hard.vote)
+            self._started = time.perf_counter()
             fut = self._log_thread.submit(write)
             done = functools.partial(self._persisted, rd)
             fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(done, f))
@@ -455,6 +463,7 @@ class ClusterCommit:
                 self._store_failed(exc)
                 return
             self.stats["syncs"] += 1
+            self.metrics.written(len(rd.entries), self._started, time.perf_counter(), True)
         if rd.entries:
             first, last = rd.entries[0].index, rd.entries[-1].index
             if first <= self.log.last_index():

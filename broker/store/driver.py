@@ -33,6 +33,7 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.model import Effect
 from broker.core.state import StateMachine
+from broker.histogram import CommitMetrics
 from broker.store.applier import Done, Op, Snapshot
 from broker.store.committer import Committer, Write
 from broker.store.disk import Store
@@ -136,6 +137,10 @@ class CommitDriver:
         self._retry: asyncio.TimerHandle | None = None
         #: called when store_error changes (the node raises or clears its alarm)
         self.on_store_error: Callable[[], None] | None = None
+        #: fsyncs, batch sizes and latency of the log writes
+        self.metrics = CommitMetrics()
+        #: when the write on the log's thread was handed out (perf_counter)
+        self._started = 0.0
 
     @property
     def store_error(self) -> BaseException | None:
@@ -235,9 +240,11 @@ class CommitDriver:
             write = self.committer.next_write()
             if write is None:
                 break
+            started = time.perf_counter()
             if write.sync or write.entries > INLINE_ENTRIES:
                 write.sync = write.sync or write.wants_sync
                 self._busy = True
+                self._started = started
                 self._log_thread.submit(self._log_job, write)
                 break
             try:
@@ -245,6 +252,8 @@ class CommitDriver:
             except Exception as exc:
                 self._failed(exc)
                 break
+            if not write.cleanup:
+                self.metrics.written(write.entries, started, time.perf_counter(), False)
             self._written(write)
             self._release()
             if write.cleanup:
@@ -278,6 +287,7 @@ class CommitDriver:
 
     def _log_done(self, write: Write) -> None:
         self._busy = False
+        self.metrics.written(write.entries, self._started, time.perf_counter(), write.sync)
         if not write.ops:
             self._written(write)
         elif write.sync:

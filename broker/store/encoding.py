@@ -116,8 +116,10 @@ COMMAND_CODES: dict[type, int] = {
     c.DeleteAccessKey: 38,
     c.SetMembers: 39,
     c.SetLimits: 40,
-    # 41-49 left to the policy commands being written alongside (issue 13)
-    c.ClearPermissions: 50,
+    c.SetPolicy: 41,
+    c.DeletePolicy: 42,
+    c.SetTracing: 43,
+    c.ClearPermissions: 44,
 }
 
 

@@ -35,6 +35,7 @@ from broker.core.model import (
     SharedLimit,
     User,
 )
+from broker.core.policy import Policy
 from broker.core.queue import MessageQueue
 from broker.core.state import DelayedPublish, StateMachine
 from broker.store.damage import REMEDY, StoreDamaged, StoreUnusable
@@ -74,6 +75,8 @@ KINDS = {
     "proposer": b"f",
     "member": b"g",
     "limits": b"h",
+    "policy": b"i",
+    "tracing": b"t",
 }
 _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
 _MESSAGE_PREFIX = KINDS["message"]
@@ -185,7 +188,16 @@ def _decode_key(kind: str, raw: bytes) -> Any:
     if kind == "record":
         parts = _split(raw)
         return parts[0], tuple(parts[1:-1]), parts[-1]
-    if kind in ("permission", "exchange", "queue", "retained", "session", "limits"):
+    if kind in (
+        "permission",
+        "exchange",
+        "queue",
+        "retained",
+        "session",
+        "limits",
+        "policy",
+        "tracing",
+    ):
         return tuple(_split(raw))
     return raw.decode()
 
@@ -253,7 +265,9 @@ def record_value(kind: str, key: Any, value: Any, state: StateMachine) -> bytes:
         return pack([s.connection, s.owner, s.clean, s.queue, s.group, will])
     if kind == "proposer":
         return pack([value.session, value.floor, sorted(value.seen)])
-    # counter, vhost, binding (its number), record (an adapter's plain value), member
+    if kind == "policy":
+        return pack([value.pattern, value.apply_to, value.priority, value.definition])
+    # counter, vhost, binding (its number), record (an adapter's plain value), member, tracing
     return pack(value)
 
 
@@ -322,6 +336,9 @@ def _decode_value(kind: str, key: Any, raw: bytes) -> Any:
     if kind == "proposer":
         session, floor, seen = v
         return Proposer(session, floor, set(seen))
+    if kind == "policy":
+        pattern, apply_to, priority, definition = v
+        return Policy(key[0], key[1], pattern, apply_to, priority, definition)
     return v
 
 

@@ -42,6 +42,7 @@ class Channel:
         self.number = number
         self.owner: c.Owner = (*conn.id, number)
         self.gateway = conn.gateway
+        self.traffic = conn.gateway.traffic["amqp091"]
         self.closing = False
         self.released = False
         self.prefetch = 0
@@ -256,6 +257,7 @@ class Channel:
             properties = dict(props, reply_to=self.reply_to_key)
         else:
             properties = props
+        self.traffic.received += 1
         if exchange == "" and routing_key.startswith(REPLY_TO + "."):
             self._publish_reply(routing_key, properties, body)
             return
@@ -264,10 +266,23 @@ class Channel:
             self.publish_seq += 1
             seq = self.publish_seq
         command = c.Publish(self.vhost, exchange, routing_key, properties, body, mandatory)
+        self.gateway.note_publisher(command, self._publisher)
         if self.tx:
             self.tx_commands.append(command)
             return
         self._submit_publish(command, seq)
+
+    def _publisher(self) -> dict[str, Any]:
+        """Who publishes on this channel, for message trace."""
+        conn = self.conn
+        return {
+            "protocol": "amqp",
+            "user": conn.user.name if conn.user else "",
+            "connection": list(conn.id),
+            "peer": conn.source,
+            "channel": self.number,
+            "client": str(conn.client_properties.get("product", "")),
+        }
 
     def _submit_publish(self, command: c.Publish, seq: int) -> None:
         def done(result: PublishResult | None, error: BrokerError | None) -> None:
@@ -349,6 +364,7 @@ class Channel:
             return
         self.next_tag += 1
         tag = self.next_tag
+        self.traffic.delivered += 1
         info = self.consumers.get(effect.tag)
         msg = effect.message
         conn = self.conn
@@ -735,6 +751,7 @@ class Channel:
             if msg is None:
                 return spec.Basic.GetEmpty()
             self.next_tag += 1
+            self.traffic.delivered += 1
             if not m.no_ack:
                 self.unacked[self.next_tag] = (self.vhost, queue, msg.seq)
             frame = _frame(

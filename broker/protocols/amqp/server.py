@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from broker.core.model import ConsumerCancelled
 from broker.gateway import Gateway
@@ -39,6 +39,9 @@ class AMQPProtocol(ClientProtocol):
 
     conn: AMQPConnection | None
 
+    #: the protocol's name in the node's counters (Gateway.traffic)
+    protocol: ClassVar[str] = "amqp091"
+
     def __init__(
         self,
         gateway: Gateway,
@@ -61,6 +64,7 @@ class AMQPProtocol(ClientProtocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         conn_id = self.gateway.connection_opened(self)
+        self.gateway.traffic[self.protocol].connections += 1
         refusal = self.gateway.admit(conn_id, peer, self.abort)
         self.conn = AMQPConnection(
             conn_id,

@@ -22,12 +22,16 @@ class ConnectionAdmission:
         self.gateway = gateway
         #: connections over a limit, and why
         self._refused: dict[RequestHandler, str] = {}
+        #: connections open now (over a limit or not)
+        self.open = 0
 
     def attach(self, server: web.Server) -> None:
         made, lost = server.connection_made, server.connection_lost
 
         def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
             made(handler, transport)
+            self.open += 1
+            self.gateway.traffic["http"].connections += 1
             peer = transport.get_extra_info("peername")
             reason = self.gateway.admit(handler, peer, transport.abort)
             if reason is not None:
@@ -35,6 +39,7 @@ class ConnectionAdmission:
 
         def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
             lost(handler, exc)
+            self.open -= 1
             self._refused.pop(handler, None)
             self.gateway.release(handler)
 

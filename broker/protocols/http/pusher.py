@@ -47,6 +47,10 @@ class PushManager:
         self._rng = random.Random()
         #: pushers run on one node only: a cluster's leader (see set_active)
         self.active = True
+        #: push attempts since the node started: that reached their endpoint, that failed
+        #: (retried later or, past the strategy's attempts, given up), and of all attempts
+        #: those that were retries
+        self.counts = {"delivered": 0, "failed": 0, "retries": 0}
 
     def set_active(self, active: bool) -> None:
         """Run the pushers here (this node leads its cluster), or stop them."""
@@ -174,7 +178,12 @@ class PushManager:
             data = msg.body
         strategy = sub["notifyStrategy"]
         command: c.Command
-        if await self._post(sub["endpoint"], data, headers):
+        pushed = await self._post(sub["endpoint"], data, headers)
+        self.counts["delivered" if pushed else "failed"] += 1
+        if attempt > 1:
+            self.counts["retries"] += 1
+        if pushed:
+            self.svc.gateway.traffic["http"].delivered += 1
             command = c.DeleteByHandle(vhost, queue, received.handle)
         elif attempt >= retry.attempts_allowed(strategy):
             detail = f"pushing to {sub['endpoint']} failed after its last retry"

@@ -133,7 +133,7 @@ def _check_body(q: MessageQueue, body: bytes) -> bytes:
 
 
 async def _send(
-    svc: CmqService, vhost: str, q: MessageQueue, bodies: list[bytes], delay_s: int
+    svc: CmqService, req: Request, q: MessageQueue, bodies: list[bytes], delay_s: int
 ) -> list[str]:
     """Publish `bodies` to `q` as one command: all of them, or none if they do not all fit."""
     svc.refuse_if_blocked()
@@ -141,18 +141,23 @@ async def _send(
     delay_ms = delay_s * 1000
     publishes = [
         c.Publish(
-            vhost, "", q.name, {"delivery_mode": 2, "message_id": mid}, body, delay_ms=delay_ms
+            req.vhost, "", q.name, {"delivery_mode": 2, "message_id": mid}, body, delay_ms=delay_ms
         )
         for mid, body in zip(ids, bodies, strict=True)
     ]
+    for publish in publishes:
+        svc.gateway.note_publisher(publish, req.publisher)
+    traffic = svc.gateway.traffic["http"]
     if len(publishes) == 1:
         if (await svc.call(publishes[0])).rejected:
             raise _heap_full(q)
+        traffic.received += 1
         return ids
     try:
         await svc.call(c.Batch(list(publishes), refuse_when_full=True))
     except ResourceLimit:
         raise _heap_full(q) from None
+    traffic.received += len(ids)
     return ids
 
 
@@ -165,7 +170,7 @@ async def send_message(svc: CmqService, req: Request) -> dict[str, Any]:
     (body,) = sent_bodies(req.params, [req.params.text("msgBody")])
     _check_body(q, body)
     delay = req.params.integer("delaySeconds", 0, MAX_DELAY_S, 0)
-    return {"msgId": (await _send(svc, req.vhost, q, [body], delay))[0]}
+    return {"msgId": (await _send(svc, req, q, [body], delay))[0]}
 
 
 async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
@@ -173,7 +178,7 @@ async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
     texts = req.params.array("msgBody", MAX_BATCH, required=True)
     bodies = [_check_body(q, body) for body in sent_bodies(req.params, texts)]
     delay = req.params.integer("delaySeconds", 0, MAX_DELAY_S, 0)
-    ids = await _send(svc, req.vhost, q, bodies, delay)
+    ids = await _send(svc, req, q, bodies, delay)
     return {"msgList": [{"msgId": mid} for mid in ids]}
 
 
@@ -207,6 +212,7 @@ async def _receive(svc: CmqService, req: Request, count: int) -> list[dict[str, 
         try:
             got: list[Received] = await svc.call(c.Receive(req.vhost, name, count))
             if got:
+                svc.gateway.traffic["http"].delivered += len(got)
                 return [_fields(r) for r in got]
             remaining = deadline - loop.time()
             if remaining <= 0 or svc.closing:

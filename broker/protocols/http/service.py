@@ -40,6 +40,12 @@ class Request:
 
     vhost: str
     params: Params
+    #: the access key that signed it
+    secret_id: str = ""
+
+    def publisher(self) -> dict[str, Any]:
+        """Who publishes with this request, for message trace."""
+        return {"protocol": "http", "secret_id": self.secret_id}
 
 
 Action = Callable[["CmqService", Request], Awaitable[dict[str, Any]]]
@@ -54,6 +60,8 @@ class Pushers(Protocol):
 
     #: whether they run on this node (a cluster runs them on its leader only)
     active: bool
+    #: push attempts delivered, failed, and retries among them (metrics)
+    counts: dict[str, int]
 
     def set_active(self, active: bool) -> None: ...
 
@@ -156,7 +164,7 @@ class CmqService:
             if action is None:
                 raise errors.unknown_action(name)
             reply = {"code": 0, "message": "", "requestId": request_id}
-            reply.update(await action(self, Request(key.vhost, params)))
+            reply.update(await action(self, Request(key.vhost, params, key.secret_id)))
         except CmqError as exc:
             reply = {"code": exc.code, "message": exc.message, "requestId": request_id}
             reply.update(exc.extra)

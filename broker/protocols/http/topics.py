@@ -211,7 +211,12 @@ def _publication(
 
 
 async def _publish(
-    svc: CmqService, vhost: str, topic: str, bodies: list[bytes], key: str, headers: dict[str, Any]
+    svc: CmqService,
+    req: Request,
+    topic: str,
+    bodies: list[bytes],
+    key: str,
+    headers: dict[str, Any],
 ) -> list[str]:
     svc.refuse_if_blocked()
     ids = [svc.new_message_id() for _ in bodies]
@@ -219,15 +224,19 @@ async def _publish(
     if headers:
         for p in props:
             p["headers"] = headers
-    await _all(
-        svc, [c.Publish(vhost, topic, key, p, body) for p, body in zip(props, bodies, strict=True)]
-    )
+    commands: list[c.Command] = []
+    for p, body in zip(props, bodies, strict=True):
+        publish = c.Publish(req.vhost, topic, key, p, body)
+        svc.gateway.note_publisher(publish, req.publisher)
+        commands.append(publish)
+    await _all(svc, commands)
+    svc.gateway.traffic["http"].received += len(ids)
     return ids
 
 
 async def publish_message(svc: CmqService, req: Request) -> dict[str, Any]:
     topic, bodies, key, headers = _publication(svc, req, [req.params.text("msgBody")])
-    return {"msgId": (await _publish(svc, req.vhost, topic, bodies, key, headers))[0]}
+    return {"msgId": (await _publish(svc, req, topic, bodies, key, headers))[0]}
 
 
 async def batch_publish_message(svc: CmqService, req: Request) -> dict[str, Any]:
@@ -235,7 +244,7 @@ async def batch_publish_message(svc: CmqService, req: Request) -> dict[str, Any]
     topic, bodies, key, headers = _publication(svc, req, texts)
     if sum(len(b) for b in bodies) > MAX_BATCH_BYTES:
         raise CmqError(errors.TOO_LARGE, f"a batch may carry at most {MAX_BATCH_BYTES} bytes")
-    ids = await _publish(svc, req.vhost, topic, bodies, key, headers)
+    ids = await _publish(svc, req, topic, bodies, key, headers)
     return {"msgList": [{"msgId": mid} for mid in ids]}
 
 

@@ -43,6 +43,7 @@ from broker.protocols.mqtt.topics import (
     filter_matches,
     shared_filter,
     subscribable,
+    sys_filter,
     to_pattern,
     to_routing_key,
     to_topic,
@@ -70,6 +71,8 @@ MAX_EARLY_INPUT = 1024 * 1024
 #: publishes of a client that may wait for an answer (a withheld PUBACK; for QoS 0, word
 #: of whether they fed a congested queue) before the client's input is not read any more
 MAX_UNANSWERED = 256
+#: user tags that may subscribe to `$SYS` topics
+SYS_TAGS = frozenset(("monitoring", "administrator"))
 
 
 def _properties(qos: int, retain: bool) -> dict[str, Any]:
@@ -124,6 +127,7 @@ class MQTTConnection:
         "owner",
         "refusal",
         "gateway",
+        "traffic",
         "settings",
         "loopback",
         "cert_user",
@@ -172,6 +176,7 @@ class MQTTConnection:
         #: why the node refuses this connection (its connection limits): CONNACK 3
         self.refusal = refusal
         self.gateway = gateway
+        self.traffic = gateway.traffic["mqtt"]
         self.settings = settings
         self.loopback = peer_is_loopback
         #: the common name of the client's verified TLS certificate: the user of a client
@@ -228,6 +233,7 @@ class MQTTConnection:
             self.on_output()
         self._out.append(data)
         self._out_size += len(data)
+        self.traffic.packets_sent += 1
 
     def _write_publish(self, header: bytes, payload: bytes) -> None:
         """A PUBLISH as its header and its payload, joined with the rest of the turn's output."""
@@ -237,6 +243,9 @@ class MQTTConnection:
             self.on_output()
         self._out += (header, payload)
         self._out_size += len(header) + len(payload)
+        traffic = self.traffic
+        traffic.packets_sent += 1
+        traffic.delivered += 1
 
     def data_to_send(self) -> bytes:
         self._flush_settles()
@@ -379,6 +388,7 @@ class MQTTConnection:
             self.close(f"protocol error: {exc}", publish_will=True)
 
     def _handle(self, packet: codec.Packet) -> None:
+        self.traffic.packets_received += 1
         if self.state is State.AWAIT_CONNECT:
             if not isinstance(packet, Connect):
                 raise ProtocolError("the first packet must be CONNECT")
@@ -529,7 +539,7 @@ class MQTTConnection:
             return
         present = session.persistent and "session" in (records or {})
         if present:
-            session.restore(records or {})
+            session.restore(records or {}, self._monitoring())
         elif session.persistent:
             self._submit(session.save_subscriptions())
         self.state = State.OPEN
@@ -635,12 +645,14 @@ class MQTTConnection:
                 return
             self._may_publish = True
         self.has_published = True
+        self.traffic.received += 1
         session = self.session
         assert session is not None
         routing_key = to_routing_key(p.topic)
         qos = p.qos
         properties = _PROPERTIES[(qos, p.retain)]
         publish = c.Publish(self.vhost, EXCHANGE, routing_key, properties, p.payload)
+        self.gateway.note_publisher(publish, self._publisher)
         if not p.retain and qos < 2:
             # The common case, without a list: one command, and at QoS 1 its PUBACK.
             if qos == 0:
@@ -716,6 +728,11 @@ class MQTTConnection:
                 self._may_subscribe = False
         return self._may_subscribe
 
+    def _monitoring(self) -> bool:
+        """The user may read the `$SYS` topics (RabbitMQ's monitoring tag, or more)."""
+        assert self.user is not None
+        return not SYS_TAGS.isdisjoint(self.user.tags)
+
     def _shared_allowed(self, queue: str) -> bool:
         """A shared subscription's member reads amq.topic and declares, binds and reads the
         group's queue."""
@@ -737,6 +754,8 @@ class MQTTConnection:
         except ValueError:
             return None
         if shared is None:
+            if sys_filter(topic_filter):
+                return "" if self._monitoring() and self._subscribe_allowed() else None
             return "" if subscribable(topic_filter) and self._subscribe_allowed() else None
         queue = shared_queue(*shared)
         if len(queue.encode()) > MAX_QUEUE_NAME_BYTES or not self._shared_allowed(queue):
@@ -923,6 +942,16 @@ class MQTTConnection:
             self.gateway.submit(c.SetFlow(self.owner, writable), durable=False)
 
     # -- closing -------------------------------------------------------------------------
+
+    def _publisher(self) -> dict[str, Any]:
+        """Who publishes on this connection, for message trace."""
+        return {
+            "protocol": "mqtt",
+            "user": self.user.name if self.user else "",
+            "connection": list(self.id),
+            "peer": self.source,
+            "client_id": self.client_id,
+        }
 
     def close(self, reason: str, publish_will: bool) -> None:
         """End the connection; the transport closes once pending output is written."""

@@ -13,7 +13,7 @@ import functools
 import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from broker.admission import LISTEN_BACKLOG
 from broker.core.model import ConsumerCancelled
@@ -45,6 +45,9 @@ class MQTTProtocol(ClientProtocol):
 
     conn: MQTTConnection | None
 
+    #: the protocol's name in the node's counters (Gateway.traffic)
+    protocol: ClassVar[str] = "mqtt"
+
     def __init__(
         self,
         gateway: Gateway,
@@ -71,6 +74,7 @@ class MQTTProtocol(ClientProtocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         conn_id = self.gateway.connection_opened(self)
+        self.gateway.traffic[self.protocol].connections += 1
         refusal = self.gateway.admit(conn_id, peer, self.abort)
         loopback = is_loopback(peer)
         self.conn = MQTTConnection(

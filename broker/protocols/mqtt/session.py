@@ -18,7 +18,13 @@ from collections.abc import Set
 from typing import Any
 
 from broker.core import commands as c
-from broker.protocols.mqtt.topics import SHARE_PREFIX, shared_filter, subscribable, to_pattern
+from broker.protocols.mqtt.topics import (
+    SHARE_PREFIX,
+    shared_filter,
+    subscribable,
+    sys_filter,
+    to_pattern,
+)
 
 QUEUE_PREFIX = "mqtt-subscription-"
 SHARED_QUEUE_PREFIX = "mqtt-shared-"
@@ -58,10 +64,12 @@ class Session:
         #: outbound QoS 2 packet ids between PUBREL and PUBCOMP
         self.awaiting_complete: Set[int] = _NO_IDS
 
-    def restore(self, records: dict[str, Any]) -> None:
+    def restore(self, records: dict[str, Any], monitoring: bool = False) -> None:
+        """The session as saved; `$SYS` filters stay only for a `monitoring` user (the
+        client id may now be used by another user)."""
         saved = records.get("session", {}).get("subscriptions", {})
-        # An earlier release granted `$SYS` and invalid `$share/` filters: they are gone.
-        self.subscriptions = {f: qos for f, qos in saved.items() if _still_valid(f)}
+        # An earlier release granted invalid `$share/` filters: they are gone.
+        self.subscriptions = {f: qos for f, qos in saved.items() if _still_valid(f, monitoring)}
         for name in records:
             kind, _, number = name.partition(":")
             if kind == "in":
@@ -122,7 +130,9 @@ def _discard(ids: Set[int], packet_id: int) -> None:
         ids.discard(packet_id)
 
 
-def _still_valid(topic_filter: str) -> bool:
+def _still_valid(topic_filter: str, monitoring: bool) -> bool:
+    if monitoring and sys_filter(topic_filter):
+        return True
     try:
         return shared_filter(topic_filter) is not None or subscribable(topic_filter)
     except ValueError:

@@ -45,8 +45,18 @@ def shared_filter(topic_filter: str) -> tuple[str, str] | None:
 
 
 def subscribable(topic_filter: str) -> bool:
-    """A valid filter that is not a `$SYS` one (no `$SYS` topic is published here)."""
-    return valid_filter(topic_filter) and topic_filter.split("/", 1)[0] != "$SYS"
+    """A valid filter that is not a `$SYS` one (those are for monitoring users: `sys_filter`)."""
+    return valid_filter(topic_filter) and not is_sys(topic_filter)
+
+
+def is_sys(topic_filter: str) -> bool:
+    """A filter of the broker's `$SYS` topics."""
+    return topic_filter.split("/", 1)[0] == "$SYS"
+
+
+def sys_filter(topic_filter: str) -> bool:
+    """A valid `$SYS` filter (granted to users tagged monitoring or administrator only)."""
+    return is_sys(topic_filter) and valid_filter(topic_filter)
 
 
 @lru_cache(maxsize=4096)
