@@ -464,7 +464,26 @@ def test_topics_page_shows_cmq_topics_and_subscriptions(browser, console_broker)
     assert "orders.#" in text_of(browser, "bindings-from")
 
 
-@pytest.mark.parametrize("name", ["users", "vhosts", "keys", "policies"])
+def test_policies_page_and_a_queue_it_applies_to(browser, console_broker):
+    name, q = uid("pol"), uid("capped")
+    api(
+        console_broker,
+        "PUT",
+        f"/policies/%2F/{name}",
+        {"pattern": "^" + q + "$", "definition": {"max-length": 3}, "apply-to": "queues"},
+    )
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+    open_page(browser, "policies")
+    (row,) = [r for r in row_texts(browser, "policies-table") if name in r]
+    assert q in row and "max-length: 3" in row and "queues" in row
+    screenshot(browser, "policies")
+    open_page(browser, "queue/" + queue_path(q))
+    assert name in text_of(browser, "queue-details")
+    api(console_broker, "DELETE", f"/policies/%2F/{name}")
+
+
+@pytest.mark.parametrize("name", ["users", "vhosts", "keys"])
 def test_other_pages_load(browser, console_broker, name):
     page = open_page(browser, name)
     assert "Could not load" not in page.text, page.text

@@ -316,20 +316,6 @@ function pager(pageName, result) {
   );
 }
 
-// A list a node may not serve (policies, on a build without them): a note, not an error.
-async function optional(path) {
-  try {
-    return await api("GET", path);
-  } catch (e) {
-    if (e.status === 404 || e.status === 405) return null;
-    throw e;
-  }
-}
-
-function unavailable(path) {
-  return h("p", { class: "muted", text: "This broker does not serve " + path + "." });
-}
-
 // -- charts ----------------------------------------------------------------------------
 
 // A line chart of `series` ([{label, values}]) sampled at `times` (ms).
@@ -1279,23 +1265,21 @@ async function keysPage() {
 }
 
 async function policiesPage() {
-  const policies = await optional("/policies");
+  const policies = await api("GET", "/policies");
   return [
     h("h1", { text: "Policies" }),
-    policies === null
-      ? unavailable("/api/policies")
-      : table(
-          "policies-table",
-          [
-            { title: "Virtual host", value: (p) => p.vhost },
-            { title: "Name", value: (p) => p.name },
-            { title: "Pattern", value: (p) => p.pattern },
-            { title: "Apply to", value: (p) => p["apply-to"] },
-            { title: "Definition", value: (p) => args(p.definition) },
-            { title: "Priority", value: (p) => p.priority ?? 0, num: true },
-          ],
-          policies,
-        ),
+    table(
+      "policies-table",
+      [
+        { title: "Virtual host", value: (p) => p.vhost },
+        { title: "Name", value: (p) => p.name },
+        { title: "Pattern", value: (p) => p.pattern },
+        { title: "Apply to", value: (p) => p["apply-to"] },
+        { title: "Definition", value: (p) => args(p.definition) },
+        { title: "Priority", value: (p) => p.priority ?? 0, num: true },
+      ],
+      policies,
+    ),
   ];
 }
 
