@@ -7,28 +7,20 @@ import gc
 import json
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 import broker
+from broker import cli_objects, cli_trace
 from broker.admission import raise_open_file_limit
-from broker.cli_output import format_option, print_rows
+from broker.cli_common import admin, data_dir_option, format_option, print_rows
 from broker.config import Config
-from broker.control import ControlError, request
 from broker.core.policy import APPLY_TO
 from broker.store.damage import StoreUnusable
 
 #: `broker serve` exits with this when its data dir cannot be used as it is
 EXIT_STORE_UNUSABLE = 3
-
-data_dir_option = click.option(
-    "--data-dir",
-    default="./broker-data",
-    show_default=True,
-    help="Data directory of the node to manage (it names the node).",
-)
 
 
 @click.group()
@@ -218,14 +210,6 @@ def serve(config_path: str | None, repair: bool, **flags: Any) -> None:
         sys.exit(EXIT_STORE_UNUSABLE)
 
 
-def _admin(data_dir: str, op: str, **args: Any) -> Any:
-    try:
-        return request(data_dir, op, args)
-    except ControlError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-
-
 @main.group()
 def users() -> None:
     """Manage users of a running node."""
@@ -237,7 +221,7 @@ def users() -> None:
 @click.option("--tags", default="", help="Comma-separated tags, e.g. administrator.")
 @data_dir_option
 def users_add(name: str, password: str, tags: str, data_dir: str) -> None:
-    _admin(
+    admin(
         data_dir, "users.add", name=name, password=password, tags=[t for t in tags.split(",") if t]
     )
     click.echo(f"user '{name}' added")
@@ -247,15 +231,19 @@ def users_add(name: str, password: str, tags: str, data_dir: str) -> None:
 @click.argument("name")
 @data_dir_option
 def users_delete(name: str, data_dir: str) -> None:
-    _admin(data_dir, "users.delete", name=name)
+    admin(data_dir, "users.delete", name=name)
     click.echo(f"user '{name}' deleted")
 
 
 @users.command("list")
+@format_option
 @data_dir_option
-def users_list(data_dir: str) -> None:
-    for user in _admin(data_dir, "users.list"):
-        click.echo(user["name"] + ("\t" + ",".join(user["tags"]) if user["tags"] else ""))
+def users_list(fmt: str, data_dir: str) -> None:
+    """Name and tags."""
+    users = admin(data_dir, "users.list")
+    if fmt == "table":
+        users = [{**u, "tags": ",".join(u["tags"])} for u in users]
+    print_rows(users, ("name", "tags"), fmt)
 
 
 @users.command("set-limits")
@@ -269,10 +257,11 @@ def users_set_limits(name: str, limits: str, data_dir: str) -> None:
 
 
 @users.command("limits")
+@format_option
 @data_dir_option
-def users_limits(data_dir: str) -> None:
-    """One line per user with limits: name and its limits as JSON."""
-    _show_limits("user", data_dir)
+def users_limits(fmt: str, data_dir: str) -> None:
+    """Each user with limits: name and its limits."""
+    _show_limits("user", fmt, data_dir)
 
 
 @main.group()
@@ -284,7 +273,7 @@ def vhosts() -> None:
 @click.argument("name")
 @data_dir_option
 def vhosts_add(name: str, data_dir: str) -> None:
-    _admin(data_dir, "vhosts.add", name=name)
+    admin(data_dir, "vhosts.add", name=name)
     click.echo(f"vhost '{name}' added")
 
 
@@ -292,15 +281,15 @@ def vhosts_add(name: str, data_dir: str) -> None:
 @click.argument("name")
 @data_dir_option
 def vhosts_delete(name: str, data_dir: str) -> None:
-    _admin(data_dir, "vhosts.delete", name=name)
+    admin(data_dir, "vhosts.delete", name=name)
     click.echo(f"vhost '{name}' deleted")
 
 
 @vhosts.command("list")
+@format_option
 @data_dir_option
-def vhosts_list(data_dir: str) -> None:
-    for name in _admin(data_dir, "vhosts.list"):
-        click.echo(name)
+def vhosts_list(fmt: str, data_dir: str) -> None:
+    print_rows([{"name": name} for name in admin(data_dir, "vhosts.list")], ("name",), fmt)
 
 
 @vhosts.command("set-limits")
@@ -314,20 +303,21 @@ def vhosts_set_limits(name: str, limits: str, data_dir: str) -> None:
 
 
 @vhosts.command("limits")
+@format_option
 @data_dir_option
-def vhosts_limits(data_dir: str) -> None:
-    """One line per vhost with limits: name and its limits as JSON."""
-    _show_limits("vhost", data_dir)
+def vhosts_limits(fmt: str, data_dir: str) -> None:
+    """Each vhost with limits: name and its limits."""
+    _show_limits("vhost", fmt, data_dir)
 
 
 def _set_limits(scope: str, name: str, limits: str, data_dir: str) -> None:
-    _admin(data_dir, f"{scope}s.set_limits", name=name, limits=_json_object(limits))
+    admin(data_dir, f"{scope}s.set_limits", name=name, limits=_json_object(limits))
     click.echo(f"limits of {scope} '{name}' set")
 
 
-def _show_limits(scope: str, data_dir: str) -> None:
-    for name, limits in _admin(data_dir, f"{scope}s.limits").items():
-        click.echo(f"{name}\t{json.dumps(limits)}")
+def _show_limits(scope: str, fmt: str, data_dir: str) -> None:
+    limits = admin(data_dir, f"{scope}s.limits").items()
+    print_rows([{"name": name, "limits": value} for name, value in limits], ("name", "limits"), fmt)
 
 
 def _json_object(text: str, example: str = '{"max-connections": 10}') -> dict[str, Any]:
@@ -356,7 +346,7 @@ def permissions_set(
     user: str, configure: str, write: str, read: str, vhost: str, data_dir: str
 ) -> None:
     """Set USER's CONFIGURE, WRITE and READ regexes on a vhost, as rabbitmqctl does."""
-    _admin(
+    admin(
         data_dir,
         "permissions.set",
         user=user,
@@ -384,7 +374,7 @@ def definitions_import(path: str, data_dir: str) -> None:
             doc = json.load(file)
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="PATH") from None
-    counts = _admin(data_dir, "definitions.import", definitions=doc)
+    counts = admin(data_dir, "definitions.import", definitions=doc)
     click.echo(", ".join(f"{n} {kind}" for kind, n in counts.items()) + " imported")
 
 
@@ -393,21 +383,7 @@ def definitions_import(path: str, data_dir: str) -> None:
 def definitions_export(data_dir: str) -> None:
     """Print the node's users (with password hashes), vhosts, permissions, exchanges, queues
     and bindings as JSON."""
-    click.echo(json.dumps(_admin(data_dir, "definitions.export"), indent=2))
-
-
-@main.group()
-def queues() -> None:
-    """Inspect queues of a running node."""
-
-
-@queues.command("list")
-@click.option("--vhost", default="/", show_default=True)
-@data_dir_option
-def queues_list(vhost: str, data_dir: str) -> None:
-    """One line per queue: name, messages (ready + unacked), consumers."""
-    for q in _admin(data_dir, "queues.list", vhost=vhost):
-        click.echo(f"{q['name']}\t{q['messages']}\t{q['consumers']}")
+    click.echo(json.dumps(admin(data_dir, "definitions.export"), indent=2))
 
 
 @main.group()
@@ -446,26 +422,19 @@ def policies_set(
         "priority": priority,
         "apply-to": apply_to,
     }
-    _admin(data_dir, "policies.set", vhost=vhost, name=name, policy=body)
+    admin(data_dir, "policies.set", vhost=vhost, name=name, policy=body)
     click.echo(f"policy '{name}' set on vhost '{vhost}'")
 
 
 @policies.command("list")
 @click.option("--vhost", help="Only this vhost's. [all]")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 @data_dir_option
 def policies_list(vhost: str | None, fmt: str, data_dir: str) -> None:
     """The policies, as RabbitMQ's management API lists them (json), or one line each: vhost,
     name, pattern, apply-to, priority, definition."""
-    listed = _admin(data_dir, "policies.list", vhost=vhost)
-    if fmt == "json":
-        click.echo(json.dumps(listed, indent=2))
-        return
-    click.echo("vhost\tname\tpattern\tapply-to\tpriority\tdefinition")
-    for p in listed:
-        definition = json.dumps(p["definition"], sort_keys=True)
-        fields = (p["vhost"], p["name"], p["pattern"], p["apply-to"], p["priority"], definition)
-        click.echo("\t".join(str(f) for f in fields))
+    columns = ("vhost", "name", "pattern", "apply-to", "priority", "definition")
+    print_rows(admin(data_dir, "policies.list", vhost=vhost), columns, fmt)
 
 
 @policies.command("delete")
@@ -473,7 +442,7 @@ def policies_list(vhost: str | None, fmt: str, data_dir: str) -> None:
 @click.option("--vhost", default="/", show_default=True)
 @data_dir_option
 def policies_delete(name: str, vhost: str, data_dir: str) -> None:
-    _admin(data_dir, "policies.delete", vhost=vhost, name=name)
+    admin(data_dir, "policies.delete", vhost=vhost, name=name)
     click.echo(f"policy '{name}' deleted from vhost '{vhost}'")
 
 
@@ -482,7 +451,7 @@ def policies_delete(name: str, vhost: str, data_dir: str) -> None:
 @data_dir_option
 def set_disk_free_limit(limit: int, data_dir: str) -> None:
     """Change the free-disk threshold (bytes) below which publishers are blocked."""
-    _admin(data_dir, "limits.set", disk_free_limit=limit)
+    admin(data_dir, "limits.set", disk_free_limit=limit)
     click.echo(f"disk free limit set to {limit}")
 
 
@@ -491,7 +460,7 @@ def set_disk_free_limit(limit: int, data_dir: str) -> None:
 @data_dir_option
 def set_memory_high_watermark(limit: int, data_dir: str) -> None:
     """Change the memory threshold (bytes) above which publishers are blocked."""
-    _admin(data_dir, "limits.set", memory_high_watermark=limit)
+    admin(data_dir, "limits.set", memory_high_watermark=limit)
     click.echo(f"memory high watermark set to {limit}")
 
 
@@ -499,7 +468,7 @@ def set_memory_high_watermark(limit: int, data_dir: str) -> None:
 @data_dir_option
 def status(data_dir: str) -> None:
     """Connections and commit-path counters of a running node."""
-    for key, value in _admin(data_dir, "status").items():
+    for key, value in admin(data_dir, "status").items():
         click.echo(f"{key}\t{value}")
 
 
@@ -514,24 +483,24 @@ def keys() -> None:
 @click.option("--secret-key", help="Use this SecretKey instead of a generated one.")
 @data_dir_option
 def keys_create(vhost: str, secret_id: str | None, secret_key: str | None, data_dir: str) -> None:
-    key = _admin(data_dir, "keys.create", vhost=vhost, secret_id=secret_id, secret_key=secret_key)
+    key = admin(data_dir, "keys.create", vhost=vhost, secret_id=secret_id, secret_key=secret_key)
     click.echo(f"SecretId: {key['secret_id']}")
     click.echo(f"SecretKey: {key['secret_key']}")
 
 
 @keys.command("list")
+@format_option
 @data_dir_option
-def keys_list(data_dir: str) -> None:
-    """One line per key: SecretId and vhost."""
-    for key in _admin(data_dir, "keys.list"):
-        click.echo(f"{key['secret_id']}\t{key['vhost']}")
+def keys_list(fmt: str, data_dir: str) -> None:
+    """SecretId and vhost of each key."""
+    print_rows(admin(data_dir, "keys.list"), ("secret_id", "vhost"), fmt)
 
 
 @keys.command("delete")
 @click.argument("secret_id")
 @data_dir_option
 def keys_delete(secret_id: str, data_dir: str) -> None:
-    _admin(data_dir, "keys.delete", secret_id=secret_id)
+    admin(data_dir, "keys.delete", secret_id=secret_id)
     click.echo(f"key '{secret_id}' deleted")
 
 
@@ -545,7 +514,7 @@ def cluster() -> None:
 @data_dir_option
 def cluster_status(as_json: bool, data_dir: str) -> None:
     """Leader, term, commit and applied index, and each member's match index."""
-    info = _admin(data_dir, "cluster.status")
+    info = admin(data_dir, "cluster.status")
     if as_json:
         click.echo(json.dumps(info))
         return
@@ -565,7 +534,7 @@ def cluster_add(member: str, data_dir: str) -> None:
     node, sep, address = member.partition("=")
     if not sep or not node.isdigit():
         raise click.BadParameter("expected ID=HOST:PORT", param_hint="MEMBER")
-    _admin(data_dir, "cluster.add", node=int(node), address=address)
+    admin(data_dir, "cluster.add", node=int(node), address=address)
     click.echo(f"node {node} added")
 
 
@@ -574,7 +543,7 @@ def cluster_add(member: str, data_dir: str) -> None:
 @data_dir_option
 def cluster_remove(node: int, data_dir: str) -> None:
     """Remove a member."""
-    _admin(data_dir, "cluster.remove", node=node)
+    admin(data_dir, "cluster.remove", node=node)
     click.echo(f"node {node} removed")
 
 
@@ -583,115 +552,9 @@ def cluster_remove(node: int, data_dir: str) -> None:
 @data_dir_option
 def cluster_transfer(node: int, data_dir: str) -> None:
     """Hand leadership to another member."""
-    _admin(data_dir, "cluster.transfer", node=node)
+    admin(data_dir, "cluster.transfer", node=node)
     click.echo(f"leadership handed to node {node}")
 
 
-@main.group()
-def trace() -> None:
-    """Message trace, and RabbitMQ's firehose (copies to amq.rabbitmq.trace)."""
-
-
-@trace.command("on")
-@click.option("--vhost", default="/", show_default=True)
-@data_dir_option
-def trace_on(vhost: str, data_dir: str) -> None:
-    """Turn the firehose on for a vhost (as rabbitmqctl trace_on)."""
-    _admin(data_dir, "trace.set", vhost=vhost, kind="firehose", enabled=True)
-    click.echo(f"firehose on for vhost '{vhost}'")
-
-
-@trace.command("off")
-@click.option("--vhost", default="/", show_default=True)
-@data_dir_option
-def trace_off(vhost: str, data_dir: str) -> None:
-    """Turn the firehose off for a vhost (as rabbitmqctl trace_off)."""
-    _admin(data_dir, "trace.set", vhost=vhost, kind="firehose", enabled=False)
-    click.echo(f"firehose off for vhost '{vhost}'")
-
-
-@trace.command("messages")
-@click.argument("state", type=click.Choice(["on", "off"]))
-@click.option("--vhost", default="/", show_default=True)
-@click.option("--queue", default="", help="Only this queue. [the whole vhost]")
-@data_dir_option
-def trace_messages(state: str, vhost: str, queue: str, data_dir: str) -> None:
-    """Record (or stop recording) every step of each message's life."""
-    _admin(data_dir, "trace.set", vhost=vhost, kind="trace", enabled=state == "on", queue=queue)
-    where = f"queue '{queue}' in vhost '{vhost}'" if queue else f"vhost '{vhost}'"
-    click.echo(f"message trace {state} for {where}")
-
-
-@trace.command("status")
-@format_option
-@data_dir_option
-def trace_status(fmt: str, data_dir: str) -> None:
-    """What is traced."""
-    print_rows(_admin(data_dir, "trace.status"), ("vhost", "kind", "queue"), fmt)
-
-
-@trace.command("show")
-@click.argument("message_id")
-@click.option("--limit", default=1000, show_default=True)
-@format_option
-@data_dir_option
-def trace_show(message_id: str, limit: int, fmt: str, data_dir: str) -> None:
-    """The life of one message, by trace id or message_id property."""
-    steps = _admin(data_dir, "trace.by_id", id=message_id, limit=limit)
-    print_rows([_step_row(s) for s in steps], TRACE_COLUMNS, fmt)
-
-
-@trace.command("queue")
-@click.argument("queue")
-@click.option("--vhost", default="/", show_default=True)
-@click.option("--since", help="From this time: ISO 8601 (UTC unless it says) or epoch ms.")
-@click.option("--until", help="Up to this time, included.")
-@click.option("--limit", default=1000, show_default=True)
-@format_option
-@data_dir_option
-def trace_queue(
-    queue: str,
-    vhost: str,
-    since: str | None,
-    until: str | None,
-    limit: int,
-    fmt: str,
-    data_dir: str,
-) -> None:
-    """What happened in a queue between two times."""
-    steps = _admin(
-        data_dir,
-        "trace.by_queue",
-        vhost=vhost,
-        queue=queue,
-        since=_epoch_ms(since) if since else 0,
-        until=_epoch_ms(until) if until else None,
-        limit=limit,
-    )
-    print_rows([_step_row(s) for s in steps], TRACE_COLUMNS, fmt)
-
-
-TRACE_COLUMNS = ("time", "event", "queue", "seq", "id", "detail")
-_STEP_FIELDS = ("time", "event", "vhost", "queue", "seq", "id")
-
-
-def _step_row(step: dict[str, Any]) -> dict[str, Any]:
-    """A trace step as a table shows it: the time in ISO 8601, the rest as detail."""
-    row = {key: step.get(key) for key in _STEP_FIELDS}
-    row["time"] = datetime.fromtimestamp(step["time"] / 1000, UTC).isoformat(
-        timespec="milliseconds"
-    )
-    row["detail"] = {k: v for k, v in step.items() if k not in _STEP_FIELDS}
-    return row
-
-
-def _epoch_ms(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"not a time: {text!r} (ISO 8601 or epoch ms)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+for _group in (*cli_objects.COMMANDS, cli_trace.trace):
+    main.add_command(_group)

@@ -17,6 +17,7 @@ import string
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from broker import control_lists as lists
 from broker import definitions, policies
 from broker.core import commands as c
 from broker.core.auth import hash_password
@@ -63,6 +64,15 @@ class ControlServer:
             "users.set_limits": self._users_set_limits,
             "users.limits": self._users_limits,
             "queues.list": self._queues_list,
+            "queues.purge": self._queues_purge,
+            "queues.delete": self._queues_delete,
+            "exchanges.list": self._exchanges_list,
+            "bindings.list": self._bindings_list,
+            "consumers.list": self._consumers_list,
+            "connections.list": self._connections_list,
+            "connections.close": self._connections_close,
+            "topics.list": self._topics_list,
+            "subscriptions.list": self._subscriptions_list,
             "policies.set": self._policies_set,
             "policies.list": self._policies_list,
             "policies.delete": self._policies_delete,
@@ -169,16 +179,40 @@ class ControlServer:
         limits = self.node.gateway.committed.limits
         return {name: dict(limits[(kind, name)]) for kind, name in sorted(limits) if kind == scope}
 
-    async def _queues_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        vhost = self.node.gateway.committed.vhost(args.get("vhost") or "/")
-        return [
-            {
-                "name": q.name,
-                "messages": q.ready_count + len(q.unacked),
-                "consumers": len(q.consumers),
-            }
-            for q in sorted(vhost.queues.values(), key=lambda q: q.name)
-        ]
+    async def _queues_list(self, args: dict[str, Any]) -> lists.Rows:
+        return lists.queues(self.node, args.get("vhost"))
+
+    async def _queues_purge(self, args: dict[str, Any]) -> int:
+        return int(await self._call(c.PurgeQueue(args.get("vhost") or "/", args["name"])))
+
+    async def _queues_delete(self, args: dict[str, Any]) -> int:
+        vhost, name = args.get("vhost") or "/", args["name"]
+        self.node.gateway.committed.queue(vhost, name)  # NotFound, as rabbitmqctl says
+        command = c.DeleteQueue(
+            vhost, name, bool(args.get("if_unused")), bool(args.get("if_empty"))
+        )
+        return int(await self._call(command))
+
+    async def _exchanges_list(self, args: dict[str, Any]) -> lists.Rows:
+        return lists.exchanges(self.node, args.get("vhost"))
+
+    async def _bindings_list(self, args: dict[str, Any]) -> lists.Rows:
+        return lists.bindings(self.node, args.get("vhost"))
+
+    async def _consumers_list(self, args: dict[str, Any]) -> lists.Rows:
+        return lists.consumers(self.node, args.get("vhost"))
+
+    async def _connections_list(self, args: dict[str, Any]) -> lists.Rows:
+        return lists.connections(self.node)
+
+    async def _connections_close(self, args: dict[str, Any]) -> None:
+        lists.close_connection(self.node, args["name"], args.get("reason") or "closed")
+
+    async def _topics_list(self, args: dict[str, Any]) -> lists.Rows:
+        return lists.topics(self.node, args.get("vhost"))
+
+    async def _subscriptions_list(self, args: dict[str, Any]) -> lists.Rows:
+        return lists.subscriptions(self.node, args.get("vhost"), args.get("topic"))
 
     async def _trace_set(self, args: dict[str, Any]) -> None:
         await self._call(

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.model import ConsumerCancelled, Deliver, Dropped, User
 from broker.core.state import StateMachine
+
+if TYPE_CHECKING:
+    from broker.trace_log.recorder import TraceRecorder
 
 #: Called once a command is applied (and durable when it was submitted as such).
 Done = Callable[[Any, BrokerError | None], None]
@@ -91,6 +94,8 @@ class Gateway(Protocol):
     connections: dict[c.ConnectionId, ClientConnection]
     #: protocol (PROTOCOLS) -> what its clients exchanged with this node
     traffic: dict[str, Traffic]
+    #: where the steps of traced messages are recorded and queried (once the node is up)
+    trace: TraceRecorder | None
 
     # -- connections ---------------------------------------------------------------------
 

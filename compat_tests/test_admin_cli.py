@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pika
 import pika.exceptions
 import pytest
@@ -157,19 +159,20 @@ def test_queues_list(fresh_broker):
         cch.basic_consume(q, lambda *a: None)
 
         def row():
-            for line in b.cli("queues", "list", "--vhost", "/").stdout.splitlines():
-                parts = line.split("\t")
-                if parts[0] == q:
-                    return parts
+            for item in json.loads(b.cli("queues", "list", "--format", "json").stdout):
+                if item["name"] == q and item["consumers"] == 1:
+                    return item
             return None
 
-        parts = wait_until(
-            lambda: (lambda r: r if r and r[2] == "1" else None)(row()),
-            message="queue listed with a consumer",
+        item = wait_until(row, message="queue listed with a consumer")
+        assert (item["messages"], item["messages_ready"], item["messages_unacknowledged"]) == (
+            3,
+            2,
+            1,
         )
-        assert len(parts) == 3
-        assert int(parts[1]) in (2, 3)  # ready (2) or total (3) depending on counting
-        assert parts[2] == "1"
+        header, *lines = b.cli("queues", "list", "--vhost", "/").stdout.splitlines()
+        assert header.split("\t")[:3] == ["name", "messages", "consumers"]
+        assert [line.split("\t")[:3] for line in lines if line.startswith(q)] == [[q, "3", "1"]]
 
 
 def test_cli_fails_without_running_node(tmp_path):

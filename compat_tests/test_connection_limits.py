@@ -285,10 +285,12 @@ def test_limits_survive_a_restart(fresh_broker):
     b.cli("vhosts", "set-limits", "/", '{"max-connections": 0}')
     b.restart()
     assert b.cli("users", "limits").stdout.splitlines() == [
-        f"{name}\t" + json.dumps({"max-channels": 7, "max-connections": 3})
+        "name\tlimits",
+        f"{name}\t" + json.dumps({"max-channels": 7, "max-connections": 3}),
     ]
     assert b.cli("vhosts", "limits").stdout.splitlines() == [
-        "/\t" + json.dumps({"max-connections": 0})
+        "name\tlimits",
+        "/\t" + json.dumps({"max-connections": 0}),
     ]
     refused_amqp(b)
 
@@ -306,7 +308,7 @@ def test_bad_limits_are_refused_by_the_cli(fresh_broker):
     ):
         res = b.cli(*args, check=False)
         assert res.returncode != 0 and why in res.stderr, (args, res.stderr)
-    assert b.cli("vhosts", "limits").stdout == b.cli("users", "limits").stdout == ""
+    assert b.cli("vhosts", "limits").stdout == b.cli("users", "limits").stdout == "name\tlimits\n"
     b.cli("users", "set-limits", "guest", '{"max-channels": 5}')  # the node goes on
 
 

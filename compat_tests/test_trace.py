@@ -8,6 +8,7 @@ import pika
 import pytest
 
 from .helpers import collect, connection, uid, wait_get, wait_until
+from .management_helpers import Api
 from .mqtt_helpers import Paho
 
 pytestmark = pytest.mark.own_broker
@@ -158,3 +159,45 @@ def test_the_firehose_copies_publishes_and_deliveries(fresh_broker):
             ch.basic_publish("amq.rabbitmq.trace", "x", b"no")
             ch.queue_declare(tap, passive=True)
         assert refused.value.reply_code == 403
+
+
+def test_trace_over_the_management_api(fresh_broker):
+    b = fresh_broker
+    api = Api(b)
+    assert api.put("/api/trace/%2F", {"kind": "trace", "enabled": True}) == 204
+    assert api.get("/api/trace") == [{"vhost": "/", "kind": "trace", "queue": ""}]
+    queue = uid("traced")
+    with connection(b) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        ch.queue_bind(queue, "amq.topic", "meters.*")
+        mqtt = Paho(b)
+        mqtt.connect()
+        mqtt.publish("meters/m7", b"42", qos=1)
+        mqtt.close()
+        ((method, _, _),) = collect(ch, queue, 1)
+        ch.basic_ack(method.delivery_tag)
+        ch.queue_declare(queue)
+
+    def steps():
+        found = api.get(f"/api/trace/%2F/queues/{queue}?since=0")
+        return found if [s["event"] for s in found][-1:] == ["acked"] else None
+
+    published, delivered, acked = wait_until(steps, timeout=10)
+    life = api.get(f"/api/trace/%2F/messages/{published['id']}")
+    assert [s["event"] for s in life] == ["published", "delivered", "acked"]
+    assert life[0]["publisher"]["protocol"] == "mqtt"
+    assert api.get(f"/api/trace/%2F/queues/{queue}?since={acked['time'] + 1}") == []
+
+    b.cli("users", "add", "watcher", "pw", "--tags", "monitoring")
+    b.cli("users", "add", "nobody", "pw")
+    watcher, nobody = api.as_user("watcher", "pw"), api.as_user("nobody", "pw")
+    assert watcher.get(f"/api/trace/%2F/messages/{published['id']}") == life
+    assert watcher.call("PUT", "/api/trace/%2F", {"kind": "trace", "enabled": False})[0] == 401
+    assert nobody.call("GET", "/api/trace")[0] == 401
+    status, error = api.call("GET", f"/api/trace/%2F/queues/{queue}?since=5&until=1")
+    assert status == 400 and "until" in error["reason"]
+    status, error = api.call("PUT", "/api/trace/%2F", {"kind": "sideways"})
+    assert status == 400 and "trace or firehose" in error["reason"]
+    assert api.call("GET", f"/api/trace/%2F/queues/{queue}?until=99999999999999999999999")[0] == 200
+    assert api.call("GET", "/api/trace/nohost/messages/1.0")[0] == 404

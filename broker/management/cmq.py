@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.core import commands as c
+from broker.core.state import StateMachine
 from broker.management.auth import (
     check_permission,
     readable_vhost,
@@ -50,8 +51,8 @@ def _vhosts(request: web.Request) -> list[str]:
     return visible_vhosts(request)
 
 
-def _topics(request: web.Request, vhost: str) -> list[dict[str, Any]]:
-    state = request.app[CONTEXT_KEY].gateway.committed
+def topics_of(state: StateMachine, vhost: str) -> list[dict[str, Any]]:
+    """The CMQ topics of a vhost, with their settings and subscription counts."""
     return [
         {
             "name": name,
@@ -61,6 +62,28 @@ def _topics(request: web.Request, vhost: str) -> list[dict[str, Any]]:
         }
         for name, record in sorted(state.records_of(vhost, TOPICS).items())
     ]
+
+
+def subscriptions_of(
+    state: StateMachine, vhosts: list[str], topic: str | None = None
+) -> list[dict[str, Any]]:
+    """The subscriptions of those vhosts' topics (of one topic, given `topic`)."""
+    found = []
+    wanted = set(vhosts)
+    for (vhost, group), subs in sorted(state.records.items()):
+        if vhost not in wanted or group[:-1] != SUBSCRIPTIONS:
+            continue
+        if topic is not None and group[-1] != topic:
+            continue
+        found += [
+            {"name": name, "vhost": vhost, "topic": group[-1], **sub}
+            for name, sub in sorted(subs.items())
+        ]
+    return found
+
+
+def _topics(request: web.Request, vhost: str) -> list[dict[str, Any]]:
+    return topics_of(request.app[CONTEXT_KEY].gateway.committed, vhost)
 
 
 async def topics(request: web.Request) -> web.Response:
@@ -78,18 +101,7 @@ async def topic(request: web.Request) -> web.Response:
 async def subscriptions(request: web.Request) -> web.Response:
     state = request.app[CONTEXT_KEY].gateway.committed
     wanted = segment(request, "topic") if "topic" in request.match_info else None
-    found = []
-    for vhost in _vhosts(request):
-        for (owner, group), subs in sorted(state.records.items()):
-            if owner != vhost or group[:-1] != SUBSCRIPTIONS:
-                continue
-            if wanted is not None and group[-1] != wanted:
-                continue
-            found += [
-                {"name": name, "vhost": vhost, "topic": group[-1], **sub}
-                for name, sub in sorted(subs.items())
-            ]
-    return listing(request, found)
+    return listing(request, subscriptions_of(state, _vhosts(request), wanted))
 
 
 async def rewind(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from broker.core import commands as c
 from broker.core.model import Consumer
-from broker.gateway import ClientConnection
+from broker.gateway import ClientConnection, Gateway
 from broker.management.auth import is_admin, is_monitor, readable_vhost, user_of, visible_vhosts
 from broker.management.context import CONTEXT_KEY, Context, node_name
 from broker.management.errors import not_authorised, not_found
@@ -43,14 +43,15 @@ def connection_name(info: dict[str, Any], cid: c.ConnectionId) -> str:
     return f"{info['peer_host']}:{info['peer_port']} -> {info['host']}:{info['port']}"
 
 
-def connection_json(ctx: Context, cid: c.ConnectionId, info: dict[str, Any]) -> dict[str, Any]:
+def connection_json(node: str, cid: c.ConnectionId, info: dict[str, Any]) -> dict[str, Any]:
+    """A connection of this node (`node`: its name) as RabbitMQ shows one."""
     name = connection_name(info, cid)
     client_properties = info.get("client_properties") or {}
     if "client_id" in info:  # MQTT: RabbitMQ shows the client id among the properties
         client_properties = {"client_id": info["client_id"]}
     return {
         "name": name,
-        "node": ctx.node_name,
+        "node": node,
         "type": "network",
         "state": "running" if info.get("user") else "starting",
         "protocol": info.get("protocol"),
@@ -95,14 +96,16 @@ def _find(request: web.Request) -> tuple[c.ConnectionId, ClientConnection, dict]
 
 async def connections(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
-    return listing(request, [connection_json(ctx, cid, info) for cid, _, info in _visible(request)])
+    return listing(
+        request, [connection_json(ctx.node_name, cid, info) for cid, _, info in _visible(request)]
+    )
 
 
 async def vhost_connections(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     vhost = readable_vhost(request, segment(request, "vhost"))
     listed = [
-        connection_json(ctx, cid, info)
+        connection_json(ctx.node_name, cid, info)
         for cid, _, info in _visible(request)
         if info.get("vhost") == vhost
     ]
@@ -111,7 +114,7 @@ async def vhost_connections(request: web.Request) -> web.Response:
 
 async def connection(request: web.Request) -> web.Response:
     cid, _, info = _find(request)
-    return ok(connection_json(request.app[CONTEXT_KEY], cid, info))
+    return ok(connection_json(request.app[CONTEXT_KEY].node_name, cid, info))
 
 
 async def close(request: web.Request) -> web.Response:
@@ -182,11 +185,11 @@ async def channel(request: web.Request) -> web.Response:
     raise not_found()
 
 
-def consumer_json(ctx: Context, consumer: Consumer) -> dict[str, Any]:
+def consumer_json(gateway: Gateway, consumer: Consumer) -> dict[str, Any]:
     """A consumer of any node and protocol; its channel is named when this node holds it."""
     node, number, session = consumer.owner
     cid = (node, number)
-    conn = ctx.gateway.connections.get(cid)
+    conn = gateway.connections.get(cid)
     info = conn.info() if conn is not None else {}
     name = connection_name(info, cid)
     return {
@@ -215,7 +218,7 @@ def _consumers(request: web.Request, vhosts: list[str]) -> list[dict[str, Any]]:
     ctx = request.app[CONTEXT_KEY]
     wanted = set(vhosts)
     return [
-        consumer_json(ctx, consumer)
+        consumer_json(ctx.gateway, consumer)
         for consumer in ctx.gateway.committed.consumers.values()
         if consumer.vhost in wanted
     ]

@@ -60,7 +60,7 @@ async def show(request: web.Request) -> web.Response:
         raise not_found()
     ctx.rates.refresh(ctx.gateway.committed)
     shown = {**formats.queue(q, ctx.node_name), **ctx.rates.details(vhost, q.name)}
-    shown["consumer_details"] = [consumer_json(ctx, consumer) for consumer in q.consumers]
+    shown["consumer_details"] = [consumer_json(ctx.gateway, consumer) for consumer in q.consumers]
     return ok(shown)
 
 

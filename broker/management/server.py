@@ -29,6 +29,7 @@ from broker.management import (
     parameters,
     policies,
     queues,
+    trace,
 )
 from broker.management.auth import Handler, authenticate
 from broker.management.context import CONTEXT_KEY, AddRoutes, Context
@@ -51,6 +52,7 @@ ROUTES: tuple[AddRoutes, ...] = (
     cmq.add_routes,
     parameters.add_routes,
     policies.add_routes,
+    trace.add_routes,
     console.add_routes,
 )
 

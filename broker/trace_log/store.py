@@ -26,6 +26,8 @@ from broker.store.encoding import pack, unpack
 _TIME = struct.Struct(">QQ")
 _SEQ = struct.Struct(">Q")
 _LEN = struct.Struct(">H")
+#: the latest time a key can hold (a query past it means "until the end")
+_LAST_TIME = 2**64 - 2
 #: steps that end a message's life in a queue: its id is no longer needed there
 _FINAL = frozenset(("rejected", "expired", "maxlen", "delivery-limit"))
 
@@ -156,7 +158,10 @@ class TraceStore:
         """The steps that concern a queue between two times (ms, both included), oldest
         first."""
         prefix = b"Q" + _text(vhost, queue)
-        stop = prefix + (_TIME.pack(until + 1, 0) if until is not None else b"\xff" * 16)
+        since = min(max(since, 0), _LAST_TIME)
+        stop = prefix + (
+            _TIME.pack(min(until, _LAST_TIME) + 1, 0) if until is not None else b"\xff" * 16
+        )
         stamps = []
         for key in self.db.iterator(
             start=prefix + _TIME.pack(since, 0), stop=stop, include_value=False
