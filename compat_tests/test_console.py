@@ -483,6 +483,36 @@ def test_policies_page_and_a_queue_it_applies_to(browser, console_broker):
     api(console_broker, "DELETE", f"/policies/%2F/{name}")
 
 
+def test_trace_page_follows_a_message(browser, console_broker):
+    q, mid = uid("traced"), uid("mid")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+    open_page(browser, "trace")
+    browser.find_element(By.ID, "trace-switch-queue").send_keys(q)
+    browser.find_element(By.ID, "trace-on").click()
+    flash_says(browser, "Trace turned on.")
+    wait(browser, lambda d: q in text_of(d, "trace-settings"), "the queue among the traced")
+    with channel(console_broker) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish("", q, b"follow me", pika.BasicProperties(message_id=mid))
+        (taken,) = collect(ch, q, 1)
+        ch.basic_ack(taken[0].delivery_tag)
+    browser.find_element(By.ID, "trace-message-id").send_keys(mid)
+    browser.find_element(By.ID, "trace-message-button").click()
+    wait(browser, lambda d: "acked" in (text_of(d, "trace-steps") or ""), "the message's steps")
+    events = [r.split("\t")[1] for r in row_texts(browser, "trace-steps")]
+    assert events == ["published", "delivered", "acked"]
+    assert "guest" in text_of(browser, "trace-steps")  # who published it
+    browser.find_element(By.ID, "trace-queue-name").send_keys(q)
+    browser.find_element(By.ID, "trace-queue-button").click()
+    wait(browser, lambda d: "Queue " + q in text_of(d, "trace-results"), "the queue's steps")
+    assert "acked" in text_of(browser, "trace-steps")
+    screenshot(browser, "trace")
+    browser.find_element(By.ID, "trace-off").click()
+    flash_says(browser, "Trace turned off.")
+    assert api(console_broker, "GET", "/trace") == []
+
+
 @pytest.mark.parametrize("name", ["users", "vhosts", "keys"])
 def test_other_pages_load(browser, console_broker, name):
     page = open_page(browser, name)

@@ -1283,6 +1283,159 @@ async function policiesPage() {
   ];
 }
 
+// -- message trace ----------------------------------------------------------------------
+
+// What is traced (GET /api/trace); the forms below turn it on and off and query it.
+async function tracePage() {
+  const settings = await api("GET", "/trace");
+  return [
+    h("h1", { text: "Message trace" }),
+    h("p", {
+      class: "muted",
+      text:
+        "While trace is on for a vhost or a queue, every step of each message's life there " +
+        "is recorded: published (by whom, routed where), delivered, acknowledged, returned, " +
+        "rejected, expired, dead-lettered. The firehose copies messages to amq.rabbitmq.trace.",
+    }),
+    table(
+      "trace-settings",
+      [
+        { title: "Virtual host", value: (t) => t.vhost },
+        { title: "Kind", value: (t) => t.kind },
+        { title: "Queue", value: (t) => t.queue || "(the whole vhost)" },
+      ],
+      settings,
+    ),
+  ];
+}
+
+const STEP_FIELDS = new Set(["event", "vhost", "queue", "seq", "time", "id"]);
+
+// "2026-12-02 13:32:56.271" in the browser's time zone: steps are ms apart.
+function stepTime(ms) {
+  const d = new Date(ms);
+  const two = (n) => String(n).padStart(2, "0");
+  const date = d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate());
+  const time = two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+  return date + " " + time + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function stepsTable(steps, lookUp) {
+  return table(
+    "trace-steps",
+    [
+      { title: "Time", value: (s) => s.time, show: (s) => stepTime(s.time) },
+      { title: "Event", value: (s) => s.event },
+      { title: "Queue", value: (s) => s.queue || "" },
+      {
+        title: "Message",
+        value: (s) => s.id || "",
+        show: (s) =>
+          s.id
+            ? h("a", { href: "#/trace", text: s.id, onclick: (ev) => lookUp(ev, s.vhost, s.id) })
+            : "",
+      },
+      {
+        title: "Details",
+        value: (s) =>
+          args(Object.fromEntries(Object.entries(s).filter(([k]) => !STEP_FIELDS.has(k)))),
+      },
+    ],
+    steps,
+  );
+}
+
+function field(label, attrs) {
+  return h("label", {}, label + " ", h("input", attrs));
+}
+
+function traceActions() {
+  const results = h("div", { id: "trace-results" });
+  const query = async (path, what) => {
+    try {
+      const steps = await api("GET", path);
+      results.replaceChildren(h("h2", { text: what }), stepsTable(steps, lookUp));
+    } catch (e) {
+      flash("Trace query failed: " + e.message);
+    }
+  };
+
+  const switches = h(
+    "form",
+    { class: "action", id: "trace-switch-form" },
+    h("h2", { text: "Turn trace on or off" }),
+    field("Virtual host", { name: "vhost", value: "/" }),
+    field("Queue (empty: the whole vhost)", { name: "queue", id: "trace-switch-queue" }),
+    h(
+      "label",
+      {},
+      "Kind ",
+      h(
+        "select",
+        { name: "kind" },
+        h("option", { value: "trace", text: "message trace" }),
+        h("option", { value: "firehose", text: "firehose (amq.rabbitmq.trace)" }),
+      ),
+    ),
+    h("button", { type: "submit", name: "on", id: "trace-on", text: "Turn on" }),
+    " ",
+    h("button", { type: "submit", name: "off", id: "trace-off", text: "Turn off" }),
+  );
+  switches.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = switches.elements;
+    const enabled = ev.submitter !== f.off;
+    const what = { kind: f.kind.value, enabled };
+    if (f.queue.value) what.queue = f.queue.value;
+    try {
+      await api("PUT", "/trace/" + enc(f.vhost.value), what);
+      flash("Trace turned " + (enabled ? "on." : "off."), true);
+      await refreshNow();
+    } catch (e) {
+      flash("Trace change failed: " + e.message);
+    }
+  });
+
+  const byMessage = h(
+    "form",
+    { class: "action", id: "trace-message-form" },
+    h("h2", { text: "One message's life" }),
+    field("Virtual host", { name: "vhost", value: "/" }),
+    field("Trace id or message_id", { name: "id", id: "trace-message-id", required: true }),
+    h("button", { type: "submit", id: "trace-message-button", text: "Show" }),
+  );
+  byMessage.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = byMessage.elements;
+    const path = "/trace/" + enc(f.vhost.value) + "/messages/" + enc(f.id.value);
+    query(path, "Message " + f.id.value);
+  });
+  function lookUp(ev, vhost, id) {
+    ev.preventDefault();
+    byMessage.elements.vhost.value = vhost;
+    byMessage.elements.id.value = id;
+    byMessage.requestSubmit();
+  }
+
+  const byQueue = h(
+    "form",
+    { class: "action", id: "trace-queue-form" },
+    h("h2", { text: "A queue's steps" }),
+    field("Virtual host", { name: "vhost", value: "/" }),
+    field("Queue", { name: "queue", id: "trace-queue-name", required: true }),
+    field("Minutes back", { name: "minutes", type: "number", min: 1, value: 60 }),
+    h("button", { type: "submit", id: "trace-queue-button", text: "Show" }),
+  );
+  byQueue.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = byQueue.elements;
+    const since = Date.now() - Number(f.minutes.value) * 60000;
+    const path = "/trace/" + enc(f.vhost.value) + "/queues/" + enc(f.queue.value);
+    query(path + "?since=" + since, "Queue " + f.queue.value);
+  });
+  return [switches, byMessage, byQueue, results];
+}
+
 // -- routing, polling, login ------------------------------------------------------------
 
 // Each page: `live` (re-read on every refresh) and optional `actions` (forms made once).
@@ -1298,6 +1451,7 @@ const PAGES = {
   vhosts: { live: vhostsPage },
   keys: { live: keysPage },
   policies: { live: policiesPage },
+  trace: { live: tracePage, actions: traceActions },
 };
 
 // the list page a detail page belongs to (for the highlighted menu entry)
