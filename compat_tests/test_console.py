@@ -20,7 +20,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from compat_tests.browser import WAIT, chrome, screenshot
 from compat_tests.cmq_helpers import CmqBroker, ok
@@ -172,11 +172,14 @@ def test_odd_names_in_an_odd_vhost(browser, console_broker):
     """Names with /, #, ? and % (a vhost with a slash too) survive the links, the page's
     route and the API paths: the queue list leads to the queue's page, whose publish lands
     in that queue."""
-    vhost, q = uid("dev/ops"), "odd/name #1?% " + uid()
+    token = uid()
+    vhost, q = uid("dev/ops"), "odd/name #1?% " + token
     api(console_broker, "PUT", "/vhosts/" + urllib.parse.quote(vhost, safe=""), {})
     with channel(console_broker, virtual_host=vhost) as ch:
         ch.queue_declare(q, durable=True)
     open_page(browser, "queues")
+    browser.find_element(By.ID, "filter").send_keys("#1?% " + token)  # regex characters too
+    wait(browser, lambda d: len(row_texts(d, "queues-table")) == 1, "the one queue")
     browser.execute_script(
         "[...document.querySelectorAll('#queues-table a')]"
         "  .find((a) => a.textContent === arguments[0]).click();",
@@ -219,7 +222,7 @@ def test_get_from_queue_page_requeues(browser, console_broker):
     browser.find_element(By.ID, "get-button").click()
     table = wait(browser, ec.visibility_of_element_located((By.ID, "get-table")), "messages")
     assert "look at me" in table.text
-    assert "k" in table.text
+    assert '{"k":"v"}' in table.text  # its headers
     with channel(console_broker) as ch:
         assert ch.queue_declare(q, passive=True).method.message_count == 1
 
@@ -282,8 +285,16 @@ def test_queues_table_sorts_by_depth(browser, console_broker):
             for i in range(depth):
                 ch.basic_publish("", q, b"%d" % i)
     open_page(browser, "queues")
-    click(browser, "#queues-table th[data-col=Total]")
-    click(browser, "#queues-table th[data-col=Total]")  # again: largest first
+    total = "#queues-table th[data-col=Total]"
+    click(browser, total)
+    click(browser, total)  # again: largest first
+    wait(
+        browser,
+        lambda d: d.execute_script(
+            "return document.querySelector(arguments[0]).classList.contains('sorted-desc')", total
+        ),
+        "the list sorted by total, descending",
+    )
     ours = [r for r in row_texts(browser, "queues-table") if any(n in r for n in names)]
     assert [next(n for n in names if n in r) for r in ours] == [names[1], names[2], names[0]]
     screenshot(browser, "queues")
@@ -313,6 +324,27 @@ def test_queue_filter_survives_refreshes(browser, console_broker):
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(Keys.DELETE)  # typed away, as a person does: an input event
     wait(browser, lambda d: any(names[2] in r for r in row_texts(d, "queues-table")), "all")
+
+
+def test_long_lists_come_a_page_at_a_time(browser, console_broker):
+    token = uid("many")
+    names = sorted("%s-%02d" % (token, i) for i in range(30))
+    with channel(console_broker) as ch:
+        for q in names:
+            ch.queue_declare(q, durable=True)
+    open_page(browser, "queues")
+    browser.find_element(By.ID, "filter").send_keys(token)
+    Select(browser.find_element(By.ID, "page-size")).select_by_value("25")
+    click(browser, "#queues-table th[data-col=Name]")  # the API sorts them, by name
+    wait(browser, lambda d: "Page 1 of 2 · 30 matching" in text_of(d, "pager"), "page 1 of 2")
+    first = [r.split("\t")[1] for r in row_texts(browser, "queues-table")]
+    click(browser, "#page-next")
+    wait(browser, lambda d: "Page 2 of 2" in text_of(d, "pager"), "page 2")
+    second = [r.split("\t")[1] for r in row_texts(browser, "queues-table")]
+    assert first + second == names
+    browser.find_element(By.ID, "filter").clear()
+    Select(browser.find_element(By.ID, "page-size")).select_by_value("100")  # back to page 1
+    wait(browser, lambda d: "Page 1 of" in text_of(d, "pager"), "the unfiltered list")
 
 
 def test_connections_across_protocols(browser, console_broker):
@@ -432,7 +464,56 @@ def test_topics_page_shows_cmq_topics_and_subscriptions(browser, console_broker)
     assert "orders.#" in text_of(browser, "bindings-from")
 
 
-@pytest.mark.parametrize("name", ["users", "vhosts", "keys", "policies"])
+def test_policies_page_and_a_queue_it_applies_to(browser, console_broker):
+    name, q = uid("pol"), uid("capped")
+    api(
+        console_broker,
+        "PUT",
+        f"/policies/%2F/{name}",
+        {"pattern": "^" + q + "$", "definition": {"max-length": 3}, "apply-to": "queues"},
+    )
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+    open_page(browser, "policies")
+    (row,) = [r for r in row_texts(browser, "policies-table") if name in r]
+    assert q in row and "max-length: 3" in row and "queues" in row
+    screenshot(browser, "policies")
+    open_page(browser, "queue/" + queue_path(q))
+    assert name in text_of(browser, "queue-details")
+    api(console_broker, "DELETE", f"/policies/%2F/{name}")
+
+
+def test_trace_page_follows_a_message(browser, console_broker):
+    q, mid = uid("traced"), uid("mid")
+    with channel(console_broker) as ch:
+        ch.queue_declare(q, durable=True)
+    open_page(browser, "trace")
+    browser.find_element(By.ID, "trace-switch-queue").send_keys(q)
+    browser.find_element(By.ID, "trace-on").click()
+    flash_says(browser, "Trace turned on.")
+    wait(browser, lambda d: q in text_of(d, "trace-settings"), "the queue among the traced")
+    with channel(console_broker) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish("", q, b"follow me", pika.BasicProperties(message_id=mid))
+        (taken,) = collect(ch, q, 1)
+        ch.basic_ack(taken[0].delivery_tag)
+    browser.find_element(By.ID, "trace-message-id").send_keys(mid)
+    browser.find_element(By.ID, "trace-message-button").click()
+    wait(browser, lambda d: "acked" in (text_of(d, "trace-steps") or ""), "the message's steps")
+    events = [r.split("\t")[1] for r in row_texts(browser, "trace-steps")]
+    assert events == ["published", "delivered", "acked"]
+    assert "guest" in text_of(browser, "trace-steps")  # who published it
+    browser.find_element(By.ID, "trace-queue-name").send_keys(q)
+    browser.find_element(By.ID, "trace-queue-button").click()
+    wait(browser, lambda d: "Queue " + q in text_of(d, "trace-results"), "the queue's steps")
+    assert "acked" in text_of(browser, "trace-steps")
+    screenshot(browser, "trace")
+    browser.find_element(By.ID, "trace-off").click()
+    flash_says(browser, "Trace turned off.")
+    assert api(console_broker, "GET", "/trace") == []
+
+
+@pytest.mark.parametrize("name", ["users", "vhosts", "keys"])
 def test_other_pages_load(browser, console_broker, name):
     page = open_page(browser, name)
     assert "Could not load" not in page.text, page.text

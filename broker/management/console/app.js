@@ -132,9 +132,12 @@ function tags(v) {
   return Array.isArray(v) ? v.join(", ") : v || "";
 }
 
-// A sortable table. columns: [{title, value(row), show(row)?, num?}]; clicking a header
-// sorts by it (again: reversed), and the choice survives the next refresh.
-function table(id, columns, rows) {
+// A sortable table. columns: [{title, value(row), show(row)?, num?, sort?}]; clicking a
+// header sorts by it (again: reversed), and the choice survives the next refresh. With
+// `list` (a list page's state) the API sorts, by the columns' `sort` keys, and the table
+// shows the rows as they come.
+function table(id, columns, rows, list) {
+  if (list) return serverTable(id, columns, rows, list);
   const st = sortState[id] || (sortState[id] = { key: null, desc: false });
   const sorted = rows.slice();
   if (st.key !== null) {
@@ -154,7 +157,7 @@ function table(id, columns, rows) {
     {},
     columns.map((col, i) =>
       h("th", {
-        class: "sortable" + (st.key === i ? (st.desc ? " sorted-desc" : " sorted-asc") : ""),
+        class: headerClass(true, st.key === i, st.desc),
         "data-col": col.title,
         text: col.title,
         onclick: () => {
@@ -165,7 +168,40 @@ function table(id, columns, rows) {
       }),
     ),
   );
-  const body = sorted.map((row) =>
+  return h("table", { id }, h("thead", {}, head), tableBody(columns, sorted));
+}
+
+function headerClass(sortable, sorted, reverse) {
+  const order = sorted ? (reverse ? " sorted-desc" : " sorted-asc") : "";
+  return (sortable ? "sortable" : "") + order;
+}
+
+function serverTable(id, columns, rows, list) {
+  const head = h(
+    "tr",
+    {},
+    columns.map((col) => {
+      const sorted = col.sort && list.sort === col.sort;
+      return h("th", {
+        class: headerClass(col.sort, sorted, list.reverse),
+        "data-col": col.title,
+        text: col.title,
+        onclick: col.sort
+          ? () => {
+              if (list.sort === col.sort) list.reverse = !list.reverse; // as of the click
+              else Object.assign(list, { sort: col.sort, reverse: false });
+              list.page = 1;
+              refreshNow();
+            }
+          : null,
+      });
+    }),
+  );
+  return h("table", { id }, h("thead", {}, head), tableBody(columns, rows));
+}
+
+function tableBody(columns, rows) {
+  const body = rows.map((row) =>
     h(
       "tr",
       {},
@@ -177,45 +213,107 @@ function table(id, columns, rows) {
   const empty = rows.length
     ? null
     : h("tr", {}, h("td", { colspan: columns.length, class: "muted", text: "(none)" }));
-  return h("table", { id }, h("thead", {}, head), h("tbody", {}, body, empty));
+  return h("tbody", {}, body, empty);
 }
 
-// What a list page's filter box holds, by page: kept across refreshes and visits.
-const filters = {};
+// Long lists (queues, exchanges, connections) come a page at a time, filtered and sorted by
+// the API with RabbitMQ's query parameters (page, page_size, name, sort, sort_reverse): a
+// broker with thousands of them sends the page shown at each refresh, not all of them.
+// A list page's filter text, page, size and order are kept across refreshes and visits.
+const lists = {};
+const PAGE_SIZES = [25, 100, 500];
 
-// The filter box of a list page, outside the part a refresh rebuilds (typing goes on).
-function filterBox(pageName) {
+function listOf(pageName) {
+  if (!lists[pageName]) {
+    lists[pageName] = { filter: "", page: 1, size: 100, sort: null, reverse: false };
+  }
+  return lists[pageName];
+}
+
+function escapeRegex(text) {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+// One page of `path`'s list as the API answers it: {items, page, page_count, ...}.
+async function pagedList(pageName, path) {
+  const st = listOf(pageName);
+  const query = new URLSearchParams({ page: st.page, page_size: st.size });
+  if (st.filter) {
+    // names containing the text, in any case
+    query.set("name", "(?i)" + escapeRegex(st.filter));
+    query.set("use_regex", "true");
+  }
+  if (st.sort) {
+    query.set("sort", st.sort);
+    query.set("sort_reverse", String(st.reverse));
+  }
+  const result = await api("GET", path + "?" + query);
+  if (st.page > result.page_count) {
+    st.page = result.page_count; // the list got shorter: its last page
+    return pagedList(pageName, path);
+  }
+  return result;
+}
+
+// The filter box and page size of a list page, outside the part a refresh rebuilds (so
+// typing goes on undisturbed).
+function listTools(pageName) {
+  const st = listOf(pageName);
   const input = h("input", {
     id: "filter",
     type: "search",
     placeholder: "names containing…",
-    value: filters[pageName] || "",
+    value: st.filter,
   });
   input.addEventListener("input", () => {
-    filters[pageName] = input.value;
+    Object.assign(st, { filter: input.value, page: 1 });
     refreshNow();
   });
-  return h("label", { class: "filter" }, "Filter ", input);
+  const size = h(
+    "select",
+    { id: "page-size" },
+    PAGE_SIZES.map((n) => h("option", { value: n, selected: n === st.size, text: String(n) })),
+  );
+  size.addEventListener("change", () => {
+    Object.assign(st, { size: Number(size.value), page: 1 });
+    refreshNow();
+  });
+  return h(
+    "div",
+    { class: "tools" },
+    h("label", {}, "Filter ", input),
+    h("label", {}, " Per page ", size),
+  );
 }
 
-// The rows whose name contains the page's filter text (any case).
-function filtered(pageName, rows, name) {
-  const text = (filters[pageName] || "").toLowerCase();
-  return text ? rows.filter((r) => String(name(r)).toLowerCase().includes(text)) : rows;
-}
-
-// A list a node may not serve (policies, on a build without them): a note, not an error.
-async function optional(path) {
-  try {
-    return await api("GET", path);
-  } catch (e) {
-    if (e.status === 404 || e.status === 405) return null;
-    throw e;
-  }
-}
-
-function unavailable(path) {
-  return h("p", { class: "muted", text: "This broker does not serve " + path + "." });
+// "Page 2 of 3 · 230 matching of 5,000" and the buttons to move.
+function pager(pageName, result) {
+  const st = listOf(pageName);
+  const go = (page) => () => {
+    st.page = page;
+    refreshNow();
+  };
+  return h(
+    "p",
+    { class: "pager", id: "pager" },
+    h("button", {
+      type: "button",
+      id: "page-prev",
+      text: "‹ Previous",
+      disabled: result.page <= 1,
+      onclick: go(result.page - 1),
+    }),
+    " Page " + result.page + " of " + result.page_count + " · " + num(result.filtered_count),
+    result.filtered_count === result.total_count ? "" : " matching of " + num(result.total_count),
+    " ",
+    h("button", {
+      type: "button",
+      id: "page-next",
+      text: "Next ›",
+      disabled: result.page >= result.page_count,
+      onclick: go(result.page + 1),
+    }),
+  );
 }
 
 // -- charts ----------------------------------------------------------------------------
@@ -490,52 +588,65 @@ function features(q) {
 }
 
 async function queuesPage() {
-  const queues = await api("GET", "/queues");
+  const queues = await pagedList("queues", "/queues");
   const ms = (q) => q.message_stats || {};
   return [
     h("h1", { text: "Queues" }),
+    pager("queues", queues),
     table(
       "queues-table",
       [
-        { title: "Virtual host", value: (q) => q.vhost },
-        { title: "Name", value: (q) => q.name, show: queueLink },
+        { title: "Virtual host", sort: "vhost", value: (q) => q.vhost },
+        { title: "Name", sort: "name", value: (q) => q.name, show: queueLink },
         { title: "Features", value: features },
-        { title: "Policy", value: (q) => q.policy || "" },
-        { title: "State", value: (q) => q.state || "" },
+        { title: "Policy", sort: "policy", value: (q) => q.policy || "" },
+        { title: "State", sort: "state", value: (q) => q.state || "" },
         {
           title: "Ready",
+          sort: "messages_ready",
           value: (q) => q.messages_ready ?? 0,
           show: (q) => num(q.messages_ready),
           num: true,
         },
         {
           title: "Unacked",
+          sort: "messages_unacknowledged",
           value: (q) => q.messages_unacknowledged ?? 0,
           show: (q) => num(q.messages_unacknowledged),
           num: true,
         },
-        { title: "Total", value: (q) => q.messages ?? 0, show: (q) => num(q.messages), num: true },
+        {
+          title: "Total",
+          sort: "messages",
+          value: (q) => q.messages ?? 0,
+          show: (q) => num(q.messages),
+          num: true,
+        },
         {
           title: "Incoming",
+          sort: "message_stats.publish_details.rate",
           value: (q) => detail(ms(q), "publish") ?? 0,
           show: (q) => rate(detail(ms(q), "publish")),
           num: true,
         },
         {
           title: "Deliver / get",
+          sort: "message_stats.deliver_get_details.rate",
           value: (q) => detail(ms(q), "deliver_get") ?? 0,
           show: (q) => rate(detail(ms(q), "deliver_get")),
           num: true,
         },
         {
           title: "Ack",
+          sort: "message_stats.ack_details.rate",
           value: (q) => detail(ms(q), "ack") ?? 0,
           show: (q) => rate(detail(ms(q), "ack")),
           num: true,
         },
-        { title: "Consumers", value: (q) => q.consumers ?? 0, num: true },
+        { title: "Consumers", sort: "consumers", value: (q) => q.consumers ?? 0, num: true },
       ],
-      filtered("queues", queues, (q) => q.name),
+      queues.items,
+      listOf("queues"),
     ),
   ];
 }
@@ -860,17 +971,18 @@ function bindingsTable(id, rows) {
 
 async function exchangesPage() {
   const [exchanges, bindings] = await Promise.all([
-    api("GET", "/exchanges"),
+    pagedList("exchanges", "/exchanges"),
     api("GET", "/bindings"),
   ]);
   return [
     h("h1", { text: "Exchanges" }),
+    pager("exchanges", exchanges),
     table(
       "exchanges-table",
       [
-        { title: "Virtual host", value: (x) => x.vhost },
-        { title: "Name", value: (x) => x.name, show: exchangeLink },
-        { title: "Type", value: (x) => x.type },
+        { title: "Virtual host", sort: "vhost", value: (x) => x.vhost },
+        { title: "Name", sort: "name", value: (x) => x.name, show: exchangeLink },
+        { title: "Type", sort: "type", value: (x) => x.type },
         {
           title: "Features",
           value: (x) =>
@@ -881,18 +993,21 @@ async function exchangesPage() {
         { title: "Arguments", value: (x) => args(x.arguments) },
         {
           title: "Rate in",
+          sort: "message_stats.publish_in_details.rate",
           value: (x) => detail(x.message_stats, "publish_in") ?? 0,
           show: (x) => rate(detail(x.message_stats, "publish_in")),
           num: true,
         },
         {
           title: "Rate out",
+          sort: "message_stats.publish_out_details.rate",
           value: (x) => detail(x.message_stats, "publish_out") ?? 0,
           show: (x) => rate(detail(x.message_stats, "publish_out")),
           num: true,
         },
       ],
-      filtered("exchanges", exchanges, (x) => x.name),
+      exchanges.items,
+      listOf("exchanges"),
     ),
     h("h2", { text: "Bindings" }),
     bindingsTable("bindings-table", bindings),
@@ -1017,23 +1132,25 @@ function clientProperties(c) {
 }
 
 async function connectionsPage() {
-  const conns = await api("GET", "/connections");
+  const conns = await pagedList("connections", "/connections");
   return [
     h("h1", { text: "Connections" }),
+    pager("connections", conns),
     table(
       "connections-table",
       [
-        { title: "Name", value: (c) => c.name },
-        { title: "Protocol", value: (c) => c.protocol || "" },
-        { title: "User", value: (c) => c.user || "" },
-        { title: "Virtual host", value: (c) => c.vhost || "" },
+        { title: "Name", sort: "name", value: (c) => c.name },
+        { title: "Protocol", sort: "protocol", value: (c) => c.protocol || "" },
+        { title: "User", sort: "user", value: (c) => c.user || "" },
+        { title: "Virtual host", sort: "vhost", value: (c) => c.vhost || "" },
         {
           title: "Peer",
+          sort: "peer_host",
           value: (c) => (c.peer_host || "") + (c.peer_port ? ":" + c.peer_port : ""),
         },
-        { title: "TLS", value: (c) => (c.ssl ? "yes" : "no") },
-        { title: "Channels", value: (c) => c.channels ?? "", num: true },
-        { title: "State", value: (c) => c.state || "" },
+        { title: "TLS", sort: "ssl", value: (c) => (c.ssl ? "yes" : "no") },
+        { title: "Channels", sort: "channels", value: (c) => c.channels ?? "", num: true },
+        { title: "State", sort: "state", value: (c) => c.state || "" },
         {
           title: "Client",
           value: (c) => JSON.stringify(c.client_properties || {}),
@@ -1041,12 +1158,14 @@ async function connectionsPage() {
         },
         {
           title: "From client",
+          sort: "recv_oct_details.rate",
           value: (c) => detail(c, "recv_oct") ?? 0,
           show: (c) => byteRate(detail(c, "recv_oct")),
           num: true,
         },
         {
           title: "To client",
+          sort: "send_oct_details.rate",
           value: (c) => detail(c, "send_oct") ?? 0,
           show: (c) => byteRate(detail(c, "send_oct")),
           num: true,
@@ -1064,7 +1183,8 @@ async function connectionsPage() {
             }),
         },
       ],
-      filtered("connections", conns, (c) => c.name + " " + JSON.stringify(c.client_properties)),
+      conns.items,
+      listOf("connections"),
     ),
   ];
 }
@@ -1145,24 +1265,175 @@ async function keysPage() {
 }
 
 async function policiesPage() {
-  const policies = await optional("/policies");
+  const policies = await api("GET", "/policies");
   return [
     h("h1", { text: "Policies" }),
-    policies === null
-      ? unavailable("/api/policies")
-      : table(
-          "policies-table",
-          [
-            { title: "Virtual host", value: (p) => p.vhost },
-            { title: "Name", value: (p) => p.name },
-            { title: "Pattern", value: (p) => p.pattern },
-            { title: "Apply to", value: (p) => p["apply-to"] },
-            { title: "Definition", value: (p) => args(p.definition) },
-            { title: "Priority", value: (p) => p.priority ?? 0, num: true },
-          ],
-          policies,
-        ),
+    table(
+      "policies-table",
+      [
+        { title: "Virtual host", value: (p) => p.vhost },
+        { title: "Name", value: (p) => p.name },
+        { title: "Pattern", value: (p) => p.pattern },
+        { title: "Apply to", value: (p) => p["apply-to"] },
+        { title: "Definition", value: (p) => args(p.definition) },
+        { title: "Priority", value: (p) => p.priority ?? 0, num: true },
+      ],
+      policies,
+    ),
   ];
+}
+
+// -- message trace ----------------------------------------------------------------------
+
+// What is traced (GET /api/trace); the forms below turn it on and off and query it.
+async function tracePage() {
+  const settings = await api("GET", "/trace");
+  return [
+    h("h1", { text: "Message trace" }),
+    h("p", {
+      class: "muted",
+      text:
+        "While trace is on for a vhost or a queue, every step of each message's life there " +
+        "is recorded: published (by whom, routed where), delivered, acknowledged, returned, " +
+        "rejected, expired, dead-lettered. The firehose copies messages to amq.rabbitmq.trace.",
+    }),
+    table(
+      "trace-settings",
+      [
+        { title: "Virtual host", value: (t) => t.vhost },
+        { title: "Kind", value: (t) => t.kind },
+        { title: "Queue", value: (t) => t.queue || "(the whole vhost)" },
+      ],
+      settings,
+    ),
+  ];
+}
+
+const STEP_FIELDS = new Set(["event", "vhost", "queue", "seq", "time", "id"]);
+
+// "2026-12-02 13:32:56.271" in the browser's time zone: steps are ms apart.
+function stepTime(ms) {
+  const d = new Date(ms);
+  const two = (n) => String(n).padStart(2, "0");
+  const date = d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate());
+  const time = two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+  return date + " " + time + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function stepsTable(steps, lookUp) {
+  return table(
+    "trace-steps",
+    [
+      { title: "Time", value: (s) => s.time, show: (s) => stepTime(s.time) },
+      { title: "Event", value: (s) => s.event },
+      { title: "Queue", value: (s) => s.queue || "" },
+      {
+        title: "Message",
+        value: (s) => s.id || "",
+        show: (s) =>
+          s.id
+            ? h("a", { href: "#/trace", text: s.id, onclick: (ev) => lookUp(ev, s.vhost, s.id) })
+            : "",
+      },
+      {
+        title: "Details",
+        value: (s) =>
+          args(Object.fromEntries(Object.entries(s).filter(([k]) => !STEP_FIELDS.has(k)))),
+      },
+    ],
+    steps,
+  );
+}
+
+function field(label, attrs) {
+  return h("label", {}, label + " ", h("input", attrs));
+}
+
+function traceActions() {
+  const results = h("div", { id: "trace-results" });
+  const query = async (path, what) => {
+    try {
+      const steps = await api("GET", path);
+      results.replaceChildren(h("h2", { text: what }), stepsTable(steps, lookUp));
+    } catch (e) {
+      flash("Trace query failed: " + e.message);
+    }
+  };
+
+  const switches = h(
+    "form",
+    { class: "action", id: "trace-switch-form" },
+    h("h2", { text: "Turn trace on or off" }),
+    field("Virtual host", { name: "vhost", value: "/" }),
+    field("Queue (empty: the whole vhost)", { name: "queue", id: "trace-switch-queue" }),
+    h(
+      "label",
+      {},
+      "Kind ",
+      h(
+        "select",
+        { name: "kind" },
+        h("option", { value: "trace", text: "message trace" }),
+        h("option", { value: "firehose", text: "firehose (amq.rabbitmq.trace)" }),
+      ),
+    ),
+    h("button", { type: "submit", name: "on", id: "trace-on", text: "Turn on" }),
+    " ",
+    h("button", { type: "submit", name: "off", id: "trace-off", text: "Turn off" }),
+  );
+  switches.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = switches.elements;
+    const enabled = ev.submitter !== f.off;
+    const what = { kind: f.kind.value, enabled };
+    if (f.queue.value) what.queue = f.queue.value;
+    try {
+      await api("PUT", "/trace/" + enc(f.vhost.value), what);
+      flash("Trace turned " + (enabled ? "on." : "off."), true);
+      await refreshNow();
+    } catch (e) {
+      flash("Trace change failed: " + e.message);
+    }
+  });
+
+  const byMessage = h(
+    "form",
+    { class: "action", id: "trace-message-form" },
+    h("h2", { text: "One message's life" }),
+    field("Virtual host", { name: "vhost", value: "/" }),
+    field("Trace id or message_id", { name: "id", id: "trace-message-id", required: true }),
+    h("button", { type: "submit", id: "trace-message-button", text: "Show" }),
+  );
+  byMessage.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = byMessage.elements;
+    const path = "/trace/" + enc(f.vhost.value) + "/messages/" + enc(f.id.value);
+    query(path, "Message " + f.id.value);
+  });
+  function lookUp(ev, vhost, id) {
+    ev.preventDefault();
+    byMessage.elements.vhost.value = vhost;
+    byMessage.elements.id.value = id;
+    byMessage.requestSubmit();
+  }
+
+  const byQueue = h(
+    "form",
+    { class: "action", id: "trace-queue-form" },
+    h("h2", { text: "A queue's steps" }),
+    field("Virtual host", { name: "vhost", value: "/" }),
+    field("Queue", { name: "queue", id: "trace-queue-name", required: true }),
+    field("Minutes back", { name: "minutes", type: "number", min: 1, value: 60 }),
+    h("button", { type: "submit", id: "trace-queue-button", text: "Show" }),
+  );
+  byQueue.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = byQueue.elements;
+    const since = Date.now() - Number(f.minutes.value) * 60000;
+    const path = "/trace/" + enc(f.vhost.value) + "/queues/" + enc(f.queue.value);
+    query(path + "?since=" + since, "Queue " + f.queue.value);
+  });
+  return [switches, byMessage, byQueue, results];
 }
 
 // -- routing, polling, login ------------------------------------------------------------
@@ -1180,6 +1451,7 @@ const PAGES = {
   vhosts: { live: vhostsPage },
   keys: { live: keysPage },
   policies: { live: policiesPage },
+  trace: { live: tracePage, actions: traceActions },
 };
 
 // the list page a detail page belongs to (for the highlighted menu entry)
@@ -1224,23 +1496,25 @@ function show() {
   page.dataset.page = name;
   delete page.dataset.loaded;
   page.replaceChildren(
-    PAGES[name].filter ? filterBox(name) : "",
+    PAGES[name].filter ? listTools(name) : "",
     live,
     actions ? h("div", { id: "actions" }, actions(...params)) : "",
   );
+  let calls = 0; // only the latest refresh renders: a slower, older answer is dropped
   currentRefresh = async () => {
+    const call = ++calls;
     let nodes;
     try {
       nodes = await PAGES[name].live(...params);
     } catch (e) {
-      if (mine !== shown) return;
+      if (mine !== shown || call !== calls) return;
       if (loggedOut(e)) {
         logout("Your credentials were refused: " + e.message);
         return;
       }
       nodes = [h("p", { class: "error", id: "page-error", text: "Could not load: " + e.message })];
     }
-    if (mine !== shown) return;
+    if (mine !== shown || call !== calls) return;
     live.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined));
     page.dataset.loaded = String(Date.now());
   };
