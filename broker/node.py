@@ -150,6 +150,7 @@ class Node:
                     self.listeners,
                     OwnerNumbers(cfg.node_id),
                     started_at=self.started_at,
+                    message_stats=self.rates.message_stats,
                 )
             )
             await self.management.start()

@@ -12,7 +12,7 @@ import pytest
 
 from .cmq_helpers import CmqBroker, write_config
 from .conftest import port_open
-from .helpers import channel, connection, uid, wait_until
+from .helpers import channel, connection, uid, wait_get, wait_until
 from .management_helpers import Api, quote
 from .mqtt_helpers import Paho
 
@@ -605,3 +605,28 @@ def test_depth_rates_appear_from_the_second_sample(api):
     assert shown["messages_unacknowledged_details"] == {"rate": 0.0}
     assert "messages_details" in api.get("/api/overview")["queue_totals"]
     api.delete(f"/api/queues/%2F/{q}")
+
+
+def test_message_stats_count_and_rate_what_flows(api, broker):
+    q = uid("q")
+    with connection(broker) as conn:
+        ch = conn.channel()
+        ch.queue_declare(q)
+        ch.confirm_delivery()
+        for i in range(10):
+            ch.basic_publish("", q, b"%d" % i)
+        for _ in range(10):
+            method, _, _ = wait_get(ch, q, auto_ack=False)
+            ch.basic_ack(method.delivery_tag)
+
+        def sampled():
+            stats = api.get(f"/api/queues/%2F/{q}").get("message_stats", {})
+            return stats if stats.get("ack") == 10 else None
+
+        stats = wait_until(sampled, timeout=15, interval=0.5, message="a sample after the acks")
+    assert stats["publish"] == 10 and stats["deliver_get"] == 10
+    assert stats["publish_details"]["rate"] >= 0
+    overview = api.get("/api/overview")
+    assert overview["rates_mode"] == "basic"
+    assert overview["message_stats"]["publish"] >= 10
+    assert set(overview["message_stats"]) >= {"publish", "publish_details", "ack", "ack_details"}

@@ -28,6 +28,9 @@ class Context:
     started_at: int = 0
     #: queue depth rates, sampled when queues are looked at
     rates: DepthRates = field(default_factory=DepthRates)
+    #: RabbitMQ's message_stats (counts and rates) of the node, or of one (vhost, queue)
+    #: (broker.stats.RateSampler.message_stats)
+    message_stats: Callable[[tuple[str, str] | None], dict[str, object]] = lambda _: {}
 
     @property
     def node_name(self) -> str:

@@ -60,7 +60,8 @@ async def overview(request: web.Request) -> web.Response:
     return ok(
         {
             "management_version": broker.__version__,
-            "rates_mode": "none",
+            "rates_mode": "basic",
+            "message_stats": ctx.message_stats(None),
             "product_name": PRODUCT,
             "product_version": broker.__version__,
             "rabbitmq_version": broker.__version__,

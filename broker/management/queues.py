@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from broker.core import commands as c
+from broker.core.queue import MessageQueue
 from broker.management import formats
 from broker.management.auth import check_permission, readable_vhost, visible_vhosts, writable_vhost
 from broker.management.connections import consumer_json
@@ -37,10 +40,19 @@ def _queues(request: web.Request, vhosts: list[str]) -> list[dict]:
     state = ctx.gateway.committed
     ctx.rates.refresh(state)
     return [
-        {**formats.queue(q, ctx.node_name), **ctx.rates.details(vhost, q.name)}
+        _shown(ctx, vhost, q)
         for vhost in vhosts
         for q in sorted(state.vhosts[vhost].queues.values(), key=lambda q: q.name)
     ]
+
+
+def _shown(ctx: Context, vhost: str, q: MessageQueue) -> dict[str, Any]:
+    """A queue with its depth rates and, once sampled, its message_stats."""
+    shown = {**formats.queue(q, ctx.node_name), **ctx.rates.details(vhost, q.name)}
+    stats = ctx.message_stats((vhost, q.name))
+    if stats:
+        shown["message_stats"] = stats
+    return shown
 
 
 async def list_all(request: web.Request) -> web.Response:
@@ -59,7 +71,7 @@ async def show(request: web.Request) -> web.Response:
     if q is None:
         raise not_found()
     ctx.rates.refresh(ctx.gateway.committed)
-    shown = {**formats.queue(q, ctx.node_name), **ctx.rates.details(vhost, q.name)}
+    shown = _shown(ctx, vhost, q)
     shown["consumer_details"] = [consumer_json(ctx.gateway, consumer) for consumer in q.consumers]
     return ok(shown)
 
