@@ -26,13 +26,13 @@ the counts of deleted queues, `StateMachine.retired`), and 0 until there are two
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.core.state import StateMachine
 from broker.gateway import Traffic
+from broker.periodic import Periodic
 
 #: node-wide fields of message_stats, and per-queue fields (from the queue counters)
 NODE_FIELDS = ("publish", "deliver_get", "ack", "redeliver", "drop", "dead_letter")
@@ -87,25 +87,15 @@ def read(traffic: dict[str, Traffic], state: StateMachine, at: float | None = No
 class RateSampler:
     def __init__(self, read: Callable[[], Sample], interval: float = 5.0) -> None:
         self._read = read
-        self.interval = interval
         self._last: Sample | None = None
         self._before: Sample | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._every = Periodic(self.sample, interval)
 
     def start(self) -> None:
-        self.sample()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._every.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self.sample()
+        await self._every.stop()
 
     def sample(self) -> Sample:
         """Take a sample now; the previous one becomes the base of the rates."""

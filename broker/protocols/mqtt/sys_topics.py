@@ -17,7 +17,6 @@ averaged with an exponential decay over the window, as Mosquitto's are.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError
 from broker.core.state import StateMachine
 from broker.gateway import Gateway
+from broker.periodic import Periodic
 from broker.protocols.mqtt.session import QUEUE_PREFIX, SHARED_QUEUE_PREFIX
 from broker.protocols.mqtt.topics import to_routing_key
 
@@ -61,7 +61,6 @@ class SysTopics:
     ) -> None:
         self.gateway = gateway
         self.vhost = vhost
-        self.interval = interval
         self._clock = clock
         self._started = clock()
         self._last_round = self._started
@@ -71,7 +70,7 @@ class SysTopics:
         self._maximum = 0
         #: topic -> payload last published
         self._published: dict[str, str] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._every = Periodic(self.publish, interval)
         #: publish from this node (a cluster's leader only: see set_active)
         self.active = True
 
@@ -82,18 +81,10 @@ class SysTopics:
         self.active = active
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._every.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            self.publish()
-            await asyncio.sleep(self.interval)
+        await self._every.stop()
 
     def values(self) -> dict[str, str]:
         """Every `$SYS` topic and its payload now (the loads move on with each call)."""
