@@ -517,6 +517,7 @@ async def backlog(cfg: Config, rep: Report) -> None:
         if cfg.pid_cmd:
             pid = int(run_shell(cfg.pid_cmd, 120).split()[0])
             restart["pid"] = pid
+            cfg.pid = pid  # what follows (the fan-out mode too) watches the new process
         restart["rss_after_restart_mib"] = rss_mib(pid)
         depth = await with_connection(cfg, lambda c: declare(c, cfg, passive=True))
         restart["depth_after_restart"] = depth + 1  # + the one message the probe took
