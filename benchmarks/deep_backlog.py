@@ -63,6 +63,8 @@ FANOUT_TOPIC = "deep/fanout"
 #: seconds a restarted broker that takes connections may answer "no such queue" (still
 #: recovering it) before the queue counts as lost
 NOT_FOUND_GRACE = 30.0
+#: seconds without a new message after which a drain fails (messages missing)
+STALL_S = 60.0
 
 
 @dataclass
@@ -309,11 +311,12 @@ def run_shell(cmd: str, timeout: float) -> str:
     return done.stdout
 
 
-async def first_delivery(cfg: Config, deadline: float, seen: bytearray) -> dict[str, float]:
+async def first_delivery(cfg: Config, deadline: float) -> dict[str, float]:
     """Connect, consume and take one message, retrying until the broker serves it.
 
-    Returns seconds (from `now()`) at the first accepted connection and the first delivery;
-    the message is acked and checked off.
+    Returns the times (of `now()`) of the first accepted connection and of the first
+    delivery, and the queue's depth just before it; the message is not acked: it goes back
+    to the queue for the drain.
     """
     connected_at = 0.0
     last_error = ""
@@ -333,17 +336,15 @@ async def first_delivery(cfg: Config, deadline: float, seen: bytearray) -> dict[
 
         conn.on_delivery = on_delivery
         try:
+            depth = await declare(conn, cfg, passive=True)
             await conn.call(commands.Basic.Qos(prefetch_count=1), commands.Basic.QosOk)
             await conn.call(
                 commands.Basic.Consume(queue=cfg.queue, consumer_tag="deep-first"),
                 commands.Basic.ConsumeOk,
                 timeout=max(1.0, deadline - now()),
             )
-            tag, head = await asyncio.wait_for(got, max(0.1, deadline - now()))
-            at = now()
-            conn.write(ack_frame(tag, False))
-            check_off(seen, head)
-            return {"connected": connected_at, "delivered": at}
+            await asyncio.wait_for(got, max(0.1, deadline - now()))
+            return {"connected": connected_at, "delivered": now(), "depth": depth}
         except (AMQPError, TimeoutError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"
             if "404" in last_error and now() - connected_at > NOT_FOUND_GRACE:
@@ -369,78 +370,110 @@ def check_off(seen: bytearray, head: bytes) -> int:
 
 # ------------------------------------------------------------------------------- drain
 class Drain:
-    """Consumers sharing one tally; stop acking once `target` messages are acked.
+    """Drain `total` distinct messages: one consumer until `split` are in, then more join.
 
-    Deliveries after the target are left unacked and go back to the queue when the channel
-    closes, for the next phase.
+    The first consumer carries on when the others join, so no channel closes while acks are
+    in flight (a quorum queue may then redeliver messages that were acked just before the
+    close). A message is counted once, by its sequence number; a second delivery of one is
+    acked and counted as a duplicate.
     """
 
-    def __init__(self, cfg: Config, consumers: int, target: int, seen: bytearray) -> None:
+    def __init__(self, cfg: Config, total: int, split: int, seen: bytearray) -> None:
         self.cfg = cfg
-        self.target = target
+        self.total = total
+        self.split = split
         self.seen = seen
         self.conns: list[Connection] = []
-        self.n = consumers
-        self.acked = 0
+        self.unique = 0
         self.duplicates = 0
         self.unknown = 0
-        self.out_of_order = 0
+        self.out_of_order = 0  # while one consumer drains alone
         self._last_seq = -1
-        self.end = 0.0
-        self.done = asyncio.Event()
+        self.progress = asyncio.Event()
 
     def _on_delivery(self, conn: Connection, tag: int, head: bytes) -> None:
-        if self.acked >= self.target:
-            return
         conn.write(ack_frame(tag, False))
-        self.acked += 1
         verdict = check_off(self.seen, head)
         if verdict == 1:
             self.duplicates += 1
         elif verdict == 2:
             self.unknown += 1
         else:
-            (seq,) = SEQ.unpack_from(head)
-            if seq < self._last_seq:
-                self.out_of_order += 1
-            self._last_seq = seq
-        if self.acked >= self.target:
-            self.end = now()
-            self.done.set()
+            self.unique += 1
+            if len(self.conns) == 1:
+                (seq,) = SEQ.unpack_from(head)
+                if seq < self._last_seq:
+                    self.out_of_order += 1
+                self._last_seq = seq
+            self.progress.set()
 
-    async def run(self) -> tuple[float, float]:
-        """Consume until `target` are acked; returns (seconds, client CPU share)."""
-        cfg = self.cfg
-        for _ in range(self.n):
-            conn = await Connection.open(cfg.url, timeout=10.0)
-            conn.on_delivery = self._on_delivery
-            conn.on_failure = lambda exc: self.done.set()
-            await conn.call(commands.Basic.Qos(prefetch_count=cfg.prefetch), commands.Basic.QosOk)
-            self.conns.append(conn)
-        start, cpu0 = now(), time.process_time()
-        try:
-            for i, conn in enumerate(self.conns):
-                await conn.call(
-                    commands.Basic.Consume(queue=cfg.queue, consumer_tag=f"deep-{i}"),
-                    commands.Basic.ConsumeOk,
+    async def _open(self) -> Connection:
+        conn = await Connection.open(self.cfg.url, timeout=10.0)
+        conn.on_delivery = self._on_delivery
+        conn.on_failure = lambda exc: self.progress.set()
+        await conn.call(commands.Basic.Qos(prefetch_count=self.cfg.prefetch), commands.Basic.QosOk)
+        return conn
+
+    async def _consume(self, conn: Connection) -> None:
+        self.conns.append(conn)
+        await conn.call(
+            commands.Basic.Consume(queue=self.cfg.queue, consumer_tag=f"deep-{len(self.conns)}"),
+            commands.Basic.ConsumeOk,
+        )
+
+    async def _until(self, count: int, deadline: float) -> None:
+        """Until `count` distinct messages are in; a drain that stalls for STALL_S fails."""
+        while self.unique < count:
+            before = self.unique
+            try:
+                await wait_flag(
+                    self.progress,
+                    lambda: self.unique >= count or any(c.error for c in self.conns),
+                    min(deadline, now() + STALL_S),
+                    lambda: f"deliveries ({self.unique} of {self.total})",
                 )
-
-            def finished() -> bool:
-                return self.acked >= self.target or any(c.error for c in self.conns)
-
-            await wait_flag(
-                self.done,
-                finished,
-                start + cfg.timeout,
-                lambda: f"deliveries ({self.acked} of {self.target})",
-            )
+            except AMQPError:
+                if self.unique == before or now() >= deadline:
+                    raise
             for c in self.conns:
                 if c.error is not None:
                     raise c.error
-            seconds = self.end - start
-            return seconds, round((time.process_time() - cpu0) / max(1e-9, seconds), 2)
+
+    async def run(self) -> list[dict[str, Any]]:
+        """Both phases; per phase: consumers, messages, seconds, client CPU share."""
+        cfg = self.cfg
+        first = await self._open()
+        others = [await self._open() for _ in range(cfg.drain_consumers - 1)]
+        phases: list[dict[str, Any]] = []
+        try:
+            t0, cpu0 = now(), time.process_time()
+            await self._consume(first)
+            await self._until(self.split, t0 + cfg.timeout)
+            t1, cpu1 = now(), time.process_time()
+            if self.split:
+                phases.append(phase(1, self.split, t1 - t0, cpu1 - cpu0))
+            for conn in others:
+                await self._consume(conn)
+            await self._until(self.total, t1 + cfg.timeout)
+            t2 = now()
+            if self.total > self.split:
+                n = len(self.conns)
+                phases.append(
+                    phase(n, self.total - self.split, t2 - t1, time.process_time() - cpu1)
+                )
+            return phases
         finally:
-            await asyncio.gather(*(c.close() for c in self.conns), return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in [first, *others]), return_exceptions=True)
+
+
+def phase(consumers: int, messages: int, seconds: float, cpu: float) -> dict[str, Any]:
+    return {
+        "consumers": consumers,
+        "messages": messages,
+        "seconds": round(seconds, 2),
+        "msg_per_s": round(messages / max(1e-9, seconds), 1),
+        "client_cpu": round(cpu / max(1e-9, seconds), 2),
+    }
 
 
 # ----------------------------------------------------------------------- backlog mode
@@ -511,7 +544,7 @@ async def backlog(cfg: Config, rep: Report) -> None:
         t0 = now()
         run_shell(cfg.restart_cmd, cfg.restart_timeout)
         restart["command_s"] = round(now() - t0, 2)
-        times = await first_delivery(cfg, t0 + cfg.restart_timeout, seen)
+        times = await first_delivery(cfg, t0 + cfg.restart_timeout)
         restart["to_connect_s"] = round(times["connected"] - t0, 2)
         restart["to_first_delivery_s"] = round(times["delivered"] - t0, 2)
         if cfg.pid_cmd:
@@ -519,51 +552,39 @@ async def backlog(cfg: Config, rep: Report) -> None:
             restart["pid"] = pid
             cfg.pid = pid  # what follows (the fan-out mode too) watches the new process
         restart["rss_after_restart_mib"] = rss_mib(pid)
-        depth = await with_connection(cfg, lambda c: declare(c, cfg, passive=True))
-        restart["depth_after_restart"] = depth + 1  # + the one message the probe took
-        if depth + 1 != remaining:
-            rep.errors.append(
-                f"restart: {depth + 1} messages after the restart, {remaining} before"
-            )
+        depth = int(times["depth"])
+        restart["depth_after_restart"] = depth
+        if depth != remaining:
+            rep.errors.append(f"restart: {depth} messages after the restart, {remaining} before")
         remaining = depth
         say(
             f"restart: connected after {restart['to_connect_s']:.2f} s, first delivery after "
-            f"{restart['to_first_delivery_s']:.2f} s; {depth + 1} messages recovered; "
+            f"{restart['to_first_delivery_s']:.2f} s; {depth} messages recovered; "
             f"RSS {filler_rss(pid)}"
         )
 
-    first_part = int(remaining * cfg.drain_split)
-    phases = [(1, first_part), (cfg.drain_consumers, remaining - first_part)]
-    drains: list[dict[str, Any]] = []
+    drain = Drain(cfg, remaining, int(remaining * cfg.drain_split), seen)
+    drains = await drain.run()
     out["drain"] = drains
-    for consumers, target in phases:
-        if target <= 0:
-            continue
-        d = Drain(cfg, consumers, target, seen)
-        secs, cpu = await d.run()
-        entry = {
-            "consumers": consumers,
-            "messages": target,
-            "seconds": round(secs, 2),
-            "msg_per_s": round(target / max(1e-9, secs), 1),
-            "client_cpu": cpu,
-            "duplicates": d.duplicates,
-            "unknown": d.unknown,
-            "rss_after_mib": rss_mib(pid),
-        }
-        if consumers == 1:
-            entry["out_of_order"] = d.out_of_order
-        drains.append(entry)
+    out["drain_duplicates"] = drain.duplicates
+    out["drain_unknown"] = drain.unknown
+    out["drain_out_of_order_one_consumer"] = drain.out_of_order
+    out["rss_after_drain_mib"] = rss_mib(pid)
+    for d in drains:
         say(
-            f"drain with {consumers} consumer{'s' if consumers > 1 else ''}: {target} in "
-            f"{secs:.1f} s = {entry['msg_per_s']:.0f} msg/s | client cpu {cpu:.0%}"
-            + (f" | {d.out_of_order} out of order" if consumers == 1 else "")
+            f"drain with {d['consumers']} consumer{'s' if d['consumers'] > 1 else ''}: "
+            f"{d['messages']} in {d['seconds']:.1f} s = {d['msg_per_s']:.0f} msg/s "
+            f"| client cpu {d['client_cpu']:.0%}"
         )
-        if d.duplicates or d.unknown:
-            rep.errors.append(
-                f"drain: {d.duplicates} duplicates, {d.unknown} unknown messages "
-                f"with {consumers} consumers"
-            )
+    say(
+        f"drain: {drain.out_of_order} out of order with one consumer, {drain.duplicates} "
+        f"delivered twice, {drain.unknown} unknown; RSS after {filler_rss(pid)}"
+    )
+    if drain.duplicates or drain.unknown:
+        rep.errors.append(
+            f"drain: {drain.duplicates} messages delivered again after their ack, "
+            f"{drain.unknown} unknown messages"
+        )
     received = sum(seen)
     left = await with_connection(cfg, lambda c: declare(c, cfg, passive=True))
     out["received"] = received
