@@ -220,12 +220,15 @@ class Filler:
         while done >= self._next_slice and self._next_slice <= self.cfg.count:
             first, start = self._slice_start
             n = self._next_slice - first
-            self.slices.append(
-                {
-                    "upto": self._next_slice,
-                    "msg_per_s": round(n / max(1e-9, t - start), 1),
-                    "rss_mib": rss_mib(self.cfg.pid),
-                }
+            entry = {
+                "upto": self._next_slice,
+                "msg_per_s": round(n / max(1e-9, t - start), 1),
+                "rss_mib": rss_mib(self.cfg.pid),
+            }
+            self.slices.append(entry)
+            say(
+                f"  fill to {human(entry['upto']):>6}: {entry['msg_per_s']:>9.0f} msg/s"
+                + (f"   RSS {entry['rss_mib']:.0f} MiB" if entry["rss_mib"] is not None else "")
             )
             self._slice_start = (self._next_slice, t)
             self._next_slice += self._slice_size
@@ -507,11 +510,6 @@ async def backlog(cfg: Config, rep: Report) -> None:
     if filler.stop_reason:
         fill["stopped_early"] = filler.stop_reason
     out["fill"] = fill
-    for s in filler.slices:
-        say(
-            f"  fill to {human(s['upto']):>6}: {s['msg_per_s']:>9.0f} msg/s"
-            + (f"   RSS {s['rss_mib']:.0f} MiB" if s["rss_mib"] is not None else "")
-        )
     for m in filler.marks:
         say(
             f"  RSS at {human(m['messages'])} waiting: {m['rss_mib']:.0f} MiB = "
