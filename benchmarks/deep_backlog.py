@@ -15,9 +15,10 @@ Mode `backlog` (the default):
            in the background; timed from the command's start until the first delivery from
            the queue (connect and consume retried until then). --pid-cmd prints the new pid.
   drain    the whole backlog with manual acks and --prefetch per consumer: the first
-           --drain-split of it with one consumer, the rest with --drain-consumers consumers
-           (one connection each, one process). Every message is checked off by the sequence
-           number at the start of its body: a lost or duplicated message fails the run.
+           --drain-split of it with one consumer, the rest with --drain-consumers (the first
+           one carries on and the others join it; one connection each, one process). Every
+           message is checked off by the sequence number at the start of its body: a lost or
+           duplicated message fails the run.
 Mode `fanout`: the publish rate over MQTT (QoS 1, --fanout-window PUBACKs outstanding) with no
   subscriber, with one offline durable session subscribed to `#` at QoS 1, and with
   --fanout-sessions of them (connect clean_session=0, subscribe, disconnect); the sessions are
