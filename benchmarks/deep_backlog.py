@@ -221,27 +221,30 @@ class Filler:
         while done >= self._next_slice and self._next_slice <= self.cfg.count:
             first, start = self._slice_start
             n = self._next_slice - first
-            entry = {
+            piece: dict[str, Any] = {
                 "upto": self._next_slice,
                 "msg_per_s": round(n / max(1e-9, t - start), 1),
                 "rss_mib": rss_mib(self.cfg.pid),
             }
-            self.slices.append(entry)
+            self.slices.append(piece)
             say(
-                f"  fill to {human(entry['upto']):>6}: {entry['msg_per_s']:>9.0f} msg/s"
-                + (f"   RSS {entry['rss_mib']:.0f} MiB" if entry["rss_mib"] is not None else "")
+                f"  fill to {human(self._next_slice):>6}: {piece['msg_per_s']:>9.0f} msg/s"
+                + (f"   RSS {piece['rss_mib']:.0f} MiB" if piece["rss_mib"] is not None else "")
             )
             self._slice_start = (self._next_slice, t)
             self._next_slice += self._slice_size
         while self._pending_marks and done >= self._pending_marks[0]:
-            mark = self._pending_marks.pop(0)
-            rss = rss_mib(self.cfg.pid)
-            entry: dict[str, Any] = {"messages": mark, "rss_mib": rss}
-            if rss is not None:
-                entry["bytes_per_msg"] = round(rss * MIB / mark)
-                if self.rss_empty is not None:
-                    entry["bytes_per_msg_over_empty"] = round((rss - self.rss_empty) * MIB / mark)
-            self.marks.append(entry)
+            self.mark(self._pending_marks.pop(0))
+
+    def mark(self, count: int) -> None:
+        """The broker's RSS now, with `count` messages waiting."""
+        rss = rss_mib(self.cfg.pid)
+        entry: dict[str, Any] = {"messages": count, "rss_mib": rss}
+        if rss is not None:
+            entry["bytes_per_msg"] = round(rss * MIB / count)
+            if self.rss_empty is not None:
+                entry["bytes_per_msg_over_empty"] = round((rss - self.rss_empty) * MIB / count)
+        self.marks.append(entry)
 
     async def _watch_rss(self) -> None:
         """Stop the fill before the broker eats the machine."""
@@ -498,6 +501,8 @@ async def backlog(cfg: Config, rep: Report) -> None:
     finally:
         await conn.close()
     filled = filler.acked
+    if filler.stop_reason and filled:
+        filler.mark(filled)  # where the guard stopped it
     fill: dict[str, Any] = {
         "published": filled,
         "nacked": filler.nacked,
