@@ -320,3 +320,23 @@ def test_writes_kept_for_a_recovery_are_bounded_in_bytes_too(
     assert write is not None and write.sync
     committer.written(write)
     assert committer.recovery_write().ops == []
+
+
+def test_a_command_the_log_cannot_hold_is_refused_and_the_log_goes_on() -> None:
+    committer, replies = ready_committer()
+    committer.propose(publish(b"a"), 5, replies.done("a"))
+    too_big = c.Publish(VH, "", "q", {"headers": {"n": 2**70}}, b"x")
+    committer.propose(too_big, 5, replies.done("too-big"))
+    committer.propose(publish(b"b"), 5, replies.done("b"))
+    write = committer.next_write()
+    assert write is not None and write.entries == 3
+    committer.written(write)
+    committer.synced(write.last_index)
+    assert replies.take() == [("a", "ok"), ("too-big", "InvalidArgument"), ("b", "ok")]
+    assert committer.state.queue(VH, "q").ready_count == 2
+    committer.propose(publish(b"c"), 6, replies.done("c"))
+    write = committer.next_write()
+    assert write is not None
+    committer.written(write)
+    committer.synced(write.last_index)
+    assert replies.take() == [("c", "ok")]

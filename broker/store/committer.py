@@ -31,12 +31,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from broker.core.errors import BrokerError, StoreFailed
+from broker.core import commands as c
+from broker.core.errors import BrokerError, InvalidArgument, StoreFailed
 from broker.store import schema
 from broker.store.applier import Applier, Done, Op
-from broker.store.encoding import entry_wire
+from broker.store.encoding import entry_wire, pack
 
 log = logging.getLogger(__name__)
+
+#: what an entry whose command cannot be stored holds instead: applied, it changes nothing
+NOTHING = c.Batch([])
 
 #: Writes (or bytes of them) kept for a recovery beyond which a sync is asked for, though no
 #: reply waits for one (a stream of QoS 0 publishes and acks would otherwise keep every body
@@ -76,6 +80,8 @@ class _Entry:
     #: a single node's proposals need no key (see commands.Meta)
     key: None = None
     floor: int = 0
+    #: why the command could not go to the log (it was replaced by one that does nothing)
+    refused: BrokerError | None = None
 
 
 @dataclass
@@ -163,9 +169,27 @@ class Committer(Applier):
         """The entries as one key of the log."""
         first, last = entries[0].index, entries[-1].index
         term = self.term
-        value = schema.encode_batch(first, [entry_wire(term, e.time, e.command) for e in entries])
+        wires = [entry_wire(term, e.time, e.command) for e in entries]
+        try:
+            value = schema.encode_batch(first, wires)
+        except TypeError:  # some value has no stored form: find it
+            wires = [self._storable(e, wire) for e, wire in zip(entries, wires, strict=True)]
+            value = schema.encode_batch(first, wires)
         self.add_batch(first, last, len(value))
         return schema.batch_key(first, last), value
+
+    def _storable(self, entry: _Entry, wire: Any) -> Any:
+        """`wire` if it packs; else the entry's command becomes one that does nothing, and
+        whoever proposed it is told why: a value the log cannot hold (an integer past 64
+        bits in a header, say) must not stop the log for every other command."""
+        try:
+            pack(wire)
+            return wire
+        except TypeError as exc:
+            log.error("%s refused: it cannot be stored (%s)", type(entry.command).__name__, exc)
+            entry.command = NOTHING
+            entry.refused = InvalidArgument(f"the command cannot be stored: {exc}")
+            return entry_wire(self.term, entry.time, NOTHING)
 
     def written(self, write: Write) -> None:
         """The write is done: its entries are in the log (committed), so apply them. If it
@@ -281,6 +305,8 @@ class Committer(Applier):
 
     def _applied(self, entry: _Entry, reply: Any, error: BrokerError | None) -> None:
         if entry.done is not None:
+            if entry.refused is not None:
+                reply, error = None, entry.refused
             entry.applied, entry.reply, entry.error = True, reply, error
 
     def _after_rebuild(self) -> None:
