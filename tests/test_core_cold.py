@@ -1,4 +1,4 @@
-"""The packed cold tail of a deep queue: order, taking, dropping, its stored form, its size."""
+"""The packed cold tail of a deep queue: order, chunks, taking, its stored form, its size."""
 
 from __future__ import annotations
 
@@ -6,60 +6,69 @@ import tracemalloc
 
 import pytest
 
-from broker.core.cold import ColdEntry, ColdTail
+from broker.core import cold
+from broker.core.cold import ColdChunk, ColdEntry, ColdTail
 
 
-def filled(n: int, persistent: bool = True) -> ColdTail:
+def entry(i: int, persistent: bool = True) -> ColdEntry:
+    expires = None if i % 2 else 1000 + i
+    return ColdEntry(i + 1, 10 + i, 500, expires, (100 + i // 10, i % 10), 1024 + i, persistent)
+
+
+def filled(n: int) -> ColdTail:
     tail = ColdTail()
     for i in range(n):
-        expires = None if i % 2 else 1000 + i
-        tail.append(i + 1, 10 + i, 500, expires, (100 + i // 10, i % 10), 1024 + i, persistent)
+        tail.append(entry(i))
     return tail
 
 
 def test_entries_come_back_in_order_with_their_fields() -> None:
     tail = filled(5)
     assert len(tail) == 5 and tail.bytes == sum(1024 + i for i in range(5))
-    assert tail.peek() == ColdEntry(1, 10, 500, 1000, (100, 0), 1024, True)
-    first = tail.take(2)
-    assert [e.seq for e in first] == [1, 2]
-    assert first[1].expires_at is None
+    assert tail.peek() == entry(0)
+    first, changed = tail.take(2)
+    assert first == [entry(0), entry(1)] and len(changed) == 1
     assert len(tail) == 3 and tail.bytes == 1026 + 1027 + 1028
-    assert [e.seq for e in tail] == [3, 4, 5]
-    assert [e.seq for e in tail.take(10)] == [3, 4, 5]
-    assert len(tail) == 0 and tail.bytes == 0 and tail.peek() is None
-    assert tail.take(1) == []
+    assert list(tail) == [entry(2), entry(3), entry(4)]
+    rest, _ = tail.take(10)
+    assert [e.seq for e in rest] == [3, 4, 5]
+    assert len(tail) == 0 and tail.bytes == 0 and tail.peek() is None and not tail.chunks
 
 
-def test_taking_in_small_steps_keeps_order_across_compaction() -> None:
-    tail = filled(1000)
-    seen = []
-    added = []
-    while len(tail):
-        seen += [e.seq for e in tail.take(7)]
-        if len(added) < 50:  # appends while taking
-            added.append(5000 + len(added))
-            tail.append(added[-1], 0, 0, None, (1, 0), 1, True)
-    assert seen == list(range(1, 1001)) + added
+def test_chunks_fill_in_turn_and_go_when_emptied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cold, "CHUNK", 4)
+    tail = filled(10)
+    assert [len(c) for c in tail.chunks] == [4, 4, 2]
+    assert [c.number for c in tail.chunks] == [1, 2, 3]
+    taken, changed = tail.take(5)
+    assert [e.seq for e in taken] == [1, 2, 3, 4, 5]
+    assert [c.number for c in changed] == [1, 2]  # 1 is emptied (its record goes), 2 changed
+    assert [c.number for c in tail.chunks] == [2, 3]
+    assert tail.append(entry(10)).number == 3
+    assert tail.append(entry(11)).number == 3
+    assert tail.append(entry(12)).number == 4
+    assert [e.seq for e in tail] == list(range(6, 14))
 
 
-def test_clear_and_drop_transient_give_the_log_indexes_to_release() -> None:
-    tail = filled(3)
-    tail.append(99, 99, 0, None, (7, 1), 10, False)
-    assert tail.drop_transient() == [7]
-    assert [e.seq for e in tail] == [1, 2, 3]
-    assert tail.clear() == [100, 100, 100]
-    assert len(tail) == 0 and tail.bytes == 0
-
-
-def test_the_packed_form_round_trips_and_is_checked() -> None:
-    tail = filled(50)
-    tail.take(5)
-    copy = ColdTail.unpacked(tail.packed())
-    assert list(copy) == list(tail) and copy.bytes == tail.bytes
-    assert list(ColdTail.unpacked(ColdTail().packed())) == []
+def test_chunks_round_trip_through_their_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cold, "CHUNK", 8)
+    tail = filled(20)
+    tail.take(3)
+    restored = ColdTail()
+    for chunk in tail.chunks:
+        restored.restore(ColdChunk.unpacked(chunk.number, chunk.packed()))
+    assert list(restored) == list(tail)
+    assert (len(restored), restored.bytes) == (len(tail), tail.bytes)
+    assert restored.append(entry(99)).number == tail.append(entry(99)).number
     with pytest.raises(ValueError):
-        ColdTail.unpacked(tail.packed()[:-1])
+        ColdChunk.unpacked(1, tail.chunks[0].packed()[:-1])
+
+
+def test_clear_hands_back_the_chunks_and_their_log_indexes() -> None:
+    tail = filled(3)
+    (gone,) = tail.clear()
+    assert gone.indexes().tolist() == [100, 100, 100]
+    assert len(tail) == 0 and tail.bytes == 0
 
 
 def test_a_waiting_message_costs_about_fifty_bytes() -> None:

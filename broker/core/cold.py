@@ -3,22 +3,30 @@ in memory, kept as packed columns (about 50 bytes each) rather than one object p
 
 Their bodies, properties and names stay in the log entries that carried them (Message.source),
 so only messages whose publish is in the log go cold. A queue takes them back into memory a
-chunk at a time, in order, as its consumers get near them (MessageQueue.promote), reading the
-entries then: the state they stand for is the same whether a message is hot or cold.
+chunk at a time, in order, as its consumers get near them, reading the entries then: the state
+they stand for is the same whether a message is hot or cold.
+
+The tail is a row of chunks of at most CHUNK entries, each stored as one record (`packed`), so a
+snapshot rewrites only the chunks that changed: the one being filled and the one being taken
+from.
 """
 
 from __future__ import annotations
 
 import struct
 from array import array
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+#: entries per chunk (a chunk's record is about CHUNK x 49 bytes)
+CHUNK = 4096
 #: columns: seq, position, enqueued_at, expires_at (-1: none), log index, size, position in
 #: the entry, persistent
 _COLUMNS = "qqqqqIIB"
-_HEADER = struct.Struct(">II")  # entries, format version of the packed form
+_HEADER = struct.Struct(">II")  # entries, version of the packed form
 _PACKED_VERSION = 1
+_LITTLE = array("H", [1]).tobytes()[0] == 1
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,91 +40,51 @@ class ColdEntry:
     persistent: bool
 
 
-class ColdTail:
-    """Cold messages of one priority level of one queue, oldest first."""
+class ColdChunk:
+    """Up to CHUNK consecutive entries; `number` names its record."""
 
-    __slots__ = ("_columns", "_start", "bytes")
+    __slots__ = ("number", "_columns", "_start", "bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, number: int) -> None:
+        self.number = number
         self._columns = tuple(array(code) for code in _COLUMNS)
-        #: entries before this one were taken (removed lazily, see _compact)
+        #: entries before this one were taken
         self._start = 0
-        #: sum of the sizes of the entries held
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._columns[0]) - self._start
 
-    def append(
-        self,
-        seq: int,
-        position: int,
-        enqueued_at: int,
-        expires_at: int | None,
-        source: tuple[int, int],
-        size: int,
-        persistent: bool,
-    ) -> None:
+    @property
+    def full(self) -> bool:
+        return len(self._columns[0]) >= CHUNK
+
+    def append(self, entry: ColdEntry) -> None:
         seqs, positions, enqueued, expires, indexes, sizes, offsets, flags = self._columns
-        seqs.append(seq)
-        positions.append(position)
-        enqueued.append(enqueued_at)
-        expires.append(-1 if expires_at is None else expires_at)
-        indexes.append(source[0])
-        sizes.append(size)
-        offsets.append(source[1])
-        flags.append(1 if persistent else 0)
-        self.bytes += size
+        seqs.append(entry.seq)
+        positions.append(entry.position)
+        enqueued.append(entry.enqueued_at)
+        expires.append(-1 if entry.expires_at is None else entry.expires_at)
+        indexes.append(entry.source[0])
+        sizes.append(entry.size)
+        offsets.append(entry.source[1])
+        flags.append(1 if entry.persistent else 0)
+        self.bytes += entry.size
 
     def take(self, count: int) -> list[ColdEntry]:
-        """Remove and return up to `count` entries from the front."""
         start = self._start
         stop = min(start + count, len(self._columns[0]))
         out = [self._entry(i) for i in range(start, stop)]
         self.bytes -= sum(e.size for e in out)
         self._start = stop
-        self._compact()
         return out
-
-    def peek(self) -> ColdEntry | None:
-        """The front entry, left in place."""
-        return self._entry(self._start) if len(self) else None
-
-    def clear(self) -> list[int]:
-        """Forget every entry; returns the log index of each (their references to release)."""
-        indexes = self._columns[4][self._start :].tolist()
-        self._columns = tuple(array(code) for code in _COLUMNS)
-        self._start = 0
-        self.bytes = 0
-        return indexes
-
-    def drop_transient(self) -> list[int]:
-        """Forget the entries of non-persistent messages (a restart loses them); returns
-        their log indexes."""
-        keep = ColdTail()
-        dropped: list[int] = []
-        for entry in self:
-            if entry.persistent:
-                keep.append(
-                    entry.seq,
-                    entry.position,
-                    entry.enqueued_at,
-                    entry.expires_at,
-                    entry.source,
-                    entry.size,
-                    entry.persistent,
-                )
-            else:
-                dropped.append(entry.source[0])
-        self._columns, self._start, self.bytes = keep._columns, 0, keep.bytes
-        return dropped
 
     def __iter__(self) -> Iterator[ColdEntry]:
         for i in range(self._start, len(self._columns[0])):
             yield self._entry(i)
 
     def indexes(self) -> array:
-        """The log index of each entry (what a restore counts references with)."""
+        """The log index of each entry (for counting and releasing their references)."""
         return self._columns[4][self._start :]
 
     def _entry(self, i: int) -> ColdEntry:
@@ -132,17 +100,8 @@ class ColdTail:
             bool(flags[i]),
         )
 
-    def _compact(self) -> None:
-        """Drop taken entries once they are half the arrays (amortised O(1) per take)."""
-        start = self._start
-        if start and start * 2 >= len(self._columns[0]):
-            self._columns = tuple(column[start:] for column in self._columns)
-            self._start = 0
-
-    # -- the stored form -----------------------------------------------------------------
-
     def packed(self) -> bytes:
-        """The entries as bytes: a header, then each column (big-endian, whole)."""
+        """The entries as bytes: a header, then each column, big-endian."""
         parts = [_HEADER.pack(len(self), _PACKED_VERSION)]
         for column in self._columns:
             part = column[self._start :]
@@ -152,11 +111,11 @@ class ColdTail:
         return b"".join(parts)
 
     @classmethod
-    def unpacked(cls, raw: bytes) -> ColdTail:
+    def unpacked(cls, number: int, raw: bytes) -> ColdChunk:
         count, version = _HEADER.unpack_from(raw, 0)
         if version != _PACKED_VERSION:
-            raise ValueError(f"cold tail packed in version {version}, not {_PACKED_VERSION}")
-        tail = cls()
+            raise ValueError(f"cold chunk packed in version {version}, not {_PACKED_VERSION}")
+        chunk = cls(number)
         pos = _HEADER.size
         columns = []
         for code in _COLUMNS:
@@ -168,10 +127,74 @@ class ColdTail:
             columns.append(column)
             pos += width
         if pos != len(raw):
-            raise ValueError("cold tail record of the wrong length")
-        tail._columns = tuple(columns)
-        tail.bytes = sum(columns[5])
-        return tail
+            raise ValueError("cold chunk record of the wrong length")
+        chunk._columns = tuple(columns)
+        chunk.bytes = sum(columns[5])
+        return chunk
 
 
-_LITTLE = array("H", [1]).tobytes()[0] == 1
+class ColdTail:
+    """Cold messages of one priority level of one queue, oldest first, in chunks."""
+
+    __slots__ = ("chunks", "_next_number", "count", "bytes")
+
+    def __init__(self) -> None:
+        self.chunks: deque[ColdChunk] = deque()
+        self._next_number = 1
+        self.count = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, entry: ColdEntry) -> ColdChunk:
+        """Add `entry` at the back; returns the chunk that changed."""
+        if not self.chunks or self.chunks[-1].full:
+            self.chunks.append(ColdChunk(self._next_number))
+            self._next_number += 1
+        chunk = self.chunks[-1]
+        chunk.append(entry)
+        self.count += 1
+        self.bytes += entry.size
+        return chunk
+
+    def take(self, count: int) -> tuple[list[ColdEntry], list[ColdChunk]]:
+        """Up to `count` entries from the front, and the chunks that changed (emptied ones
+        are gone from the tail: their records are to delete)."""
+        out: list[ColdEntry] = []
+        changed: list[ColdChunk] = []
+        while len(out) < count and self.chunks:
+            chunk = self.chunks[0]
+            out += chunk.take(count - len(out))
+            changed.append(chunk)
+            if not len(chunk):
+                self.chunks.popleft()
+        self.count -= len(out)
+        self.bytes -= sum(e.size for e in out)
+        return out, changed
+
+    def peek(self) -> ColdEntry | None:
+        for chunk in self.chunks:
+            for entry in chunk:
+                return entry
+        return None
+
+    def clear(self) -> list[ColdChunk]:
+        """Forget every entry; returns the chunks (their records to delete, their log
+        indexes to release)."""
+        gone = list(self.chunks)
+        self.chunks.clear()
+        self.count = self.bytes = 0
+        return gone
+
+    def restore(self, chunk: ColdChunk) -> None:
+        """Add a chunk read back from the store (chunks arrive in number order)."""
+        if len(chunk):
+            self.chunks.append(chunk)
+            self.count += len(chunk)
+            self.bytes += chunk.bytes
+        self._next_number = max(self._next_number, chunk.number + 1)
+
+    def __iter__(self) -> Iterator[ColdEntry]:
+        for chunk in self.chunks:
+            yield from chunk
