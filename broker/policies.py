@@ -12,7 +12,7 @@ from typing import Any
 
 from broker.core import commands as c
 from broker.core.errors import InvalidArgument
-from broker.core.policy import Policy
+from broker.core.policy import Policy, checked_policy
 from broker.core.state import StateMachine
 
 
@@ -39,9 +39,10 @@ def listed(state: StateMachine, vhost: str | None = None) -> list[dict[str, Any]
 
 def set_command(vhost: str, name: str, body: Any) -> c.SetPolicy:
     """A SetPolicy from a JSON object as `rabbitmqctl set_policy` and PUT /api/policies take
-    it: pattern and definition required, apply-to ("all") and priority (0) optional. The
-    values are left for the core to check, except that a priority may come as a string of
-    digits, as rabbitmqadmin sends it."""
+    it: pattern and definition required, apply-to ("all") and priority (0) optional; a
+    priority may come as a string of digits, as rabbitmqadmin sends it. The values are
+    checked here as the core checks them, so that the command carries the types it declares
+    (a compiled core relies on them)."""
     if not isinstance(body, dict):
         raise InvalidArgument("a policy must be a JSON object")
     for key in ("pattern", "definition"):
@@ -50,6 +51,9 @@ def set_command(vhost: str, name: str, body: Any) -> c.SetPolicy:
     priority = body.get("priority", 0)
     if isinstance(priority, str) and re.fullmatch(r"-?[0-9]{1,18}", priority):
         priority = int(priority)
-    return c.SetPolicy(
+    policy = checked_policy(
         vhost, name, body["pattern"], body.get("apply-to", "all"), priority, body["definition"]
+    )
+    return c.SetPolicy(
+        vhost, name, policy.pattern, policy.apply_to, policy.priority, policy.definition
     )

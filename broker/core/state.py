@@ -911,12 +911,16 @@ class StateMachine:
         if delay:
             self._hold_delayed(vh, ex, cmd, delay)
             return PublishResult(routed=True)
-        if vh.name in self.tracing.firehose:
-            self._firehose(vh, "publish." + ex.name, cmd.exchange, cmd.routing_key, cmd, None)
+        #: (queue, seq) of each message the publish makes, when its vhost has tracing on
+        routed: list[tuple[str, int]] | None = None
+        tracing = self.tracing
+        if tracing.watched and vh.name in tracing.watched:
+            if vh.name in tracing.firehose:
+                self._firehose(vh, "publish." + ex.name, cmd.exchange, cmd.routing_key, cmd, None)
+            if vh.name in tracing.traced_vhosts:
+                routed = []
         targets = self._targets(vh, ex, cmd)
         result = PublishResult(routed=bool(targets))
-        #: (queue, seq) of each message the publish made, when its vhost has tracing on
-        routed: list[tuple[str, int]] | None = [] if vh.name in self.tracing.traced_vhosts else None
         if not targets and not cmd.mandatory:
             self._dropped(vh.name, ex.name, "unroutable", 1)  # (a mandatory one is returned)
         props = cmd.properties
@@ -1399,7 +1403,7 @@ class StateMachine:
         self._effects.append(
             Deliver(consumer.owner, consumer.tag, q.name, msg, redelivered, msg.returns)
         )
-        if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+        if self.tracing.watched and q.vhost in self.tracing.watched:
             self._trace_delivery(q, msg, redelivered, consumer.tag, consumer.owner, consumer.no_ack)
         if consumer.no_ack or (consumer.settle_transient and not msg.persistent):
             self._forget(q, msg)
@@ -1426,7 +1430,7 @@ class StateMachine:
         self._schedule(q)  # for the new head, whose TTL may be due before the old one's
         q.deliver(msg, cmd.owner, None, self.now)
         redelivered = msg.delivery_count > 1 or msg.returns > 0
-        if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+        if self.tracing.watched and q.vhost in self.tracing.watched:
             self._trace_delivery(q, msg, redelivered, "", cmd.owner, cmd.no_ack)
         if cmd.no_ack:
             self._forget(q, msg)
@@ -1690,7 +1694,7 @@ class StateMachine:
             q.hide_for_pull(msg, self.now, visibility)
             self._touch_message(q, msg)
             out.append(Received(msg, f"{msg.seq}.{msg.handle}", q.qid))
-            if q.vhost in self.tracing.traced_vhosts or q.vhost in self.tracing.firehose:
+            if self.tracing.watched and q.vhost in self.tracing.watched:
                 self._trace_delivery(q, msg, msg.delivery_count > 1, "", None, False)
         if out:
             self._schedule(q)

@@ -31,6 +31,9 @@ class Tracing:
         #: vhosts with any trace setting: the one look-up a publish pays when none is on
         self.traced_vhosts: set[str] = set()
         self.firehose: set[str] = set()
+        #: vhosts with any setting: empty while nothing is traced, the one check the message
+        #: path makes then
+        self.watched: set[str] = set()
 
     def set(self, vhost: str, kind: str, enabled: bool, queue: str) -> bool:
         """Apply one setting; True if it changed anything."""
@@ -42,6 +45,7 @@ class Tracing:
                 self.firehose.add(vhost)
             else:
                 self.firehose.discard(vhost)
+            self.watched = self.traced_vhosts | self.firehose
             return before != enabled
         if kind != TRACE:
             raise InvalidArgument(f"unknown trace kind '{kind}': trace or firehose")
@@ -52,6 +56,7 @@ class Tracing:
         else:
             self.traced.discard(key)
         self.traced_vhosts = {v for v, _ in self.traced}
+        self.watched = self.traced_vhosts | self.firehose
         return before != enabled
 
     def covers(self, vhost: str, queue: str) -> bool:
