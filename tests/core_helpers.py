@@ -7,7 +7,7 @@ from typing import Any
 from broker.core import commands as c
 from broker.core.model import READY, Deliver, Effect, Message
 from broker.core.queue import MessageQueue
-from broker.core.state import StateMachine
+from broker.core.state import ColdBodies, StateMachine
 from broker.store import schema
 from broker.store.disk import Store
 from broker.store.encoding import decode_entry, encode_entry, entry_wire, pack
@@ -178,14 +178,34 @@ def restart(core: Core, path: str) -> Core:
 def ready_order(q: MessageQueue) -> list[Message]:
     """The ready messages of `q` in the order consumers would get them, without taking them:
     highest priority level first, in each the returned ones (by sequence) before the rest
-    (the queue's indexes skip entries of messages no longer ready)."""
+    (the queue's indexes skip entries of messages no longer ready), then the cold ones."""
     out: dict[int, Message] = {}
     for level in range(len(q._ready) - 1, -1, -1):
         for seq in [*sorted(q._returned[level]), *q._ready[level]]:
             msg = q.messages.get(seq)
             if msg is not None and msg.state == READY:
                 out.setdefault(seq, msg)
+        for msg in cold_messages(q, level):
+            out[msg.seq] = msg
     return list(out.values())
+
+
+def cold_messages(q: MessageQueue, level: int) -> list[Message]:
+    """The cold messages of a level, in order, as they would be taken into memory (read
+    without changing anything)."""
+    store = q.cold_store
+    if store is None:
+        return []
+    assert isinstance(store, ColdBodies)
+    return [q.held[e.seq] if not e.source[0] else store.message_of(e) for e in q._cold[level]]
+
+
+def all_messages(q: MessageQueue) -> dict[int, Message]:
+    """Every message of `q` by seq, the cold ones too."""
+    out = dict(q.messages)
+    for level in range(len(q._cold)):
+        out.update((msg.seq, msg) for msg in cold_messages(q, level))
+    return out
 
 
 def ready_bodies(q: MessageQueue) -> list[bytes]:

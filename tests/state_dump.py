@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.core.model import Message
+from broker.core.model import HIDDEN, Message
 from broker.core.queue import MessageQueue
 from broker.core.state import StateMachine
-from tests.core_helpers import ready_order
+from tests.core_helpers import all_messages, ready_order
 
 
 def _message(m: Message) -> tuple[Any, ...]:
@@ -22,7 +22,7 @@ def _message(m: Message) -> tuple[Any, ...]:
         m.body,
         m.state,
         m.delivery_count,
-        m.visible_at,
+        m.visible_at if m.state == HIDDEN else None,
         m.handle,
         m.returns,
         m.acked_at,
@@ -57,7 +57,8 @@ def _queue(q: MessageQueue) -> dict[str, Any]:
         # derived from the arguments and the vhost's policies, so rebuilt alike on restore
         "policy": None if q.policy is None else q.policy.name,
         "settings": repr(q.settings),
-        "messages": [_message(q.messages[s]) for s in sorted(q.messages)],
+        # hot or cold (in memory or read back from the log) alike
+        "messages": [_message(m) for _, m in sorted(all_messages(q).items())],
         "order": [m.seq for m in ready_order(q)],
         # Kept for rewind until acked_at + the window: equal ack times expire together.
         "rewind_order": sorted((q.messages[s].acked_at, s) for s in q._retained if s in q.messages),

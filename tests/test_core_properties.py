@@ -10,19 +10,22 @@ messages given back (requeued, visible again, rewound) come first, in publish or
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.core import cold
 from broker.core import commands as c
 from broker.core.errors import BrokerError, ReceiptHandleInvalid
 from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Deliver, Message, Traced
 from broker.core.queue import MessageQueue
 from broker.core.state import StateMachine
 from broker.store.encoding import decode_entry, encode_entry
-from tests.core_helpers import VH, ready_order
+from tests.core_helpers import VH, all_messages, ready_order
 from tests.state_dump import dump
 
 QUEUES = ("q0", "q1")
@@ -41,6 +44,19 @@ TARGETS: list[tuple[str, str, tuple[int, ...]]] = [
 ]
 
 #: raise for a deeper search, e.g. PROPERTY_EXAMPLES=5000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_cold_limits() -> Iterator[None]:
+    """Queues keep 3 messages per level in memory, the rest cold in chunks of 3: the
+    sequences then move messages to and from the cold tail all the time."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cold, "HOT_LIMIT", 3)
+        patch.setattr(cold, "PROMOTE", 2)
+        patch.setattr(cold, "CHUNK", 3)
+        yield
+
+
 PROPERTY_SETTINGS = settings(
     max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "200")),
     deadline=None,
@@ -446,6 +462,7 @@ class Runner:
     def __init__(self, cfg: Config, check_model: bool = True) -> None:
         self.cfg = cfg
         self.sm = StateMachine()
+        self.sm.entries = self.command_at
         self.model = Model(cfg)
         self.check_model = check_model
         #: the log: each applied command as its encoded entry
@@ -472,6 +489,10 @@ class Runner:
         self.dirty.update(changes)
         self.outputs.append(output(reply, error, effects))
         return reply, effects, error
+
+    def command_at(self, index: int) -> c.Command:
+        """The command of a log entry (as the store reads it back for cold messages)."""
+        return decode_entry(self.entries[index - 1])[2]
 
     def q(self, qi: int) -> MessageQueue:
         return self.sm.queue(VH, QUEUES[qi])
@@ -623,9 +644,10 @@ class Runner:
             assert real.hidden_count == model.count(HIDDEN)
             assert real.retained_count() == model.count(RETAINED)
             assert len(real.unacked) == model.count(UNACKED)
-            assert sorted(real.messages) == sorted(model.msgs)
+            messages = all_messages(real)
+            assert sorted(messages) == sorted(model.msgs)
             for seq, mine in model.msgs.items():
-                theirs = real.messages[seq]
+                theirs = messages[seq]
                 assert _observable(theirs) == _observable(mine), seq
             if qi == 0 and model.prefetch is not None:
                 (consumer,) = real.consumers

@@ -19,6 +19,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+#: never-delivered ready messages a priority level of a queue holds in memory: later ones
+#: wait cold until the level's consumers get near them
+HOT_LIMIT = 2048
+#: cold messages taken back into memory at a time
+PROMOTE = 1024
 #: entries per chunk (a chunk's record is about CHUNK x 49 bytes)
 CHUNK = 4096
 #: columns: seq, position, enqueued_at, expires_at (-1: none), log index, size, position in
@@ -86,6 +91,28 @@ class ColdChunk:
     def indexes(self) -> array:
         """The log index of each entry (for counting and releasing their references)."""
         return self._columns[4][self._start :]
+
+    def held_seqs(self) -> list[int]:
+        """Seqs of the entries with no log entry (held whole by the queue: Queue.held)."""
+        indexes = self._columns[4]
+        if not indexes.count(0):
+            return []
+        seqs = self._columns[0]
+        return [seqs[i] for i in range(self._start, len(indexes)) if indexes[i] == 0]
+
+    def transient(self) -> bool:
+        """Whether some entry is of a message that was not persistent."""
+        return 0 in self._columns[7][self._start :]
+
+    def keep_persistent(self) -> list[ColdEntry]:
+        """Drop the entries of messages that were not persistent; returns them."""
+        flags = self._columns[7]
+        kept = [i for i in range(self._start, len(flags)) if flags[i]]
+        dropped = [self._entry(i) for i in range(self._start, len(flags)) if not flags[i]]
+        self._columns = tuple(array(col.typecode, (col[i] for i in kept)) for col in self._columns)
+        self._start = 0
+        self.bytes -= sum(e.size for e in dropped)
+        return dropped
 
     def _entry(self, i: int) -> ColdEntry:
         seqs, positions, enqueued, expires, indexes, sizes, offsets, flags = self._columns
@@ -172,6 +199,17 @@ class ColdTail:
         self.count -= len(out)
         self.bytes -= sum(e.size for e in out)
         return out, changed
+
+    def drop_transient(self, chunk: ColdChunk) -> list[ColdEntry]:
+        """Drop the entries of one chunk that were not persistent; returns them (the chunk
+        stays, even empty: `drop_empty` then takes empty ones out)."""
+        dropped = chunk.keep_persistent()
+        self.count -= len(dropped)
+        self.bytes -= sum(e.size for e in dropped)
+        return dropped
+
+    def drop_empty(self) -> None:
+        self.chunks = deque(chunk for chunk in self.chunks if len(chunk))
 
     def peek(self) -> ColdEntry | None:
         for chunk in self.chunks:

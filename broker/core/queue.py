@@ -10,8 +10,9 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from broker.core.cold import ColdChunk, ColdEntry, ColdTail
 from broker.core.commands import ConnectionId, Owner
 from broker.core.errors import PreconditionFailed
 from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Consumer, Message
@@ -97,6 +98,21 @@ def _non_negative(args: dict[str, Any], key: str, positive: bool = False) -> int
 FLOW_LIMIT = 1000
 
 
+class ColdStore(Protocol):
+    """Where cold messages live (the state machine's, see state.ColdBodies)."""
+
+    #: ready messages a level holds in memory before later ones go cold (cold.HOT_LIMIT)
+    hot_limit: int
+    #: cold messages taken back into memory at a time (cold.PROMOTE)
+    promote: int
+
+    def load(self, q: MessageQueue, entries: list[ColdEntry]) -> list[Message]:
+        """The messages of cold entries, with their bodies read back."""
+
+    def changed(self, q: MessageQueue, level: int, chunk: ColdChunk) -> None:
+        """A chunk's record must be rewritten (or dropped, once it is empty)."""
+
+
 def _flow_limit(settings: QueueSettings) -> int:
     """Ready messages past which a queue that has consumers is congested: its publishers
     should wait (credit flow) rather than fill it up to its length limit, where messages
@@ -163,6 +179,15 @@ class MessageQueue:
         self._top_level = self.settings.max_priority
         levels = self._top_level + 1
         self._ready: list[deque[int]] = [deque() for _ in range(levels)]
+        #: of each level, the messages in `_ready` that are still ready
+        self._hot = [0] * levels
+        #: of each level, the never-delivered ready messages behind those in `_ready`
+        self._cold = [ColdTail() for _ in range(levels)]
+        #: cold messages whose publish is not in the log (dead-lettered copies, released
+        #: delays): held whole, in their cold place, by seq
+        self.held: dict[int, Message] = {}
+        #: set by the state machine when it can read bodies back: only then do messages go cold
+        self.cold_store: ColdStore | None = None
         self._returned: list[list[int]] = [[] for _ in range(levels)]
         self._hidden: list[tuple[int, int]] = []  # (visible_at, seq), possibly stale
         self._retained: deque[int] = deque()  # seqs in ack order
@@ -220,6 +245,13 @@ class MessageQueue:
         self.next_seq += 1
         return seq
 
+    def cold_count(self) -> int:
+        """Ready messages waiting cold (their bodies only on disk, or held whole)."""
+        return sum(tail.count for tail in self._cold)
+
+    def cold_bytes(self) -> int:
+        return sum(tail.bytes for tail in self._cold)
+
     def _mark_ready(self, msg: Message) -> None:
         msg.state = READY
         self.ready_count += 1
@@ -255,20 +287,39 @@ class MessageQueue:
     # -- adding --------------------------------------------------------------------------
 
     def append(self, msg: Message) -> None:
-        """A new message, at the tail (or hidden until `visible_at` if delayed)."""
-        self.messages[msg.seq] = msg
+        """A new message, at the tail (or hidden until `visible_at` if delayed).
+
+        One that goes cold is not in `messages` (see `holds`)."""
         self.counters.published += 1
         if msg.visible_at > msg.enqueued_at:
+            self.messages[msg.seq] = msg
             self._hide(msg, msg.visible_at)
             self.delayed_count += 1
             return
         self._to_tail(msg)
 
+    def holds(self, msg: Message) -> bool:
+        """Whether this very object stands for its message here (one gone cold does not,
+        unless it is `held`; one taken back from cold is a new object)."""
+        return self.messages.get(msg.seq) is msg or self.held.get(msg.seq) is msg
+
     def _to_tail(self, msg: Message) -> None:
         msg.position = self.next_position
         self.next_position += 1
+        level = self.level(msg)
+        tail = self._cold[level]
+        store = self.cold_store
+        if store is not None and (tail.count or self._hot[level] >= store.hot_limit):
+            self.messages.pop(msg.seq, None)  # (a delayed one was there while hidden)
+            self._mark_ready(msg)
+            if msg.source is None:
+                self.held[msg.seq] = msg
+            store.changed(self, level, tail.append(_cold_entry(msg)))
+            return
+        self.messages[msg.seq] = msg
         self._mark_ready(msg)
-        self._ready[self.level(msg)].append(msg.seq)
+        self._ready[level].append(msg.seq)
+        self._hot[level] += 1
 
     def give_back(self, msg: Message) -> None:
         """A message already seen by a consumer goes back ahead of newer messages."""
@@ -297,10 +348,26 @@ class MessageQueue:
             self._mark_ready(msg)
             self._ready[self.level(msg)].append(msg.seq)
 
+    def restore_cold(self, level: int, chunk: ColdChunk) -> None:
+        """Place a cold chunk loaded from a snapshot (chunks of a level arrive in order)."""
+        self._cold[level].restore(chunk)
+        self.ready_count += len(chunk)
+        self.ready_bytes += chunk.bytes
+
     def finish_restore(self) -> None:
-        """Order what the snapshot (in seq order) does not: the tail, retained messages."""
+        """Order what the snapshot (in seq order) does not: the tail, retained messages; and
+        move the held messages (restored as ready ones) to their cold places."""
+        for tail in self._cold:
+            for chunk in tail.chunks:
+                for seq in chunk.held_seqs():
+                    msg = self.messages.pop(seq)
+                    self.held[seq] = msg
+                    self.ready_count -= 1  # counted by its chunk already
+                    self.ready_bytes -= msg.size
         for i, ready in enumerate(self._ready):
-            self._ready[i] = deque(sorted(ready, key=lambda seq: self.messages[seq].position))
+            hot = [seq for seq in ready if seq not in self.held]
+            self._ready[i] = deque(sorted(hot, key=lambda seq: self.messages[seq].position))
+            self._hot[i] = len(hot)
         self._retained = deque(
             sorted(self._retained, key=lambda seq: (self.messages[seq].acked_at, seq))
         )
@@ -315,6 +382,14 @@ class MessageQueue:
 
     def _level_head(self, level: int) -> Message | None:
         """The next ready message of one priority level (returned ones first)."""
+        while True:
+            msg = self._hot_head(level)
+            if msg is not None or not self._cold[level].count or not self._promote(level):
+                return msg
+
+    def _hot_head(self, level: int) -> Message | None:
+        """The next ready message of a level among those in memory (stale index entries, of
+        messages no longer ready, are dropped on the way)."""
         returned, ready = self._returned[level], self._ready[level]
         while returned:
             msg = self.messages.get(returned[0])
@@ -327,6 +402,22 @@ class MessageQueue:
                 return msg
             ready.popleft()
         return None
+
+    def _promote(self, level: int) -> bool:
+        """Take the next cold messages of a level into memory (the level's `_ready` is empty)."""
+        store = self.cold_store
+        assert store is not None
+        entries, changed = self._cold[level].take(store.promote)
+        for chunk in changed:
+            store.changed(self, level, chunk)
+        messages = store.load(self, entries)
+        ready = self._ready[level]
+        for msg in messages:
+            msg.state = READY
+            self.messages[msg.seq] = msg
+            ready.append(msg.seq)
+        self._hot[level] += len(messages)
+        return bool(messages)
 
     def peek_head(self) -> Message | None:
         """The message a consumer would get next."""
@@ -370,6 +461,7 @@ class MessageQueue:
             heapq.heappop(returned)
         else:
             self._ready[level].popleft()
+            self._hot[level] -= 1
         self._unmark_ready(msg)
         msg.state = UNACKED  # so that remove() does not count it out of the ready set again
 
@@ -379,6 +471,8 @@ class MessageQueue:
         self.unacked.pop(msg.seq, None)
         if msg.state == READY:
             self._unmark_ready(msg)  # its index entry is skipped lazily
+            if not msg.delivery_count:  # (else it is among the returned)
+                self._hot[self.level(msg)] -= 1
         elif msg.state == HIDDEN:
             self.hidden_count -= 1
             if msg.delivery_count == 0:
@@ -472,7 +566,9 @@ class MessageQueue:
         for msg in back:
             msg.acked_at = msg.delivery_count = msg.returns = msg.first_delivered_at = 0
             self._mark_ready(msg)
-            self._ready[self.level(msg)].appendleft(msg.seq)
+            level = self.level(msg)
+            self._ready[level].appendleft(msg.seq)
+            self._hot[level] += 1
         back.reverse()
         return back
 
@@ -496,9 +592,9 @@ class MessageQueue:
             candidates.append(self._hidden[0][0])
         for level in range(len(self._ready)):
             # Per-message TTLs may differ: the head of each level is what RabbitMQ expires.
-            msg = self._level_head(level)
-            if msg is not None and msg.expires_at is not None:
-                candidates.append(msg.expires_at)
+            expires_at = self._head_expiry(level)
+            if expires_at is not None:
+                candidates.append(expires_at)
         if self._retained and self.settings.rewind_ms:
             msg = self.messages.get(self._retained[0])
             if msg is not None:
@@ -509,10 +605,63 @@ class MessageQueue:
             candidates.append(0)
         return min(candidates) if candidates else None
 
+    def _head_expiry(self, level: int) -> int | None:
+        """When the head of a level expires, without taking cold messages into memory."""
+        msg = self._hot_head(level)
+        if msg is not None:
+            return msg.expires_at
+        entry = self._cold[level].peek()
+        return None if entry is None else entry.expires_at
+
     def purge_ready(self) -> list[Message]:
+        """Take every ready message held in memory out (`take_cold` takes the rest)."""
         out: list[Message] = []
-        while True:
-            msg = self.pop_head()
-            if msg is None:
-                return out
-            out.append(msg)
+        for level in range(len(self._ready)):
+            while (msg := self._hot_head(level)) is not None:
+                self._take(msg)
+                out.append(msg)
+        return out
+
+    def take_cold(self) -> tuple[list[tuple[int, ColdChunk]], list[Message]]:
+        """Take every cold message out: the (level, chunk)s they were in (their records to
+        drop, their log entries to let go of), and the held ones among them."""
+        chunks = [(level, chunk) for level, tail in enumerate(self._cold) for chunk in tail.clear()]
+        for _, chunk in chunks:
+            self.ready_count -= len(chunk)
+            self.ready_bytes -= chunk.bytes
+        held = list(self.held.values())
+        self.held.clear()
+        return chunks, held
+
+    def drop_transient_cold(self) -> tuple[int, list[int], list[Message]]:
+        """Take the cold messages that were not persistent out: how many, the log entries
+        they let go of, and the held ones among them."""
+        count, indexes, held = 0, [], []
+        for level, tail in enumerate(self._cold):
+            for chunk in tail.chunks:
+                if not chunk.transient():
+                    continue
+                for entry in tail.drop_transient(chunk):
+                    count += 1
+                    self.ready_count -= 1
+                    self.ready_bytes -= entry.size
+                    if entry.source[0]:
+                        indexes.append(entry.source[0])
+                    else:
+                        held.append(self.held.pop(entry.seq))
+                assert self.cold_store is not None
+                self.cold_store.changed(self, level, chunk)
+            tail.drop_empty()
+        return count, indexes, held
+
+
+def _cold_entry(msg: Message) -> ColdEntry:
+    return ColdEntry(
+        msg.seq,
+        msg.position,
+        msg.enqueued_at,
+        msg.expires_at,
+        msg.source or (0, 0),
+        msg.size,
+        msg.persistent,
+    )

@@ -19,21 +19,25 @@ by commands (ReleaseNode, DropTransient), so replicas agree on that too.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from broker.core import cold
 from broker.core import commands as c
 from broker.core.arguments import (
     check_binding_arguments,
     check_exchange_arguments,
     check_queue_arguments,
 )
+from broker.core.cold import ColdChunk, ColdEntry
 from broker.core.errors import (
     AccessRefused,
     BrokerError,
     CommandInvalid,
+    InternalError,
     InvalidArgument,
     NotAllowed,
     NotFound,
@@ -182,6 +186,11 @@ class StateMachine:
         #: log index -> messages whose body is that entry's (Message.source); an entry with
         #: none is dropped with the log behind a snapshot, one with some is kept
         self.entry_refs: dict[int, int] = {}
+        #: the command of a log entry by index, where the store can read it back: queues then
+        #: keep the bodies of deep backlogs on disk (see core/cold.py)
+        self.entries: Callable[[int], Any] | None = None
+        #: see queue.ColdStore (read from the module here, so tests can make them small)
+        self.cold_limits = (cold.HOT_LIMIT, cold.PROMOTE)
         #: vhosts and queues whose messages are traced, or copied to the firehose
         self.tracing = Tracing()
         #: the log index being applied, and the position in it (inside a Batch)
@@ -782,6 +791,8 @@ class StateMachine:
         return self.queue_info(q)
 
     def _add_queue(self, q: MessageQueue) -> None:
+        if self.entries is not None:
+            q.cold_store = ColdBodies(self, self.entries, *self.cold_limits)
         self.vhosts[q.vhost].queues[q.name] = q
         self.queues_by_qid[q.qid] = q
         if q.exclusive_owner is not None:
@@ -812,7 +823,7 @@ class StateMachine:
         for consumer in list(q.consumers):
             self._drop_consumer(consumer)
             self._effects.append(ConsumerCancelled(consumer.owner, consumer.tag))
-        lost = 0
+        lost = self._take_cold(q)
         for msg in list(q.messages.values()):
             lost += msg.state != RETAINED
             self._forget(q, msg)
@@ -838,10 +849,21 @@ class StateMachine:
         purged = q.purge_ready()
         for msg in purged:
             self._forget(q, msg)
-        if purged:
-            self._dropped(q.vhost, q.name, "purged", len(purged))
-            self._trace_queue(q, "purged", len(purged))
-        return len(purged)
+        count = len(purged) + self._take_cold(q)
+        if count:
+            self._dropped(q.vhost, q.name, "purged", count)
+            self._trace_queue(q, "purged", count)
+        return count
+
+    def _take_cold(self, q: MessageQueue) -> int:
+        """Drop every cold message of `q` (whole: purged, deleted); returns how many."""
+        chunks, held = q.take_cold()
+        for level, chunk in chunks:
+            self._changes.append((("cold", (q.qid, level, chunk.number)), None))
+            self._release_entries(chunk.indexes())
+        for msg in held:
+            self._unrecord(q, msg)
+        return sum(len(chunk) for _, chunk in chunks)
 
     def _trace_queue(self, q: MessageQueue, event: str, count: int) -> None:
         """Trace messages leaving a queue all at once (one step for all of them)."""
@@ -1042,7 +1064,7 @@ class StateMachine:
         if s.max_length is not None or s.max_length_bytes is not None:
             self._drop_over_limit(q)
         self._dispatch(q)
-        if not msg.recorded and msg.seq in q.messages:
+        if not msg.recorded and q.holds(msg):
             # Recorded only now that it stays: one delivered and settled at once (no-ack,
             # QoS 0) or dropped never reaches the store at all.
             self._touch_message(q, msg)
@@ -1606,8 +1628,12 @@ class StateMachine:
                 lost = [m for m in q.messages.values() if not m.persistent]
                 for msg in lost:
                     self._forget(q, msg)
-                if lost:
-                    self._dropped(q.vhost, q.name, "not-persistent", len(lost))
+                dropped, indexes, held_whole = q.drop_transient_cold()
+                self._release_entries(indexes)
+                for msg in held_whole:
+                    self._unrecord(q, msg)
+                if lost or dropped:
+                    self._dropped(q.vhost, q.name, "not-persistent", len(lost) + dropped)
         for held in [d for d in self.delayed.values() if not d.persistent]:
             self._drop_delayed(held)
             self._dropped(held.vhost, held.exchange, "not-persistent", 1)
@@ -1964,7 +1990,10 @@ class StateMachine:
             return
         visible = q.due_hidden(now)
         for msg in visible:
-            self._touch_message(q, msg)
+            if q.holds(msg):
+                self._touch_message(q, msg)
+            else:
+                self._unrecord(q, msg)  # (a delayed one, released into the cold tail)
         for msg in q.expired_retained(now):
             self._forget(q, msg)
         self._expire_heads(q)
@@ -1984,15 +2013,28 @@ class StateMachine:
 
     def _forget(self, q: MessageQueue, msg: Message) -> None:
         q.remove(msg)
-        if msg.recorded:
-            self._changes.append((("message", (q.qid, msg.seq)), None))
+        self._unrecord(q, msg)
         if msg.source is not None:
-            index = msg.source[0]
-            left = self.entry_refs[index] - 1
+            self._release_entries((msg.source[0],))
+
+    def _unrecord(self, q: MessageQueue, msg: Message) -> None:
+        """`msg` no longer stands for its message in `q`: its record goes, if it had one."""
+        if msg.recorded:
+            msg.recorded = False
+            self._changes.append((("message", (q.qid, msg.seq)), None))
+
+    def _release_entries(self, indexes: Iterable[int]) -> None:
+        """Messages no longer use the bodies in these log entries (one index per message;
+        0 stands for none)."""
+        refs = self.entry_refs
+        counts = Counter(indexes)
+        counts.pop(0, None)
+        for index, count in counts.items():
+            left = refs[index] - count
             if left:
-                self.entry_refs[index] = left
+                refs[index] = left
             else:
-                del self.entry_refs[index]
+                del refs[index]
                 if index != self.index:
                     # (The entry being applied is past any snapshot: the next one looks at
                     # its batch anyway.)
@@ -2040,6 +2082,13 @@ class StateMachine:
                 index = msg.source[0]
                 self.entry_refs[index] = self.entry_refs.get(index, 0) + 1
             q.restore(msg, None if holder is None else self._restore_holder(q, *holder))
+        elif kind == "cold":
+            qid, level, _ = key
+            refs = self.entry_refs
+            for index, count in Counter(value.indexes()).items():
+                if index:
+                    refs[index] = refs.get(index, 0) + count
+            self.queues_by_qid[qid].restore_cold(level, value)
         elif kind == "delayed":
             self.delayed[value.id] = value
             heapq.heappush(self._delayed_heap, (value.due, value.id))
@@ -2091,6 +2140,56 @@ class StateMachine:
                 q.consumers.sort(key=lambda consumer: consumer.seq)
                 q.finish_restore()
                 self._schedule(q)
+
+
+class ColdBodies:
+    """A queue's way to the bodies of its cold messages: the log entries that carried them,
+    read back through `entries` (the store's), and the records its cold chunks change."""
+
+    def __init__(
+        self, state: StateMachine, entries: Callable[[int], Any], hot_limit: int, promote: int
+    ) -> None:
+        self.state = state
+        self.entries = entries
+        self.hot_limit = hot_limit
+        self.promote = promote
+
+    def load(self, q: MessageQueue, entries: list[ColdEntry]) -> list[Message]:
+        out = []
+        for entry in entries:
+            msg = q.held.pop(entry.seq) if not entry.source[0] else self.message_of(entry)
+            # Its chunk no longer holds it: from now on it is recorded on its own.
+            self.state._touch_message(q, msg)
+            out.append(msg)
+        return out
+
+    def message_of(self, entry: ColdEntry) -> Message:
+        """The message a cold entry stands for, its body read from the log entry it refers to."""
+        index, position = entry.source
+        command = self.entries(index)
+        if isinstance(command, c.Batch):
+            command = command.commands[position]
+        if not isinstance(command, c.Publish):
+            raise InternalError(f"log entry {index} of a cold message is not a publish")
+        priority = command.properties.get("priority") or 0
+        return Message(
+            seq=entry.seq,
+            exchange=command.exchange,
+            routing_key=command.routing_key,
+            properties=command.properties,
+            body=command.body,
+            persistent=entry.persistent,
+            enqueued_at=entry.enqueued_at,
+            expires_at=entry.expires_at,
+            priority=priority if isinstance(priority, int) else 0,
+            visible_at=entry.enqueued_at,
+            position=entry.position,
+            source=entry.source,
+        )
+
+    def changed(self, q: MessageQueue, level: int, chunk: ColdChunk) -> None:
+        key = ("cold", (q.qid, level, chunk.number))
+        self.state._changes.append((key, chunk if len(chunk) else None))
 
 
 def _routing_type(ex: Exchange) -> str:

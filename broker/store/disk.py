@@ -109,6 +109,11 @@ class Store:
             batches = _BatchReader(log_snap)
             schema.restore(state, items, batches.command, bodiless)
 
+    def entry_reader(self) -> Callable[[int], Any]:
+        """The command of a log entry by index, read from the live log (the state machine's
+        way back to the bodies of cold messages: their entries stay until none is left)."""
+        return _BatchReader(self.log_db).command
+
     def write_state(self, ops: list[Op]) -> None:
         """One atomic, synced batch: a snapshot is on disk once this returns."""
         _write(self.state_db, ops, sync=True)

@@ -71,6 +71,7 @@ def rebuild(applier: Applier, store: Store, index: int) -> None:
 
 def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
     state = StateMachine()
+    state.entries = store.entry_reader()
     dirty: dict[tuple[str, Any], Any] = {}
     damage = store.damage
     damage.missing, damage.lost_messages = [], 0

@@ -9,7 +9,8 @@ Three key spaces in one LevelDB:
   as of the snapshot index. The kind bytes sort in the order a restore needs (queues before
   their consumers, consumers before the messages they hold).
 
-Values are msgpack lists with a fixed field order per kind, except messages: a packed head of
+Values are msgpack lists with a fixed field order per kind, except cold chunks (packed columns,
+see core/cold.py) and messages: a packed head of
 fixed-size fields, then the holder, then names, properties and the raw body, unless the body
 is that of a publish in the log (Message.source): the record then names the entry, which the
 snapshot keeps (one body on disk however many queues the publish reached).
@@ -21,6 +22,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from broker.core.cold import ColdChunk
 from broker.core.commands import Will
 from broker.core.model import (
     AccessKey,
@@ -77,6 +79,7 @@ KINDS = {
     "limits": b"h",
     "policy": b"i",
     "tracing": b"t",
+    "cold": b"j",
 }
 _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
 _MESSAGE_PREFIX = KINDS["message"]
@@ -155,7 +158,7 @@ def record_key(kind: str, key: Any) -> bytes:
         return prefix + _INDEX.pack(key)
     if kind in ("message", "delayed"):
         return prefix + _PAIR.pack(*key)
-    if kind == "shared":
+    if kind in ("shared", "cold"):
         return prefix + _OWNER.pack(*key)
     if kind == "consumer":
         owner, tag = key
@@ -178,7 +181,7 @@ def _decode_key(kind: str, raw: bytes) -> Any:
         return _INDEX.unpack(raw)[0]
     if kind in ("message", "delayed"):
         return _PAIR.unpack(raw)
-    if kind == "shared":
+    if kind in ("shared", "cold"):
         return _OWNER.unpack(raw)
     if kind == "consumer":
         return _OWNER.unpack_from(raw), raw[_OWNER.size :].decode()
@@ -217,6 +220,8 @@ def record_value(kind: str, key: Any, value: Any, state: StateMachine) -> bytes:
     if kind == "message":
         q = state.queues_by_qid[key[0]]
         return message_value(value, q.unacked.get(value.seq))
+    if kind == "cold":
+        return value.packed()
     if kind == "queue":
         q = value
         return pack(
@@ -274,6 +279,8 @@ def record_value(kind: str, key: Any, value: Any, state: StateMachine) -> bytes:
 def _decode_value(kind: str, key: Any, raw: bytes) -> Any:
     if kind == "message":
         return _decode_message(key[1], raw)
+    if kind == "cold":
+        return ColdChunk.unpacked(key[2], raw)
     v = unpack(raw)
     if kind == "queue":
         vhost, name = key
