@@ -8,6 +8,7 @@ queues an owner once used).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from broker.core.model import HIDDEN, Message
@@ -92,10 +93,18 @@ def _queue(q: MessageQueue) -> dict[str, Any]:
     }
 
 
+def entry_refs(sm: StateMachine) -> dict[int, int]:
+    """Log index -> messages using its body, in memory (StateMachine.entry_refs) or cold."""
+    out = Counter(sm.entry_refs)
+    for chunk in sm.cold_chunks():
+        out.update(index for index in chunk.indexes() if index)
+    return dict(out)
+
+
 def dump(sm: StateMachine) -> dict[str, Any]:
     out: dict[str, Any] = {
         "counters": dict(sm.counters),
-        "entry_refs": sorted(sm.entry_refs.items()),
+        "entry_refs": sorted(entry_refs(sm).items()),
         "users": sorted(repr(u) for u in sm.users.values()),
         "permissions": sorted(repr(item) for item in sm.permissions.items()),
         "limits": sorted(repr(item) for item in sm.limits.items()),

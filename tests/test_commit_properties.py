@@ -33,7 +33,7 @@ from broker.store.disk import Store
 from broker.store.encoding import decode_entry, encode_entry
 from broker.store.recovery import recover
 from tests.pure_python import pure_python_only
-from tests.state_dump import dump
+from tests.state_dump import dump, entry_refs
 from tests.test_core_properties import (  # noqa: F401 (small_cold_limits: a fixture)
     CONSUMER,
     PROPERTY_SETTINGS,
@@ -163,7 +163,7 @@ def test_recovery_from_the_store_gives_the_state_of_every_entry_applied(
             committer.snapshot_now()
             run_committer(committer, store, [])
             behind = committer.snapshot_index
-            refs = committer.state.entry_refs
+            refs = entry_refs(committer.state)
             kept = [b for b in store.log_batches() if b[1] <= behind]
             for first, last in kept:
                 assert any(i in refs for i in range(first, last + 1))
@@ -269,12 +269,9 @@ def test_a_command_that_fails_changes_nothing(
         # In the log while it applies, as the commit path has it (a cold message it takes
         # into memory may be its own), and out of it after: the sequence goes on without it.
         runner.entries.append(encode_entry(0, runner.now, command))
-        if pick < len(always):
-            # Into the sequence itself: it must fail, and change nothing.
-            sm = runner.sm
-        else:
-            # It may succeed in this state: try it on a copy (which reads a copy of the log).
-            sm = copy.deepcopy(runner.sm)
+        # One that must fail goes into the sequence itself; one that may succeed in this state
+        # is tried on a copy (which reads a copy of the log), the sequence goes on without it.
+        sm = runner.sm if pick < len(always) else copy.deepcopy(runner.sm)
         state = dump(sm)
         reply, error, effects, changes = sm.apply(command, meta)
         runner.entries.pop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class ColdEntry:
 class ColdChunk:
     """Up to CHUNK consecutive entries; `number` names its record."""
 
-    __slots__ = ("number", "_columns", "_start", "bytes")
+    __slots__ = ("number", "_columns", "_start", "bytes", "low", "high", "ordered")
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -56,6 +57,10 @@ class ColdChunk:
         #: entries before this one were taken
         self._start = 0
         self.bytes = 0
+        #: the lowest and highest log index its entries ever referred to (0: none yet), and
+        #: whether those indexes come in order (as they do unless a message was held)
+        self.low = self.high = 0
+        self.ordered = True
 
     def __len__(self) -> int:
         return len(self._columns[0]) - self._start
@@ -70,7 +75,13 @@ class ColdChunk:
         positions.append(entry.position)
         enqueued.append(entry.enqueued_at)
         expires.append(-1 if entry.expires_at is None else entry.expires_at)
-        indexes.append(entry.source[0])
+        index = entry.source[0]
+        if not index or index < self.high:
+            self.ordered = False
+        if index:
+            self.low = self.low or index
+            self.high = max(self.high, index)
+        indexes.append(index)
         sizes.append(entry.size)
         offsets.append(entry.source[1])
         flags.append(1 if entry.persistent else 0)
@@ -87,6 +98,16 @@ class ColdChunk:
     def __iter__(self) -> Iterator[ColdEntry]:
         for i in range(self._start, len(self._columns[0])):
             yield self._entry(i)
+
+    def refers(self, first: int, last: int) -> bool:
+        """Whether an entry refers to a log index in first..last."""
+        if not self.low or last < self.low or first > self.high or not len(self):
+            return False
+        indexes = self._columns[4]
+        if not self.ordered:  # (rare: a scan)
+            return any(first <= index <= last for index in indexes[self._start :])
+        i = bisect_left(indexes, first, self._start)
+        return i < len(indexes) and indexes[i] <= last
 
     def indexes(self) -> array:
         """The log index of each entry (for counting and releasing their references)."""
@@ -157,6 +178,11 @@ class ColdChunk:
             raise ValueError("cold chunk record of the wrong length")
         chunk._columns = tuple(columns)
         chunk.bytes = sum(columns[5])
+        indexes = columns[4]
+        if indexes:
+            chunk.ordered = not indexes.count(0) and indexes == array("q", sorted(indexes))
+            present = indexes if chunk.ordered else [i for i in indexes if i]
+            chunk.low, chunk.high = (min(present), max(present)) if present else (0, 0)
         return chunk
 
 

@@ -249,6 +249,9 @@ class MessageQueue:
         """Ready messages waiting cold (their bodies only on disk, or held whole)."""
         return sum(tail.count for tail in self._cold)
 
+    def cold_chunks(self) -> list[ColdChunk]:
+        return [chunk for tail in self._cold for chunk in tail.chunks]
+
     def cold_bytes(self) -> int:
         return sum(tail.bytes for tail in self._cold)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -860,7 +860,7 @@ class StateMachine:
         chunks, held = q.take_cold()
         for level, chunk in chunks:
             self._changes.append((("cold", (q.qid, level, chunk.number)), None))
-            self._release_entries(chunk.indexes())
+            self._cold_released(chunk.indexes())
         for msg in held:
             self._unrecord(q, msg)
         return sum(len(chunk) for _, chunk in chunks)
@@ -1057,8 +1057,10 @@ class StateMachine:
         )
         if source is not None:
             msg.source = source
-            self.entry_refs[source[0]] = self.entry_refs.get(source[0], 0) + 1
         q.append(msg)
+        if source is not None and q.messages.get(msg.seq) is msg:
+            # (Cold messages are not counted: their chunks tell, see store/cold_refs.py.)
+            self.entry_refs[source[0]] = self.entry_refs.get(source[0], 0) + 1
         if msg.expires_at is not None or msg.state == HIDDEN:
             self._schedule(q)
         if s.max_length is not None or s.max_length_bytes is not None:
@@ -1629,7 +1631,7 @@ class StateMachine:
                 for msg in lost:
                     self._forget(q, msg)
                 dropped, indexes, held_whole = q.drop_transient_cold()
-                self._release_entries(indexes)
+                self._cold_released(indexes)
                 for msg in held_whole:
                     self._unrecord(q, msg)
                 if lost or dropped:
@@ -1992,8 +1994,10 @@ class StateMachine:
         for msg in visible:
             if q.holds(msg):
                 self._touch_message(q, msg)
-            else:
-                self._unrecord(q, msg)  # (a delayed one, released into the cold tail)
+            else:  # a delayed one, released into the cold tail
+                self._unrecord(q, msg)
+                if msg.source is not None:
+                    self._release_entries((msg.source[0],))
         for msg in q.expired_retained(now):
             self._forget(q, msg)
         self._expire_heads(q)
@@ -2024,21 +2028,34 @@ class StateMachine:
             self._changes.append((("message", (q.qid, msg.seq)), None))
 
     def _release_entries(self, indexes: Iterable[int]) -> None:
-        """Messages no longer use the bodies in these log entries (one index per message;
-        0 stands for none)."""
+        """In-memory messages no longer use the bodies in these log entries (one index per
+        message)."""
         refs = self.entry_refs
-        counts = Counter(indexes)
-        counts.pop(0, None)
-        for index, count in counts.items():
+        for index, count in Counter(indexes).items():
             left = refs[index] - count
             if left:
                 refs[index] = left
             else:
                 del refs[index]
-                if index != self.index:
-                    # (The entry being applied is past any snapshot: the next one looks at
-                    # its batch anyway.)
-                    self._changes.append((("entry", index), None))
+                self._entry_unused(index)
+
+    def _cold_released(self, indexes: Iterable[int]) -> None:
+        """Cold messages no longer use these log entries (0 stands for none)."""
+        for index in set(indexes):
+            if index and index not in self.entry_refs:
+                self._entry_unused(index)
+
+    def _entry_unused(self, index: int) -> None:
+        """The log entry may be unused now (the snapshot's garbage check looks at its batch)."""
+        if index != self.index:
+            # (The entry being applied is past any snapshot: the next one looks at its
+            # batch anyway.)
+            self._changes.append((("entry", index), None))
+
+    def cold_chunks(self) -> Iterator[ColdChunk]:
+        """Every cold chunk of every queue (their log entries are in use)."""
+        for q in self.queues_by_qid.values():
+            yield from q.cold_chunks()
 
     # -- restoring a snapshot ------------------------------------------------------------
 
@@ -2084,10 +2101,6 @@ class StateMachine:
             q.restore(msg, None if holder is None else self._restore_holder(q, *holder))
         elif kind == "cold":
             qid, level, _ = key
-            refs = self.entry_refs
-            for index, count in Counter(value.indexes()).items():
-                if index:
-                    refs[index] = refs.get(index, 0) + count
             self.queues_by_qid[qid].restore_cold(level, value)
         elif kind == "delayed":
             self.delayed[value.id] = value
@@ -2157,7 +2170,12 @@ class ColdBodies:
     def load(self, q: MessageQueue, entries: list[ColdEntry]) -> list[Message]:
         out = []
         for entry in entries:
-            msg = q.held.pop(entry.seq) if not entry.source[0] else self.message_of(entry)
+            if entry.source[0]:
+                msg = self.message_of(entry)
+                refs = self.state.entry_refs
+                refs[entry.source[0]] = refs.get(entry.source[0], 0) + 1
+            else:
+                msg = q.held.pop(entry.seq)
             # Its chunk no longer holds it: from now on it is recorded on its own.
             self.state._touch_message(q, msg)
             out.append(msg)

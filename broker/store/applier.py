@@ -24,6 +24,7 @@ from broker.core.errors import BrokerError, InternalError
 from broker.core.model import Effect
 from broker.core.state import StateMachine
 from broker.store import schema
+from broker.store.cold_refs import ColdRefs
 from broker.store.encoding import pack
 
 log = logging.getLogger(__name__)
@@ -287,9 +288,12 @@ class Applier:
                 first = firsts[last]
                 candidates.add(last)
         useless = []
+        cold = ColdRefs(self.state.cold_chunks()) if candidates else None
         for last in sorted(candidates):
             first = firsts[last]
             if not refs.keys().isdisjoint(range(first, last + 1)):
+                continue
+            if cold is not None and cold.refer(first, last):
                 continue
             del lasts[bisect.bisect_left(lasts, last)]
             del firsts[last]

@@ -20,6 +20,7 @@ from typing import Any
 from broker.core.commands import Meta
 from broker.core.state import StateMachine
 from broker.store.applier import Applier
+from broker.store.cold_refs import ColdRefs
 from broker.store.damage import REMEDY, StoreDamaged, reads_checked
 from broker.store.disk import Store
 
@@ -82,11 +83,19 @@ def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
         damage.lost_messages += 1
 
     store.load_snapshot(state, bodiless if store.repair else None)
+    snapshot_index = last = store.snapshot_index()
     # What the snapshot on disk refers to: its batches stay until a later snapshot lets go of
     # them, whatever the entries replayed after it remove (a crash before then reloads it).
-    snapshot_refs = set(state.entry_refs)
+    batches = store.log_batches()
+    refs, cold = state.entry_refs, ColdRefs(state.cold_chunks())
+    garbage = [
+        (first, end)
+        for first, end in batches
+        if end <= snapshot_index
+        and refs.keys().isdisjoint(range(first, end + 1))
+        and not cold.refer(first, end)
+    ]
     stored_seq = {qid: q.next_seq for qid, q in state.queues_by_qid.items()}
-    snapshot_index = last = store.snapshot_index()
     entries = 0
     for index, (_term, time, command, key, floor) in store.log_entries(snapshot_index):
         if upto is not None and index > upto:
@@ -108,12 +117,6 @@ def _replay(store: Store, skip: set[int], upto: int | None) -> Recovered:
         why = f"which were confirmed to clients (the log ends at {log_end})"
         _missing(store, log_end + 1, mark.index, why)
     _check_vote(store)
-    batches = store.log_batches()
-    garbage = [
-        (first, end)
-        for first, end in batches
-        if end <= snapshot_index and snapshot_refs.isdisjoint(range(first, end + 1))
-    ]
     return Recovered(
         state, skip, snapshot_index, last, dirty, stored_seq, batches, garbage, entries
     )
