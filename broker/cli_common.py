@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -37,6 +38,19 @@ def admin(data_dir: str, op: str, **args: Any) -> Any:
     except ControlError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+
+
+def epoch_ms(text: str) -> int:
+    """A time an operator types: epoch ms, or ISO 8601 (UTC unless it names a zone)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"not a time: {text!r} (ISO 8601 or epoch ms)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:

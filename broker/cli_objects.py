@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from broker.cli_common import admin, data_dir_option, format_option, print_rows
+from broker.cli_common import admin, data_dir_option, epoch_ms, format_option, print_rows
 
 vhost_option = click.option("--vhost", help="Only this vhost's. [all]")
 
@@ -21,7 +21,8 @@ def queues() -> None:
 @format_option
 @data_dir_option
 def queues_list(vhost: str | None, fmt: str, data_dir: str) -> None:
-    """Name, messages (ready + unacknowledged), consumers, and the rest."""
+    """Name, messages (ready + unacknowledged), consumers, and the rest: messages_ram are
+    held in memory, messages_paged_out waiting on disk only."""
     columns = (
         "name",
         "messages",
@@ -29,6 +30,8 @@ def queues_list(vhost: str | None, fmt: str, data_dir: str) -> None:
         "vhost",
         "messages_ready",
         "messages_unacknowledged",
+        "messages_ram",
+        "messages_paged_out",
         "type",
         "durable",
         "policy",
@@ -57,6 +60,26 @@ def queues_delete(name: str, vhost: str, if_unused: bool, if_empty: bool, data_d
         data_dir, "queues.delete", vhost=vhost, name=name, if_unused=if_unused, if_empty=if_empty
     )
     click.echo(f"queue '{name}' deleted with {count} messages")
+
+
+@queues.command("rewind")
+@click.argument("name")
+@click.option("--vhost", default="/", show_default=True)
+@click.option(
+    "--since", help="Messages enqueued from this time: ISO 8601 (UTC unless it says) or epoch ms."
+)
+@click.option("--from-message", help="Messages from this one on, by id (msgId or message-id).")
+@data_dir_option
+def queues_rewind(
+    name: str, vhost: str, since: str | None, from_message: str | None, data_dir: str
+) -> None:
+    """Make a queue's messages kept for rewind (x-rewind-ms, CMQ's rewindSeconds) consumable
+    again, in order: those enqueued since a time, or from a message on."""
+    if (since is None) == (from_message is None):
+        raise click.UsageError("give --since TIME or --from-message ID, one of them")
+    args = {"from_message": from_message} if since is None else {"since": epoch_ms(since)}
+    count = admin(data_dir, "queues.rewind", vhost=vhost, name=name, **args)
+    click.echo(f"queue '{name}' rewound: {count} messages consumable again")
 
 
 @click.group()

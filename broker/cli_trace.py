@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from broker.cli_common import admin, data_dir_option, format_option, print_rows
+from broker.cli_common import admin, data_dir_option, epoch_ms, format_option, print_rows
 
 
 @click.group()
@@ -87,8 +87,8 @@ def trace_queue(
         "trace.by_queue",
         vhost=vhost,
         queue=queue,
-        since=_epoch_ms(since) if since else 0,
-        until=_epoch_ms(until) if until else None,
+        since=epoch_ms(since) if since else 0,
+        until=epoch_ms(until) if until else None,
         limit=limit,
     )
     print_rows([_step_row(s) for s in steps], TRACE_COLUMNS, fmt)
@@ -106,15 +106,3 @@ def _step_row(step: dict[str, Any]) -> dict[str, Any]:
     )
     row["detail"] = {k: v for k, v in step.items() if k not in _STEP_FIELDS}
     return row
-
-
-def _epoch_ms(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"not a time: {text!r} (ISO 8601 or epoch ms)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)

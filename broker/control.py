@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker import control_lists as lists
 from broker import definitions, policies
+from broker.control_rewind import rewind_command
 from broker.core import commands as c
 from broker.core.auth import hash_password
 from broker.core.errors import BrokerError, InvalidArgument, PreconditionFailed
@@ -66,6 +67,7 @@ class ControlServer:
             "queues.list": self._queues_list,
             "queues.purge": self._queues_purge,
             "queues.delete": self._queues_delete,
+            "queues.rewind": self._queues_rewind,
             "exchanges.list": self._exchanges_list,
             "bindings.list": self._bindings_list,
             "consumers.list": self._consumers_list,
@@ -192,6 +194,11 @@ class ControlServer:
             vhost, name, bool(args.get("if_unused")), bool(args.get("if_empty"))
         )
         return int(await self._call(command))
+
+    async def _queues_rewind(self, args: dict[str, Any]) -> int:
+        """From `since` (ms since the epoch) or from the message `from_message` names."""
+        vhost, name = args.get("vhost") or "/", args["name"]
+        return int(await self._call(rewind_command(self.node, vhost, name, args)))
 
     async def _exchanges_list(self, args: dict[str, Any]) -> lists.Rows:
         return lists.exchanges(self.node, args.get("vhost"))

@@ -483,6 +483,26 @@ def test_rewind_makes_acknowledged_messages_consumable_again(api):
     api.delete(f"/api/queues/%2F/{q}")
 
 
+def test_rewind_from_a_message_id(api):
+    q = uid("q")
+    assert api.put(f"/api/queues/%2F/{q}", {"arguments": {"x-rewind-ms": 600_000}}) == 201
+    for body in ("a", "b", "c"):
+        message = {"routing_key": q, "payload": body, "properties": {"message_id": f"id-{body}"}}
+        api.post("/api/exchanges/%2F/amq.default/publish", message)
+    _, got = api.post(f"/api/queues/%2F/{q}/get", {"count": 3, "ackmode": "ack_requeue_false"})
+    assert [m["payload"] for m in got] == ["a", "b", "c"]
+    status, reply = api.post(f"/api/cmq/queues/%2F/{q}/rewind", {"from_message": "id-b"})
+    assert (status, reply) == (200, {"rewound": 2})
+    _, got = api.post(f"/api/queues/%2F/{q}/get", {"count": 3, "ackmode": "ack_requeue_false"})
+    assert [m["payload"] for m in got] == ["b", "c"]
+    missing = api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"from_message": "id-z"})
+    assert missing[0] == 400 and "no message id-z" in missing[1]["reason"]
+    both = api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"from_message": "id-a", "since": 0})
+    assert both[0] == 400
+    assert api.call("POST", f"/api/cmq/queues/%2F/{q}/rewind", {"from_message": 7})[0] == 400
+    api.delete(f"/api/queues/%2F/{q}")
+
+
 def test_one_vhosts_definitions_export_and_import_into_another(api):
     source, target = uid("src"), uid("dst")
     for vhost in (source, target):

@@ -121,7 +121,18 @@ KINDS = (
     + ["receive"] * 3
     + ["delete"] * 2
     + ["tick"] * 3
-    + ["consume", "release", "get", "get", "wrong_settle", "chvis", "wait", "rewind", "trace"]
+    + [
+        "consume",
+        "release",
+        "get",
+        "get",
+        "wrong_settle",
+        "chvis",
+        "wait",
+        "rewind",
+        "rewind_seq",
+        "trace",
+    ]
 )
 
 
@@ -165,6 +176,8 @@ def operation(draw: st.DrawFn) -> tuple[Any, ...]:
             draw(st.booleans()),
             draw(st.sampled_from(["", "q0"])),
         )
+    if kind == "rewind_seq":
+        return (kind, draw(qi), draw(st.sampled_from([0, 1, 2, 5, 20])))
     return (kind, draw(qi), draw(st.sampled_from([0, 100, 1000, 10**9])))
 
 
@@ -429,9 +442,13 @@ class Model:
             self.expire_heads(qi)
             self.dispatch(qi)
 
-    def rewind(self, qi: int, since: int) -> int:
+    def rewind(self, qi: int, since: int, from_seq: int = 0) -> int:
         q = self.qs[qi]
-        back = [m for m in q.msgs.values() if m.state == RETAINED and m.enqueued_at >= since]
+        back = [
+            m
+            for m in q.msgs.values()
+            if m.state == RETAINED and m.enqueued_at >= since and m.seq >= from_seq
+        ]
         for m in back:  # they start over, ahead of the never-delivered messages
             m.acked_at = m.delivery_count = m.returns = 0
             m.state = READY
@@ -623,6 +640,11 @@ class Runner:
             reply, effects, error = self.apply(c.Rewind(VH, QUEUES[qi], since))
             assert error is None
             assert reply == m.rewind(qi, since)
+        elif kind == "rewind_seq":
+            _, qi, from_seq = op
+            reply, effects, error = self.apply(c.Rewind(VH, QUEUES[qi], 0, from_seq))
+            assert error is None
+            assert reply == m.rewind(qi, 0, from_seq)
         else:  # pragma: no cover
             raise AssertionError(kind)
         if self.check_model:
@@ -719,6 +741,7 @@ def test_model_runner_smoke() -> None:
         ("get", 1),
         ("settle", 0, "ack"),
         ("rewind", 1, 10**9),
+        ("rewind_seq", 0, 2),
         ("chvis", 0, 1, False, 50),
         ("wrong_settle", 0),
         ("release", CONSUMER),

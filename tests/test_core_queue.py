@@ -813,6 +813,44 @@ def test_rewind_makes_retained_messages_consumable_in_order(core: Core) -> None:
     assert q.retained_count() == 1
 
 
+def test_rewind_by_position_brings_back_from_that_sequence_number_in_order(core: Core) -> None:
+    core.queue("q", **{"x-rewind-ms": 10_000})
+    publish_all(core, "q", "1", "2", "3", "4")
+    received = core.receive("q", 3, visibility=1000)
+    for r in reversed(received):  # deleted out of order: the rewind still restores it
+        core.apply(c.DeleteByHandle(VH, "q", r.handle))
+    q = core.q("q")
+    second = received[1].message.seq
+    assert core.apply(c.Rewind(VH, "q", 0, second)) == 2
+    assert ready_bodies(q) == [b"2", b"3", b"4"]
+    assert q.retained_count() == 1  # "1" is before the position: still kept, not ready
+    assert MessagesAvailable(VH, "q") in core.effects
+    assert core.apply(c.Rewind(VH, "q", 0, received[0].message.seq)) == 1
+    assert ready_bodies(q) == [b"1", b"2", b"3", b"4"]
+
+
+def test_rewind_by_position_and_time_take_what_both_allow(core: Core) -> None:
+    core.queue("q", **{"x-rewind-ms": 10_000})
+    for i, at in enumerate((100, 200, 300)):
+        core.publish("q", str(i + 1), at=at)
+    got = core.consume("q")
+    core.settle("ack", "q", *(d.message.seq for d in got), at=400)
+    core.apply(c.Cancel(A, "ctag"))
+    # at or after t=200 and from the first message's seq: only "2" and "3"
+    assert core.apply(c.Rewind(VH, "q", 200, got[0].message.seq), at=500) == 2
+    assert ready_bodies(core.q("q")) == [b"2", b"3"]
+
+
+def test_rewind_past_the_last_position_brings_back_nothing(core: Core) -> None:
+    core.queue("q", **{"x-rewind-ms": 10_000})
+    core.publish("q", b"m")
+    (r,) = core.receive("q")
+    core.apply(c.DeleteByHandle(VH, "q", r.handle))
+    assert core.apply(c.Rewind(VH, "q", 0, r.message.seq + 1)) == 0
+    assert core.q("q").retained_count() == 1
+    assert MessagesAvailable(VH, "q") not in core.effects
+
+
 def test_rewind_reaches_push_consumers(core: Core) -> None:
     core.queue("q", **{"x-rewind-ms": 10_000})
     core.publish("q", b"m")

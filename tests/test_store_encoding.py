@@ -100,7 +100,8 @@ FORMAT_2 = {
     28: ("Receive", ("vhost", "queue", "max_messages", "visibility_ms")),
     29: ("DeleteByHandle", ("vhost", "queue", "handle")),
     30: ("ChangeVisibility", ("vhost", "queue", "handle", "visibility_ms")),
-    31: ("Rewind", ("vhost", "queue", "since_ms")),
+    # from_seq came later, last and with a default: entries without it still decode
+    31: ("Rewind", ("vhost", "queue", "since_ms", "from_seq")),
     32: ("StoreRetained", ("vhost", "exchange", "routing_key", "properties", "body")),
     33: ("CopyRetained", ("vhost", "patterns", "queue", "headers")),
     34: ("PutRecord", ("vhost", "group", "name", "value")),
@@ -183,6 +184,14 @@ def test_nested_and_tuple_fields_come_back_as_they_were() -> None:
     ]
     for command in commands:
         assert decode_entry(encode_entry(1, 2, command))[2] == command
+
+
+def test_a_rewind_logged_before_positions_decodes_as_a_rewind_by_time() -> None:
+    # The wire form of a Rewind entry written before from_seq existed: three fields.
+    old_entry = pack((4, 1_000, [COMMAND_CODES[c.Rewind], "/", "q", 500]))
+    assert decode_entry(old_entry) == (4, 1_000, c.Rewind("/", "q", 500, 0))
+    by_position = c.Rewind("/", "q", 0, 42)
+    assert decode_entry(encode_entry(4, 1_000, by_position))[2] == by_position
 
 
 def test_decimals_and_datetimes_keep_their_kind() -> None:

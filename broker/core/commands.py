@@ -373,11 +373,17 @@ class ChangeVisibility:
 
 @dataclass(slots=True)
 class Rewind:
-    """Make every retained or live message enqueued at or after `since_ms` consumable again."""
+    """Make every message kept for rewind that was enqueued at or after `since_ms`, and whose
+    sequence number is at least `from_seq`, consumable again (live ones already are).
+
+    `from_seq` rewinds by position (a message id resolved to its sequence number at the edge);
+    it is the last field, with a default, so Rewind entries logged before it decode as 0.
+    """
 
     vhost: str
     queue: str
     since_ms: int
+    from_seq: int = 0
 
 
 @dataclass(slots=True)

@@ -545,8 +545,9 @@ class MessageQueue:
             out.append(msg)
         return out
 
-    def rewind(self, since_ms: int) -> list[Message]:
-        """Retained messages enqueued at or after `since_ms` become ready again, as new.
+    def rewind(self, since_ms: int, from_seq: int = 0) -> list[Message]:
+        """Retained messages enqueued at or after `since_ms`, with a sequence number of at
+        least `from_seq`, become ready again, as new.
 
         They start over (no receives or returns counted, so a receive limit does not send
         them straight to the dead-letter queue) and go ahead of the never-delivered ready
@@ -560,7 +561,7 @@ class MessageQueue:
             msg = self.messages.get(seq)
             if msg is None or msg.state != RETAINED:
                 continue
-            if msg.enqueued_at >= since_ms:
+            if msg.enqueued_at >= since_ms and seq >= from_seq:
                 back.append(msg)
             else:
                 keep.append(seq)

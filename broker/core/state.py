@@ -1766,7 +1766,7 @@ class StateMachine:
 
     def _rewind(self, cmd: c.Rewind) -> int:
         q = self.queue(cmd.vhost, cmd.queue)
-        back = q.rewind(cmd.since_ms)
+        back = q.rewind(cmd.since_ms, cmd.from_seq)
         for msg in back:
             self._touch_message(q, msg)
         self._dispatch(q)

@@ -4,7 +4,8 @@ Topics are topic exchanges and subscriptions bindings (also listed under /api/ex
 /api/bindings); here they are shown as the CMQ adapter keeps their settings (its records).
 CMQ queues are queues, under /api/queues; rewinding one (CMQ's RewindQueue: messages
 enqueued since a time, acknowledged ones kept by its rewind window included, become
-consumable again) is POST /api/cmq/queues/{vhost}/{name}/rewind {"since": epoch seconds}.
+consumable again) is POST /api/cmq/queues/{vhost}/{name}/rewind {"since": epoch seconds}, or
+{"from_message": id} to rewind from a message on (its msgId or AMQP message-id).
 Keys are administrators' business: listed without their secrets and deleted here, created
 with `broker keys create`.
 """
@@ -26,7 +27,8 @@ from broker.management.auth import (
 )
 from broker.management.context import CONTEXT_KEY, Context
 from broker.management.errors import bad_request, not_found
-from broker.management.replies import body, integer, listing, no_content, ok, segment
+from broker.management.replies import body, integer, listing, no_content, ok, segment, text
+from broker.protocols.http.positions import seq_of
 from broker.protocols.http.topics import SUBSCRIPTIONS, TOPICS, subscriptions_group
 
 #: the latest time a rewind may start from: the year 9999, in seconds
@@ -109,14 +111,25 @@ async def rewind(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT_KEY]
     vhost = writable_vhost(request, segment(request, "vhost"))
     name = segment(request, "name")
-    if name not in ctx.gateway.committed.vhosts[vhost].queues:
+    q = ctx.gateway.committed.vhosts[vhost].queues.get(name)
+    if q is None:
         raise not_found()
-    since = integer(await body(request), "since", 0)
-    if since > LATEST:
-        raise bad_request(f"since must be at most {LATEST} (seconds since the epoch)")
-    check_permission(request, vhost, "read", "queue", name)
-    rewound = await ctx.gateway.call(c.Rewind(vhost, name, since * 1000))
-    return ok({"rewound": rewound})
+    data = await body(request)
+    if "from_message" in data:
+        if "since" in data:
+            raise bad_request("rewind from a time (since) or from a message, not both")
+        check_permission(request, vhost, "read", "queue", name)
+        seq = seq_of(q, text(data, "from_message"))
+        if seq is None:
+            raise bad_request(f"no message {data['from_message']} in queue {name}")
+        command = c.Rewind(vhost, name, 0, seq)
+    else:
+        since = integer(data, "since", 0)
+        if since > LATEST:
+            raise bad_request(f"since must be at most {LATEST} (seconds since the epoch)")
+        check_permission(request, vhost, "read", "queue", name)
+        command = c.Rewind(vhost, name, since * 1000)
+    return ok({"rewound": await ctx.gateway.call(command)})
 
 
 async def keys(request: web.Request) -> web.Response:

@@ -2,7 +2,9 @@
 
 A CMQ queue is an ordinary core queue: its attributes live in its arguments, so AMQP clients
 see the same limits. Ranges follow the CMQ 2.0 documentation, widened where it costs nothing
-(maxMsgHeapNum from 1, maxMsgSize up to 1 MiB as TDMQ-CMQ allows).
+(maxMsgHeapNum from 1, maxMsgSize up to 1 MiB as TDMQ-CMQ allows). rewindSeconds follows the
+product documentation rather than the SDKs' 43 200 s: any window up to the queue's
+msgRetentionSeconds (so up to 15 days), since a message past its retention is gone anyway.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from broker.core.model import RETAINED
 from broker.core.queue import MessageQueue
 from broker.core.state import Vhost
+from broker.protocols.http import errors
 from broker.protocols.http.params import Params
 
 DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
@@ -37,7 +40,7 @@ POLLING_WAIT = Attribute("pollingWaitSeconds", "x-polling-wait-ms", 1000, 0, 30,
 VISIBILITY = Attribute("visibilityTimeout", "x-visibility-timeout", 1000, 1, 43_200, 30)
 MAX_SIZE = Attribute("maxMsgSize", "x-max-message-size", 1, 1024, 1_048_576, 65_536)
 RETENTION = Attribute("msgRetentionSeconds", "x-message-ttl", 1000, 60, 1_296_000, 345_600)
-REWIND = Attribute("rewindSeconds", "x-rewind-ms", 1000, 0, 43_200, 0)
+REWIND = Attribute("rewindSeconds", "x-rewind-ms", 1000, 0, RETENTION.high, 0)
 #: 0 turns the limit off
 RECEIVE_COUNT = Attribute("maxReceiveCount", MAX_RECEIVE_COUNT, 1, 0, 1000, None)
 QUEUE_ATTRIBUTES = (HEAP, POLLING_WAIT, VISIBILITY, MAX_SIZE, RETENTION, REWIND)
@@ -64,6 +67,22 @@ def queue_arguments(params: Params, creating: bool, min_retention_s: int) -> dic
         args[DEAD_LETTER_EXCHANGE] = args[DEAD_LETTER_KEY] = None
     # Removing what a new queue does not have is a no-op; CreateQueue leaves no Nones.
     return {k: v for k, v in args.items() if v is not None} if creating else args
+
+
+def check_rewind_window(args: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a rewind window longer than the retention: CMQ documents rewindSeconds as at
+    most the message lifecycle. `args` are the new arguments (None removes one), `current`
+    the queue's (empty at CreateQueue); a queue without a TTL (made over AMQP) retains
+    messages for as long as they wait, so only the attribute's own range applies to it."""
+    merged = {**current, **args}
+    rewind, retention = merged.get(REWIND.argument), merged.get(RETENTION.argument)
+    if not isinstance(rewind, int) or not isinstance(retention, int) or rewind <= retention:
+        return
+    if REWIND.argument in args:
+        raise errors.out_of_range(
+            REWIND.name, f"at most msgRetentionSeconds, {retention // RETENTION.scale} s"
+        )
+    raise errors.out_of_range(RETENTION.name, f"at least rewindSeconds, {rewind // REWIND.scale} s")
 
 
 def setting(q: MessageQueue, attr: Attribute) -> int:

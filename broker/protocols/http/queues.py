@@ -16,7 +16,7 @@ from broker.core.model import Received
 from broker.core.queue import MessageQueue
 from broker.core.state import Vhost
 from broker.protocols.http import attributes as a
-from broker.protocols.http import errors, topics
+from broker.protocols.http import errors, positions, topics
 from broker.protocols.http.bodies import body_fields, sent_bodies
 from broker.protocols.http.errors import CmqError
 from broker.protocols.http.params import page
@@ -25,6 +25,8 @@ from broker.protocols.http.service import Action, CmqService, Request, message_i
 MAX_BATCH = 16
 #: longest delaySeconds: a delay beyond the longest retention would only lose the message
 MAX_DELAY_S = a.RETENTION.high
+#: longest startMsgId: an AMQP message-id is a short string (at most 255 bytes)
+MAX_MESSAGE_ID = 255
 
 
 def queue_id(qid: int) -> str:
@@ -45,6 +47,7 @@ async def create_queue(svc: CmqService, req: Request) -> dict[str, Any]:
     name = req.params.name("queueName")
     vh = svc.vhost(req.vhost)
     args = a.queue_arguments(req.params, True, svc.config.http_min_retention_seconds)
+    a.check_rewind_window(args, {})
     if name in vh.queues:
         raise CmqError(errors.EXISTS, f"queue {name} already exists")
     if len(vh.queues) >= svc.config.http_max_queues:
@@ -98,8 +101,9 @@ async def get_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
 async def set_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
     name = req.params.name("queueName")
     vh = svc.vhost(req.vhost)
-    svc.queue(req.vhost, name)
+    q = svc.queue(req.vhost, name)
     args = a.queue_arguments(req.params, False, svc.config.http_min_retention_seconds)
+    a.check_rewind_window(args, q.arguments)
     _check_dead_letter(vh, name, args)
     if args:
         await svc.call(c.SetQueueArguments(req.vhost, name, args))
@@ -107,11 +111,25 @@ async def set_queue_attributes(svc: CmqService, req: Request) -> dict[str, Any]:
 
 
 async def rewind_queue(svc: CmqService, req: Request) -> dict[str, Any]:
+    """From a time (startConsumeTime, CMQ's) or from a message (startMsgId, ours: the msgId
+    SendMessage or ReceiveMessage returned); the queue's kept messages from there on are
+    received again, in the order they were sent."""
     name = req.params.name("queueName")
     q = svc.queue(req.vhost, name)
     window = a.setting(q, a.REWIND)
     if not window:
         raise CmqError(errors.INVALID, f"queue {name} has rewindSeconds 0: nothing is kept", 10110)
+    start_id = req.params.optional_text("startMsgId", max_length=MAX_MESSAGE_ID)
+    if start_id is not None:
+        if req.params.optional_text("startConsumeTime") is not None:
+            raise errors.invalid_request("give startConsumeTime or startMsgId, not both")
+        seq = positions.seq_of(q, start_id)
+        if seq is None:
+            raise errors.out_of_range(
+                "startMsgId", f"no message {start_id} in queue {name} (nor kept for rewind)"
+            )
+        await svc.call(c.Rewind(req.vhost, name, 0, seq))
+        return {}
     now_s = svc.now_ms() // 1000
     start = req.params.integer("startConsumeTime", 0, 1 << 40)
     if not now_s - window <= start <= now_s:
