@@ -18,6 +18,9 @@ from broker.protocols.http.params import Params
 DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
 DEAD_LETTER_KEY = "x-dead-letter-routing-key"
 MAX_RECEIVE_COUNT = "x-max-receive-count"
+#: CMQ `sequential` (0 or 1) is the boolean argument x-sequential (core/sequential.py)
+SEQUENTIAL = "sequential"
+SEQUENTIAL_ARGUMENT = "x-sequential"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,9 @@ def queue_arguments(params: Params, creating: bool, min_retention_s: int) -> dic
             args[attr.argument] = value * attr.scale
     if args.get(MAX_RECEIVE_COUNT) == 0:
         args[MAX_RECEIVE_COUNT] = None
+    sequential = params.optional_integer(SEQUENTIAL, 0, 1)
+    if sequential is not None:
+        args[SEQUENTIAL_ARGUMENT] = True if sequential else None
     dead_letter = params.optional_text("deadLetterQueueName", max_length=64)
     if dead_letter:
         args[DEAD_LETTER_EXCHANGE] = ""
@@ -99,6 +105,7 @@ def describe(q: MessageQueue, vh: Vhost) -> dict[str, Any]:
         # the documented spelling above; Tencent's Java SDK reads this one
         rewindMsgNum=q.retained_count(),
         minMsgTime=oldest_message_time(q),
+        sequential=int(q.settings.sequential),
     )
     dlq = dead_letter_queue(q)
     if dlq is not None:
