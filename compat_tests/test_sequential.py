@@ -265,8 +265,16 @@ def test_order_and_in_flight_messages_survive_kill9(cmq):
             assert again[3] >= pulled_from + 3 - 0.05, again[3] - pulled_from
 
 
-def test_bad_sequential_parameters_are_refused(cmq):
+def test_sequential_argument_and_bad_parameters(cmq):
+    """An AMQP declare with x-sequential makes what CMQ shows as sequential=1; bad values of
+    either are refused with the parameter named."""
     client = cmq.client()
+    declared = uid("seq")
+    with connection(cmq.process) as conn:
+        conn.channel().queue_declare(declared, durable=True, arguments={"x-sequential": True})
+    assert ok(client.call("GetQueueAttributes", queueName=declared))["sequential"] == 1
+    ok(client.call("SetQueueAttributes", queueName=declared, sequential=0))
+    assert ok(client.call("GetQueueAttributes", queueName=declared))["sequential"] == 0
     name = uid("seq")
     for bad in ("2", "-1", "yes"):
         reply = client.call("CreateQueue", queueName=name, sequential=bad)
