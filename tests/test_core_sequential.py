@@ -7,14 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from broker.core import commands as c
 from broker.core import sequential
-from broker.core.errors import PreconditionFailed
+from broker.core.errors import PreconditionFailed, ReceiptHandleInvalid
 from broker.core.model import MessagesAvailable
-from tests.core_helpers import VH, Core, ready_bodies, reloaded, restart
+from tests.core_helpers import OWNER, VH, Core, ready_bodies, reloaded, restart
 
 SEQ = {"x-sequential": True}
+PROPERTY_SETTINGS = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.fixture
@@ -187,3 +192,153 @@ def test_bad_arguments_are_refused(core: Core) -> None:
     core.queue("r", **{"x-max-priority": 5})
     with pytest.raises(PreconditionFailed, match="priorities"):
         core.apply(c.SetQueueArguments(VH, "r", {"x-sequential": True}))
+
+
+# -- a property: any mix of consumers, receivers, settlements, time and restores --------------
+
+GROUPS = ["A", "B", None]
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.sampled_from(GROUPS)),
+        st.tuples(st.just("receive"), st.integers(1, 3)),
+        st.tuples(st.just("delete"), st.integers(0, 10)),
+        st.tuples(st.just("get")),
+        st.tuples(st.just("settle"), st.integers(0, 10), st.sampled_from(["ack", "requeue"])),
+        st.tuples(st.just("consume"), st.integers(1, 3)),
+        st.tuples(st.just("tick"), st.integers(0, 150)),
+        st.tuples(st.just("restore")),
+    ),
+    max_size=60,
+)
+
+
+class OrderModel:
+    """What a sequential queue promises, checked on every delivery: it is the oldest message
+    of its group not yet settled, and no other delivery of that group is live (a pulled one
+    whose visibility ran out is no longer live)."""
+
+    def __init__(self) -> None:
+        self.published: dict[str | None, int] = dict.fromkeys(GROUPS, 0)
+        self.settled: dict[str | None, set[int]] = {g: set() for g in GROUPS}
+        #: group -> visibility deadline of its live delivery (None: pushed, live until settled)
+        self.live: dict[str | None, int | None] = {}
+
+    def delivered(self, body: bytes, now: int, deadline: int | None) -> None:
+        group_text, index_text = body.decode().split(":")
+        group = group_text or None
+        oldest = min(set(range(self.published[group])) - self.settled[group])
+        assert int(index_text) == oldest, (body, oldest)
+        if group in self.live:
+            previous = self.live[group]
+            assert previous is not None and previous <= now, (body, "while its group is live")
+        self.live[group] = deadline
+
+    def settled_one(self, body: bytes, acked: bool) -> None:
+        group_text, index_text = body.decode().split(":")
+        group = group_text or None
+        self.live.pop(group, None)
+        if acked:
+            self.settled[group].add(int(index_text))
+
+
+def _observed(kind: str, reply: Any) -> Any:
+    """What a client sees of a reply, comparable between two state machines."""
+    if kind == "receive":
+        return [(r.message.body, r.handle) for r in reply]
+    if kind == "get":
+        return None if reply is None else (reply.seq, reply.body)
+    return reply if isinstance(reply, str) else None
+
+
+@PROPERTY_SETTINGS
+@given(ops=OPERATIONS)
+def test_any_mix_keeps_group_order_and_restores_alike(ops: list[tuple[Any, ...]]) -> None:
+    """`core` is restored from a snapshot now and then, `plain` never: both answer alike."""
+    core, plain = Core(), Core()
+    for each in (core, plain):
+        each.queue("q", **SEQ)
+    model = OrderModel()
+    now = 0
+    received: list[tuple[bytes, str]] = []  # (body, receipt handle)
+    held: list[tuple[int, bytes]] = []  # pushed or fetched: (seq, body)
+
+    def run(op: tuple[Any, ...], target: Core) -> tuple[Any, list[tuple[int, bytes]]]:
+        """Apply `op` to `target`: what its client sees, and the (seq, body) it pushed."""
+        kind = op[0]
+        reply: Any = None
+        try:
+            if kind == "publish":
+                group = op[1]
+                body = f"{group or ''}:{model.published[group]}"
+                headers = None if group is None else {"x-group-id": group}
+                target.publish("q", body, headers=headers, at=now)
+            elif kind == "receive":
+                reply = target.receive("q", op[1], visibility=100, at=now)
+            elif kind == "delete":
+                target.apply(c.DeleteByHandle(VH, "q", received[op[1]][1]), at=now)
+            elif kind == "get":
+                reply = target.apply(c.Get(VH, "q", OWNER, False), at=now).message
+            elif kind == "settle":
+                target.settle(op[2], "q", held[op[1]][0], at=now)
+            elif kind == "consume":
+                target.apply(c.Consume(VH, "q", OWNER, "c", prefetch=op[1]), at=now)
+            else:
+                target.tick(now)
+        except ReceiptHandleInvalid:
+            reply = "invalid handle"
+        pushed = [(d.message.seq, d.message.body) for d in target.deliveries()]
+        return _observed(kind, reply), pushed
+
+    consuming = False
+
+    def step(op: tuple[Any, ...]) -> None:
+        nonlocal core, consuming, now
+        kind = op[0]
+        if kind == "restore":
+            core = reloaded(core)
+            return
+        if (kind == "delete" and op[1] >= len(received)) or (
+            kind == "settle" and op[1] >= len(held)
+        ):
+            return
+        if kind == "consume":
+            if consuming:
+                return
+            consuming = True
+        if kind == "tick":
+            now += op[1]
+        seen, pushed = run(op, core)
+        assert (seen, pushed) == run(op, plain)
+        if kind == "publish":
+            model.published[op[1]] += 1
+        elif kind == "receive":
+            for body, handle in seen:
+                model.delivered(body, now, now + 100)
+                received.append((body, handle))
+        elif kind == "delete":
+            body = received.pop(op[1])[0]  # a handle is tried once
+            if seen != "invalid handle":
+                model.settled_one(body, acked=True)
+        elif kind == "get" and seen is not None:
+            model.delivered(seen[1], now, None)
+            held.append(seen)
+        elif kind == "settle":
+            model.settled_one(held.pop(op[1])[1], acked=op[2] == "ack")
+        for seq, body in pushed:
+            model.delivered(body, now, None)
+            held.append((seq, body))
+
+    for op in ops:
+        step(op)
+    # Then everything can be drained: no group stays blocked once its message is settled.
+    step(("tick", 200))
+    received.clear()  # (expired by now)
+    while True:
+        while held:
+            step(("settle", 0, "ack"))
+        step(("receive", 3))
+        if not received and not held:
+            break
+        while received:
+            step(("delete", 0))
+    assert all(model.settled[g] == set(range(model.published[g])) for g in GROUPS)
