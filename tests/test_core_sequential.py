@@ -3,11 +3,12 @@ pull receivers alike, redeliveries first, and the in-flight groups rebuilt on re
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from broker.core import commands as c
@@ -17,8 +18,11 @@ from broker.core.model import MessagesAvailable
 from tests.core_helpers import OWNER, VH, Core, ready_bodies, reloaded, restart
 
 SEQ = {"x-sequential": True}
+#: raise for a deeper search, e.g. PROPERTY_EXAMPLES=5000
 PROPERTY_SETTINGS = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -201,12 +205,13 @@ OPERATIONS = st.lists(
     st.one_of(
         st.tuples(st.just("publish"), st.sampled_from(GROUPS)),
         st.tuples(st.just("receive"), st.integers(1, 3)),
-        st.tuples(st.just("delete"), st.integers(0, 10)),
+        st.tuples(st.just("delete"), st.integers(0, 2)),
         st.tuples(st.just("get")),
-        st.tuples(st.just("settle"), st.integers(0, 10), st.sampled_from(["ack", "requeue"])),
+        st.tuples(st.just("settle"), st.integers(0, 2), st.sampled_from(["ack", "requeue"])),
         st.tuples(st.just("consume"), st.integers(1, 3)),
         st.tuples(st.just("tick"), st.integers(0, 150)),
         st.tuples(st.just("restore")),
+        st.tuples(st.just("rewind"), st.integers(0, 300)),
     ),
     max_size=60,
 )
@@ -215,15 +220,19 @@ OPERATIONS = st.lists(
 class OrderModel:
     """What a sequential queue promises, checked on every delivery: it is the oldest message
     of its group not yet settled, and no other delivery of that group is live (a pulled one
-    whose visibility ran out is no longer live)."""
+    whose visibility ran out is no longer live). A rewind brings settled messages back as new:
+    the model stops checking from then on (`off`)."""
 
     def __init__(self) -> None:
+        self.off = False
         self.published: dict[str | None, int] = dict.fromkeys(GROUPS, 0)
         self.settled: dict[str | None, set[int]] = {g: set() for g in GROUPS}
         #: group -> visibility deadline of its live delivery (None: pushed, live until settled)
         self.live: dict[str | None, int | None] = {}
 
     def delivered(self, body: bytes, now: int, deadline: int | None) -> None:
+        if self.off:
+            return
         group_text, index_text = body.decode().split(":")
         group = group_text or None
         oldest = min(set(range(self.published[group])) - self.settled[group])
@@ -234,6 +243,8 @@ class OrderModel:
         self.live[group] = deadline
 
     def settled_one(self, body: bytes, acked: bool) -> None:
+        if self.off:
+            return
         group_text, index_text = body.decode().split(":")
         group = group_text or None
         self.live.pop(group, None)
@@ -252,11 +263,25 @@ def _observed(kind: str, reply: Any) -> Any:
 
 @PROPERTY_SETTINGS
 @given(ops=OPERATIONS)
+@example(  # B's first message goes before A's second, both are rewound, then a restore
+    ops=[
+        ("publish", "A"),
+        ("publish", "A"),
+        ("publish", "B"),
+        ("receive", 3),
+        ("delete", 0),
+        ("delete", 0),
+        ("rewind", 0),
+        ("restore",),
+        ("receive", 3),
+    ]
+)
 def test_any_mix_keeps_group_order_and_restores_alike(ops: list[tuple[Any, ...]]) -> None:
-    """`core` is restored from a snapshot now and then, `plain` never: both answer alike."""
+    """`core` is restored from a snapshot now and then, `plain` never: both answer alike.
+    Settled messages are kept for rewind."""
     core, plain = Core(), Core()
     for each in (core, plain):
-        each.queue("q", **SEQ)
+        each.queue("q", **SEQ, **{"x-rewind-ms": 10**6})
     model = OrderModel()
     now = 0
     received: list[tuple[bytes, str]] = []  # (body, receipt handle)
@@ -282,6 +307,8 @@ def test_any_mix_keeps_group_order_and_restores_alike(ops: list[tuple[Any, ...]]
                 target.settle(op[2], "q", held[op[1]][0], at=now)
             elif kind == "consume":
                 target.apply(c.Consume(VH, "q", OWNER, "c", prefetch=op[1]), at=now)
+            elif kind == "rewind":
+                reply = f"rewound {target.apply(c.Rewind(VH, 'q', op[1]), at=now)}"
             else:
                 target.tick(now)
         except ReceiptHandleInvalid:
@@ -296,6 +323,7 @@ def test_any_mix_keeps_group_order_and_restores_alike(ops: list[tuple[Any, ...]]
         kind = op[0]
         if kind == "restore":
             core = reloaded(core)
+            assert ready_bodies(core.q("q")) == ready_bodies(plain.q("q"))
             return
         if (kind == "delete" and op[1] >= len(received)) or (
             kind == "settle" and op[1] >= len(held)
@@ -311,6 +339,8 @@ def test_any_mix_keeps_group_order_and_restores_alike(ops: list[tuple[Any, ...]]
         assert (seen, pushed) == run(op, plain)
         if kind == "publish":
             model.published[op[1]] += 1
+        elif kind == "rewind":
+            model.off = model.off or seen != "rewound 0"
         elif kind == "receive":
             for body, handle in seen:
                 model.delivered(body, now, now + 100)
@@ -341,4 +371,18 @@ def test_any_mix_keeps_group_order_and_restores_alike(ops: list[tuple[Any, ...]]
             break
         while received:
             step(("delete", 0))
-    assert all(model.settled[g] == set(range(model.published[g])) for g in GROUPS)
+    assert model.off or all(model.settled[g] == set(range(model.published[g])) for g in GROUPS)
+    assert core.q("q").ready_count == 0 and not core.q("q").unacked
+
+
+def test_rewind_after_out_of_order_takes_restores_alike(core: Core) -> None:
+    """B1 went before A2 (A was in flight); rewound, it goes back in publish order, which is
+    also the order a restored queue rebuilds."""
+    core.queue("q", **SEQ, **{"x-rewind-ms": 60_000})
+    send(core, "A1", "A2", "B1")
+    for got in core.receive("q", 3):
+        core.apply(c.DeleteByHandle(VH, "q", got.handle))  # A1 and B1; A2 is next
+    assert core.apply(c.Rewind(VH, "q", 0)) == 2
+    assert ready_bodies(core.q("q")) == [b"A1", b"A2", b"B1"]
+    assert ready_bodies(reloaded(core).q("q")) == [b"A1", b"A2", b"B1"]
+    assert bodies(core.receive("q", 3)) == [b"A1", b"B1"]

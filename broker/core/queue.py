@@ -16,7 +16,7 @@ from broker.core.commands import ConnectionId, Owner
 from broker.core.errors import PreconditionFailed
 from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Consumer, Message
 from broker.core.policy import Policy, effective_queue_arguments
-from broker.core.sequential import Sequencer
+from broker.core.sequential import Sequencer, merge_rewound
 
 OVERFLOW_POLICIES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
@@ -522,6 +522,8 @@ class MessageQueue:
             self._mark_ready(msg)
             self._ready[self.level(msg)].appendleft(msg.seq)
         back.reverse()
+        if self.sequence is not None and back:
+            merge_rewound(self._ready[0], self.messages, back)
         return back
 
     def take_retained(self) -> list[Message]:

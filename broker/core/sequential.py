@@ -103,3 +103,34 @@ class Sequencer:
             if msg is not None and msg.state == READY and group_of(msg) not in groups:
                 return msg
         return None
+
+
+def merge_rewound(ready: deque[int], messages: dict[int, Message], rewound: list[Message]) -> None:
+    """Put the rewound messages, just pushed to the front of `ready` in position order, in
+    position order with the waiting messages too.
+
+    Elsewhere every waiting message is newer than any message taken, so rewound ones simply
+    go first; here a group in flight leaves older messages waiting while newer ones of other
+    groups go. A restored queue orders its waiting messages by position, so this must too.
+    Only the front is touched: the waiting messages older than the newest rewound one (stale
+    entries met there are dropped, as they would be skipped).
+    """
+    front = [ready.popleft() for _ in rewound]
+    last = rewound[-1].position
+    taken = set(front)
+    older: list[int] = []
+    while ready:
+        msg = messages.get(ready[0])
+        waiting = msg if _waiting(msg) and ready[0] not in taken else None
+        if waiting is not None and waiting.position > last:
+            break
+        ready.popleft()
+        if waiting is not None:
+            older.append(waiting.seq)
+    merged = sorted(front + older, key=lambda seq: messages[seq].position)
+    ready.extendleft(reversed(merged))
+
+
+def _waiting(msg: Message | None) -> bool:
+    """Ready and never delivered: what the ready index (not the returned heap) holds."""
+    return msg is not None and msg.state == READY and msg.delivery_count == 0
