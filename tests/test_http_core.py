@@ -133,6 +133,21 @@ def test_describe_counts_messages_by_state() -> None:
     assert (got["visibilityTimeout"], got["minMsgTime"], got["createTime"]) == (30, 10, 10)
 
 
+def test_sequential_attribute_is_the_boolean_argument() -> None:
+    on = attributes.queue_arguments(Params([("sequential", "1")]), True, 60)
+    assert on["x-sequential"] is True
+    assert "x-sequential" not in attributes.queue_arguments(Params([("sequential", "0")]), True, 60)
+    off = attributes.queue_arguments(Params([("sequential", "0")]), False, 60)
+    assert off == {"x-sequential": None}
+    with pytest.raises(CmqError):
+        attributes.queue_arguments(Params([("sequential", "2")]), False, 60)
+    core = Core()
+    core.queue("q", **on)
+    assert attributes.describe(core.q("q"), core.sm.vhost(VH))["sequential"] == 1
+    core.apply(c.SetQueueArguments(VH, "q", off))
+    assert attributes.describe(core.q("q"), core.sm.vhost(VH))["sequential"] == 0
+
+
 # -- filters -------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ _CHOICES = {
     "x-dead-letter-strategy": ("at-most-once", "at-least-once"),
 }
 _NON_NEGATIVE = ("x-max-in-memory-length", "x-max-in-memory-bytes")
+_BOOLEANS = ("x-single-active-consumer", "x-sequential")
 
 
 def check_queue_arguments(vhost: str, name: str, args: dict[str, Any]) -> None:
@@ -37,10 +38,9 @@ def check_queue_arguments(vhost: str, name: str, args: dict[str, Any]) -> None:
     for key, why in _UNSUPPORTED.items():
         if key in args:
             raise refuse(key, why)
-    if "x-single-active-consumer" in args and not isinstance(
-        args["x-single-active-consumer"], bool
-    ):
-        raise refuse("x-single-active-consumer", "expected a boolean")
+    for key in _BOOLEANS:
+        if key in args and not isinstance(args[key], bool):
+            raise refuse(key, "expected a boolean")
     for key, choices in _CHOICES.items():
         if key in args and _text(args[key]) not in choices:
             raise refuse(key, f"expected one of {', '.join(choices)}")

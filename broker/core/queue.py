@@ -17,6 +17,7 @@ from broker.core.commands import ConnectionId, Owner
 from broker.core.errors import PreconditionFailed
 from broker.core.model import HIDDEN, READY, RETAINED, UNACKED, Consumer, Message
 from broker.core.policy import Policy, effective_queue_arguments
+from broker.core.sequential import Sequencer, merge_rewound
 
 OVERFLOW_POLICIES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
@@ -44,6 +45,8 @@ class QueueSettings:
     max_receive_count: int | None = None
     #: larger bodies are refused at publish, whatever the protocol (CMQ's maxMsgSize)
     max_message_size: int | None = None
+    #: at most one message in flight per message group (core/sequential.py)
+    sequential: bool = False
 
     @classmethod
     def from_arguments(cls, args: dict[str, Any]) -> QueueSettings:
@@ -74,6 +77,10 @@ class QueueSettings:
         s.rewind_ms = _non_negative(args, "x-rewind-ms") or 0
         s.max_receive_count = _non_negative(args, "x-max-receive-count", positive=True)
         s.max_message_size = _non_negative(args, "x-max-message-size")
+        s.sequential = bool(args.get("x-sequential", False))
+        if s.sequential and s.max_priority:
+            # Priorities would reorder a group: strict order and priorities do not mix.
+            raise PreconditionFailed("a sequential queue cannot have priorities (x-max-priority)")
         qtype = args.get("x-queue-type", "classic")
         if isinstance(qtype, bytes):
             qtype = qtype.decode()
@@ -174,6 +181,8 @@ class MessageQueue:
         self.policy: Policy | None = None
         self.settings = QueueSettings.from_arguments(arguments)
         self.flow_limit = _flow_limit(self.settings)
+        #: the groups in flight, when the queue is sequential (derived: rebuilt on restore)
+        self.sequence: Sequencer | None = Sequencer() if self.settings.sequential else None
         self.messages: dict[int, Message] = {}
         #: the highest priority level (fixed for the queue's life)
         self._top_level = self.settings.max_priority
@@ -249,6 +258,11 @@ class MessageQueue:
         """Ready messages waiting cold (their bodies only on disk, or held whole)."""
         return sum(tail.count for tail in self._cold)
 
+    def cold_enqueued_at(self) -> int | None:
+        """When the oldest cold message was enqueued (None: there is none)."""
+        heads = [entry.enqueued_at for tail in self._cold if (entry := tail.peek()) is not None]
+        return min(heads, default=None)
+
     def cold_chunks(self) -> list[ColdChunk]:
         return [chunk for tail in self._cold for chunk in tail.chunks]
 
@@ -286,6 +300,21 @@ class MessageQueue:
     def _take_settings(self, settings: QueueSettings) -> None:
         self.settings = settings
         self.flow_limit = _flow_limit(settings)
+        if not settings.sequential:
+            self.sequence = None
+        elif self.sequence is None:
+            self.sequence = Sequencer(self._in_flight())
+
+    def _in_flight(self) -> list[Message]:
+        """Messages delivered and not yet settled or back: unacked, or pulled and hidden."""
+        out = [self.messages[seq] for seq in self.unacked]
+        for visible_at, seq in self._hidden:
+            msg = self.messages.get(seq)
+            if msg is None or msg.state != HIDDEN or msg.visible_at != visible_at:
+                continue
+            if msg.delivery_count:  # (not a delayed message, which no one has seen)
+                out.append(msg)
+        return out
 
     # -- adding --------------------------------------------------------------------------
 
@@ -326,6 +355,8 @@ class MessageQueue:
 
     def give_back(self, msg: Message) -> None:
         """A message already seen by a consumer goes back ahead of newer messages."""
+        if self.sequence is not None:
+            self.sequence.release(msg.seq)
         self._mark_ready(msg)
         heapq.heappush(self._returned[self.level(msg)], msg.seq)
 
@@ -374,6 +405,8 @@ class MessageQueue:
         self._retained = deque(
             sorted(self._retained, key=lambda seq: (self.messages[seq].acked_at, seq))
         )
+        if self.sequence is not None:
+            self.sequence = Sequencer(self._in_flight())
 
     def _hide(self, msg: Message, until: int) -> None:
         msg.state = HIDDEN
@@ -440,6 +473,17 @@ class MessageQueue:
             self._take(msg)
         return msg
 
+    def pop_deliverable(self) -> Message | None:
+        """`pop_head` for a delivery: in a sequential queue, the first message whose group
+        has none in flight (see core/sequential.py), which need not be the head."""
+        msg = self.peek_head()
+        sequence = self.sequence
+        if msg is not None and sequence is not None and sequence.blocks(msg):
+            msg = sequence.first_free(self._returned[0], self._ready[0], self.messages)
+        if msg is not None:
+            self._take(msg)
+        return msg
+
     def pop_expired(self, now: int) -> list[Message]:
         """Take out the expired messages at the head of each priority level.
 
@@ -457,13 +501,15 @@ class MessageQueue:
         return out
 
     def _take(self, msg: Message) -> None:
-        """Take `msg`, the head of its level, out of the ready index."""
+        """Take `msg` out of the ready index: the head of its level, or (sequential
+        queues) one behind it, whose entry is then skipped when it comes to the head."""
         level = self.level(msg)
-        returned = self._returned[level]
+        returned, ready = self._returned[level], self._ready[level]
         if returned and returned[0] == msg.seq:
             heapq.heappop(returned)
-        else:
-            self._ready[level].popleft()
+        elif ready and ready[0] == msg.seq:
+            ready.popleft()
+        if not msg.delivery_count:  # (it was in `ready`: a returned one was seen before)
             self._hot[level] -= 1
         self._unmark_ready(msg)
         msg.state = UNACKED  # so that remove() does not count it out of the ready set again
@@ -472,6 +518,8 @@ class MessageQueue:
         """Forget a message entirely (acked, dead-lettered, expired, dropped)."""
         del self.messages[msg.seq]
         self.unacked.pop(msg.seq, None)
+        if self.sequence is not None:
+            self.sequence.release(msg.seq)
         if msg.state == READY:
             self._unmark_ready(msg)  # its index entry is skipped lazily
             if not msg.delivery_count:  # (else it is among the returned)
@@ -492,6 +540,8 @@ class MessageQueue:
         if not msg.first_delivered_at:
             msg.first_delivered_at = now
         self.unacked[msg.seq] = (owner, consumer)
+        if self.sequence is not None:
+            self.sequence.hold(msg)
 
     def hide_for_pull(self, msg: Message, now: int, visibility_ms: int) -> None:
         msg.delivery_count += 1
@@ -503,10 +553,14 @@ class MessageQueue:
         if not msg.first_delivered_at:
             msg.first_delivered_at = now
         self._hide(msg, now + visibility_ms)
+        if self.sequence is not None:
+            self.sequence.hold(msg)
 
     def retain(self, msg: Message, now: int) -> None:
         """Keep an acknowledged message for rewind."""
         self.unacked.pop(msg.seq, None)
+        if self.sequence is not None:
+            self.sequence.release(msg.seq)
         if msg.state == HIDDEN:
             self.hidden_count -= 1
         msg.state = RETAINED
@@ -574,6 +628,8 @@ class MessageQueue:
             self._ready[level].appendleft(msg.seq)
             self._hot[level] += 1
         back.reverse()
+        if self.sequence is not None and back:
+            merge_rewound(self._ready[0], self.messages, back)
         return back
 
     def take_retained(self) -> list[Message]:

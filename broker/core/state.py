@@ -1409,7 +1409,7 @@ class StateMachine:
                     self._touch(q)
                     heapq.heappush(self._timers, (self.now, q.vhost, q.name))
                     return
-            msg = q.pop_head()
+            msg = q.pop_deliverable()
             if msg is None:
                 break
             if _expired(msg, self.now):
@@ -1443,7 +1443,7 @@ class StateMachine:
         q.last_used = self.now
         self._touch(q)
         while True:
-            msg = q.pop_head()
+            msg = q.pop_deliverable()
             if msg is None:
                 self._schedule(q)
                 return GetResult(None, message_count=0)
@@ -1506,6 +1506,7 @@ class StateMachine:
         for q in touched.values():
             if self._live(q):
                 self._dispatch(q)
+                self._wake_receivers(q)
 
     def _settle_one(self, q: MessageQueue, msg: Message, outcome: str) -> None:
         _, consumer = q.unacked.pop(msg.seq)
@@ -1530,6 +1531,13 @@ class StateMachine:
         else:
             self._dead_letter(q, msg, "rejected")
 
+    def _wake_receivers(self, q: MessageQueue) -> None:
+        """In a sequential queue a settled or returned message lets the next one of its
+        group go: long polls wait for MessagesAvailable, which a publish alone would not
+        send while the group was in flight."""
+        if q.sequence is not None and q.ready_count:
+            self._effects.append(MessagesAvailable(q.vhost, q.name))
+
     def _acknowledge(self, q: MessageQueue, msg: Message) -> None:
         q.counters.acked += 1
         if q.settings.rewind_ms:
@@ -1550,6 +1558,7 @@ class StateMachine:
             consuming = any(consumer.owner == owner for consumer in q.consumers)
             if (held or consuming) and self._live(q):
                 self._dispatch(q)
+                self._wake_receivers(q)
 
     def _recover(self, cmd: c.Recover) -> None:
         self._requeue_owner(cmd.owner)
@@ -1708,7 +1717,7 @@ class StateMachine:
         self._touch(q)
         out: list[Received] = []
         while len(out) < cmd.max_messages:
-            msg = q.pop_head()
+            msg = q.pop_deliverable()
             if msg is None:
                 break
             if _expired(msg, self.now):
@@ -1752,6 +1761,9 @@ class StateMachine:
         msg = self._held_message(q, cmd.handle)
         self._trace(q, msg, "acked")
         self._acknowledge(q, msg)
+        if q.sequence is not None:
+            self._dispatch(q)
+            self._wake_receivers(q)
 
     def _change_visibility(self, cmd: c.ChangeVisibility) -> int:
         if cmd.visibility_ms < 0:
@@ -1860,9 +1872,14 @@ class StateMachine:
                 arguments.pop(key, None)
             else:
                 arguments[key] = value
+        sequential = q.sequence is not None
         q.reconfigure(arguments)  # raises PreconditionFailed, changing nothing, if invalid
         q.modified_at = self.now
         self._touch(q)
+        if sequential and q.sequence is None:
+            self._dispatch(q)  # what waited for its group goes now
+            if q.ready_count:
+                self._effects.append(MessagesAvailable(q.vhost, q.name))
         if not q.settings.rewind_ms:
             for msg in q.take_retained():
                 self._forget(q, msg)

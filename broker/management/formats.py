@@ -58,9 +58,10 @@ def counts(q: MessageQueue) -> tuple[int, int, int]:
 
 def memory_split(q: MessageQueue) -> tuple[int, int]:
     """(in memory, on disk only) of the queue's ready messages: the one place that knows
-    where waiting bodies are, so the API, the CLI and metrics agree. Every body is in memory
-    today; a queue that pages bodies out to the store reports them here."""
-    return q.ready_count, 0
+    where waiting bodies are, so the API, the CLI and metrics agree. Cold messages (see
+    core/cold.py) are on disk only, except those held whole."""
+    on_disk = q.cold_count() - len(q.held)
+    return q.ready_count - on_disk, on_disk
 
 
 def queue(q: MessageQueue, node: str) -> dict[str, Any]:

@@ -21,6 +21,9 @@ from broker.protocols.http.params import Params
 DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
 DEAD_LETTER_KEY = "x-dead-letter-routing-key"
 MAX_RECEIVE_COUNT = "x-max-receive-count"
+#: CMQ `sequential` (0 or 1) is the boolean argument x-sequential (core/sequential.py)
+SEQUENTIAL = "sequential"
+SEQUENTIAL_ARGUMENT = "x-sequential"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,9 @@ def queue_arguments(params: Params, creating: bool, min_retention_s: int) -> dic
             args[attr.argument] = value * attr.scale
     if args.get(MAX_RECEIVE_COUNT) == 0:
         args[MAX_RECEIVE_COUNT] = None
+    sequential = params.optional_integer(SEQUENTIAL, 0, 1)
+    if sequential is not None:
+        args[SEQUENTIAL_ARGUMENT] = True if sequential else None
     dead_letter = params.optional_text("deadLetterQueueName", max_length=64)
     if dead_letter:
         args[DEAD_LETTER_EXCHANGE] = ""
@@ -118,6 +124,7 @@ def describe(q: MessageQueue, vh: Vhost) -> dict[str, Any]:
         # the documented spelling above; Tencent's Java SDK reads this one
         rewindMsgNum=q.retained_count(),
         minMsgTime=oldest_message_time(q),
+        sequential=int(q.settings.sequential),
     )
     dlq = dead_letter_queue(q)
     if dlq is not None:
@@ -130,8 +137,11 @@ def describe(q: MessageQueue, vh: Vhost) -> dict[str, Any]:
 
 def oldest_message_time(q: MessageQueue) -> int:
     """Enqueue time (s) of the oldest message not yet deleted, 0 when there is none."""
-    # Messages are held in publish order, so the first one not kept for rewind is the oldest.
+    # Messages in memory are held in publish order, so the first one not kept for rewind is
+    # the oldest of them; cold ones wait behind them, but a queue may hold only cold ones.
+    oldest = q.cold_enqueued_at()
     for msg in q.messages.values():
         if msg.state != RETAINED:
-            return msg.enqueued_at // 1000
-    return 0
+            oldest = msg.enqueued_at if oldest is None else min(oldest, msg.enqueued_at)
+            break
+    return 0 if oldest is None else oldest // 1000

@@ -14,6 +14,7 @@ from broker.core import commands as c
 from broker.core.errors import BrokerError, ResourceLimit
 from broker.core.model import Received
 from broker.core.queue import MessageQueue
+from broker.core.sequential import GROUP_HEADER, group_of
 from broker.core.state import Vhost
 from broker.protocols.http import attributes as a
 from broker.protocols.http import errors, positions, topics
@@ -27,6 +28,9 @@ MAX_BATCH = 16
 MAX_DELAY_S = a.RETENTION.high
 #: longest startMsgId: an AMQP message-id is a short string (at most 255 bytes)
 MAX_MESSAGE_ID = 255
+#: the send parameter naming the message group of a sequential queue, stored as the
+#: x-group-id header so AMQP consumers see it too
+GROUP_ID = "msgGroupId"
 
 
 def queue_id(qid: int) -> str:
@@ -150,19 +154,28 @@ def _check_body(q: MessageQueue, body: bytes) -> bytes:
     return body
 
 
+def _group_headers(req: Request) -> dict[str, Any] | None:
+    """The headers carrying the send's msgGroupId, if it names one."""
+    group = req.params.optional_text(GROUP_ID, max_length=128)
+    if group == "":
+        raise errors.out_of_range(GROUP_ID, "1 to 128 characters")
+    return None if group is None else {GROUP_HEADER: group}
+
+
 async def _send(
     svc: CmqService, req: Request, q: MessageQueue, bodies: list[bytes], delay_s: int
 ) -> list[str]:
     """Publish `bodies` to `q` as one command: all of them, or none if they do not all fit."""
     svc.refuse_if_blocked()
+    headers = _group_headers(req)
     ids = [svc.new_message_id() for _ in bodies]
     delay_ms = delay_s * 1000
-    publishes = [
-        c.Publish(
-            req.vhost, "", q.name, {"delivery_mode": 2, "message_id": mid}, body, delay_ms=delay_ms
-        )
-        for mid, body in zip(ids, bodies, strict=True)
-    ]
+    publishes = []
+    for mid, body in zip(ids, bodies, strict=True):
+        props: dict[str, Any] = {"delivery_mode": 2, "message_id": mid}
+        if headers is not None:
+            props["headers"] = dict(headers)
+        publishes.append(c.Publish(req.vhost, "", q.name, props, body, delay_ms=delay_ms))
     for publish in publishes:
         svc.gateway.note_publisher(publish, req.publisher)
     traffic = svc.gateway.traffic["http"]
@@ -205,7 +218,7 @@ async def batch_send_message(svc: CmqService, req: Request) -> dict[str, Any]:
 
 def _fields(received: Received) -> dict[str, Any]:
     msg = received.message
-    return {
+    fields = {
         **body_fields(msg.body),
         "msgId": message_id(received.qid, msg),
         "receiptHandle": received.handle,
@@ -214,6 +227,10 @@ def _fields(received: Received) -> dict[str, Any]:
         "nextVisibleTime": msg.visible_at // 1000,
         "dequeueCount": msg.delivery_count,
     }
+    group = group_of(msg)
+    if group is not None:
+        fields[GROUP_ID] = group
+    return fields
 
 
 async def _receive(svc: CmqService, req: Request, count: int) -> list[dict[str, Any]]:
