@@ -170,6 +170,9 @@ def restart(core: Core, path: str) -> Core:
         store.close()
     after = Core(recovered.state, core.now)
     after.index = core.index
+    # Bodies kept on disk (cold messages, those kept for rewind) are read from the log.
+    after.log = dict(core.log)
+    after.sm.entries = after.log.__getitem__
     after.apply(c.ReleaseNode(OWNER[0]))
     after.apply(c.DropTransient())
     return after

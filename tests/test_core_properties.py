@@ -680,7 +680,7 @@ class Runner:
 
 def _observable(m: Message | MMsg) -> tuple[Any, ...]:
     return (
-        m.body,
+        None if m.state == RETAINED else m.body,  # (kept for rewind on disk only)
         m.state,
         m.delivery_count,
         m.handle,

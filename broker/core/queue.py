@@ -119,6 +119,9 @@ class ColdStore(Protocol):
     def changed(self, q: MessageQueue, level: int, chunk: ColdChunk) -> None:
         """A chunk's record must be rewritten (or dropped, once it is empty)."""
 
+    def refill(self, msg: Message) -> None:
+        """Give back its body to a message kept for rewind (see MessageQueue.retain)."""
+
 
 def _flow_limit(settings: QueueSettings) -> int:
     """Ready messages past which a queue that has consumers is congested: its publishers
@@ -369,6 +372,7 @@ class MessageQueue:
         self.messages[msg.seq] = msg
         if msg.state == RETAINED:
             self._retained.append(msg.seq)
+            self._let_body_go(msg)
         elif msg.state == HIDDEN:
             self._hide(msg, msg.visible_at)
             if msg.delivery_count == 0:
@@ -566,6 +570,13 @@ class MessageQueue:
         msg.state = RETAINED
         msg.acked_at = now
         self._retained.append(msg.seq)
+        self._let_body_go(msg)
+
+    def _let_body_go(self, msg: Message) -> None:
+        """A message kept for rewind keeps its body on disk only, in its log entry (a rewind
+        reads it back): days of acknowledged messages cost disk, not memory."""
+        if msg.source is not None and self.cold_store is not None:
+            msg.body = b""
 
     # -- timers --------------------------------------------------------------------------
 
@@ -623,6 +634,8 @@ class MessageQueue:
         back.sort(key=lambda m: m.position, reverse=True)
         for msg in back:
             msg.acked_at = msg.delivery_count = msg.returns = msg.first_delivered_at = 0
+            if msg.source is not None and self.cold_store is not None:
+                self.cold_store.refill(msg)
             self._mark_ready(msg)
             level = self.level(msg)
             self._ready[level].appendleft(msg.seq)

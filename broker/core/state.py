@@ -792,7 +792,7 @@ class StateMachine:
 
     def _add_queue(self, q: MessageQueue) -> None:
         if self.entries is not None:
-            q.cold_store = ColdBodies(self, self.entries, *self.cold_limits)
+            q.cold_store = ColdBodies(self, *self.cold_limits)
         self.vhosts[q.vhost].queues[q.name] = q
         self.queues_by_qid[q.qid] = q
         if q.exclusive_owner is not None:
@@ -2174,13 +2174,11 @@ class StateMachine:
 
 class ColdBodies:
     """A queue's way to the bodies of its cold messages: the log entries that carried them,
-    read back through `entries` (the store's), and the records its cold chunks change."""
+    read back through the state machine's `entries` (the store's), and the records its cold
+    chunks change."""
 
-    def __init__(
-        self, state: StateMachine, entries: Callable[[int], Any], hot_limit: int, promote: int
-    ) -> None:
+    def __init__(self, state: StateMachine, hot_limit: int, promote: int) -> None:
         self.state = state
-        self.entries = entries
         self.hot_limit = hot_limit
         self.promote = promote
 
@@ -2198,14 +2196,24 @@ class ColdBodies:
             out.append(msg)
         return out
 
-    def message_of(self, entry: ColdEntry) -> Message:
-        """The message a cold entry stands for, its body read from the log entry it refers to."""
-        index, position = entry.source
-        command = self.entries(index)
+    def refill(self, msg: Message) -> None:
+        assert msg.source is not None
+        msg.body = self._publish_at(msg.source).body
+
+    def _publish_at(self, source: tuple[int, int]) -> c.Publish:
+        index, position = source
+        entries = self.state.entries
+        assert entries is not None
+        command = entries(index)
         if isinstance(command, c.Batch):
             command = command.commands[position]
         if not isinstance(command, c.Publish):
-            raise InternalError(f"log entry {index} of a cold message is not a publish")
+            raise InternalError(f"log entry {index} of a stored message is not a publish")
+        return command
+
+    def message_of(self, entry: ColdEntry) -> Message:
+        """The message a cold entry stands for, its body read from the log entry it refers to."""
+        command = self._publish_at(entry.source)
         priority = command.properties.get("priority") or 0
         return Message(
             seq=entry.seq,
