@@ -78,6 +78,7 @@ class Store:
             self.state_db = _open(state_path, data_dir, legacy=True, repair=repair)
             try:
                 self.log_db = _open(log_path, data_dir, legacy=False, repair=repair)
+                _mark_batches(self.log_db, data_dir)
             except BaseException:
                 self.state_db.close()
                 raise
@@ -131,10 +132,10 @@ class Store:
                         yield index, entry
 
     def log_batches(self) -> list[tuple[int, int]]:
-        """(first, last) of every stored batch of the log, in order (keys only)."""
-        start, stop = schema.LOG_PREFIX, schema.LOG_END
+        """(first, last) of every stored batch of the log, in order (from their marks: the
+        entries themselves are not read)."""
         with self.log_db.iterator(
-            start=start, stop=stop, include_value=False, verify_checksums=True
+            prefix=schema.MARK_PREFIX, include_value=False, verify_checksums=True
         ) as keys:
             return [schema.batch_range(key) for key in keys]
 
@@ -158,6 +159,7 @@ class Store:
         """One atomic batch; with `sync`, it and everything written before are on disk.
         `confirmed`: where the log ends once a synced write is done (with Raft's term and
         vote), for the confirmed mark (mark.py)."""
+        ops = schema.with_marks(ops)
         if not sync or confirmed is None:
             _write(self.log_db, ops, sync)
             return
@@ -317,6 +319,20 @@ def _check_format(db: Any, data_dir: str, legacy: bool) -> None:
             f"the data dir {data_dir} has store format {version}; this release reads "
             f"format {schema.FORMAT_VERSION} only"
         )
+
+
+def _mark_batches(log_db: Any, data_dir: str) -> None:
+    """Give every batch of a log written without marks (an older release, a snapshot
+    received from a leader) its mark: read the whole log once, never again."""
+    if log_db.get(schema.META_MARKS, verify_checksums=True) is not None:
+        return
+    with reads_checked(data_dir), log_db.write_batch(sync=True) as batch:
+        with log_db.iterator(
+            start=schema.LOG_PREFIX, stop=schema.LOG_END, include_value=False, verify_checksums=True
+        ) as keys:
+            for key in keys:
+                batch.put(schema.MARK_PREFIX + key[1:], b"")
+        batch.put(schema.META_MARKS, pack(1))
 
 
 def _write(db: Any, ops: list[Op], sync: bool) -> None:

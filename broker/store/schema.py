@@ -57,6 +57,11 @@ META_RAFT_SNAPSHOT = b"!raft-snapshot"
 LOG_PREFIX = b"L"
 #: the first key past the log (iteration stops before it)
 LOG_END = b"M"
+#: in the log's database, one empty key per batch (its key with this prefix instead), so
+#: listing the batches at start-up reads no entry (store.with_marks writes them)
+MARK_PREFIX = b"B"
+#: in the log's database: every batch has its mark (set once they were made for old logs)
+META_MARKS = b"!marks"
 
 KINDS = {
     "counter": b"0",
@@ -110,6 +115,16 @@ def batch_range(key: bytes) -> tuple[int, int]:
     """(first, last) index of the batch stored under `key`."""
     last, first = _PAIR.unpack(key[1:])
     return first, last
+
+
+def with_marks(ops: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
+    """Writes to the log with the mark of each batch they put or delete."""
+    marks = [
+        (MARK_PREFIX + key[1:], None if value is None else b"")
+        for key, value in ops
+        if key[:1] == LOG_PREFIX
+    ]
+    return ops + marks if marks else ops
 
 
 def seek_key(index: int) -> bytes:
