@@ -20,7 +20,8 @@ from tests.core_helpers import all_messages, ready_order
 def _message(m: Message) -> tuple[Any, ...]:
     return (
         m.seq,
-        None if m.state == RETAINED else m.body,  # (kept on disk only, where it can be)
+        # (kept on disk only, where it can be: for rewind, or delayed)
+        None if m.state == RETAINED or (m.state == HIDDEN and not m.delivery_count) else m.body,
         m.state,
         m.delivery_count,
         m.visible_at if m.state == HIDDEN else None,

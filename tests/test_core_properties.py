@@ -680,7 +680,8 @@ class Runner:
 
 def _observable(m: Message | MMsg) -> tuple[Any, ...]:
     return (
-        None if m.state == RETAINED else m.body,  # (kept for rewind on disk only)
+        # (kept on disk only: for rewind, or delayed)
+        None if m.state == RETAINED or (m.state == HIDDEN and not m.delivery_count) else m.body,
         m.state,
         m.delivery_count,
         m.handle,

@@ -330,6 +330,7 @@ class MessageQueue:
             self.messages[msg.seq] = msg
             self._hide(msg, msg.visible_at)
             self.delayed_count += 1
+            self._let_body_go(msg)
             return
         self._to_tail(msg)
 
@@ -377,6 +378,7 @@ class MessageQueue:
             self._hide(msg, msg.visible_at)
             if msg.delivery_count == 0:
                 self.delayed_count += 1
+                self._let_body_go(msg)
         elif msg.state == UNACKED:
             assert holder is not None
             self.unacked[msg.seq] = holder
@@ -573,10 +575,15 @@ class MessageQueue:
         self._let_body_go(msg)
 
     def _let_body_go(self, msg: Message) -> None:
-        """A message kept for rewind keeps its body on disk only, in its log entry (a rewind
-        reads it back): days of acknowledged messages cost disk, not memory."""
+        """A message kept for rewind, or delayed, keeps its body on disk only, in its log
+        entry (read back when it is ready again): days of acknowledged or delayed messages
+        cost disk, not memory."""
         if msg.source is not None and self.cold_store is not None:
             msg.body = b""
+
+    def _body_back(self, msg: Message) -> None:
+        if msg.source is not None and self.cold_store is not None:
+            self.cold_store.refill(msg)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -591,6 +598,7 @@ class MessageQueue:
             self.hidden_count -= 1
             if msg.delivery_count == 0:
                 self.delayed_count -= 1
+                self._body_back(msg)
                 self._to_tail(msg)
             else:
                 self.give_back(msg)
@@ -634,8 +642,7 @@ class MessageQueue:
         back.sort(key=lambda m: m.position, reverse=True)
         for msg in back:
             msg.acked_at = msg.delivery_count = msg.returns = msg.first_delivered_at = 0
-            if msg.source is not None and self.cold_store is not None:
-                self.cold_store.refill(msg)
+            self._body_back(msg)
             self._mark_ready(msg)
             level = self.level(msg)
             self._ready[level].appendleft(msg.seq)
