@@ -1048,8 +1048,8 @@ class StateMachine:
             self._touch_message(q, msg)
         if msg.expires_at is not None:
             self._expire_heads(q)  # a TTL of 0 expires now unless it could be delivered
-        if q.ready_count and not q.consumers:
-            self._effects.append(MessagesAvailable(q.vhost, q.name))
+        if q.ready_count == 1:
+            self._wake_receivers(q)
         return True
 
     def _new_message(
@@ -1343,6 +1343,19 @@ class StateMachine:
             return
         self._schedule(q)
         self._dispatch(q)
+        if q.ready_count:
+            self._wake_receivers(q)
+
+    def _wake_receivers(self, q: MessageQueue) -> None:
+        """Wake the long polls of a queue whose ready messages no consumer takes.
+
+        Called when ready messages appear where a receiver may have found none: the first one
+        (a receive that came back empty left the queue with none ready, and waits for the
+        next), and those the last consumer left behind. Not for every message: a publish to
+        thousands of idle session queues would otherwise wake the node thousands of times.
+        """
+        if not q.consumers:
+            self._effects.append(MessagesAvailable(q.vhost, q.name))
 
     def _next_consumer(self, q: MessageQueue) -> Consumer | None:
         consumers = q.consumers
@@ -1501,6 +1514,8 @@ class StateMachine:
                 return
             q.give_back(msg)
             self._touch_message(q, msg)
+            if q.ready_count == 1:
+                self._wake_receivers(q)
             if msg.expires_at is not None:
                 self._schedule(q)  # it may be the new head, and due sooner
         else:
