@@ -1386,6 +1386,8 @@ class StateMachine:
         return best
 
     def _dispatch(self, q: MessageQueue) -> None:
+        if not q.consumers and not q.dispatch_pending:
+            return  # nobody to deliver to: most queues a fan-out reaches, once per message
         burst = NO_ACK_BURST
         new_head = False
         if q.dispatch_pending:
