@@ -558,6 +558,30 @@ def test_publish_to_queue_without_consumers_announces_availability(core: Core) -
     assert core.effects == [MessagesAvailable(VH, "q")]
 
 
+def test_availability_is_announced_where_a_receiver_may_have_found_none(core: Core) -> None:
+    announced = [MessagesAvailable(VH, "q")]
+    core.queue("q")
+    core.publish("q", b"1")
+    assert core.effects == announced
+    core.publish("q", b"2")  # a receive that found nothing would have taken the first
+    assert core.effects == []
+    assert len(core.receive("q", 10)) == 2
+    core.publish("q", b"3")  # the queue had no ready message again
+    assert core.effects == announced
+    # a message taken with a get and given back is the only ready one again
+    msg = core.get("q")
+    assert msg is not None
+    core.settle("requeue", "q", msg.seq)
+    assert core.effects == announced
+    # no announcement while a consumer takes them; the consumer leaving some behind is one
+    core.consume("q", prefetch=1)
+    core.publish("q", b"4")
+    assert core.effects == []
+    core.apply(c.Cancel((1, 1, 1), "ctag"))
+    assert core.q("q").ready_count == 1
+    assert core.effects == announced
+
+
 # -- restart from the store ----------------------------------------------------------------
 
 

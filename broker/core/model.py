@@ -220,7 +220,8 @@ class ConsumerCancelled:
 
 @dataclass(slots=True)
 class MessagesAvailable:
-    """A queue gained visible messages, or was deleted: wake long-polling receivers."""
+    """A queue no consumer serves gained ready messages where it had none (or its last
+    consumer left some behind), or was deleted: wake long-polling receivers."""
 
     vhost: str
     queue: str

@@ -952,9 +952,12 @@ class StateMachine:
             props = _without_bcc(props)
             source = None
         persistent = props.get("delivery_mode") == 2
+        queues = vh.queues
+        size = len(cmd.body)
         for qname in targets:
-            q = vh.queues[qname]
-            if _too_large(q, cmd.body):
+            q = queues[qname]
+            limit = q.settings.max_message_size  # (_too_large, inline: once per queue reached)
+            if limit is not None and size > limit:
                 self._effects.append(Overflowed(q.vhost, q.name, TOO_LARGE))
                 result.rejected = True
                 continue
@@ -974,7 +977,7 @@ class StateMachine:
                 continue
             if routed is not None:
                 routed.append((q.name, seq))
-            if q.congested():
+            if q.consumers and q.congested():  # (a fan-out reaches mostly idle queues)
                 if result.congested is None:
                     result.congested = []
                 result.congested.append((q.vhost, q.name))
@@ -1072,8 +1075,8 @@ class StateMachine:
             self._touch_message(q, msg)
         if msg.expires_at is not None:
             self._expire_heads(q)  # a TTL of 0 expires now unless it could be delivered
-        if q.ready_count and not q.consumers:
-            self._effects.append(MessagesAvailable(q.vhost, q.name))
+        if q.ready_count == 1:
+            self._wake_receivers(q)
         return True
 
     def _new_message(
@@ -1094,17 +1097,20 @@ class StateMachine:
         priority = properties.get("priority") or 0
         now = self.now
         self._touch(q)  # its next sequence number
+        # By position: naming this many fields costs twice as much, once per queue reached.
         return Message(
-            seq=q.new_message_seq(),
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=properties,
-            body=body,
-            persistent=persistent,
-            enqueued_at=now,
-            expires_at=None if ttl is None else now + delay_ms + ttl,
-            priority=priority if isinstance(priority, int) else 0,
-            visible_at=now + delay_ms,
+            q.new_message_seq(),
+            exchange,
+            routing_key,
+            properties,
+            body,
+            persistent,
+            now,  # enqueued_at
+            None if ttl is None else now + delay_ms + ttl,  # expires_at
+            priority if isinstance(priority, int) else 0,
+            0,  # delivery_count
+            0,  # returns
+            now + delay_ms,  # visible_at
         )
 
     def _drop_over_limit(self, q: MessageQueue) -> None:
@@ -1367,6 +1373,19 @@ class StateMachine:
             return
         self._schedule(q)
         self._dispatch(q)
+        if q.ready_count:
+            self._wake_receivers(q)
+
+    def _wake_receivers(self, q: MessageQueue) -> None:
+        """Wake the long polls of a queue whose ready messages no consumer takes.
+
+        Called when ready messages appear where a receiver may have found none: the first one
+        (a receive that came back empty left the queue with none ready, and waits for the
+        next), and those the last consumer left behind. Not for every message: a publish to
+        thousands of idle session queues would otherwise wake the node thousands of times.
+        """
+        if not q.consumers:
+            self._effects.append(MessagesAvailable(q.vhost, q.name))
 
     def _next_consumer(self, q: MessageQueue) -> Consumer | None:
         consumers = q.consumers
@@ -1391,6 +1410,8 @@ class StateMachine:
         return best
 
     def _dispatch(self, q: MessageQueue) -> None:
+        if not q.consumers and not q.dispatch_pending:
+            return  # nobody to deliver to: most queues a fan-out reaches, once per message
         burst = NO_ACK_BURST
         new_head = False
         if q.dispatch_pending:
@@ -1526,6 +1547,8 @@ class StateMachine:
                 return
             q.give_back(msg)
             self._touch_message(q, msg)
+            if q.ready_count == 1:
+                self._wake_receivers(q)
             if msg.expires_at is not None:
                 self._schedule(q)  # it may be the new head, and due sooner
         else:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from broker.core.commands import Meta
 from broker.core.errors import BrokerError, InternalError
-from broker.core.model import Effect
+from broker.core.model import UNACKED, Effect
 from broker.core.state import StateMachine
 from broker.store import schema
 from broker.store.cold_refs import ColdRefs
@@ -238,7 +238,8 @@ class Applier:
                 qid, seq = key
                 touched.add(qid)
                 if value is not None:
-                    holder = queues[qid].unacked.get(seq)
+                    # (only a delivered message has a holder: spare the others the lookup)
+                    holder = queues[qid].unacked.get(seq) if value.state == UNACKED else None
                     ops.append((message_key(qid, seq), message_value(value, holder)))
                 elif seq < stored.get(qid, 1):  # else it came and went since the last one
                     ops.append((message_key(qid, seq), None))

@@ -90,6 +90,8 @@ _BY_PREFIX = {prefix: kind for kind, prefix in KINDS.items()}
 _MESSAGE_PREFIX = KINDS["message"]
 _INDEX = struct.Struct(">Q")
 _PAIR = struct.Struct(">QQ")
+#: a message's key in one pack (the prefix and _PAIR): one per queue a message reaches
+_MESSAGE_KEY = struct.Struct(f">{len(_MESSAGE_PREFIX)}sQQ")
 _OWNER = struct.Struct(">QQQ")
 _LENGTH = struct.Struct(">I")
 #: fixed-size part of a message: enqueued_at, expires_at (-1: none), priority, delivery_count,
@@ -164,7 +166,7 @@ def _split(raw: bytes) -> list[str]:
 
 
 def message_key(qid: int, seq: int) -> bytes:
-    return _MESSAGE_PREFIX + _PAIR.pack(qid, seq)
+    return _MESSAGE_KEY.pack(_MESSAGE_PREFIX, qid, seq)
 
 
 def record_key(kind: str, key: Any) -> bytes:
@@ -391,7 +393,7 @@ def message_value(m: Message, holder: Any) -> bytes:
         len(held),
     )
     if m.source is not None:
-        return head + held
+        return head + held if held else head
     exchange = m.exchange.encode()
     routing_key = m.routing_key.encode()
     properties = pack(m.properties)

@@ -1,9 +1,10 @@
 """Who waits for a queue to gain messages: long-polling receives and the HTTP pushers.
 
-The node calls `notify` for each MessagesAvailable effect (a publish, a delayed message coming
-due, a visibility timeout running out, a rewind, the queue's deletion); every waiter of that
-queue wakes and tries to receive again. Register before receiving, so a message that lands
-in between still wakes.
+The node calls `notify` for each MessagesAvailable effect (a publish to a queue with no ready
+message, a delayed message coming due, a visibility timeout running out, a rewind, the queue's
+deletion); every waiter of that queue wakes and tries to receive again. Register before
+receiving, so a message that lands in between still wakes: a receive that finds nothing leaves
+the queue with no ready message, so the next one to arrive is announced.
 """
 
 from __future__ import annotations
