@@ -1075,7 +1075,9 @@ class StateMachine:
             self._touch_message(q, msg)
         if msg.expires_at is not None:
             self._expire_heads(q)  # a TTL of 0 expires now unless it could be delivered
-        if q.ready_count == 1:
+        if q.ready_count == 1 or q.sequence is not None:
+            # (In a sequential queue a receive may have come back empty while messages of
+            # groups in flight waited: a new one may be of a free group.)
             self._wake_receivers(q)
         return True
 
@@ -1527,7 +1529,7 @@ class StateMachine:
         for q in touched.values():
             if self._live(q):
                 self._dispatch(q)
-                self._wake_receivers(q)
+                self._wake_sequential(q)
 
     def _settle_one(self, q: MessageQueue, msg: Message, outcome: str) -> None:
         _, consumer = q.unacked.pop(msg.seq)
@@ -1554,7 +1556,7 @@ class StateMachine:
         else:
             self._dead_letter(q, msg, "rejected")
 
-    def _wake_receivers(self, q: MessageQueue) -> None:
+    def _wake_sequential(self, q: MessageQueue) -> None:
         """In a sequential queue a settled or returned message lets the next one of its
         group go: long polls wait for MessagesAvailable, which a publish alone would not
         send while the group was in flight."""
@@ -1581,7 +1583,7 @@ class StateMachine:
             consuming = any(consumer.owner == owner for consumer in q.consumers)
             if (held or consuming) and self._live(q):
                 self._dispatch(q)
-                self._wake_receivers(q)
+                self._wake_sequential(q)
 
     def _recover(self, cmd: c.Recover) -> None:
         self._requeue_owner(cmd.owner)
@@ -1786,7 +1788,7 @@ class StateMachine:
         self._acknowledge(q, msg)
         if q.sequence is not None:
             self._dispatch(q)
-            self._wake_receivers(q)
+            self._wake_sequential(q)
 
     def _change_visibility(self, cmd: c.ChangeVisibility) -> int:
         if cmd.visibility_ms < 0:
