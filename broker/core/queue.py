@@ -120,7 +120,8 @@ class ColdStore(Protocol):
         """A chunk's record must be rewritten (or dropped, once it is empty)."""
 
     def refill(self, msg: Message) -> None:
-        """Give back its body to a message kept for rewind (see MessageQueue.retain)."""
+        """Give back its body to a message that waited without it: kept for rewind, or
+        delayed (see MessageQueue._let_body_go)."""
 
 
 def _flow_limit(settings: QueueSettings) -> int:
@@ -268,9 +269,6 @@ class MessageQueue:
 
     def cold_chunks(self) -> list[ColdChunk]:
         return [chunk for tail in self._cold for chunk in tail.chunks]
-
-    def cold_bytes(self) -> int:
-        return sum(tail.bytes for tail in self._cold)
 
     def _mark_ready(self, msg: Message) -> None:
         msg.state = READY
