@@ -1,7 +1,8 @@
 """Queues deeper than what a queue holds in memory (core/cold.py: 2,048 messages per priority
-level): the rest wait cold, their bodies only in the log. Everything a queue does must work
-the same on them, across kill -9: order, each message once, TTL and dead-lettering, delays,
-visibility timeouts, rewind; and the CLI shows how many wait on disk."""
+level, 128 while no consumer serves it): the rest wait cold, their bodies only in the log.
+Everything a queue does must work the same on them, across kill -9: order, each message once,
+TTL and dead-lettering, delays, visibility timeouts, rewind; and the CLI shows how many wait
+on disk."""
 
 from __future__ import annotations
 

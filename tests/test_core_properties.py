@@ -48,10 +48,11 @@ TARGETS: list[tuple[str, str, tuple[int, ...]]] = [
 
 @pytest.fixture(autouse=True, scope="module")
 def small_cold_limits() -> Iterator[None]:
-    """Queues keep 3 messages per level in memory, the rest cold in chunks of 3: the
-    sequences then move messages to and from the cold tail all the time."""
+    """Queues keep 3 messages per level in memory (2 with no consumer), the rest cold in
+    chunks of 3: the sequences then move messages to and from the cold tail all the time."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cold, "HOT_LIMIT", 3)
+        patch.setattr(cold, "IDLE_HOT_LIMIT", 2)
         patch.setattr(cold, "PROMOTE", 2)
         patch.setattr(cold, "CHUNK", 3)
         yield

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 #: never-delivered ready messages a priority level of a queue holds in memory: later ones
 #: wait cold until the level's consumers get near them
 HOT_LIMIT = 2048
+#: the same for a queue that no consumer serves (pull receivers, offline MQTT sessions): no
+#: one keeps up with it, and a publish to thousands of them should not hold thousands of
+#: messages in memory
+IDLE_HOT_LIMIT = 128
 #: cold messages taken back into memory at a time
 PROMOTE = 1024
 #: entries per chunk (a chunk's record is about CHUNK x 49 bytes)

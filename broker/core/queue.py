@@ -108,8 +108,10 @@ FLOW_LIMIT = 1000
 class ColdStore(Protocol):
     """Where cold messages live (the state machine's, see state.ColdBodies)."""
 
-    #: ready messages a level holds in memory before later ones go cold (cold.HOT_LIMIT)
+    #: ready messages a level holds in memory before later ones go cold (cold.HOT_LIMIT),
+    #: and the same while no consumer serves the queue (cold.IDLE_HOT_LIMIT)
     hot_limit: int
+    idle_hot_limit: int
     #: cold messages taken back into memory at a time (cold.PROMOTE)
     promote: int
 
@@ -343,7 +345,10 @@ class MessageQueue:
         level = self.level(msg)
         tail = self._cold[level]
         store = self.cold_store
-        if store is not None and (tail.count or self._hot[level] >= store.hot_limit):
+        if store is not None and (
+            tail.count
+            or self._hot[level] >= (store.hot_limit if self.consumers else store.idle_hot_limit)
+        ):
             self.messages.pop(msg.seq, None)  # (a delayed one was there while hidden)
             self._mark_ready(msg)
             if msg.source is None:

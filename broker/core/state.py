@@ -190,7 +190,7 @@ class StateMachine:
         #: keep the bodies of deep backlogs on disk (see core/cold.py)
         self.entries: Callable[[int], Any] | None = None
         #: see queue.ColdStore (read from the module here, so tests can make them small)
-        self.cold_limits = (cold.HOT_LIMIT, cold.PROMOTE)
+        self.cold_limits = (cold.HOT_LIMIT, cold.IDLE_HOT_LIMIT, cold.PROMOTE)
         #: vhosts and queues whose messages are traced, or copied to the firehose
         self.tracing = Tracing()
         #: the log index being applied, and the position in it (inside a Batch)
@@ -2202,9 +2202,12 @@ class ColdBodies:
     read back through the state machine's `entries` (the store's), and the records its cold
     chunks change."""
 
-    def __init__(self, state: StateMachine, hot_limit: int, promote: int) -> None:
+    def __init__(
+        self, state: StateMachine, hot_limit: int, idle_hot_limit: int, promote: int
+    ) -> None:
         self.state = state
         self.hot_limit = hot_limit
+        self.idle_hot_limit = idle_hot_limit
         self.promote = promote
 
     def load(self, q: MessageQueue, entries: list[ColdEntry]) -> list[Message]:
