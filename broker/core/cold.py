@@ -19,6 +19,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 #: never-delivered ready messages a priority level of a queue holds in memory: later ones
 #: wait cold until the level's consumers get near them
@@ -50,6 +51,26 @@ class ColdEntry:
     persistent: bool
 
 
+class Entry(Protocol):
+    """What a chunk takes in: a ColdEntry, or the message itself (core.model.Message), so
+    that going cold makes no object in between."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def enqueued_at(self) -> int: ...
+    @property
+    def expires_at(self) -> int | None: ...
+    @property
+    def source(self) -> tuple[int, int] | None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def persistent(self) -> bool: ...
+
+
 class ColdChunk:
     """Up to CHUNK consecutive entries; `number` names its record."""
 
@@ -73,23 +94,27 @@ class ColdChunk:
     def full(self) -> bool:
         return len(self._columns[0]) >= CHUNK
 
-    def append(self, entry: ColdEntry) -> None:
+    def append(self, entry: Entry) -> None:
         seqs, positions, enqueued, expires, indexes, sizes, offsets, flags = self._columns
         seqs.append(entry.seq)
         positions.append(entry.position)
         enqueued.append(entry.enqueued_at)
-        expires.append(-1 if entry.expires_at is None else entry.expires_at)
-        index = entry.source[0]
-        if not index or index < self.high:
-            self.ordered = False
-        if index:
+        expires_at = entry.expires_at
+        expires.append(-1 if expires_at is None else expires_at)
+        index, offset = entry.source or (0, 0)  # (none: held whole by its queue)
+        if index and index >= self.high:
             self.low = self.low or index
-            self.high = max(self.high, index)
+            self.high = index
+        else:
+            self.ordered = False
+            if index:
+                self.low = min(self.low, index) if self.low else index
         indexes.append(index)
-        sizes.append(entry.size)
-        offsets.append(entry.source[1])
+        size = entry.size
+        sizes.append(size)
+        offsets.append(offset)
         flags.append(1 if entry.persistent else 0)
-        self.bytes += entry.size
+        self.bytes += size
 
     def take(self, count: int) -> list[ColdEntry]:
         start = self._start
@@ -204,12 +229,13 @@ class ColdTail:
     def __len__(self) -> int:
         return self.count
 
-    def append(self, entry: ColdEntry) -> ColdChunk:
+    def append(self, entry: Entry) -> ColdChunk:
         """Add `entry` at the back; returns the chunk that changed."""
-        if not self.chunks or self.chunks[-1].full:
-            self.chunks.append(ColdChunk(self._next_number))
+        chunks = self.chunks
+        if not chunks or chunks[-1].full:
+            chunks.append(ColdChunk(self._next_number))
             self._next_number += 1
-        chunk = self.chunks[-1]
+        chunk = chunks[-1]
         chunk.append(entry)
         self.count += 1
         self.bytes += entry.size

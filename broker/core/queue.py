@@ -349,11 +349,12 @@ class MessageQueue:
             tail.count
             or self._hot[level] >= (store.hot_limit if self.consumers else store.idle_hot_limit)
         ):
-            self.messages.pop(msg.seq, None)  # (a delayed one was there while hidden)
+            if msg.state == HIDDEN:  # (a delayed one, there while it waited)
+                del self.messages[msg.seq]
             self._mark_ready(msg)
             if msg.source is None:
                 self.held[msg.seq] = msg
-            store.changed(self, level, tail.append(_cold_entry(msg)))
+            store.changed(self, level, tail.append(msg))
             return
         self.messages[msg.seq] = msg
         self._mark_ready(msg)
@@ -736,15 +737,3 @@ class MessageQueue:
                 self.cold_store.changed(self, level, chunk)
             tail.drop_empty()
         return count, indexes, held
-
-
-def _cold_entry(msg: Message) -> ColdEntry:
-    return ColdEntry(
-        msg.seq,
-        msg.position,
-        msg.enqueued_at,
-        msg.expires_at,
-        msg.source or (0, 0),
-        msg.size,
-        msg.persistent,
-    )
