@@ -85,7 +85,7 @@ if [[ $target == ours ]]; then
 cd "$root"
 PYTHONPATH="$root" setsid "$python" -m broker serve --data-dir "$dir/data" --host 127.0.0.1 \\
     --amqp-port $amqp_port --mqtt-port $mqtt_port --mqtt-ws-port 0 --http-port $http_port \\
-    --https-port 0 >>"$dir/broker.log" 2>&1 </dev/null &
+    --https-port 0 --management-port 0 --metrics-port 0 >>"$dir/broker.log" 2>&1 </dev/null &
 echo \$! >"$dir/broker.pid"
 EOF
     cat >"$dir/pid.sh" <<EOF
