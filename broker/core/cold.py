@@ -21,9 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-#: never-delivered ready messages a priority level of a queue holds in memory: later ones
-#: wait cold until the level's consumers get near them
-HOT_LIMIT = 2048
+#: never-delivered ready messages a priority level of a queue holds in memory while consumers
+#: serve it: later ones wait cold until the consumers get near them (a subscriber that falls
+#: behind a burst is served from memory; 16,384 messages of 1 KiB are about 23 MiB)
+HOT_LIMIT = 16384
 #: the same for a queue that no consumer serves (pull receivers, offline MQTT sessions): no
 #: one keeps up with it, and a publish to thousands of them should not hold thousands of
 #: messages in memory

@@ -345,9 +345,10 @@ class MessageQueue:
         level = self.level(msg)
         tail = self._cold[level]
         store = self.cold_store
+        # (A sequential queue's receivers look for free groups among the messages in memory.)
+        served = self.consumers or self.sequence is not None
         if store is not None and (
-            tail.count
-            or self._hot[level] >= (store.hot_limit if self.consumers else store.idle_hot_limit)
+            tail.count or self._hot[level] >= (store.hot_limit if served else store.idle_hot_limit)
         ):
             if msg.state == HIDDEN:  # (a delayed one, there while it waited)
                 del self.messages[msg.seq]

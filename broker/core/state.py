@@ -19,7 +19,6 @@ by commands (ReleaseNode, DropTransient), so replicas agree on that too.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -2039,7 +2038,7 @@ class StateMachine:
             else:  # a delayed one, released into the cold tail
                 self._unrecord(q, msg)
                 if msg.source is not None:
-                    self._release_entries((msg.source[0],))
+                    self._release_entry(msg.source[0])
         for msg in q.expired_retained(now):
             self._forget(q, msg)
         self._expire_heads(q)
@@ -2061,7 +2060,7 @@ class StateMachine:
         q.remove(msg)
         self._unrecord(q, msg)
         if msg.source is not None:
-            self._release_entries((msg.source[0],))
+            self._release_entry(msg.source[0])
 
     def _unrecord(self, q: MessageQueue, msg: Message) -> None:
         """`msg` no longer stands for its message in `q`: its record goes, if it had one."""
@@ -2069,17 +2068,15 @@ class StateMachine:
             msg.recorded = False
             self._changes.append((("message", (q.qid, msg.seq)), None))
 
-    def _release_entries(self, indexes: Iterable[int]) -> None:
-        """In-memory messages no longer use the bodies in these log entries (one index per
-        message)."""
+    def _release_entry(self, index: int) -> None:
+        """An in-memory message no longer uses the body in this log entry."""
         refs = self.entry_refs
-        for index, count in Counter(indexes).items():
-            left = refs[index] - count
-            if left:
-                refs[index] = left
-            else:
-                del refs[index]
-                self._entry_unused(index)
+        left = refs[index] - 1
+        if left:
+            refs[index] = left
+        else:
+            del refs[index]
+            self._entry_unused(index)
 
     def _cold_released(self, indexes: Iterable[int]) -> None:
         """Cold messages no longer use these log entries (0 stands for none)."""
