@@ -41,7 +41,7 @@ _PACKED_VERSION = 1
 _LITTLE = array("H", [1]).tobytes()[0] == 1
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ColdEntry:
     seq: int
     position: int
