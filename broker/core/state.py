@@ -2227,14 +2227,11 @@ class ColdBodies:
         msg.body = self._publish_at(msg.source).body
 
     def _publish_at(self, source: tuple[int, int]) -> c.Publish:
-        index, position = source
         entries = self.state.entries
         assert entries is not None
-        command = entries(index)
-        if isinstance(command, c.Batch):
-            command = command.commands[position]
-        if not isinstance(command, c.Publish):
-            raise InternalError(f"log entry {index} of a stored message is not a publish")
+        command = publish_at(entries, source)
+        if command is None:
+            raise InternalError(f"log entry {source[0]} of a stored message is not a publish")
         return command
 
     def message_of(self, entry: ColdEntry) -> Message:
@@ -2266,6 +2263,16 @@ class ColdBodies:
     def changed(self, q: MessageQueue, level: int, chunk: ColdChunk) -> None:
         key = ("cold", (q.qid, level, chunk.number))
         self.state._changes.append((key, chunk if len(chunk) else None))
+
+
+def publish_at(entries: Callable[[int], Any], source: tuple[int, int]) -> c.Publish | None:
+    """The publish that carried a stored message's body (Message.source), read from the log
+    through `entries`; None if that entry is missing."""
+    index, position = source
+    command = entries(index)
+    if isinstance(command, c.Batch):
+        command = command.commands[position]
+    return command if isinstance(command, c.Publish) else None
 
 
 def _routing_type(ex: Exchange) -> str:

@@ -39,7 +39,7 @@ from broker.core.model import (
 )
 from broker.core.policy import Policy
 from broker.core.queue import MessageQueue
-from broker.core.state import DelayedPublish, StateMachine
+from broker.core.state import DelayedPublish, StateMachine, publish_at
 from broker.store.damage import REMEDY, StoreDamaged, StoreUnusable
 from broker.store.encoding import StoredEntry, decode_entry_wire, pack, unpack
 
@@ -522,12 +522,9 @@ def restore(
 def _fill_from_entry(msg: Message, entry: Callable[[int], Any]) -> bool:
     """Give `msg` the body of the log entry it refers to; False if that entry is missing."""
     assert msg.source is not None
-    index, position = msg.source
-    command = entry(index)
+    command = publish_at(entry, msg.source)
     if command is None:
         return False
-    if type(command).__name__ == "Batch":
-        command = command.commands[position]
     msg.exchange, msg.routing_key = command.exchange, command.routing_key
     msg.properties, msg.body = command.properties, command.body
     return True
